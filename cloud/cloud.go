@@ -1,0 +1,119 @@
+// Package cloud defines the small view of a cloud provider that aliasip's
+// controller programs against: read the alias IP ranges on a VM's network
+// interface, add one, remove one, list instances, and look up the pod range.
+//
+// Two implementations exist: package fake (in memory, for tests, kind and
+// local clusters) and package cloud/gce (Google Compute Engine).
+package cloud
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Sentinel errors. Implementations wrap them so callers can act with errors.Is.
+var (
+	// ErrInstanceNotFound: the instance named by a node does not exist.
+	ErrInstanceNotFound = errors.New("instance not found")
+	// ErrRangeConflict: the range is outside the pod range, or overlaps a
+	// range held by another instance.
+	ErrRangeConflict = errors.New("alias range conflict")
+	// ErrTooManyAliases: the NIC already carries the maximum number of ranges.
+	ErrTooManyAliases = errors.New("too many alias ranges on interface")
+	// ErrStaleFingerprint: the interface changed since it was read (HTTP 412).
+	ErrStaleFingerprint = errors.New("stale interface fingerprint")
+	// ErrRateLimited: the cloud refused the call for quota (403/429).
+	ErrRateLimited = errors.New("cloud rate limit exceeded")
+	// ErrUnavailable: a transient server-side failure (5xx).
+	ErrUnavailable = errors.New("cloud unavailable")
+)
+
+// MaxAliasRangesPerNIC is GCE's limit of alias IP ranges on one interface.
+const MaxAliasRangesPerNIC = 150
+
+// InstanceRef names one VM. Project and Zone may be empty for clouds
+// (like the fake) that have a flat namespace.
+type InstanceRef struct {
+	Project string
+	Zone    string
+	Name    string
+}
+
+// String returns "project/zone/name" (empty parts kept), a stable map key.
+func (r InstanceRef) String() string {
+	return r.Project + "/" + r.Zone + "/" + r.Name
+}
+
+// AliasRange is one alias IP range on a NIC. RangeName is the subnetwork
+// secondary range it comes from ("" for the primary range).
+type AliasRange struct {
+	CIDR      netip.Prefix
+	RangeName string
+}
+
+// Instance is one VM and the alias ranges on its primary NIC.
+type Instance struct {
+	Ref     InstanceRef
+	Aliases []AliasRange
+}
+
+// Interface is what the controller needs of a cloud. All methods are safe for
+// concurrent use. Add and Remove return once the change is applied (any
+// cloud operation has finished) and are idempotent.
+type Interface interface {
+	// PodRange returns the range pod blocks are carved from, and its name.
+	PodRange(ctx context.Context) (netip.Prefix, string, error)
+	// InstanceFor resolves a node (its spec.providerID and name) to an instance.
+	InstanceFor(ctx context.Context, providerID, nodeName string) (InstanceRef, error)
+	// Aliases returns the alias ranges on the instance's primary NIC.
+	Aliases(ctx context.Context, inst InstanceRef) ([]AliasRange, error)
+	// AddAlias adds cidr from the pod range to the NIC, keeping the others.
+	AddAlias(ctx context.Context, inst InstanceRef, cidr netip.Prefix) error
+	// RemoveAlias removes cidr from the NIC, keeping the others. Removing a
+	// range that is not there, or from a vanished instance, succeeds.
+	RemoveAlias(ctx context.Context, inst InstanceRef, cidr netip.Prefix) error
+	// ListInstances returns every instance the cloud knows in our scope.
+	ListInstances(ctx context.Context) ([]Instance, error)
+}
+
+// ParseProviderID parses "gce://PROJECT/ZONE/INSTANCE".
+func ParseProviderID(providerID string) (InstanceRef, error) {
+	rest, ok := strings.CutPrefix(providerID, "gce://")
+	if !ok {
+		return InstanceRef{}, fmt.Errorf("providerID %q: want gce://PROJECT/ZONE/INSTANCE", providerID)
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+		return InstanceRef{}, fmt.Errorf("providerID %q: want gce://PROJECT/ZONE/INSTANCE", providerID)
+	}
+	return InstanceRef{Project: parts[0], Zone: parts[1], Name: parts[2]}, nil
+}
+
+// Code classifies an error from an Interface call for metrics labels:
+// "ok", "not_found", "conflict", "too_many", "stale", "rate_limited",
+// "unavailable", "canceled" or "error".
+func Code(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrInstanceNotFound):
+		return "not_found"
+	case errors.Is(err, ErrRangeConflict):
+		return "conflict"
+	case errors.Is(err, ErrTooManyAliases):
+		return "too_many"
+	case errors.Is(err, ErrStaleFingerprint):
+		return "stale"
+	case errors.Is(err, ErrRateLimited):
+		return "rate_limited"
+	case errors.Is(err, ErrUnavailable):
+		return "unavailable"
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return "canceled"
+	default:
+		return "error"
+	}
+}

@@ -1,0 +1,416 @@
+// Package fake is an in-memory cloud with GCE's alias IP semantics, used by
+// unit tests, benchmarks, kind and local clusters.
+//
+// Like GCE, an instance's alias list is replaced as a whole under a
+// fingerprint (a stale fingerprint is rejected), ranges from the pod range
+// must lie inside it and may not overlap a range on any instance, and a NIC
+// holds at most cloud.MaxAliasRangesPerNIC ranges. Operation latency, an
+// error rate and a rate limit can be injected.
+//
+// With Options.StatePath set, the state lives in a JSON file guarded by an
+// advisory lock, so several processes (a restarted controller, two
+// controllers in leader election, a test checking the result) share one cloud.
+package fake
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/aliasip/aliasip/cloud"
+)
+
+// Options configures a fake Cloud.
+type Options struct {
+	// PodRange is the secondary range pod blocks come from.
+	PodRange netip.Prefix
+	// RangeName is the name of that secondary range (default "pods").
+	RangeName string
+	// Latency is how long each write operation takes to complete.
+	Latency time.Duration
+	// ErrorRate is the fraction (0..1) of calls failing with ErrUnavailable.
+	ErrorRate float64
+	// RateLimit, when positive, is the calls per second the cloud accepts
+	// (burst RateBurst); calls beyond it fail with ErrRateLimited.
+	RateLimit float64
+	RateBurst int
+	// AutoRegister creates an instance for a node with an empty providerID,
+	// the way every node of a kind or local cluster is "a VM".
+	AutoRegister bool
+	// StatePath, when set, persists the state in that file (shared between
+	// processes). Otherwise the state is in memory only.
+	StatePath string
+	// MaxAliases overrides cloud.MaxAliasRangesPerNIC (0: the default).
+	MaxAliases int
+}
+
+// Cloud is the fake. It is safe for concurrent use.
+type Cloud struct {
+	opts    Options
+	limiter *rate.Limiter
+
+	mu    sync.Mutex
+	state state
+	calls map[string]int
+}
+
+var _ cloud.Interface = (*Cloud)(nil)
+
+type state struct {
+	Instances map[string]*instance `json:"instances"`
+}
+
+type instance struct {
+	Fingerprint uint64             `json:"fingerprint"`
+	Aliases     []cloud.AliasRange `json:"aliases"`
+}
+
+// New returns a fake cloud.
+func New(opts Options) (*Cloud, error) {
+	if !opts.PodRange.IsValid() {
+		return nil, errors.New("fake cloud: pod range is required")
+	}
+	opts.PodRange = opts.PodRange.Masked()
+	if opts.RangeName == "" {
+		opts.RangeName = "pods"
+	}
+	if opts.MaxAliases <= 0 {
+		opts.MaxAliases = cloud.MaxAliasRangesPerNIC
+	}
+	if opts.ErrorRate < 0 || opts.ErrorRate > 1 {
+		return nil, fmt.Errorf("fake cloud: error rate %v outside [0,1]", opts.ErrorRate)
+	}
+	c := &Cloud{opts: opts, state: state{Instances: map[string]*instance{}}, calls: map[string]int{}}
+	if opts.RateLimit > 0 {
+		burst := max(opts.RateBurst, 1)
+		c.limiter = rate.NewLimiter(rate.Limit(opts.RateLimit), burst)
+	}
+	if opts.StatePath != "" {
+		if err := os.MkdirAll(filepath.Dir(opts.StatePath), 0o755); err != nil {
+			return nil, fmt.Errorf("fake cloud state dir: %w", err)
+		}
+		if err := c.withState(func() (bool, error) { return false, nil }); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// RegisterInstance creates an instance with no aliases, if it does not exist.
+func (c *Cloud) RegisterInstance(name string) error {
+	return c.withState(func() (bool, error) {
+		if _, ok := c.state.Instances[name]; ok {
+			return false, nil
+		}
+		c.state.Instances[name] = &instance{Fingerprint: 1}
+		return true, nil
+	})
+}
+
+// DeleteInstance removes an instance and its aliases.
+func (c *Cloud) DeleteInstance(name string) error {
+	return c.withState(func() (bool, error) {
+		_, ok := c.state.Instances[name]
+		delete(c.state.Instances, name)
+		return ok, nil
+	})
+}
+
+// Calls returns how many calls of each method the fake served (including
+// failed ones), for tests.
+func (c *Cloud) Calls() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.calls))
+	for k, v := range c.calls {
+		out[k] = v
+	}
+	return out
+}
+
+// PodRange implements cloud.Interface.
+func (c *Cloud) PodRange(ctx context.Context) (netip.Prefix, string, error) {
+	return c.opts.PodRange, c.opts.RangeName, nil
+}
+
+// InstanceFor implements cloud.Interface. The instance is named by the part
+// after the last "/" of the providerID (fake://NAME, gce://P/Z/NAME), or by
+// the node name when the providerID is empty.
+func (c *Cloud) InstanceFor(ctx context.Context, providerID, nodeName string) (cloud.InstanceRef, error) {
+	name := nodeName
+	if providerID != "" {
+		i := strings.LastIndex(providerID, "/")
+		name = providerID[i+1:]
+		if name == "" {
+			return cloud.InstanceRef{}, fmt.Errorf("providerID %q names no instance", providerID)
+		}
+	}
+	ref := cloud.InstanceRef{Name: name}
+	err := c.withState(func() (bool, error) {
+		if _, ok := c.state.Instances[name]; ok {
+			return false, nil
+		}
+		if providerID == "" && c.opts.AutoRegister {
+			c.state.Instances[name] = &instance{Fingerprint: 1}
+			return true, nil
+		}
+		return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
+	})
+	return ref, err
+}
+
+// Aliases implements cloud.Interface.
+func (c *Cloud) Aliases(ctx context.Context, inst cloud.InstanceRef) ([]cloud.AliasRange, error) {
+	aliases, _, err := c.GetInterface(ctx, inst.Name)
+	return aliases, err
+}
+
+// GetInterface returns the NIC's alias ranges and its fingerprint.
+func (c *Cloud) GetInterface(ctx context.Context, name string) ([]cloud.AliasRange, uint64, error) {
+	if err := c.admit(ctx, "get"); err != nil {
+		return nil, 0, err
+	}
+	var out []cloud.AliasRange
+	var fp uint64
+	err := c.withState(func() (bool, error) {
+		in, ok := c.state.Instances[name]
+		if !ok {
+			return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
+		}
+		out, fp = slices.Clone(in.Aliases), in.Fingerprint
+		return false, nil
+	})
+	return out, fp, err
+}
+
+// UpdateInterface replaces the NIC's alias list as a whole, GCE-style: the
+// fingerprint must be the current one, and the new list is validated.
+func (c *Cloud) UpdateInterface(ctx context.Context, name string, fingerprint uint64, aliases []cloud.AliasRange) error {
+	if err := c.admit(ctx, "update"); err != nil {
+		return err
+	}
+	// The operation takes its time before it is applied, like a zone operation.
+	if err := sleep(ctx, c.opts.Latency); err != nil {
+		return err
+	}
+	return c.withState(func() (bool, error) {
+		in, ok := c.state.Instances[name]
+		if !ok {
+			return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
+		}
+		if in.Fingerprint != fingerprint {
+			return false, fmt.Errorf("instance %q: %w", name, cloud.ErrStaleFingerprint)
+		}
+		if err := c.validate(name, aliases); err != nil {
+			return false, err
+		}
+		in.Aliases = slices.Clone(aliases)
+		in.Fingerprint++
+		return true, nil
+	})
+}
+
+func (c *Cloud) validate(name string, aliases []cloud.AliasRange) error {
+	if len(aliases) > c.opts.MaxAliases {
+		return fmt.Errorf("instance %q: %d ranges, limit %d: %w", name, len(aliases), c.opts.MaxAliases, cloud.ErrTooManyAliases)
+	}
+	for i, a := range aliases {
+		if !a.CIDR.IsValid() || a.CIDR != a.CIDR.Masked() {
+			return fmt.Errorf("instance %q: invalid range %v: %w", name, a.CIDR, cloud.ErrRangeConflict)
+		}
+		if a.RangeName == c.opts.RangeName {
+			if !contains(c.opts.PodRange, a.CIDR) {
+				return fmt.Errorf("instance %q: %v outside secondary range %s %v: %w", name, a.CIDR, c.opts.RangeName, c.opts.PodRange, cloud.ErrRangeConflict)
+			}
+		} else if a.CIDR.Overlaps(c.opts.PodRange) {
+			return fmt.Errorf("instance %q: %v overlaps secondary range %s but names %q: %w", name, a.CIDR, c.opts.RangeName, a.RangeName, cloud.ErrRangeConflict)
+		}
+		for _, b := range aliases[:i] {
+			if a.CIDR.Overlaps(b.CIDR) {
+				return fmt.Errorf("instance %q: %v overlaps %v: %w", name, a.CIDR, b.CIDR, cloud.ErrRangeConflict)
+			}
+		}
+		for other, in := range c.state.Instances {
+			if other == name {
+				continue
+			}
+			for _, b := range in.Aliases {
+				if a.CIDR.Overlaps(b.CIDR) {
+					return fmt.Errorf("instance %q: %v overlaps %v on instance %q: %w", name, a.CIDR, b.CIDR, other, cloud.ErrRangeConflict)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// AddAlias implements cloud.Interface: read, append, write with the
+// fingerprint; a stale fingerprint re-reads and retries.
+func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+	return c.modify(ctx, inst.Name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
+		for _, a := range list {
+			if a.CIDR == cidr {
+				return nil, false
+			}
+		}
+		return append(list, cloud.AliasRange{CIDR: cidr, RangeName: c.opts.RangeName}), true
+	})
+}
+
+// RemoveAlias implements cloud.Interface.
+func (c *Cloud) RemoveAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+	err := c.modify(ctx, inst.Name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
+		out := slices.DeleteFunc(slices.Clone(list), func(a cloud.AliasRange) bool { return a.CIDR == cidr })
+		return out, len(out) != len(list)
+	})
+	if errors.Is(err, cloud.ErrInstanceNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (c *Cloud) modify(ctx context.Context, name string, change func([]cloud.AliasRange) ([]cloud.AliasRange, bool)) error {
+	for attempt := 0; ; attempt++ {
+		list, fp, err := c.GetInterface(ctx, name)
+		if err != nil {
+			return err
+		}
+		next, changed := change(list)
+		if !changed {
+			return nil
+		}
+		err = c.UpdateInterface(ctx, name, fp, next)
+		if errors.Is(err, cloud.ErrStaleFingerprint) && attempt < 10 {
+			continue
+		}
+		return err
+	}
+}
+
+// ListInstances implements cloud.Interface. Instances are sorted by name.
+func (c *Cloud) ListInstances(ctx context.Context) ([]cloud.Instance, error) {
+	if err := c.admit(ctx, "list"); err != nil {
+		return nil, err
+	}
+	var out []cloud.Instance
+	err := c.withState(func() (bool, error) {
+		for name, in := range c.state.Instances {
+			out = append(out, cloud.Instance{Ref: cloud.InstanceRef{Name: name}, Aliases: slices.Clone(in.Aliases)})
+		}
+		return false, nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Ref.Name < out[j].Ref.Name })
+	return out, err
+}
+
+// admit counts the call and applies the injected rate limit and error rate.
+func (c *Cloud) admit(ctx context.Context, method string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.calls[method]++
+	c.mu.Unlock()
+	if c.limiter != nil && !c.limiter.Allow() {
+		return fmt.Errorf("%s: %w", method, cloud.ErrRateLimited)
+	}
+	if c.opts.ErrorRate > 0 && rand.Float64() < c.opts.ErrorRate {
+		return fmt.Errorf("%s: injected failure: %w", method, cloud.ErrUnavailable)
+	}
+	return nil
+}
+
+// withState runs fn with exclusive access to the current state; fn reports
+// whether it changed the state, which is then saved.
+func (c *Cloud) withState(fn func() (bool, error)) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.opts.StatePath == "" {
+		_, err := fn()
+		return err
+	}
+	lock, err := os.OpenFile(c.opts.StatePath+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("fake cloud lock: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("fake cloud lock: %w", err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	if err := c.load(); err != nil {
+		return err
+	}
+	changed, err := fn()
+	if err != nil || !changed {
+		return err
+	}
+	return c.save()
+}
+
+func (c *Cloud) load() error {
+	data, err := os.ReadFile(c.opts.StatePath)
+	if errors.Is(err, os.ErrNotExist) {
+		c.state = state{Instances: map[string]*instance{}}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("fake cloud state: %w", err)
+	}
+	var st state
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("fake cloud state %s: %w", c.opts.StatePath, err)
+	}
+	if st.Instances == nil {
+		st.Instances = map[string]*instance{}
+	}
+	c.state = st
+	return nil
+}
+
+// save writes the state atomically: a temporary file renamed over the old.
+func (c *Cloud) save() error {
+	data, err := json.Marshal(c.state)
+	if err != nil {
+		return err
+	}
+	tmp := c.opts.StatePath + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("fake cloud state: %w", err)
+	}
+	if err := os.Rename(tmp, c.opts.StatePath); err != nil {
+		return fmt.Errorf("fake cloud state: %w", err)
+	}
+	return nil
+}
+
+func contains(outer, inner netip.Prefix) bool {
+	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
