@@ -1,0 +1,250 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/controller"
+	"github.com/aliasip/aliasip/fake"
+)
+
+// ErrLostLease is returned by Run when the leader lease was lost; the
+// process must exit so it never allocates beside a new leader.
+var ErrLostLease = errors.New("lost the leader lease")
+
+// Run runs the controller until ctx is done or leadership is lost.
+func Run(ctx context.Context, o *Options) error {
+	logger := klog.FromContext(ctx)
+	cfg, err := restConfig(o.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	nodeCfg := rest.CopyConfig(cfg)
+	nodeCfg.QPS, nodeCfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
+	nodeCfg.UserAgent = "aliasip-controller"
+	client, err := kubernetes.NewForConfig(nodeCfg)
+	if err != nil {
+		return err
+	}
+	// Events and the leader lease go through their own client, so neither
+	// eats the Node write budget.
+	evCfg := rest.CopyConfig(cfg)
+	evCfg.QPS, evCfg.Burst = o.EventsQPS, int(o.EventsQPS*2)+1
+	evCfg.UserAgent = "aliasip-controller/events"
+	evClient, err := kubernetes.NewForConfig(evCfg)
+	if err != nil {
+		return err
+	}
+
+	cl, err := newCloud(ctx, o)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := controller.NewMetrics(reg)
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartStructuredLogging(4)
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: evClient.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "aliasip-controller"})
+
+	factory := informers.NewSharedInformerFactory(client, o.ResyncPeriod)
+	nodeInformer := factory.Core().V1().Nodes()
+	// Managed fields are never read; dropping them keeps the cache small.
+	_ = nodeInformer.Informer().SetTransform(func(obj any) (any, error) {
+		if a, err := meta.Accessor(obj); err == nil {
+			a.SetManagedFields(nil)
+		}
+		return obj, nil
+	})
+	ctrl := controller.New(controller.Config{
+		MaskSize:        o.NodeCIDRMaskSize,
+		Workers:         o.Workers,
+		ReleaseCooldown: o.ReleaseCooldown,
+		LeakGracePeriod: o.LeakGracePeriod,
+		GCInterval:      o.GCInterval,
+		CloudQPS:        o.CloudQPS,
+		CloudBurst:      o.CloudBurst,
+	}, client, nodeInformer, cl, recorder, metrics)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// Informers start before the election: a standby has warm caches.
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+
+	var electionCheck *leaderelection.HealthzAdaptor
+	if o.LeaderElect {
+		electionCheck = leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
+	}
+	if err := serve(ctx, o, reg, ctrl, nodeInformer.Informer().HasSynced, electionCheck); err != nil {
+		return err
+	}
+
+	if !o.LeaderElect {
+		metrics.Leader.Set(1)
+		return ctrl.Run(ctx)
+	}
+	host, _ := os.Hostname()
+	id := host + "_" + uuid.NewString()
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName},
+		Client:     evClient.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
+	}
+	var runErr error
+	done := make(chan struct{})
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   o.LeaseDuration,
+		RenewDeadline:   o.RenewDeadline,
+		RetryPeriod:     o.RetryPeriod,
+		ReleaseOnCancel: true,
+		Name:            o.LeaderElectName,
+		WatchDog:        electionCheck,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				defer close(done)
+				logger.Info("Became leader", "identity", id)
+				metrics.Leader.Set(1)
+				runErr = ctrl.Run(ctx)
+			},
+			OnStoppedLeading: func() {
+				metrics.Leader.Set(0)
+				if ctx.Err() == nil {
+					cancel(ErrLostLease)
+				}
+			},
+			OnNewLeader: func(identity string) {
+				if identity != id {
+					logger.Info("Following leader", "leader", identity)
+				}
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("leader election: %w", err)
+	}
+	le.Run(ctx)
+	if cause := context.Cause(ctx); errors.Is(cause, ErrLostLease) {
+		return ErrLostLease
+	}
+	select {
+	case <-done:
+	default:
+	}
+	return runErr
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --kubeconfig and not in a cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+func newCloud(ctx context.Context, o *Options) (cloud.Interface, error) {
+	switch o.Cloud {
+	case "fake":
+		return fake.New(fake.Options{
+			PodRange:     netip.MustParsePrefix(o.ClusterCIDR),
+			Latency:      o.FakeLatency,
+			ErrorRate:    o.FakeErrorRate,
+			RateLimit:    o.FakeRateLimit,
+			RateBurst:    int(o.FakeRateLimit) + 1,
+			AutoRegister: o.FakeAutoReg,
+			StatePath:    o.FakeStateFile,
+		})
+	default:
+		return nil, fmt.Errorf("cloud %q not supported", o.Cloud)
+	}
+}
+
+// serve starts /metrics and /healthz, /readyz. /readyz is OK once the node
+// cache is synced (a standby is ready to take over); its body says whether
+// this process leads and has rebuilt its state.
+func serve(ctx context.Context, o *Options, reg *prometheus.Registry, ctrl *controller.Controller,
+	synced cache.InformerSynced, election *leaderelection.HealthzAdaptor) error {
+	listen := func(addr string, h http.Handler) error {
+		if addr == "" {
+			return nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		go func() { <-ctx.Done(); srv.Close() }()
+		return nil
+	}
+	mm := http.NewServeMux()
+	mm.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	hm := http.NewServeMux()
+	hm.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if election != nil {
+			if err := election.Check(r); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	hm.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !synced() {
+			http.Error(w, "node cache not synced", http.StatusServiceUnavailable)
+			return
+		}
+		if ctrl.Ready() {
+			fmt.Fprintln(w, "ok: leading, allocation state rebuilt")
+		} else {
+			fmt.Fprintln(w, "ok: standby")
+		}
+	})
+	if o.MetricsAddr == o.HealthAddr && o.MetricsAddr != "" {
+		mm.Handle("/healthz", hm)
+		mm.Handle("/readyz", hm)
+		return listen(o.MetricsAddr, mm)
+	}
+	if err := listen(o.MetricsAddr, mm); err != nil {
+		return err
+	}
+	return listen(o.HealthAddr, hm)
+}

@@ -1,0 +1,161 @@
+// Package app wires aliasip-controller together: flags, clients, the cloud,
+// leader election, metrics and health endpoints.
+package app
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/aliasip/aliasip/controller/allocator"
+)
+
+// Options are aliasip-controller's flags.
+type Options struct {
+	Kubeconfig       string
+	Cloud            string
+	ClusterCIDR      string
+	NodeCIDRMaskSize int
+	Workers          int
+	CloudQPS         float64
+	CloudBurst       int
+	KubeAPIQPS       float32
+	KubeAPIBurst     int
+	EventsQPS        float32
+	ReleaseCooldown  time.Duration
+	LeakGracePeriod  time.Duration
+	GCInterval       time.Duration
+	ResyncPeriod     time.Duration
+
+	LeaderElect          bool
+	LeaderElectNamespace string
+	LeaderElectName      string
+	LeaseDuration        time.Duration
+	RenewDeadline        time.Duration
+	RetryPeriod          time.Duration
+
+	MetricsAddr string
+	HealthAddr  string
+
+	FakeLatency   time.Duration
+	FakeErrorRate float64
+	FakeRateLimit float64
+	FakeStateFile string
+	FakeAutoReg   bool
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		Cloud:                "gce",
+		NodeCIDRMaskSize:     24,
+		Workers:              10,
+		CloudQPS:             20,
+		CloudBurst:           40,
+		KubeAPIQPS:           50,
+		KubeAPIBurst:         100,
+		EventsQPS:            20,
+		ReleaseCooldown:      30 * time.Second,
+		LeakGracePeriod:      5 * time.Minute,
+		GCInterval:           time.Minute,
+		ResyncPeriod:         5 * time.Minute,
+		LeaderElect:          true,
+		LeaderElectNamespace: "kube-system",
+		LeaderElectName:      "aliasip-controller",
+		LeaseDuration:        15 * time.Second,
+		RenewDeadline:        10 * time.Second,
+		RetryPeriod:          2 * time.Second,
+		MetricsAddr:          ":9090",
+		HealthAddr:           ":9091",
+		FakeAutoReg:          true,
+	}
+}
+
+// AddFlags registers the flags on fs.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty means in-cluster configuration.")
+	fs.StringVar(&o.Cloud, "cloud", o.Cloud, "Cloud provider: gce or fake.")
+	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", o.ClusterCIDR, "Pod range (required with --cloud=fake).")
+	fs.IntVar(&o.NodeCIDRMaskSize, "node-cidr-mask-size", o.NodeCIDRMaskSize, "Mask size of each node's block.")
+	fs.IntVar(&o.Workers, "workers", o.Workers, "Nodes synced concurrently.")
+	fs.Float64Var(&o.CloudQPS, "cloud-qps", o.CloudQPS, "Client-side budget of cloud calls per second.")
+	fs.IntVar(&o.CloudBurst, "cloud-burst", o.CloudBurst, "Burst of the cloud call budget.")
+	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "QPS of the Kubernetes client that reads and writes Nodes.")
+	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of that client.")
+	fs.Float32Var(&o.EventsQPS, "events-qps", o.EventsQPS, "QPS of the separate client that writes Events.")
+	fs.DurationVar(&o.ReleaseCooldown, "release-cooldown", o.ReleaseCooldown, "How long a deleted node's block waits before reuse.")
+	fs.DurationVar(&o.LeakGracePeriod, "leak-grace-period", o.LeakGracePeriod, "How long an alias may sit on an instance with no Node before it is removed.")
+	fs.DurationVar(&o.GCInterval, "gc-interval", o.GCInterval, "How often leaked aliases are looked for.")
+	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "Informer resync period (every node is re-checked this often).")
+	fs.BoolVar(&o.LeaderElect, "leader-elect", o.LeaderElect, "Run only while holding the leader Lease.")
+	fs.StringVar(&o.LeaderElectNamespace, "leader-elect-namespace", o.LeaderElectNamespace, "Namespace of the leader Lease.")
+	fs.StringVar(&o.LeaderElectName, "leader-elect-name", o.LeaderElectName, "Name of the leader Lease.")
+	fs.DurationVar(&o.LeaseDuration, "leader-elect-lease-duration", o.LeaseDuration, "Leader lease duration.")
+	fs.DurationVar(&o.RenewDeadline, "leader-elect-renew-deadline", o.RenewDeadline, "Leader renew deadline.")
+	fs.DurationVar(&o.RetryPeriod, "leader-elect-retry-period", o.RetryPeriod, "Leader election retry period.")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of the Prometheus /metrics endpoint (empty: off).")
+	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "Address of /healthz and /readyz (empty: off).")
+	fs.DurationVar(&o.FakeLatency, "fake-latency", o.FakeLatency, "Fake cloud: latency of each alias write operation.")
+	fs.Float64Var(&o.FakeErrorRate, "fake-error-rate", o.FakeErrorRate, "Fake cloud: fraction of calls failing with 503.")
+	fs.Float64Var(&o.FakeRateLimit, "fake-rate-limit", o.FakeRateLimit, "Fake cloud: calls per second accepted (0: unlimited).")
+	fs.StringVar(&o.FakeStateFile, "fake-state-file", o.FakeStateFile, "Fake cloud: persist state in this file, shared between processes (empty: in memory).")
+	fs.BoolVar(&o.FakeAutoReg, "fake-auto-register", o.FakeAutoReg, "Fake cloud: every node without a providerID is an instance.")
+}
+
+// Validate checks the options; the error is one line for the user.
+func (o *Options) Validate() error {
+	switch o.Cloud {
+	case "fake":
+		if o.ClusterCIDR == "" {
+			return fmt.Errorf("--cluster-cidr is required with --cloud=fake")
+		}
+	case "gce":
+		return fmt.Errorf("--cloud=gce: the GCE cloud is not available in this build yet; use --cloud=fake")
+	default:
+		return fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
+	}
+	if o.ClusterCIDR != "" {
+		p, err := netip.ParsePrefix(o.ClusterCIDR)
+		if err != nil {
+			return fmt.Errorf("--cluster-cidr=%q: %v", o.ClusterCIDR, err)
+		}
+		if p.Masked() != p {
+			return fmt.Errorf("--cluster-cidr=%q has host bits set (did you mean %v?)", o.ClusterCIDR, p.Masked())
+		}
+		if _, err := allocator.New(p, o.NodeCIDRMaskSize); err != nil {
+			return fmt.Errorf("--node-cidr-mask-size=%d with --cluster-cidr=%s: %v", o.NodeCIDRMaskSize, p, err)
+		}
+	} else if o.NodeCIDRMaskSize < 1 || o.NodeCIDRMaskSize > 128 {
+		return fmt.Errorf("--node-cidr-mask-size=%d: out of range", o.NodeCIDRMaskSize)
+	}
+	switch {
+	case o.Workers < 1:
+		return fmt.Errorf("--workers=%d: must be at least 1", o.Workers)
+	case o.CloudQPS <= 0 || o.CloudBurst < 1:
+		return fmt.Errorf("--cloud-qps=%v --cloud-burst=%d: both must be positive", o.CloudQPS, o.CloudBurst)
+	case o.KubeAPIQPS <= 0 || o.KubeAPIBurst < 1 || o.EventsQPS <= 0:
+		return fmt.Errorf("--kube-api-qps, --kube-api-burst and --events-qps must be positive")
+	case o.ReleaseCooldown < 0 || o.LeakGracePeriod < 0:
+		return fmt.Errorf("--release-cooldown and --leak-grace-period must not be negative")
+	case o.GCInterval <= 0 || o.ResyncPeriod < 0:
+		return fmt.Errorf("--gc-interval must be positive and --resync-period not negative")
+	case o.LeaderElect && !(o.LeaseDuration > o.RenewDeadline && o.RenewDeadline > o.RetryPeriod && o.RetryPeriod > 0):
+		return fmt.Errorf("leader election needs lease-duration > renew-deadline > retry-period > 0")
+	case o.FakeErrorRate < 0 || o.FakeErrorRate > 1:
+		return fmt.Errorf("--fake-error-rate=%v: must be within [0,1]", o.FakeErrorRate)
+	case o.FakeLatency < 0 || o.FakeRateLimit < 0:
+		return fmt.Errorf("--fake-latency and --fake-rate-limit must not be negative")
+	}
+	for name, addr := range map[string]string{"--metrics-addr": o.MetricsAddr, "--health-addr": o.HealthAddr} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s=%q: %v", name, addr, err)
+		}
+	}
+	return nil
+}

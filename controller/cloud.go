@@ -1,0 +1,65 @@
+package controller
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/aliasip/aliasip/cloud"
+)
+
+// budgetCloud puts every cloud call under a client-side QPS/burst budget and
+// counts it in metrics by method and result code.
+type budgetCloud struct {
+	inner   cloud.Interface
+	limiter *rate.Limiter
+	metrics *Metrics
+}
+
+var _ cloud.Interface = (*budgetCloud)(nil)
+
+func newBudgetCloud(inner cloud.Interface, qps float64, burst int, m *Metrics) *budgetCloud {
+	return &budgetCloud{inner: inner, limiter: rate.NewLimiter(rate.Limit(qps), max(burst, 1)), metrics: m}
+}
+
+func (b *budgetCloud) call(ctx context.Context, method string, fn func() error) error {
+	if err := b.limiter.Wait(ctx); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := fn()
+	b.metrics.CloudLatency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	b.metrics.CloudRequests.WithLabelValues(method, cloud.Code(err)).Inc()
+	return err
+}
+
+func (b *budgetCloud) PodRange(ctx context.Context) (p netip.Prefix, name string, err error) {
+	err = b.call(ctx, "PodRange", func() error { p, name, err = b.inner.PodRange(ctx); return err })
+	return p, name, err
+}
+
+// InstanceFor is local for both clouds (it parses the providerID), so it is
+// neither budgeted nor counted.
+func (b *budgetCloud) InstanceFor(ctx context.Context, providerID, nodeName string) (cloud.InstanceRef, error) {
+	return b.inner.InstanceFor(ctx, providerID, nodeName)
+}
+
+func (b *budgetCloud) Aliases(ctx context.Context, inst cloud.InstanceRef) (out []cloud.AliasRange, err error) {
+	err = b.call(ctx, "Aliases", func() error { out, err = b.inner.Aliases(ctx, inst); return err })
+	return out, err
+}
+
+func (b *budgetCloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+	return b.call(ctx, "AddAlias", func() error { return b.inner.AddAlias(ctx, inst, cidr) })
+}
+
+func (b *budgetCloud) RemoveAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+	return b.call(ctx, "RemoveAlias", func() error { return b.inner.RemoveAlias(ctx, inst, cidr) })
+}
+
+func (b *budgetCloud) ListInstances(ctx context.Context) (out []cloud.Instance, err error) {
+	err = b.call(ctx, "ListInstances", func() error { out, err = b.inner.ListInstances(ctx); return err })
+	return out, err
+}

@@ -1,0 +1,694 @@
+// Package controller is aliasip's cluster controller: it gives every Node a
+// block of the pod range, attaches that block to the node's VM NIC as an
+// alias IP range through package cloud, and writes spec.podCIDR(s).
+//
+// # The state table
+//
+// For each node, sync reads the node's podCIDR and the alias ranges from the
+// pod range on its NIC, and acts on exactly one row:
+//
+//	podCIDR  alias on NIC      action
+//	empty    none              reserve a block, add the alias (wait), patch podCIDR
+//	set      missing           add the alias for the podCIDR (repair)
+//	empty    present           adopt: patch podCIDR from the alias
+//	set      present, equal    nothing (in sync)
+//	set      present, differs  nothing; Warning CIDRMismatch and a metric
+//
+// A podCIDR outside the pod range is foreign: Warning CIDROutOfRange, nothing
+// else is touched.
+//
+// # Where a block could leak, and how it is recovered
+//
+//   - Crash after the alias is added but before the podCIDR patch: on restart
+//     the rebuild marks the alias's block used, and the node's sync takes the
+//     "adopt" row.
+//   - Patch fails: the reservation is kept for the node; the retry adopts.
+//   - Alias add fails with a transient error: the reservation is kept, so the
+//     retry asks for the same block (the call is idempotent).
+//   - Node deleted while the controller is down, or its alias removal never
+//     succeeds: the alias stays on an instance with no Node; the leak
+//     collector removes it after --leak-grace-period and the block cools down.
+//   - Blocks cooling down when the controller restarts are free at once after
+//     the restart; next-fit allocation makes their immediate reuse unlikely.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/controller/allocator"
+)
+
+// Event reasons recorded on Nodes.
+const (
+	// EventCIDRAssigned: the node got (or adopted, or had repaired) its block.
+	EventCIDRAssigned = "CIDRAssigned"
+	// EventCIDRNotAvailable: the pod range has no free block for the node.
+	EventCIDRNotAvailable = "CIDRNotAvailable"
+	// EventCIDRMismatch: the node's podCIDR differs from the alias on its NIC.
+	EventCIDRMismatch = "CIDRMismatch"
+	// EventCIDROutOfRange: the node's podCIDR lies outside the pod range.
+	EventCIDROutOfRange = "CIDROutOfRange"
+	// EventCloudAliasFailed: the cloud refused or failed an alias change.
+	EventCloudAliasFailed = "CloudAliasFailed"
+	// EventInstanceNotFound: the node's providerID names no known instance.
+	EventInstanceNotFound = "InstanceNotFound"
+	// EventAliasReleased: a deleted node's alias was removed from its NIC.
+	EventAliasReleased = "AliasReleased"
+)
+
+// maxRetries bounds the retries of one node before it is dropped until the
+// next informer resync.
+const maxRetries = 15
+
+// Config configures a Controller.
+type Config struct {
+	// MaskSize is the node block mask size (e.g. 24).
+	MaskSize int
+	// Workers is the number of concurrent node syncs.
+	Workers int
+	// ReleaseCooldown is how long a freed block waits before reuse.
+	ReleaseCooldown time.Duration
+	// LeakGracePeriod is how long an alias from the pod range may sit on an
+	// instance with no Node before it is removed.
+	LeakGracePeriod time.Duration
+	// GCInterval is how often leaked aliases are looked for.
+	GCInterval time.Duration
+	// CloudQPS and CloudBurst are the client-side budget for cloud calls.
+	CloudQPS   float64
+	CloudBurst int
+}
+
+// assignment is a block the controller holds for a node.
+type assignment struct {
+	cidr netip.Prefix
+	inst cloud.InstanceRef
+}
+
+// Controller is the node IPAM controller. Create it with New, start it with Run.
+type Controller struct {
+	cfg      Config
+	client   kubernetes.Interface
+	cloud    cloud.Interface
+	nodes    corelisters.NodeLister
+	synced   cache.InformerSynced
+	queue    workqueue.TypedRateLimitingInterface[string]
+	recorder record.EventRecorder
+	metrics  *Metrics
+
+	mu        sync.Mutex
+	alloc     *allocator.Allocator // nil until the state is rebuilt
+	podRange  netip.Prefix
+	rangeName string
+	owned     map[string]assignment   // node name -> its block
+	owner     map[netip.Prefix]string // block -> node name
+	cooling   map[netip.Prefix]time.Time
+	waiting   map[string]bool      // nodes waiting for a free block
+	leakSeen  map[string]time.Time // instance|cidr -> first seen leaked
+	ready     bool
+	wakeCh    chan struct{}
+}
+
+// New builds a controller. client is used for Node writes only; events go
+// through recorder (give it its own client so they never eat the write budget).
+func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.NodeInformer,
+	cl cloud.Interface, recorder record.EventRecorder, m *Metrics) *Controller {
+	if cfg.Workers <= 0 {
+		cfg.Workers = 1
+	}
+	if cfg.GCInterval <= 0 {
+		cfg.GCInterval = time.Minute
+	}
+	c := &Controller{
+		cfg:    cfg,
+		client: client,
+		cloud:  newBudgetCloud(cl, cfg.CloudQPS, cfg.CloudBurst, m),
+		nodes:  nodeInformer.Lister(),
+		synced: nodeInformer.Informer().HasSynced,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedMaxOfRateLimiter(
+				workqueue.NewTypedItemExponentialFailureRateLimiter[string](50*time.Millisecond, time.Minute),
+				&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(50, 500)},
+			),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "aliasip-nodes"}),
+		recorder: recorder,
+		metrics:  m,
+		owned:    map[string]assignment{},
+		owner:    map[netip.Prefix]string{},
+		cooling:  map[netip.Prefix]time.Time{},
+		waiting:  map[string]bool{},
+		leakSeen: map[string]time.Time{},
+		wakeCh:   make(chan struct{}, 1),
+	}
+	m.poolGaugeSource = c.poolStats
+	nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: c.enqueue,
+		UpdateFunc: func(old, cur any) {
+			o, n := old.(*corev1.Node), cur.(*corev1.Node)
+			// Status heartbeats change nothing we look at; resyncs (same
+			// resourceVersion) and spec changes are worth a sync.
+			if o.ResourceVersion == n.ResourceVersion || o.Spec.PodCIDR != n.Spec.PodCIDR ||
+				o.Spec.ProviderID != n.Spec.ProviderID {
+				c.enqueue(cur)
+			}
+		},
+		DeleteFunc: c.enqueue,
+	})
+	return c
+}
+
+func (c *Controller) enqueue(obj any) {
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil {
+		utilruntime.HandleError(err)
+		return
+	}
+	c.queue.Add(key)
+}
+
+// Ready reports whether the allocation state has been rebuilt.
+func (c *Controller) Ready() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ready
+}
+
+func (c *Controller) poolStats() (used, free, cooling int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.alloc == nil {
+		return 0, 0, 0
+	}
+	return c.alloc.Used(), c.alloc.Free(), len(c.cooling)
+}
+
+// Run waits for the informer caches, rebuilds the allocation state from all
+// Nodes and all alias ranges in the cloud, then runs the workers, the cooldown
+// releaser and the leak collector until ctx is done.
+func (c *Controller) Run(ctx context.Context) error {
+	defer utilruntime.HandleCrash()
+	defer c.queue.ShutDown()
+	logger := klog.FromContext(ctx)
+
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced) {
+		return errors.New("node informer never synced")
+	}
+	// The rebuild must succeed before the first allocation; an unreachable
+	// cloud is retried with backoff rather than guessed around.
+	backoff := wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: 30 * time.Second}
+	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
+		if err := c.rebuild(ctx); err != nil {
+			logger.Error(err, "Rebuilding allocation state, will retry")
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild allocation state: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	for i := 0; i < c.cfg.Workers; i++ {
+		wg.Go(func() {
+			for c.processNext(ctx) {
+			}
+		})
+	}
+	wg.Go(func() { c.runCooldown(ctx) })
+	wg.Go(func() { wait.UntilWithContext(ctx, c.collectLeaks, c.cfg.GCInterval) })
+	logger.Info("Controller running", "workers", c.cfg.Workers)
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+// rebuild marks every block in use by a Node's podCIDR or by an alias on a
+// known instance, so no block is handed out twice across restarts.
+func (c *Controller) rebuild(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	podRange, rangeName, err := c.cloud.PodRange(ctx)
+	if err != nil {
+		return fmt.Errorf("read pod range: %w", err)
+	}
+	alloc, err := allocator.New(podRange, c.cfg.MaskSize)
+	if err != nil {
+		return fmt.Errorf("pod range %v: %w", podRange, err)
+	}
+	instances, err := c.cloud.ListInstances(ctx)
+	if err != nil {
+		return fmt.Errorf("list instances: %w", err)
+	}
+	nodes, err := c.nodes.List(everything)
+	if err != nil {
+		return err
+	}
+	owned := map[string]assignment{}
+	owner := map[netip.Prefix]string{}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].CreationTimestamp.Before(&nodes[j].CreationTimestamp) })
+	for _, n := range nodes {
+		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
+		if err != nil || !alloc.Contains(p) {
+			continue
+		}
+		alloc.Occupy(p)
+		if _, taken := owner[p]; taken {
+			continue // two nodes claim one block: the node's sync reports it
+		}
+		inst, _ := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+		owned[n.Name] = assignment{cidr: p, inst: inst}
+		owner[p] = n.Name
+	}
+	aliases := 0
+	for _, in := range instances {
+		for _, a := range in.Aliases {
+			if c.ours(a, podRange, rangeName) {
+				alloc.Occupy(a.CIDR)
+				aliases++
+			}
+		}
+	}
+	c.mu.Lock()
+	c.alloc, c.podRange, c.rangeName = alloc, podRange, rangeName
+	c.owned, c.owner = owned, owner
+	c.ready = true
+	c.mu.Unlock()
+	logger.Info("Rebuilt allocation state", "podRange", podRange, "rangeName", rangeName,
+		"maskSize", c.cfg.MaskSize, "nodes", len(nodes), "instances", len(instances),
+		"aliases", aliases, "blocksUsed", alloc.Used(), "blocksFree", alloc.Free())
+	for _, n := range nodes {
+		c.queue.Add(n.Name)
+	}
+	return nil
+}
+
+// ours reports whether an alias range comes from the pod range.
+func (c *Controller) ours(a cloud.AliasRange, podRange netip.Prefix, rangeName string) bool {
+	return a.RangeName == rangeName && podRange.Bits() <= a.CIDR.Bits() && podRange.Contains(a.CIDR.Addr())
+}
+
+func (c *Controller) processNext(ctx context.Context) bool {
+	key, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(key)
+	start := time.Now()
+	err := c.sync(ctx, key)
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	c.metrics.SyncLatency.WithLabelValues(result).Observe(time.Since(start).Seconds())
+	c.handleErr(ctx, key, err)
+	return true
+}
+
+func (c *Controller) handleErr(ctx context.Context, key string, err error) {
+	if err == nil {
+		c.queue.Forget(key)
+		return
+	}
+	logger := klog.FromContext(ctx)
+	if c.queue.NumRequeues(key) < maxRetries {
+		logger.V(2).Info("Node sync failed, will retry", "node", key, "err", err)
+		c.queue.AddRateLimited(key)
+		return
+	}
+	logger.Error(err, "Dropping node after repeated failures; it is retried at the next resync", "node", key)
+	c.metrics.Dropped.Inc()
+	c.queue.Forget(key)
+}
+
+// errExhausted marks a sync that waits for a free block.
+var errExhausted = errors.New("waiting for a free block")
+
+// sync brings one node to its row of the state table.
+func (c *Controller) sync(ctx context.Context, name string) error {
+	node, err := c.nodes.Get(name)
+	if apierrors.IsNotFound(err) {
+		return c.release(ctx, name)
+	}
+	if err != nil {
+		return err
+	}
+	logger := klog.FromContext(ctx).WithValues("node", name)
+
+	inst, err := c.cloud.InstanceFor(ctx, node.Spec.ProviderID, name)
+	if err != nil {
+		c.recorder.Eventf(node, corev1.EventTypeWarning, EventInstanceNotFound,
+			"Cannot resolve instance of node (providerID %q): %v", node.Spec.ProviderID, err)
+		if errors.Is(err, cloud.ErrInstanceNotFound) {
+			// Not retried hot: the periodic resync looks again.
+			return nil
+		}
+		return err
+	}
+	aliases, err := c.cloud.Aliases(ctx, inst)
+	if err != nil {
+		if errors.Is(err, cloud.ErrInstanceNotFound) {
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventInstanceNotFound, "Instance %s not found: %v", inst, err)
+			return nil
+		}
+		return fmt.Errorf("read aliases of %s: %w", inst, err)
+	}
+
+	c.mu.Lock()
+	podRange, rangeName := c.podRange, c.rangeName
+	c.mu.Unlock()
+	var ours []netip.Prefix
+	for _, a := range aliases {
+		if c.ours(a, podRange, rangeName) {
+			ours = append(ours, a.CIDR)
+		}
+	}
+
+	if node.Spec.PodCIDR != "" {
+		podCIDR, err := netip.ParsePrefix(node.Spec.PodCIDR)
+		if err != nil || podCIDR.Masked() != podCIDR || !podRange.Contains(podCIDR.Addr()) || podCIDR.Bits() < podRange.Bits() {
+			c.metrics.Mismatches.Inc()
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDROutOfRange,
+				"podCIDR %q is not inside the pod range %v; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
+			return nil
+		}
+		if conflict := c.claim(name, podCIDR, inst); conflict != "" {
+			c.metrics.Mismatches.Inc()
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRMismatch,
+				"podCIDR %v is also the podCIDR of node %s; leaving both untouched", podCIDR, conflict)
+			return nil
+		}
+		switch {
+		case len(ours) == 0: // set, missing: repair
+			if err := c.cloud.AddAlias(ctx, inst, podCIDR); err != nil {
+				c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed, "Add alias %v to %s: %v", podCIDR, inst, err)
+				return fmt.Errorf("repair alias %v on %s: %w", podCIDR, inst, err)
+			}
+			c.metrics.Allocations.WithLabelValues("repaired").Inc()
+			c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Repaired alias %v on %s", podCIDR, inst)
+			logger.Info("Repaired missing alias", "cidr", podCIDR, "instance", inst)
+		case containsPrefix(ours, podCIDR): // set, present, equal
+			c.occupy(ours...)
+		default: // set, present, different
+			c.occupy(ours...)
+			c.metrics.Mismatches.Inc()
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRMismatch,
+				"podCIDR %v differs from alias range(s) %v on %s; leaving both untouched", podCIDR, ours, inst)
+		}
+		return nil
+	}
+
+	// podCIDR empty.
+	if len(ours) > 0 { // empty, present: adopt
+		cidr := ours[0]
+		if conflict := c.claim(name, cidr, inst); conflict != "" {
+			c.metrics.Mismatches.Inc()
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRMismatch,
+				"Alias %v on %s is the podCIDR of node %s; not adopting it", cidr, inst, conflict)
+			return nil
+		}
+		c.occupy(ours...)
+		if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
+			return err
+		}
+		c.metrics.Allocations.WithLabelValues("adopted").Inc()
+		c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Adopted alias %v from %s as podCIDR", cidr, inst)
+		logger.Info("Adopted alias as podCIDR", "cidr", cidr, "instance", inst)
+		return nil
+	}
+
+	// empty, none: reserve, add alias, patch.
+	cidr, err := c.reserve(name, inst)
+	if errors.Is(err, allocator.ErrRangeExhausted) {
+		c.metrics.Allocations.WithLabelValues("exhausted").Inc()
+		c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRNotAvailable,
+			"No free /%d left in %v for this node; waiting for one to be released", c.cfg.MaskSize, podRange)
+		return errExhausted
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.cloud.AddAlias(ctx, inst, cidr); err != nil {
+		c.metrics.Allocations.WithLabelValues("failed").Inc()
+		c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed, "Add alias %v to %s: %v", cidr, inst, err)
+		if errors.Is(err, cloud.ErrRangeConflict) {
+			// Someone outside our view holds this block: keep it marked used
+			// (never hand it out) but let the node try another.
+			c.mu.Lock()
+			delete(c.owned, name)
+			delete(c.owner, cidr)
+			c.mu.Unlock()
+		}
+		// Transient errors keep the reservation so the retry asks the cloud
+		// for the same block; the alias may already be there.
+		return fmt.Errorf("add alias %v to %s: %w", cidr, inst, err)
+	}
+	if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
+		return err
+	}
+	c.metrics.Allocations.WithLabelValues("assigned").Inc()
+	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Assigned %v, alias on %s", cidr, inst)
+	logger.V(2).Info("Assigned block", "cidr", cidr, "instance", inst)
+	return nil
+}
+
+// claim records name as the holder of cidr; it returns the name of another
+// node that already holds it ("" when the claim succeeded).
+func (c *Controller) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if other, ok := c.owner[cidr]; ok && other != name {
+		if _, err := c.nodes.Get(other); err == nil {
+			return other
+		}
+	}
+	if prev, ok := c.owned[name]; ok && prev.cidr != cidr {
+		delete(c.owner, prev.cidr)
+	}
+	c.alloc.Occupy(cidr)
+	delete(c.cooling, cidr)
+	c.owned[name] = assignment{cidr: cidr, inst: inst}
+	c.owner[cidr] = name
+	delete(c.waiting, name)
+	return ""
+}
+
+func (c *Controller) occupy(ps ...netip.Prefix) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range ps {
+		c.alloc.Occupy(p)
+	}
+}
+
+// reserve returns the node's held block, or allocates a new one.
+func (c *Controller) reserve(name string, inst cloud.InstanceRef) (netip.Prefix, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a, ok := c.owned[name]; ok {
+		a.inst = inst
+		c.owned[name] = a
+		return a.cidr, nil
+	}
+	cidr, err := c.alloc.Allocate()
+	if err != nil {
+		c.waiting[name] = true
+		return netip.Prefix{}, err
+	}
+	delete(c.waiting, name)
+	c.owned[name] = assignment{cidr: cidr, inst: inst}
+	c.owner[cidr] = name
+	return cidr, nil
+}
+
+// patchPodCIDR writes spec.podCIDR and spec.podCIDRs in one patch.
+func (c *Controller) patchPodCIDR(ctx context.Context, node *corev1.Node, cidr netip.Prefix) error {
+	patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, cidr.String(), cidr.String())
+	c.metrics.NodeWrites.Inc()
+	_, err := c.client.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, []byte(patch), metav1PatchOptions)
+	if err != nil {
+		return fmt.Errorf("patch podCIDR %v on node %s: %w", cidr, node.Name, err)
+	}
+	return nil
+}
+
+// release handles a deleted node: its alias is removed from the instance if
+// it still holds it, and the block cools down before reuse.
+func (c *Controller) release(ctx context.Context, name string) error {
+	c.mu.Lock()
+	a, ok := c.owned[name]
+	delete(c.waiting, name)
+	c.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if a.inst.Name != "" {
+		if err := c.cloud.RemoveAlias(ctx, a.inst, a.cidr); err != nil {
+			return fmt.Errorf("remove alias %v from %s of deleted node %s: %w", a.cidr, a.inst, name, err)
+		}
+	}
+	c.mu.Lock()
+	delete(c.owned, name)
+	if c.owner[a.cidr] == name {
+		delete(c.owner, a.cidr)
+		c.cooling[a.cidr] = time.Now().Add(c.cfg.ReleaseCooldown)
+	}
+	c.mu.Unlock()
+	c.wake()
+	ref := &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
+	c.recorder.Eventf(ref, corev1.EventTypeNormal, EventAliasReleased,
+		"Removed alias %v from %s; block reusable after %v", a.cidr, a.inst, c.cfg.ReleaseCooldown)
+	klog.FromContext(ctx).Info("Released block of deleted node", "node", name, "cidr", a.cidr, "instance", a.inst)
+	return nil
+}
+
+func (c *Controller) wake() {
+	select {
+	case c.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// runCooldown returns cooled-down blocks to the pool and wakes the nodes that
+// wait for one.
+func (c *Controller) runCooldown(ctx context.Context) {
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		next := now.Add(time.Minute)
+		var woken []string
+		c.mu.Lock()
+		for cidr, at := range c.cooling {
+			if !now.Before(at) {
+				delete(c.cooling, cidr)
+				if _, held := c.owner[cidr]; !held {
+					c.alloc.Release(cidr)
+					c.metrics.Releases.Inc()
+				}
+			} else if at.Before(next) {
+				next = at
+			}
+		}
+		if c.alloc.Free() > 0 {
+			for n := range c.waiting {
+				woken = append(woken, n)
+			}
+		}
+		c.mu.Unlock()
+		for _, n := range woken {
+			c.queue.Add(n)
+		}
+		t.Reset(time.Until(next))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-c.wakeCh:
+		}
+	}
+}
+
+// collectLeaks removes aliases from the pod range that sit on instances with
+// no Node for longer than the grace period, and cools their blocks down.
+func (c *Controller) collectLeaks(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	instances, err := c.cloud.ListInstances(ctx)
+	if err != nil {
+		logger.Error(err, "Leak collection: list instances")
+		return
+	}
+	nodes, err := c.nodes.List(everything)
+	if err != nil {
+		return
+	}
+	withNode := map[string]bool{}
+	for _, n := range nodes {
+		if inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name); err == nil {
+			withNode[inst.String()] = true
+		}
+	}
+	c.mu.Lock()
+	podRange, rangeName := c.podRange, c.rangeName
+	c.mu.Unlock()
+	now := time.Now()
+	seen := map[string]bool{}
+	for _, in := range instances {
+		if withNode[in.Ref.String()] {
+			continue
+		}
+		for _, a := range in.Aliases {
+			if !c.ours(a, podRange, rangeName) {
+				continue
+			}
+			key := in.Ref.String() + "|" + a.CIDR.String()
+			seen[key] = true
+			c.mu.Lock()
+			first, ok := c.leakSeen[key]
+			if !ok {
+				c.leakSeen[key] = now
+				first = now
+			}
+			c.mu.Unlock()
+			if now.Sub(first) < c.cfg.LeakGracePeriod {
+				continue
+			}
+			if err := c.cloud.RemoveAlias(ctx, in.Ref, a.CIDR); err != nil {
+				logger.Error(err, "Leak collection: remove alias", "instance", in.Ref, "cidr", a.CIDR)
+				continue
+			}
+			c.metrics.LeakedRemoved.Inc()
+			logger.Info("Removed leaked alias from instance without a Node", "instance", in.Ref, "cidr", a.CIDR)
+			c.mu.Lock()
+			delete(c.leakSeen, key)
+			if _, held := c.owner[a.CIDR]; !held {
+				c.alloc.Occupy(a.CIDR)
+				c.cooling[a.CIDR] = now.Add(c.cfg.ReleaseCooldown)
+			}
+			c.mu.Unlock()
+			c.wake()
+		}
+	}
+	c.mu.Lock()
+	for key := range c.leakSeen {
+		if !seen[key] {
+			delete(c.leakSeen, key)
+		}
+	}
+	c.mu.Unlock()
+}
+
+func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
+	for _, q := range ps {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	everything         = labels.Everything()
+	metav1PatchOptions = metav1.PatchOptions{FieldManager: "aliasip-controller"}
+)

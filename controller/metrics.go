@@ -1,0 +1,92 @@
+package controller
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the controller's Prometheus metrics, all prefixed aliasip_.
+type Metrics struct {
+	Allocations     *prometheus.CounterVec
+	CloudRequests   *prometheus.CounterVec
+	CloudLatency    *prometheus.HistogramVec
+	SyncLatency     *prometheus.HistogramVec
+	Mismatches      prometheus.Counter
+	Dropped         prometheus.Counter
+	LeakedRemoved   prometheus.Counter
+	Releases        prometheus.Counter
+	NodeWrites      prometheus.Counter
+	Leader          prometheus.Gauge
+	poolGaugeSource func() (used, free, cooling int)
+}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aliasip_allocations_total",
+			Help: "Node block decisions by result: assigned, adopted, repaired, exhausted, failed.",
+		}, []string{"result"}),
+		CloudRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aliasip_cloud_requests_total",
+			Help: "Cloud API calls by method and result code.",
+		}, []string{"method", "code"}),
+		CloudLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "aliasip_cloud_request_duration_seconds",
+			Help:    "Cloud API call latency, including waiting for the operation.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}, []string{"method"}),
+		SyncLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "aliasip_node_sync_duration_seconds",
+			Help:    "Time to sync one node, by result.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 14),
+		}, []string{"result"}),
+		Mismatches: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_cidr_mismatches_total",
+			Help: "Syncs that found a node's podCIDR differing from the alias on its NIC, or outside the pod range.",
+		}),
+		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_sync_dropped_total",
+			Help: "Nodes dropped from the queue after too many failed syncs (retried at the next resync).",
+		}),
+		LeakedRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_leaked_aliases_removed_total",
+			Help: "Alias ranges from the pod range removed from instances that have no Node.",
+		}),
+		Releases: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_releases_total",
+			Help: "Blocks returned to the pool after their cooldown.",
+		}),
+		NodeWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_node_writes_total",
+			Help: "Writes (patches) to Node objects.",
+		}),
+		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aliasip_leader",
+			Help: "1 while this process holds the leader lease.",
+		}),
+	}
+	reg.MustRegister(m.Allocations, m.CloudRequests, m.CloudLatency, m.SyncLatency, m.Mismatches,
+		m.Dropped, m.LeakedRemoved, m.Releases, m.NodeWrites, m.Leader)
+	for _, s := range []string{"used", "free", "cooling"} {
+		state := s
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "aliasip_pool_blocks",
+			Help:        "Blocks of the pod range by state (cooling blocks count as used too).",
+			ConstLabels: prometheus.Labels{"state": state},
+		}, func() float64 {
+			if m.poolGaugeSource == nil {
+				return 0
+			}
+			used, free, cooling := m.poolGaugeSource()
+			switch state {
+			case "used":
+				return float64(used)
+			case "free":
+				return float64(free)
+			default:
+				return float64(cooling)
+			}
+		}))
+	}
+	return m
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs or builds everything the tests, demo and benchmarks need, once:
+# etcd (Debian's etcd-server), iproute2, the CNI reference plugins (for
+# comparisons), and kube-apiserver + kube-controller-manager built from the
+# k8s.io/kubernetes module (hack/k8s) into the cache. Idempotent and cached.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${ALIASIP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aliasip}
+k8s_version=$(awk '/k8s.io\/kubernetes v/ {print $3; exit}' "$root/hack/k8s/go.mod")
+mkdir -p "$cache/bin"
+
+need_pkgs=()
+command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
+command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+[ -x /usr/lib/cni/ptp ] || need_pkgs+=(containernetworking-plugins)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "deps: need Debian packages ${need_pkgs[*]}; run as root" >&2
+		exit 1
+	fi
+	echo "deps: installing ${need_pkgs[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >/dev/null
+	apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+stamp="$cache/bin/.k8s-version"
+if [ ! -x "$cache/bin/kube-apiserver" ] || [ ! -x "$cache/bin/kube-controller-manager" ] ||
+	[ "$(cat "$stamp" 2>/dev/null)" != "$k8s_version" ]; then
+	echo "deps: building kube-apiserver and kube-controller-manager $k8s_version (about 5 minutes, once)"
+	cd "$root/hack/k8s"
+	export GONOSUMDB=k8s.io/kubernetes GOFLAGS=-mod=mod
+	go build -trimpath -o "$cache/bin/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+	go build -trimpath -o "$cache/bin/kube-controller-manager.tmp" k8s.io/kubernetes/cmd/kube-controller-manager
+	mv "$cache/bin/kube-apiserver.tmp" "$cache/bin/kube-apiserver"
+	mv "$cache/bin/kube-controller-manager.tmp" "$cache/bin/kube-controller-manager"
+	echo "$k8s_version" >"$stamp"
+fi
+echo "deps: ok (etcd $(etcd --version | awk 'NR==1{print $3}'), kubernetes $k8s_version in $cache/bin)"
