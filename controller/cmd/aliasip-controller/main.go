@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -25,12 +26,15 @@ func main() {
 
 func run() int {
 	fs := pflag.NewFlagSet("aliasip-controller", pflag.ContinueOnError)
-	fs.SetOutput(os.Stderr)
+	fs.SetOutput(io.Discard) // errors are reported below, in one line
 	opts := app.NewOptions()
 	opts.AddFlags(fs)
 	verbosity := fs.IntP("v", "v", 0, "Log verbosity.")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
+			fmt.Println("Usage of aliasip-controller:")
+			fs.SetOutput(os.Stdout)
+			fs.PrintDefaults()
 			return 0
 		}
 		fmt.Fprintf(os.Stderr, "aliasip-controller: %v\n", err)
