@@ -42,8 +42,12 @@ type InstanceRef struct {
 	Name    string
 }
 
-// String returns "project/zone/name" (empty parts kept), a stable map key.
+// String returns "project/zone/name", or just the name when project and
+// zone are empty; it is a stable map key.
 func (r InstanceRef) String() string {
+	if r.Project == "" && r.Zone == "" {
+		return r.Name
+	}
 	return r.Project + "/" + r.Zone + "/" + r.Name
 }
 

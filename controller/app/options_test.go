@@ -1,0 +1,43 @@
+package app
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		err  string // substring; "" means valid
+	}{
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/8"}, ""},
+		{[]string{"--cloud=fake", "--cluster-cidr=fd00::/48", "--node-cidr-mask-size=64"}, ""},
+		{[]string{"--cloud=fake"}, "--cluster-cidr is required"},
+		{[]string{"--cloud=azure"}, `want gce or fake`},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0"}, "--cluster-cidr"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.1.2.0/8"}, "host bits"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--node-cidr-mask-size=12"}, "--node-cidr-mask-size"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--cloud-qps=0"}, "--cloud-qps"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--leader-elect-renew-deadline=20s"}, "lease-duration"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-error-rate=2"}, "--fake-error-rate"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--metrics-addr=9090"}, "--metrics-addr"},
+	} {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatalf("%v: parse: %v", tc.args, err)
+		}
+		err := o.Validate()
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%v: unexpected error %v", tc.args, err)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%v: error %v, want one mentioning %q", tc.args, err, tc.err)
+		case err != nil && strings.Contains(err.Error(), "\n"):
+			t.Errorf("%v: error spans lines: %q", tc.args, err)
+		}
+	}
+}

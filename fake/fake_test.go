@@ -1,0 +1,190 @@
+package fake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aliasip/aliasip/cloud"
+)
+
+var ctx = context.Background()
+
+func mustNew(t *testing.T, o Options) *Cloud {
+	t.Helper()
+	if !o.PodRange.IsValid() {
+		o.PodRange = netip.MustParsePrefix("10.0.0.0/16")
+	}
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func ref(name string) cloud.InstanceRef { return cloud.InstanceRef{Name: name} }
+
+func TestUpdateInterfaceSemantics(t *testing.T) {
+	c := mustNew(t, Options{MaxAliases: 3})
+	c.RegisterInstance("a")
+	c.RegisterInstance("b")
+	pods := func(s ...string) []cloud.AliasRange {
+		var out []cloud.AliasRange
+		for _, p := range s {
+			out = append(out, cloud.AliasRange{CIDR: netip.MustParsePrefix(p), RangeName: "pods"})
+		}
+		return out
+	}
+	_, fp, err := c.GetInterface(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UpdateInterface(ctx, "a", fp, pods("10.0.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		inst     string
+		staleFP  bool
+		aliases  []cloud.AliasRange
+		want     error
+		wantList string
+	}{
+		{name: "stale fingerprint", inst: "a", staleFP: true, aliases: pods("10.0.2.0/24"), want: cloud.ErrStaleFingerprint},
+		{name: "outside pod range", inst: "a", aliases: pods("10.1.0.0/24"), want: cloud.ErrRangeConflict},
+		{name: "overlaps other instance", inst: "b", aliases: pods("10.0.1.128/25"), want: cloud.ErrRangeConflict},
+		{name: "overlaps itself", inst: "b", aliases: pods("10.0.4.0/24", "10.0.4.0/23"), want: cloud.ErrRangeConflict},
+		{name: "other range over pod range", inst: "b", aliases: []cloud.AliasRange{{CIDR: netip.MustParsePrefix("10.0.9.0/24"), RangeName: "svc"}}, want: cloud.ErrRangeConflict},
+		{name: "too many", inst: "b", aliases: pods("10.0.5.0/24", "10.0.6.0/24", "10.0.7.0/24", "10.0.8.0/24"), want: cloud.ErrTooManyAliases},
+		{name: "unknown instance", inst: "zz", aliases: nil, want: cloud.ErrInstanceNotFound},
+		{name: "full-list replace", inst: "a", aliases: pods("10.0.2.0/24", "10.0.3.0/24"), wantList: "[10.0.2.0/24 10.0.3.0/24]"},
+		{name: "other secondary range kept apart", inst: "b", aliases: append(pods("10.0.9.0/24"), cloud.AliasRange{CIDR: netip.MustParsePrefix("172.16.0.0/24"), RangeName: "other"}), wantList: "[10.0.9.0/24 172.16.0.0/24]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, fp, _ := c.GetInterface(ctx, tc.inst)
+			if tc.staleFP {
+				fp--
+			}
+			err := c.UpdateInterface(ctx, tc.inst, fp, tc.aliases)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if tc.wantList != "" {
+				got, _, _ := c.GetInterface(ctx, tc.inst)
+				var ps []netip.Prefix
+				for _, a := range got {
+					ps = append(ps, a.CIDR)
+				}
+				if fmt.Sprint(ps) != tc.wantList {
+					t.Fatalf("aliases %v, want %s", ps, tc.wantList)
+				}
+			}
+		})
+	}
+}
+
+func TestAddRemoveIdempotentAndConcurrent(t *testing.T) {
+	c := mustNew(t, Options{})
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		c.RegisterInstance("shared")
+		wg.Go(func() {
+			p := netip.MustParsePrefix(fmt.Sprintf("10.0.%d.0/24", i))
+			if err := c.AddAlias(ctx, ref("shared"), p); err != nil && !errors.Is(err, cloud.ErrTooManyAliases) {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got, _ := c.Aliases(ctx, ref("shared"))
+	if len(got) != 50 {
+		t.Fatalf("%d aliases after 50 concurrent adds to one NIC, want 50 (full-list updates lost some)", len(got))
+	}
+	p := netip.MustParsePrefix("10.0.7.0/24")
+	if err := c.AddAlias(ctx, ref("shared"), p); err != nil {
+		t.Fatalf("re-adding present alias: %v", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := c.RemoveAlias(ctx, ref("shared"), p); err != nil {
+			t.Fatalf("remove #%d: %v", i, err)
+		}
+	}
+	if err := c.RemoveAlias(ctx, ref("gone"), p); err != nil {
+		t.Fatalf("remove from a vanished instance: %v", err)
+	}
+	got, _ = c.Aliases(ctx, ref("shared"))
+	if len(got) != 49 {
+		t.Fatalf("%d aliases, want 49", len(got))
+	}
+}
+
+func TestInstanceFor(t *testing.T) {
+	c := mustNew(t, Options{AutoRegister: true})
+	if r, err := c.InstanceFor(ctx, "", "node-1"); err != nil || r.Name != "node-1" {
+		t.Fatalf("auto-registered node: %v %v", r, err)
+	}
+	if _, err := c.InstanceFor(ctx, "fake://ghost", "node-2"); !errors.Is(err, cloud.ErrInstanceNotFound) {
+		t.Fatalf("unknown providerID: got %v", err)
+	}
+	c.RegisterInstance("vm-3")
+	if r, err := c.InstanceFor(ctx, "gce://p/z/vm-3", "node-3"); err != nil || r.Name != "vm-3" {
+		t.Fatalf("gce-style providerID: %v %v", r, err)
+	}
+}
+
+func TestInjectedFaults(t *testing.T) {
+	c := mustNew(t, Options{ErrorRate: 1})
+	if _, err := c.ListInstances(ctx); !errors.Is(err, cloud.ErrUnavailable) {
+		t.Fatalf("error rate 1: got %v", err)
+	}
+	c = mustNew(t, Options{RateLimit: 1, RateBurst: 2})
+	var limited int
+	for i := 0; i < 10; i++ {
+		if _, err := c.ListInstances(ctx); errors.Is(err, cloud.ErrRateLimited) {
+			limited++
+		}
+	}
+	if limited < 7 {
+		t.Fatalf("rate limit 1/s burst 2: only %d of 10 calls limited", limited)
+	}
+	c = mustNew(t, Options{Latency: 200 * time.Millisecond})
+	c.RegisterInstance("a")
+	start := time.Now()
+	if err := c.AddAlias(ctx, ref("a"), netip.MustParsePrefix("10.0.0.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("write took %v with 200ms latency", d)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := c.AddAlias(cctx, ref("a"), netip.MustParsePrefix("10.0.1.0/24")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("canceled write: got %v", err)
+	}
+	if got, _ := c.Aliases(ctx, ref("a")); len(got) != 1 {
+		t.Fatalf("canceled write was applied: %v", got)
+	}
+}
+
+func TestStateFileSharedBetweenInstances(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cloud.json")
+	a := mustNew(t, Options{StatePath: path})
+	b := mustNew(t, Options{StatePath: path})
+	a.RegisterInstance("vm")
+	if err := a.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.0.3.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Aliases(ctx, ref("vm"))
+	if err != nil || len(got) != 1 || got[0].CIDR.String() != "10.0.3.0/24" {
+		t.Fatalf("second handle sees %v, %v", got, err)
+	}
+	b.RegisterInstance("other")
+	if err := b.AddAlias(ctx, ref("other"), netip.MustParsePrefix("10.0.3.0/25")); !errors.Is(err, cloud.ErrRangeConflict) {
+		t.Fatalf("overlap across handles: got %v", err)
+	}
+}
