@@ -1,0 +1,656 @@
+// Package gcetest is a GCE REST server for tests: it behaves like Compute
+// Engine for what aliasip uses, so the real google.golang.org/api/compute/v1
+// client (and the metadata client) can be driven over HTTP.
+//
+// Served: instances get/list/aggregatedList, instances.updateNetworkInterface
+// (400 without a fingerprint, 412 on a stale one, full-list replace, ranges
+// checked against the subnetwork's secondary ranges, overlap with any other
+// instance, the 150-range limit, requestId idempotence), zone operations
+// get/wait (wait may return before the operation is done, like GCE's),
+// subnetworks get, and the metadata server with its Metadata-Flavor check.
+// Faults can be injected: a 5xx rate, forced 412s, a rate limit answered
+// with 403 rateLimitExceeded, and operations that fail.
+package gcetest
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+	compute "google.golang.org/api/compute/v1"
+)
+
+// MaxAliasRanges is GCE's per-NIC limit.
+const MaxAliasRanges = 150
+
+// Faults are injected failures. Rates are fractions in [0,1].
+type Faults struct {
+	// Rate5xx: fraction of compute calls answered 503.
+	Rate5xx float64
+	// Force412: fraction of updateNetworkInterface calls answered 412.
+	Force412 float64
+	// RateLimit: compute calls per second accepted (0: unlimited); beyond it
+	// calls are answered 403 rateLimitExceeded.
+	RateLimit float64
+	// FailOps: fraction of operations that end DONE with an error, unapplied.
+	FailOps float64
+}
+
+// Options configures a Server.
+type Options struct {
+	Project string
+	Region  string
+	// Subnetwork and its ranges.
+	Subnetwork      string
+	PrimaryRange    netip.Prefix
+	SecondaryRanges map[string]netip.Prefix
+	// OpDelay is how long an operation stays RUNNING before it is DONE.
+	OpDelay time.Duration
+	// WaitMax is the longest operations.wait blocks before returning the
+	// operation, done or not (GCE: about 2 minutes).
+	WaitMax time.Duration
+	Faults  Faults
+	// Metadata describes the VM the metadata server speaks for.
+	Metadata Metadata
+}
+
+// Metadata is what the metadata server returns.
+type Metadata struct {
+	Project           string
+	NumericProject    string
+	Zone              string
+	InstanceName      string
+	InstanceAttrs     map[string]string
+	ProjectAttrs      map[string]string
+	NetworkInterfaces []MetadataNIC
+}
+
+// MetadataNIC is one network interface in the metadata.
+type MetadataNIC struct {
+	IP      string
+	Network string
+}
+
+// Server is the fake GCE. It is safe for concurrent use.
+type Server struct {
+	*httptest.Server
+	opts    Options
+	limiter *rate.Limiter
+
+	mu        sync.Mutex
+	instances map[string]*instance // zone/name
+	ops       map[string]*operation
+	requests  map[string]string // requestId -> operation name
+	nextOp    int
+	counts    map[string]int
+	faults    Faults
+}
+
+type instance struct {
+	zone, name  string
+	id          uint64
+	fingerprint uint64
+	aliases     []*compute.AliasIpRange
+	pending     []*compute.AliasIpRange // set while an update operation runs
+	busy        bool
+}
+
+type operation struct {
+	op     *compute.Operation
+	doneAt time.Time
+	apply  func() // runs when the operation completes successfully
+	fail   bool
+	done   chan struct{}
+}
+
+// NewServer starts a server.
+func NewServer(opts Options) *Server {
+	if opts.Project == "" {
+		opts.Project = "test-project"
+	}
+	if opts.Region == "" {
+		opts.Region = "us-central1"
+	}
+	if opts.Subnetwork == "" {
+		opts.Subnetwork = "nodes"
+	}
+	if !opts.PrimaryRange.IsValid() {
+		opts.PrimaryRange = netip.MustParsePrefix("10.128.0.0/20")
+	}
+	if opts.WaitMax <= 0 {
+		opts.WaitMax = 2 * time.Second
+	}
+	s := &Server{
+		opts:      opts,
+		instances: map[string]*instance{},
+		ops:       map[string]*operation{},
+		requests:  map[string]string{},
+		counts:    map[string]int{},
+	}
+	s.SetFaults(opts.Faults)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/compute/v1/", s.compute)
+	mux.HandleFunc("/computeMetadata/v1/", s.metadata)
+	s.Server = httptest.NewServer(mux)
+	return s
+}
+
+// Endpoint is the compute base URL for option.WithEndpoint.
+func (s *Server) Endpoint() string { return s.URL + "/compute/v1/" }
+
+// MetadataHost is the value for GCE_METADATA_HOST.
+func (s *Server) MetadataHost() string { return strings.TrimPrefix(s.URL, "http://") }
+
+// SetFaults replaces the injected faults.
+func (s *Server) SetFaults(f Faults) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = f
+	s.limiter = nil
+	if f.RateLimit > 0 {
+		s.limiter = rate.NewLimiter(rate.Limit(f.RateLimit), int(f.RateLimit)+1)
+	}
+}
+
+// AddInstance creates an instance in zone with NIC nic0 on the subnetwork.
+func (s *Server) AddInstance(zone, name string, aliases ...*compute.AliasIpRange) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.instances[zone+"/"+name] = &instance{zone: zone, name: name, id: uint64(len(s.instances) + 1000), fingerprint: 1, aliases: aliases}
+}
+
+// DeleteInstance removes an instance.
+func (s *Server) DeleteInstance(zone, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.instances, zone+"/"+name)
+}
+
+// Aliases returns the applied alias ranges of every instance, keyed by name.
+func (s *Server) Aliases() map[string][]*compute.AliasIpRange {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string][]*compute.AliasIpRange{}
+	for _, in := range s.instances {
+		for _, a := range in.aliases {
+			c := *a
+			out[in.name] = append(out[in.name], &c)
+		}
+	}
+	return out
+}
+
+// Count returns how many calls of a method ("instances.updateNetworkInterface",
+// "instances.get", …) were received, including failed ones.
+func (s *Server) Count(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.counts[method]
+}
+
+// Counts returns all call counts.
+func (s *Server) Counts() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range s.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// apiError writes a GCE-style error body.
+func apiError(w http.ResponseWriter, code int, reason, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{
+		"code": code, "message": msg,
+		"errors": []map[string]string{{"domain": "global", "reason": reason, "message": msg}},
+	}})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// compute routes /compute/v1/projects/{project}/...
+func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
+	parts := strings.Split(strings.Trim(strings.TrimPrefix(r.URL.Path, "/compute/v1/"), "/"), "/")
+	if len(parts) < 3 || parts[0] != "projects" {
+		apiError(w, 404, "notFound", "unknown path "+r.URL.Path)
+		return
+	}
+	if parts[1] != s.opts.Project {
+		apiError(w, 404, "notFound", fmt.Sprintf("project %q not found", parts[1]))
+		return
+	}
+	method := routeName(r.Method, parts[2:])
+	s.mu.Lock()
+	s.counts[method]++
+	f, lim := s.faults, s.limiter
+	s.mu.Unlock()
+	if lim != nil && !lim.Allow() {
+		apiError(w, 403, "rateLimitExceeded", "Quota exceeded for quota metric 'Queries' (injected)")
+		return
+	}
+	if f.Rate5xx > 0 && rand.Float64() < f.Rate5xx {
+		apiError(w, 503, "backendError", "The service is currently unavailable (injected).")
+		return
+	}
+	p := parts[2:]
+	switch {
+	case method == "instances.aggregatedList":
+		s.aggregatedList(w, r)
+	case method == "instances.list":
+		s.list(w, p[1])
+	case method == "instances.get":
+		s.getInstance(w, p[1], p[3])
+	case method == "instances.updateNetworkInterface":
+		if f.Force412 > 0 && rand.Float64() < f.Force412 {
+			apiError(w, 412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint (injected).")
+			return
+		}
+		s.updateNIC(w, r, p[1], p[3], f)
+	case method == "zoneOperations.get":
+		s.getOp(w, r, p[3], false)
+	case method == "zoneOperations.wait":
+		s.getOp(w, r, p[3], true)
+	case method == "subnetworks.get":
+		s.getSubnet(w, p[1], p[3])
+	default:
+		apiError(w, 404, "notFound", "unknown method "+r.Method+" "+r.URL.Path)
+	}
+}
+
+func routeName(method string, p []string) string {
+	switch {
+	case len(p) == 2 && p[0] == "aggregated" && p[1] == "instances" && method == "GET":
+		return "instances.aggregatedList"
+	case len(p) == 3 && p[0] == "zones" && p[2] == "instances" && method == "GET":
+		return "instances.list"
+	case len(p) == 4 && p[0] == "zones" && p[2] == "instances" && method == "GET":
+		return "instances.get"
+	case len(p) == 5 && p[0] == "zones" && p[2] == "instances" && p[4] == "updateNetworkInterface" && method == "PATCH":
+		return "instances.updateNetworkInterface"
+	case len(p) == 4 && p[0] == "zones" && p[2] == "operations" && method == "GET":
+		return "zoneOperations.get"
+	case len(p) == 5 && p[0] == "zones" && p[2] == "operations" && p[4] == "wait" && method == "POST":
+		return "zoneOperations.wait"
+	case len(p) == 4 && p[0] == "regions" && p[2] == "subnetworks" && method == "GET":
+		return "subnetworks.get"
+	}
+	return "unknown"
+}
+
+func (s *Server) subnetURL() string {
+	return fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s/subnetworks/%s", s.opts.Project, s.opts.Region, s.opts.Subnetwork)
+}
+
+func (s *Server) render(in *instance) *compute.Instance {
+	aliases := make([]*compute.AliasIpRange, 0, len(in.aliases))
+	for _, a := range in.aliases {
+		c := *a
+		aliases = append(aliases, &c)
+	}
+	return &compute.Instance{
+		Kind:     "compute#instance",
+		Id:       in.id,
+		Name:     in.name,
+		Zone:     fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/zones/%s", s.opts.Project, in.zone),
+		Status:   "RUNNING",
+		SelfLink: fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/zones/%s/instances/%s", s.opts.Project, in.zone, in.name),
+		NetworkInterfaces: []*compute.NetworkInterface{{
+			Name:          "nic0",
+			Network:       fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/global/networks/default", s.opts.Project),
+			Subnetwork:    s.subnetURL(),
+			AliasIpRanges: aliases,
+			Fingerprint:   fingerprint(in.fingerprint),
+		}},
+	}
+}
+
+func fingerprint(n uint64) string {
+	return base64.StdEncoding.EncodeToString([]byte(strconv.FormatUint(n*2654435761, 16)))
+}
+
+func (s *Server) getInstance(w http.ResponseWriter, zone, name string) {
+	s.mu.Lock()
+	in, ok := s.instances[zone+"/"+name]
+	var out *compute.Instance
+	if ok {
+		out = s.render(in)
+	}
+	s.mu.Unlock()
+	if !ok {
+		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/zones/%s/instances/%s' was not found", s.opts.Project, zone, name))
+		return
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) list(w http.ResponseWriter, zone string) {
+	s.mu.Lock()
+	var items []*compute.Instance
+	for _, in := range s.sorted() {
+		if in.zone == zone {
+			items = append(items, s.render(in))
+		}
+	}
+	s.mu.Unlock()
+	writeJSON(w, &compute.InstanceList{Kind: "compute#instanceList", Items: items})
+}
+
+// aggregatedList pages through all instances, 100 per page.
+func (s *Server) aggregatedList(w http.ResponseWriter, r *http.Request) {
+	const pageSize = 100
+	start, _ := strconv.Atoi(r.URL.Query().Get("pageToken"))
+	s.mu.Lock()
+	all := s.sorted()
+	out := &compute.InstanceAggregatedList{Kind: "compute#instanceAggregatedList", Items: map[string]compute.InstancesScopedList{}}
+	end := min(start+pageSize, len(all))
+	for _, in := range all[min(start, len(all)):end] {
+		key := "zones/" + in.zone
+		l := out.Items[key]
+		l.Instances = append(l.Instances, s.render(in))
+		out.Items[key] = l
+	}
+	s.mu.Unlock()
+	if end < len(all) {
+		out.NextPageToken = strconv.Itoa(end)
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) sorted() []*instance {
+	out := make([]*instance, 0, len(s.instances))
+	for _, in := range s.instances {
+		out = append(out, in)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].zone+"/"+out[i].name < out[j].zone+"/"+out[j].name })
+	return out
+}
+
+func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name string, f Faults) {
+	var nic compute.NetworkInterface
+	if err := json.NewDecoder(r.Body).Decode(&nic); err != nil {
+		apiError(w, 400, "parseError", "Invalid JSON payload: "+err.Error())
+		return
+	}
+	if got := r.URL.Query().Get("networkInterface"); got != "nic0" {
+		apiError(w, 400, "invalid", fmt.Sprintf("Invalid value for field 'networkInterface': %q", got))
+		return
+	}
+	reqID := r.URL.Query().Get("requestId")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reqID != "" {
+		if opName, ok := s.requests[reqID]; ok {
+			// A retried request: the same operation, not applied twice.
+			writeJSON(w, s.ops[opName].op)
+			return
+		}
+	}
+	in, ok := s.instances[zone+"/"+name]
+	if !ok {
+		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/zones/%s/instances/%s' was not found", s.opts.Project, zone, name))
+		return
+	}
+	if nic.Fingerprint == "" {
+		apiError(w, 400, "required", "Required field 'fingerprint' not specified")
+		return
+	}
+	if nic.Fingerprint != fingerprint(in.fingerprint) {
+		apiError(w, 412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint.")
+		return
+	}
+	if in.busy {
+		apiError(w, 400, "resourceNotReady", fmt.Sprintf("The resource 'instances/%s' is not ready", name))
+		return
+	}
+	if msg := s.validate(in, nic.AliasIpRanges); msg != "" {
+		apiError(w, 400, "invalid", msg)
+		return
+	}
+	desired := make([]*compute.AliasIpRange, 0, len(nic.AliasIpRanges))
+	for _, a := range nic.AliasIpRanges {
+		c := *a
+		p, _ := netip.ParsePrefix(a.IpCidrRange)
+		c.IpCidrRange = p.Masked().String()
+		desired = append(desired, &c)
+	}
+	// The fingerprint is consumed at once: a concurrent update with the same
+	// fingerprint gets 412, as on GCE.
+	in.fingerprint++
+	in.busy = true
+	in.pending = desired
+	s.nextOp++
+	opName := fmt.Sprintf("operation-%d-%d", time.Now().UnixNano(), s.nextOp)
+	o := &operation{
+		op: &compute.Operation{
+			Kind: "compute#operation", Name: opName, Status: "RUNNING", OperationType: "updateNetworkInterface",
+			Zone:       fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/zones/%s", s.opts.Project, zone),
+			TargetLink: fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/zones/%s/instances/%s", s.opts.Project, zone, name),
+			SelfLink:   fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/zones/%s/operations/%s", s.opts.Project, zone, opName),
+		},
+		doneAt: time.Now().Add(s.opts.OpDelay),
+		fail:   f.FailOps > 0 && rand.Float64() < f.FailOps,
+		done:   make(chan struct{}),
+	}
+	o.apply = func() {
+		// The NIC changes when the operation completes, and so does its
+		// fingerprint: a writer that read during the operation gets 412.
+		in.fingerprint++
+		if o.fail {
+			in.pending, in.busy = nil, false
+			return
+		}
+		in.aliases, in.pending, in.busy = desired, nil, false
+	}
+	s.ops[opName] = o
+	if reqID != "" {
+		s.requests[reqID] = opName
+	}
+	if s.opts.OpDelay <= 0 {
+		s.finish(o)
+	} else {
+		time.AfterFunc(s.opts.OpDelay, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.finish(o)
+		})
+	}
+	writeJSON(w, o.op)
+}
+
+// finish completes an operation; s.mu is held.
+func (s *Server) finish(o *operation) {
+	if o.op.Status == "DONE" {
+		return
+	}
+	o.apply()
+	o.op.Status = "DONE"
+	o.op.Progress = 100
+	if o.fail {
+		o.op.HttpErrorStatusCode = 500
+		o.op.Error = &compute.OperationError{Errors: []*compute.OperationErrorErrors{{
+			Code: "INTERNAL_ERROR", Message: "Internal error while updating the network interface (injected).",
+		}}}
+	}
+	close(o.done)
+}
+
+// validate checks a desired alias list; s.mu is held.
+func (s *Server) validate(in *instance, aliases []*compute.AliasIpRange) string {
+	if len(aliases) > MaxAliasRanges {
+		return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges': exceeded the limit of %d alias IP ranges per network interface", MaxAliasRanges)
+	}
+	var mine []netip.Prefix
+	for _, a := range aliases {
+		p, err := netip.ParsePrefix(a.IpCidrRange)
+		if err != nil {
+			return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges.ipCidrRange': %q", a.IpCidrRange)
+		}
+		p = p.Masked()
+		parent := s.opts.PrimaryRange
+		if a.SubnetworkRangeName != "" {
+			r, ok := s.opts.SecondaryRanges[a.SubnetworkRangeName]
+			if !ok {
+				return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges.subnetworkRangeName': %q does not exist in subnetwork %s", a.SubnetworkRangeName, s.opts.Subnetwork)
+			}
+			parent = r
+		}
+		if p.Bits() < parent.Bits() || !parent.Contains(p.Addr()) {
+			return fmt.Sprintf("Invalid IP CIDR range %s: not within range %s of subnetwork %s", p, parent, s.opts.Subnetwork)
+		}
+		for _, q := range mine {
+			if q.Overlaps(p) {
+				return fmt.Sprintf("Alias IP ranges %s and %s overlap", q, p)
+			}
+		}
+		mine = append(mine, p)
+	}
+	for _, other := range s.instances {
+		if other == in {
+			continue
+		}
+		for _, list := range [][]*compute.AliasIpRange{other.aliases, other.pending} {
+			for _, a := range list {
+				q, _ := netip.ParsePrefix(a.IpCidrRange)
+				for _, p := range mine {
+					if q.Overlaps(p) {
+						return fmt.Sprintf("IP CIDR range %s conflicts with alias IP range %s of instance %s", p, q, other.name)
+					}
+				}
+			}
+		}
+	}
+	return ""
+}
+
+func (s *Server) getOp(w http.ResponseWriter, r *http.Request, name string, wait bool) {
+	s.mu.Lock()
+	o, ok := s.ops[name]
+	s.mu.Unlock()
+	if !ok {
+		apiError(w, 404, "notFound", "operation "+name+" not found")
+		return
+	}
+	if wait {
+		t := time.NewTimer(s.opts.WaitMax)
+		select {
+		case <-o.done:
+		case <-t.C: // returns early, still RUNNING
+		case <-r.Context().Done():
+		}
+		t.Stop()
+	}
+	s.mu.Lock()
+	out := *o.op
+	s.mu.Unlock()
+	writeJSON(w, &out)
+}
+
+func (s *Server) getSubnet(w http.ResponseWriter, region, name string) {
+	if region != s.opts.Region || name != s.opts.Subnetwork {
+		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/regions/%s/subnetworks/%s' was not found", s.opts.Project, region, name))
+		return
+	}
+	sub := &compute.Subnetwork{
+		Kind: "compute#subnetwork", Name: name, IpCidrRange: s.opts.PrimaryRange.String(),
+		Region: fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s", s.opts.Project, region), SelfLink: s.subnetURL(),
+	}
+	names := make([]string, 0, len(s.opts.SecondaryRanges))
+	for n := range s.opts.SecondaryRanges {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		sub.SecondaryIpRanges = append(sub.SecondaryIpRanges, &compute.SubnetworkSecondaryRange{RangeName: n, IpCidrRange: s.opts.SecondaryRanges[n].String()})
+	}
+	writeJSON(w, sub)
+}
+
+// metadata serves /computeMetadata/v1/..., refusing requests without the
+// Metadata-Flavor: Google header as the real server does.
+func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Metadata-Flavor") != "Google" {
+		http.Error(w, "Missing Metadata-Flavor:Google header.", http.StatusForbidden)
+		return
+	}
+	s.mu.Lock()
+	s.counts["metadata"]++
+	s.mu.Unlock()
+	w.Header().Set("Metadata-Flavor", "Google")
+	md := s.opts.Metadata
+	path := strings.TrimPrefix(r.URL.Path, "/computeMetadata/v1/")
+	var val string
+	ok := true
+	switch {
+	case path == "project/project-id":
+		val = md.Project
+	case path == "project/numeric-project-id":
+		val = md.NumericProject
+	case path == "instance/zone":
+		val = fmt.Sprintf("projects/%s/zones/%s", md.NumericProject, md.Zone)
+	case path == "instance/name":
+		val = md.InstanceName
+	case path == "instance/hostname":
+		val = md.InstanceName + ".c." + md.Project + ".internal"
+	case strings.HasPrefix(path, "instance/attributes/"):
+		val, ok = md.InstanceAttrs[strings.TrimPrefix(path, "instance/attributes/")]
+	case strings.HasPrefix(path, "project/attributes/"):
+		val, ok = md.ProjectAttrs[strings.TrimPrefix(path, "project/attributes/")]
+	case strings.HasPrefix(path, "instance/network-interfaces/"):
+		rest := strings.Split(strings.TrimPrefix(path, "instance/network-interfaces/"), "/")
+		i, err := strconv.Atoi(rest[0])
+		if err != nil || i >= len(md.NetworkInterfaces) || len(rest) < 2 {
+			ok = false
+			break
+		}
+		switch strings.Join(rest[1:], "/") {
+		case "ip":
+			val = md.NetworkInterfaces[i].IP
+		case "network":
+			val = md.NetworkInterfaces[i].Network
+		case "ip-aliases/":
+			val = s.metadataAliases(md.InstanceName)
+		default:
+			ok = false
+		}
+	default:
+		ok = false
+	}
+	if !ok || val == "" && !strings.HasSuffix(path, "ip-aliases/") {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "application/text")
+	fmt.Fprint(w, val)
+}
+
+// metadataAliases lists the alias ranges of the named instance, one per
+// line, as instance/network-interfaces/0/ip-aliases/ does.
+func (s *Server) metadataAliases(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lines []string
+	for _, in := range s.instances {
+		if in.name == name {
+			for _, a := range in.aliases {
+				lines = append(lines, a.IpCidrRange)
+			}
+		}
+	}
+	return strings.Join(lines, "\n")
+}
