@@ -14,24 +14,38 @@ import (
 // counts it in metrics by method and result code.
 type budgetCloud struct {
 	inner   cloud.Interface
-	limiter *rate.Limiter
+	limiter *rate.Limiter // nil when the cloud budgets its own requests
 	metrics *Metrics
 }
 
 var _ cloud.Interface = (*budgetCloud)(nil)
 
-func newBudgetCloud(inner cloud.Interface, qps float64, burst int, m *Metrics) *budgetCloud {
-	return &budgetCloud{inner: inner, limiter: rate.NewLimiter(rate.Limit(qps), max(burst, 1)), metrics: m}
+// newBudgetCloud wraps inner. When selfBudgeted, inner applies the budget
+// and counts requests itself (per HTTP call), and only interface calls are
+// counted here.
+func newBudgetCloud(inner cloud.Interface, qps float64, burst int, selfBudgeted bool, m *Metrics) *budgetCloud {
+	b := &budgetCloud{inner: inner, metrics: m}
+	if !selfBudgeted {
+		b.limiter = rate.NewLimiter(rate.Limit(qps), max(burst, 1))
+	}
+	return b
 }
 
 func (b *budgetCloud) call(ctx context.Context, method string, fn func() error) error {
-	if err := b.limiter.Wait(ctx); err != nil {
-		return err
+	if b.limiter != nil {
+		if err := b.limiter.Wait(ctx); err != nil {
+			return err
+		}
 	}
 	start := time.Now()
 	err := fn()
-	b.metrics.CloudLatency.WithLabelValues(method).Observe(time.Since(start).Seconds())
-	b.metrics.CloudRequests.WithLabelValues(method, cloud.Code(err)).Inc()
+	d := time.Since(start)
+	b.metrics.CloudCallTime.WithLabelValues(method).Observe(d.Seconds())
+	b.metrics.CloudCalls.WithLabelValues(method, cloud.Code(err)).Inc()
+	if b.limiter != nil {
+		b.metrics.CloudRequests.WithLabelValues(method, cloud.Code(err)).Inc()
+		b.metrics.CloudLatency.WithLabelValues(method).Observe(d.Seconds())
+	}
 	return err
 }
 

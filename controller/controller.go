@@ -37,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime/debug"
 	"sort"
 	"sync"
 	"time"
@@ -99,6 +100,8 @@ type Config struct {
 	// CloudQPS and CloudBurst are the client-side budget for cloud calls.
 	CloudQPS   float64
 	CloudBurst int
+	// CloudBudgeted: the cloud applies the QPS budget itself (per request).
+	CloudBudgeted bool
 }
 
 // assignment is a block the controller holds for a node.
@@ -144,7 +147,7 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 	c := &Controller{
 		cfg:    cfg,
 		client: client,
-		cloud:  newBudgetCloud(cl, cfg.CloudQPS, cfg.CloudBurst, m),
+		cloud:  newBudgetCloud(cl, cfg.CloudQPS, cfg.CloudBurst, cfg.CloudBudgeted, m),
 		nodes:  nodeInformer.Lister(),
 		synced: nodeInformer.Informer().HasSynced,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -220,6 +223,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	backoff := wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: 30 * time.Second}
 	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
 		if err := c.rebuild(ctx); err != nil {
+			if errors.Is(err, errConfig) {
+				return false, err
+			}
 			logger.Error(err, "Rebuilding allocation state, will retry")
 			return false, nil
 		}
@@ -255,7 +261,7 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	}
 	alloc, err := allocator.New(podRange, c.cfg.MaskSize)
 	if err != nil {
-		return fmt.Errorf("pod range %v: %w", podRange, err)
+		return fmt.Errorf("%w: pod range %v: %w", errConfig, podRange, err)
 	}
 	instances, err := c.cloud.ListInstances(ctx)
 	if err != nil {
@@ -316,7 +322,7 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	}
 	defer c.queue.Done(key)
 	start := time.Now()
-	err := c.sync(ctx, key)
+	err := c.safeSync(ctx, key)
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -341,6 +347,22 @@ func (c *Controller) handleErr(ctx context.Context, key string, err error) {
 	c.metrics.Dropped.Inc()
 	c.queue.Forget(key)
 }
+
+// safeSync runs sync and turns a panic into an error for this node only: one
+// bad node (or bug on its path) must not take the controller down.
+func (c *Controller) safeSync(ctx context.Context, key string) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c.metrics.Panics.Inc()
+			err = fmt.Errorf("panic while syncing node %s: %v\n%s", key, r, debug.Stack())
+			klog.FromContext(ctx).Error(err, "Recovered from panic", "node", key)
+		}
+	}()
+	return c.sync(ctx, key)
+}
+
+// errConfig marks a configuration that can never work (not retried).
+var errConfig = errors.New("invalid configuration")
 
 // errExhausted marks a sync that waits for a free block.
 var errExhausted = errors.New("waiting for a free block")

@@ -1,17 +1,23 @@
 package controller
 
 import (
+	"strconv"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Metrics are the controller's Prometheus metrics, all prefixed aliasip_.
 type Metrics struct {
 	Allocations     *prometheus.CounterVec
+	CloudCalls      *prometheus.CounterVec
+	CloudCallTime   *prometheus.HistogramVec
 	CloudRequests   *prometheus.CounterVec
 	CloudLatency    *prometheus.HistogramVec
 	SyncLatency     *prometheus.HistogramVec
 	Mismatches      prometheus.Counter
 	Dropped         prometheus.Counter
+	Panics          prometheus.Counter
 	LeakedRemoved   prometheus.Counter
 	Releases        prometheus.Counter
 	NodeWrites      prometheus.Counter
@@ -26,13 +32,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "aliasip_allocations_total",
 			Help: "Node block decisions by result: assigned, adopted, repaired, exhausted, failed.",
 		}, []string{"result"}),
+		CloudCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aliasip_cloud_calls_total",
+			Help: "Cloud interface calls (Aliases, AddAlias, …, each including its retries and operation wait) by method and result.",
+		}, []string{"method", "code"}),
+		CloudCallTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "aliasip_cloud_call_duration_seconds",
+			Help:    "Cloud interface call latency, including retries and waiting for the operation.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}, []string{"method"}),
 		CloudRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aliasip_cloud_requests_total",
-			Help: "Cloud API calls by method and result code.",
+			Help: "Cloud API requests by API method and status code (GCE: each HTTP call; fake: each call).",
 		}, []string{"method", "code"}),
 		CloudLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "aliasip_cloud_request_duration_seconds",
-			Help:    "Cloud API call latency, including waiting for the operation.",
+			Help:    "Cloud API request latency by API method.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
 		}, []string{"method"}),
 		SyncLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -47,6 +62,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_sync_dropped_total",
 			Help: "Nodes dropped from the queue after too many failed syncs (retried at the next resync).",
+		}),
+		Panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_sync_panics_total",
+			Help: "Node syncs that panicked (recovered; the node is retried). Any value above 0 is a bug.",
 		}),
 		LeakedRemoved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_leaked_aliases_removed_total",
@@ -65,8 +84,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 while this process holds the leader lease.",
 		}),
 	}
-	reg.MustRegister(m.Allocations, m.CloudRequests, m.CloudLatency, m.SyncLatency, m.Mismatches,
-		m.Dropped, m.LeakedRemoved, m.Releases, m.NodeWrites, m.Leader)
+	reg.MustRegister(m.Allocations, m.CloudCalls, m.CloudCallTime, m.CloudRequests, m.CloudLatency, m.SyncLatency, m.Mismatches,
+		m.Dropped, m.Panics, m.LeakedRemoved, m.Releases, m.NodeWrites, m.Leader)
 	for _, s := range []string{"used", "free", "cooling"} {
 		state := s
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -89,4 +108,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}))
 	}
 	return m
+}
+
+// ObserveCloudRequest records one cloud API request (the gce.Observer hook).
+func (m *Metrics) ObserveCloudRequest(method string, code int, d time.Duration) {
+	m.CloudRequests.WithLabelValues(method, strconv.Itoa(code)).Inc()
+	m.CloudLatency.WithLabelValues(method).Observe(d.Seconds())
 }

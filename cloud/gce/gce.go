@@ -358,13 +358,17 @@ func (c *Cloud) modify(ctx context.Context, inst cloud.InstanceRef, change func(
 // wait polls the zone operation until DONE; operations.wait may return
 // before that, so it loops. An operation error is returned.
 func (c *Cloud) wait(ctx context.Context, inst cloud.InstanceRef, op *compute.Operation) error {
+	name := op.Name
 	for op.Status != "DONE" {
-		err := c.retry(ctx, "zoneOperations.wait", func() (err error) {
-			op, err = c.svc.ZoneOperations.Wait(c.project(inst), inst.Zone, op.Name).Context(ctx).Do()
+		err := c.retry(ctx, "zoneOperations.wait", func() error {
+			got, err := c.svc.ZoneOperations.Wait(c.project(inst), inst.Zone, name).Context(ctx).Do()
+			if err == nil {
+				op = got
+			}
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("wait for operation: %w", err)
+			return fmt.Errorf("wait for operation %s: %w", name, err)
 		}
 	}
 	if op.Error != nil && len(op.Error.Errors) > 0 {

@@ -217,7 +217,8 @@ func TestFaultsAreRetried(t *testing.T) {
 		{"failing operations", gcetest.Faults{FailOps: 0.5}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newServer(t, gcetest.Options{Faults: tc.faults})
+			// Operations outlast a wait call, so waits are retried too.
+			s := newServer(t, gcetest.Options{Faults: tc.faults, OpDelay: 30 * time.Millisecond, WaitMax: 5 * time.Millisecond})
 			for i := 0; i < 10; i++ {
 				s.AddInstance(zone, fmt.Sprintf("vm-%d", i))
 			}

@@ -30,6 +30,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/cloud/gce"
 	"github.com/aliasip/aliasip/controller"
 	"github.com/aliasip/aliasip/fake"
 )
@@ -62,14 +63,14 @@ func Run(ctx context.Context, o *Options) error {
 		return err
 	}
 
-	cl, err := newCloud(ctx, o)
-	if err != nil {
-		return err
-	}
-
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := controller.NewMetrics(reg)
+
+	cl, selfBudgeted, err := newCloud(ctx, o, metrics)
+	if err != nil {
+		return err
+	}
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartStructuredLogging(4)
@@ -94,6 +95,7 @@ func Run(ctx context.Context, o *Options) error {
 		GCInterval:      o.GCInterval,
 		CloudQPS:        o.CloudQPS,
 		CloudBurst:      o.CloudBurst,
+		CloudBudgeted:   selfBudgeted,
 	}, client, nodeInformer, cl, recorder, metrics)
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -180,10 +182,12 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-func newCloud(ctx context.Context, o *Options) (cloud.Interface, error) {
+// newCloud builds the cloud. It reports whether the cloud applies the
+// --cloud-qps budget and request metrics itself (GCE does, per HTTP call).
+func newCloud(ctx context.Context, o *Options, m *controller.Metrics) (cloud.Interface, bool, error) {
 	switch o.Cloud {
 	case "fake":
-		return fake.New(fake.Options{
+		c, err := fake.New(fake.Options{
 			PodRange:     netip.MustParsePrefix(o.ClusterCIDR),
 			Latency:      o.FakeLatency,
 			ErrorRate:    o.FakeErrorRate,
@@ -192,8 +196,36 @@ func newCloud(ctx context.Context, o *Options) (cloud.Interface, error) {
 			AutoRegister: o.FakeAutoReg,
 			StatePath:    o.FakeStateFile,
 		})
+		return c, false, err
+	case "gce":
+		cfg := gce.Config{
+			Project:        o.GCEProject,
+			Region:         o.GCERegion,
+			Zone:           o.GCEZone,
+			Subnetwork:     o.GCESubnetwork,
+			SecondaryRange: o.GCESecondaryRange,
+			Endpoint:       o.GCEEndpoint,
+			QPS:            o.CloudQPS,
+			Burst:          o.CloudBurst,
+			Observe:        m.ObserveCloudRequest,
+		}
+		if o.ClusterCIDR != "" {
+			cfg.PodRange = netip.MustParsePrefix(o.ClusterCIDR)
+		}
+		if cfg.Project == "" || cfg.Zone == "" || cfg.Subnetwork == "" || cfg.SecondaryRange == "" {
+			mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			err := gce.FillFromMetadata(mctx, &cfg)
+			cancel()
+			if err != nil {
+				return nil, false, fmt.Errorf("GCE settings from the metadata server (or give --gce-project, --gce-zone, --gce-subnetwork, --gce-secondary-range): %w", err)
+			}
+		}
+		klog.FromContext(ctx).Info("GCE cloud", "project", cfg.Project, "region", cfg.Region, "zone", cfg.Zone,
+			"subnetwork", cfg.Subnetwork, "secondaryRange", cfg.SecondaryRange, "endpoint", cfg.Endpoint)
+		c, err := gce.New(ctx, cfg)
+		return c, true, err
 	default:
-		return nil, fmt.Errorf("cloud %q not supported", o.Cloud)
+		return nil, false, fmt.Errorf("cloud %q not supported", o.Cloud)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -39,6 +40,13 @@ type Options struct {
 
 	MetricsAddr string
 	HealthAddr  string
+
+	GCEProject        string
+	GCERegion         string
+	GCEZone           string
+	GCESubnetwork     string
+	GCESecondaryRange string
+	GCEEndpoint       string
 
 	FakeLatency   time.Duration
 	FakeErrorRate float64
@@ -98,6 +106,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.RetryPeriod, "leader-elect-retry-period", o.RetryPeriod, "Leader election retry period.")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of the Prometheus /metrics endpoint (empty: off).")
 	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "Address of /healthz and /readyz (empty: off).")
+	fs.StringVar(&o.GCEProject, "gce-project", o.GCEProject, "GCE project (default: from the metadata server).")
+	fs.StringVar(&o.GCERegion, "gce-region", o.GCERegion, "GCE region of the subnetwork (default: from the zone).")
+	fs.StringVar(&o.GCEZone, "gce-zone", o.GCEZone, "GCE zone of nodes without a providerID (default: from the metadata server).")
+	fs.StringVar(&o.GCESubnetwork, "gce-subnetwork", o.GCESubnetwork, "Subnetwork of the nodes (default: the aliasip-subnetwork metadata attribute, else this VM's nic0).")
+	fs.StringVar(&o.GCESecondaryRange, "gce-secondary-range", o.GCESecondaryRange, "Secondary range of the subnetwork pods come from (default: the aliasip-secondary-range attribute, else the only one).")
+	fs.StringVar(&o.GCEEndpoint, "gce-endpoint", o.GCEEndpoint, "Compute API base URL, e.g. http://127.0.0.1:8080/compute/v1/; no credentials are used then (default: the real API with Application Default Credentials).")
 	fs.DurationVar(&o.FakeLatency, "fake-latency", o.FakeLatency, "Fake cloud: latency of each alias write operation.")
 	fs.Float64Var(&o.FakeErrorRate, "fake-error-rate", o.FakeErrorRate, "Fake cloud: fraction of calls failing with 503.")
 	fs.Float64Var(&o.FakeRateLimit, "fake-rate-limit", o.FakeRateLimit, "Fake cloud: calls per second accepted (0: unlimited).")
@@ -113,7 +127,12 @@ func (o *Options) Validate() error {
 			return fmt.Errorf("--cluster-cidr is required with --cloud=fake")
 		}
 	case "gce":
-		return fmt.Errorf("--cloud=gce: the GCE cloud is not available in this build yet; use --cloud=fake")
+		if o.GCEEndpoint != "" {
+			u, err := url.Parse(o.GCEEndpoint)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("--gce-endpoint=%q: want an http(s) URL such as http://127.0.0.1:8080/compute/v1/", o.GCEEndpoint)
+			}
+		}
 	default:
 		return fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
 	}

@@ -99,9 +99,15 @@ type Snapshot struct {
 	Aliases map[string][]netip.Prefix // instance name -> our alias ranges
 }
 
+// AliasLister is the part of a cloud a snapshot reads.
+type AliasLister interface {
+	PodRange(ctx context.Context) (netip.Prefix, string, error)
+	ListInstances(ctx context.Context) ([]cloud.Instance, error)
+}
+
 // TakeSnapshot lists Nodes and cloud instances. Instances are matched to
 // nodes by name (the fake cloud's convention for nodes without providerID).
-func TakeSnapshot(ctx context.Context, client kubernetes.Interface, cl cloud.Interface) (*Snapshot, error) {
+func TakeSnapshot(ctx context.Context, client kubernetes.Interface, cl AliasLister) (*Snapshot, error) {
 	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err

@@ -58,7 +58,10 @@ type env struct {
 	dir     string
 	state   string
 	cluster netip.Prefix
-	cloud   *fake.Cloud
+	cloud   *fake.Cloud     // the fake cloud's state file (fake envs)
+	reader  framework.AliasLister // what snapshots read the cloud through
+	args    []string              // the cloud flags for the controller
+	environ []string              // extra environment for the controller
 }
 
 func newEnv(t *testing.T, cluster string) *env {
@@ -78,6 +81,8 @@ func newEnv(t *testing.T, cluster string) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.reader = e.cloud
+	e.args = []string{"--cloud", "fake", "--cluster-cidr", e.cluster.String(), "--fake-state-file", e.state}
 	if err := framework.DeleteAllNodes(ctx, e.client); err != nil {
 		t.Fatal(err)
 	}
@@ -102,9 +107,6 @@ func (e *env) startController(name string, extra ...string) *ctrlProc {
 	addr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort())
 	args := []string{
 		"--kubeconfig", cp.Kubeconfig,
-		"--cloud", "fake",
-		"--cluster-cidr", e.cluster.String(),
-		"--fake-state-file", e.state,
 		"--metrics-addr", addr, "--health-addr", addr,
 		"--leader-elect-name", "aliasip-" + strings.ToLower(strings.ReplaceAll(e.t.Name(), "/", "-")),
 		"--leader-elect-lease-duration", "4s",
@@ -113,8 +115,20 @@ func (e *env) startController(name string, extra ...string) *ctrlProc {
 		"--gc-interval", "1s",
 		"--v", "2",
 	}
-	args = append(args, extra...)
-	p, err := framework.StartProcess(filepath.Join(e.dir, name+".log"), nil, controllerBin, args...)
+	args = append(append(args, e.args...), extra...)
+	return e.startControllerEnv(name, e.environ, args)
+}
+
+// startControllerEnv starts the binary with exactly args and extra environment.
+func (e *env) startControllerEnv(name string, environ []string, args []string) *ctrlProc {
+	e.t.Helper()
+	addr := ""
+	for i, a := range args {
+		if a == "--metrics-addr" {
+			addr = args[i+1]
+		}
+	}
+	p, err := framework.StartProcess(filepath.Join(e.dir, name+".log"), environ, controllerBin, args...)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -156,7 +170,7 @@ func (c *ctrlProc) get(path string) int {
 
 func (e *env) snapshot() *framework.Snapshot {
 	e.t.Helper()
-	s, err := framework.TakeSnapshot(e.ctx, e.client, e.cloud)
+	s, err := framework.TakeSnapshot(e.ctx, e.client, e.reader)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -169,7 +183,7 @@ func (e *env) waitConverged(timeout time.Duration) *framework.Snapshot {
 	var s *framework.Snapshot
 	err := framework.Eventually(e.ctx, timeout, func() (bool, error) {
 		var err error
-		s, err = framework.TakeSnapshot(e.ctx, e.client, e.cloud)
+		s, err = framework.TakeSnapshot(e.ctx, e.client, e.reader)
 		return err == nil && s.Converged(), err
 	})
 	if err != nil {
