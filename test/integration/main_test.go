@@ -58,7 +58,7 @@ type env struct {
 	dir     string
 	state   string
 	cluster netip.Prefix
-	cloud   *fake.Cloud     // the fake cloud's state file (fake envs)
+	cloud   *fake.Cloud           // the fake cloud's state file (fake envs)
 	reader  framework.AliasLister // what snapshots read the cloud through
 	args    []string              // the cloud flags for the controller
 	environ []string              // extra environment for the controller
