@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs or builds everything the tests, demo and benchmarks need, once:
-# etcd (Debian's etcd-server), iproute2, the CNI reference plugins (for
-# comparisons), and kube-apiserver + kube-controller-manager built from the
+# etcd (Debian's etcd-server), iproute2, iptables, Debian's CNI reference
+# plugins (for comparisons), portmap built at CNI 1.1, and kube-apiserver + kube-controller-manager built from the
 # k8s.io/kubernetes module (hack/k8s) into the cache. Idempotent and cached.
 set -euo pipefail
 
@@ -14,6 +14,7 @@ need_pkgs=()
 command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 [ -x /usr/lib/cni/ptp ] || need_pkgs+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "deps: need Debian packages ${need_pkgs[*]}; run as root" >&2
@@ -36,5 +37,15 @@ if [ ! -x "$cache/bin/kube-apiserver" ] || [ ! -x "$cache/bin/kube-controller-ma
 	mv "$cache/bin/kube-apiserver.tmp" "$cache/bin/kube-apiserver"
 	mv "$cache/bin/kube-controller-manager.tmp" "$cache/bin/kube-controller-manager"
 	echo "$k8s_version" >"$stamp"
+fi
+# portmap from the CNI reference plugins, new enough for CNI 1.1 (Debian's
+# 1.1.1 stops at 1.0.0), to chain after aliasip-cni.
+cni_version=$(awk '/containernetworking\/plugins v/ {print $2; exit}' "$root/hack/cni/go.mod")
+mkdir -p "$cache/cni"
+if [ ! -x "$cache/cni/portmap" ] || [ "$(cat "$cache/cni/.version" 2>/dev/null)" != "$cni_version" ]; then
+	echo "deps: building CNI portmap $cni_version"
+	cd "$root/hack/cni"
+	GOFLAGS=-mod=mod go build -trimpath -o "$cache/cni/portmap" github.com/containernetworking/plugins/plugins/meta/portmap
+	echo "$cni_version" >"$cache/cni/.version"
 fi
 echo "deps: ok (etcd $(etcd --version | awk 'NR==1{print $3}'), kubernetes $k8s_version in $cache/bin)"
