@@ -40,7 +40,7 @@ if [ ! -x "$cache/bin/kube-apiserver" ] || [ ! -x "$cache/bin/kube-controller-ma
 fi
 # portmap from the CNI reference plugins, new enough for CNI 1.1 (Debian's
 # 1.1.1 stops at 1.0.0), to chain after aliasip-cni.
-cni_version=$(awk '/containernetworking\/plugins v/ {print $2; exit}' "$root/hack/cni/go.mod")
+cni_version=$(grep -o "containernetworking/plugins v[0-9.]*" "$root/hack/cni/go.mod" | head -1 | cut -d" " -f2)
 mkdir -p "$cache/cni"
 if [ ! -x "$cache/cni/portmap" ] || [ "$(cat "$cache/cni/.version" 2>/dev/null)" != "$cni_version" ]; then
 	echo "deps: building CNI portmap $cni_version"
