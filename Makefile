@@ -11,8 +11,10 @@ export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## Build bin/aliasip-controller.
+build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni.
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
 
 deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, CNI plugins (cached).
 	./hack/deps.sh
@@ -24,7 +26,7 @@ vet: ## go vet and gofmt check.
 lint: vet ## Alias of vet.
 
 unit: ## Unit tests only (no control plane, no root).
-	$(GO) test -count=1 ./cloud/... ./fake/... ./controller/...
+	$(GO) test -count=1 ./cloud/... ./fake/... ./controller/... ./node-agent/...
 
 test: deps vet build ## Every test suite: unit, integration against a real kube-apiserver (what CI runs).
 	$(GO) test -count=1 -timeout 40m ./...

@@ -1,0 +1,731 @@
+// Package agent is aliasip-agent, the node agent (a DaemonSet): it waits for
+// its Node's podCIDR, prepares the host, owns pod IPAM and serves it to
+// aliasip-cni over a root-only unix socket, installs the plugin and its
+// conflist once it can serve ADD, marks the Node's NetworkUnavailable
+// condition False, and then keeps the host right: netlink subscriptions plus
+// a periodic resync repair pod routes and sysctls and remove routes of
+// vanished pods, allocations of pods gone from the API are collected after a
+// grace period, and with --fabric=routes other nodes' podCIDRs are routed
+// via their InternalIPs the way the VPC routes alias ranges.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+
+	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/node-agent/datapath"
+	"github.com/aliasip/aliasip/node-agent/ipam"
+)
+
+// ConditionReason is the reason on the NetworkUnavailable=False condition.
+const ConditionReason = "AliasipReady"
+
+// ConfListName is the file the agent writes into the CNI config dir.
+const ConfListName = "10-aliasip.conflist"
+
+// NetworkName is the CNI network name.
+const NetworkName = "aliasip"
+
+// Config configures an Agent.
+type Config struct {
+	NodeName      string
+	HostInterface string // "": the default route's
+	NetNS         string // the node's network namespace ("": this process's)
+	Cloud         string // gce or fake
+	FabricRoutes  bool
+	CNIConfDir    string
+	CNIBinDir     string
+	StateDir      string
+	Socket        string
+	PluginBinary  string // the aliasip-cni to install
+	PluginLogFile string
+	ChainPortmap  bool
+	IPCooldown    time.Duration
+	PodGCGrace    time.Duration
+	PodGCInterval time.Duration
+	ResyncPeriod  time.Duration
+	// AliasCheck, if set, must report true before the agent is ready (on
+	// GCE: the podCIDR is an alias range of this VM's NIC).
+	AliasCheck func(ctx context.Context, podCIDR netip.Prefix) (bool, error)
+}
+
+// Agent is the node agent.
+type Agent struct {
+	cfg     Config
+	client  kubernetes.Interface
+	metrics *Metrics
+
+	nodeNS ns.NetNS
+
+	nodes    corelisters.NodeLister
+	pods     corelisters.PodLister
+	factory  informers.SharedInformerFactory
+	podInf   informers.SharedInformerFactory
+	kick     chan struct{}
+	fabricCh chan struct{}
+
+	mu      sync.Mutex
+	store   *ipam.Store
+	podCIDR netip.Prefix
+	mtu     int
+	iface   string
+	ready   bool
+	reason  string
+}
+
+// New builds an agent.
+func New(cfg Config, client kubernetes.Interface, m *Metrics) *Agent {
+	a := &Agent{cfg: cfg, client: client, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting"}
+	m.ipSource = a.ipStats
+	return a
+}
+
+func (a *Agent) ipStats() (used, free, cooling int) {
+	a.mu.Lock()
+	s := a.store
+	a.mu.Unlock()
+	if s == nil {
+		return 0, 0, 0
+	}
+	return s.Stats()
+}
+
+// inHost runs fn in the node's network namespace.
+func (a *Agent) inHost(fn func() error) error {
+	if a.nodeNS == nil {
+		return fn()
+	}
+	return a.nodeNS.Do(func(ns.NetNS) error { return fn() })
+}
+
+func (a *Agent) setNotReady(reason string) {
+	a.mu.Lock()
+	a.ready, a.reason = false, reason
+	a.mu.Unlock()
+	a.metrics.Ready.Set(0)
+}
+
+// Status reports whether ADD can be served, and why not.
+func (a *Agent) Status() api.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := api.Status{Ready: a.ready, Reason: a.reason}
+	if a.podCIDR.IsValid() {
+		st.PodCIDR = a.podCIDR.String()
+	}
+	return st
+}
+
+// Run runs the agent until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithValues("node", a.cfg.NodeName)
+	ctx = klog.NewContext(ctx, logger)
+	if a.cfg.NetNS != "" {
+		nsh, err := ns.GetNS(a.cfg.NetNS)
+		if err != nil {
+			return fmt.Errorf("node netns %s: %w", a.cfg.NetNS, err)
+		}
+		a.nodeNS = nsh
+		defer nsh.Close()
+	}
+
+	// Informers: all Nodes when emulating the fabric (we route to the
+	// others), else only ours; the Pods bound to this node.
+	nodeOpts := []informers.SharedInformerOption{}
+	if !a.cfg.FabricRoutes {
+		nodeOpts = append(nodeOpts, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", a.cfg.NodeName).String()
+		}))
+	}
+	a.factory = informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute, nodeOpts...)
+	nodeInf := a.factory.Core().V1().Nodes()
+	a.nodes = nodeInf.Lister()
+	nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.signal(a.fabricCh) },
+		UpdateFunc: func(any, any) { a.signal(a.fabricCh) },
+		DeleteFunc: func(any) { a.signal(a.fabricCh) },
+	})
+	a.podInf = informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
+		}))
+	podInf := a.podInf.Core().V1().Pods()
+	a.pods = podInf.Lister()
+	podInf.Informer() // register before Start
+	a.factory.Start(ctx.Done())
+	a.podInf.Start(ctx.Done())
+	defer a.factory.Shutdown()
+	defer a.podInf.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), nodeInf.Informer().HasSynced, podInf.Informer().HasSynced) {
+		return errors.New("informers never synced")
+	}
+
+	podCIDR, err := a.waitPodCIDR(ctx)
+	if err != nil {
+		return err
+	}
+	logger.Info("Node podCIDR", "podCIDR", podCIDR)
+	if err := a.prepare(ctx, podCIDR); err != nil {
+		return err
+	}
+	srv, err := a.serveSocket(ctx)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	// Collect leftovers from before a restart before serving new pods.
+	a.collectPods(ctx)
+	if err := a.installCNI(); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.ready, a.reason = true, ""
+	a.mu.Unlock()
+	a.metrics.Ready.Set(1)
+	logger.Info("Ready: serving CNI ADD", "podCIDR", podCIDR, "hostInterface", a.iface, "mtu", a.mtu)
+	if err := a.markNetworkAvailable(ctx); err != nil {
+		logger.Error(err, "Setting NetworkUnavailable=False (will retry)")
+	}
+
+	var wg sync.WaitGroup
+	wg.Go(func() { a.reconcileLoop(ctx) })
+	wg.Go(func() { a.gcLoop(ctx) })
+	if a.cfg.FabricRoutes {
+		wg.Go(func() { a.fabricLoop(ctx) })
+	}
+	<-ctx.Done()
+	wg.Wait()
+	return nil
+}
+
+func (a *Agent) signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// waitPodCIDR waits until the node has a podCIDR (and, on GCE, it is an
+// alias range of this VM's NIC).
+func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
+	logger := klog.FromContext(ctx)
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	lastReason := ""
+	for {
+		reason := ""
+		node, err := a.nodes.Get(a.cfg.NodeName)
+		switch {
+		case err != nil:
+			reason = fmt.Sprintf("node %s not found: %v", a.cfg.NodeName, err)
+		case node.Spec.PodCIDR == "":
+			reason = "waiting for the node's podCIDR"
+		default:
+			p, err := netip.ParsePrefix(node.Spec.PodCIDR)
+			if err != nil {
+				reason = fmt.Sprintf("podCIDR %q: %v", node.Spec.PodCIDR, err)
+				break
+			}
+			if a.cfg.AliasCheck != nil {
+				ok, err := a.cfg.AliasCheck(ctx, p)
+				if err != nil || !ok {
+					reason = fmt.Sprintf("podCIDR %v is not (yet) an alias range of this VM's NIC (err: %v)", p, err)
+					break
+				}
+			}
+			return p.Masked(), nil
+		}
+		a.setNotReady(reason)
+		if reason != lastReason {
+			logger.Info("Not ready", "reason", reason)
+			lastReason = reason
+		}
+		select {
+		case <-ctx.Done():
+			return netip.Prefix{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// prepare readies the host and opens IPAM.
+func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
+	var iface string
+	var mtu int
+	err := a.inHost(func() error {
+		iface = a.cfg.HostInterface
+		if iface == "" {
+			var err error
+			if iface, err = datapath.DefaultRouteInterface(); err != nil {
+				return err
+			}
+		}
+		var err error
+		if mtu, err = datapath.InterfaceMTU(iface); err != nil {
+			return err
+		}
+		if _, err := datapath.PrepareHost(iface); err != nil {
+			return err
+		}
+		if removed, err := datapath.RemoveGuestAgentRoute(podCIDR); err != nil {
+			return err
+		} else if removed {
+			klog.FromContext(ctx).Info("Removed the guest agent's local route for the alias range", "podCIDR", podCIDR)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("prepare host: %w", err)
+	}
+	store, err := ipam.Open(filepath.Join(a.cfg.StateDir, "ipam.json"), podCIDR, a.cfg.IPCooldown)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.store, a.podCIDR, a.iface, a.mtu = store, podCIDR, iface, mtu
+	a.mu.Unlock()
+	return nil
+}
+
+// serveSocket listens on the root-only unix socket.
+func (a *Agent) serveSocket(ctx context.Context) (*http.Server, error) {
+	if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o700); err != nil {
+		return nil, err
+	}
+	os.Remove(a.cfg.Socket) // a previous agent's socket
+	ln, err := net.Listen("unix", a.cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", a.cfg.Socket, err)
+	}
+	if err := os.Chmod(a.cfg.Socket, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	srv := &http.Server{Handler: a.handler(ctx), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, code int, c, msg string) {
+	writeJSON(w, code, api.ErrorBody{Code: c, Message: msg})
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeInvalid, "bad request: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (a *Agent) handler(ctx context.Context) http.Handler {
+	logger := klog.FromContext(ctx)
+	mux := http.NewServeMux()
+	timed := func(verb string, h func(w http.ResponseWriter, r *http.Request) string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			result := h(w, r)
+			a.metrics.CNIRequests.WithLabelValues(verb, result).Inc()
+			a.metrics.CNILatency.WithLabelValues(verb).Observe(time.Since(start).Seconds())
+		}
+	}
+	mux.HandleFunc("POST /v1/allocate", timed("ADD", func(w http.ResponseWriter, r *http.Request) string {
+		var req api.AllocateRequest
+		if !decode(w, r, &req) {
+			return "invalid"
+		}
+		st := a.Status()
+		if !st.Ready {
+			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, st.Reason)
+			return "not_ready"
+		}
+		a.mu.Lock()
+		store, mtu, podCIDR := a.store, a.mtu, a.podCIDR
+		a.mu.Unlock()
+		al, err := store.Allocate(ipam.Request{Key: ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
+			Namespace: req.Namespace, Pod: req.Pod, HostVeth: req.HostVeth})
+		switch {
+		case errors.Is(err, ipam.ErrExhausted):
+			logger.Info("Pod IP range exhausted", "pod", req.Namespace+"/"+req.Pod)
+			writeErr(w, http.StatusConflict, api.CodeExhausted, err.Error())
+			return "exhausted"
+		case err != nil:
+			writeErr(w, http.StatusBadRequest, api.CodeInvalid, err.Error())
+			return "error"
+		}
+		logger.V(2).Info("Allocated", "pod", req.Namespace+"/"+req.Pod, "container", req.ContainerID, "ip", al.IP)
+		writeJSON(w, http.StatusOK, api.AllocateResponse{IP: al.IP.String(), PodCIDR: podCIDR.String(), MTU: mtu})
+		return "ok"
+	}))
+	mux.HandleFunc("POST /v1/release", timed("DEL", func(w http.ResponseWriter, r *http.Request) string {
+		var att api.Attachment
+		if !decode(w, r, &att) {
+			return "invalid"
+		}
+		store := a.storeOrNil()
+		if store == nil {
+			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
+			return "not_ready"
+		}
+		al, found, err := store.Release(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
+		if err != nil {
+			writeErr(w, http.StatusInternalServerError, api.CodeInternal, err.Error())
+			return "error"
+		}
+		a.signal(a.kick)
+		writeJSON(w, http.StatusOK, info(al, found))
+		return "ok"
+	}))
+	mux.HandleFunc("POST /v1/get", timed("CHECK", func(w http.ResponseWriter, r *http.Request) string {
+		var att api.Attachment
+		if !decode(w, r, &att) {
+			return "invalid"
+		}
+		store := a.storeOrNil()
+		if store == nil {
+			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
+			return "not_ready"
+		}
+		al, found := store.Get(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
+		writeJSON(w, http.StatusOK, info(al, found))
+		return "ok"
+	}))
+	mux.HandleFunc("POST /v1/gc", timed("GC", func(w http.ResponseWriter, r *http.Request) string {
+		var req api.GCRequest
+		if !decode(w, r, &req) {
+			return "invalid"
+		}
+		store := a.storeOrNil()
+		if store == nil {
+			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
+			return "not_ready"
+		}
+		valid := map[ipam.Key]bool{}
+		for _, v := range req.Valid {
+			valid[ipam.Key{ContainerID: v.ContainerID, IfName: v.IfName}] = true
+		}
+		gone, err := store.Retain(func(al ipam.Allocation) bool { return valid[al.Key] })
+		if err != nil {
+			writeErr(w, http.StatusInternalServerError, api.CodeInternal, err.Error())
+			return "error"
+		}
+		resp := api.GCResponse{Released: []api.AllocationInfo{}}
+		for _, al := range gone {
+			resp.Released = append(resp.Released, info(al, true))
+			logger.Info("CNI GC released", "pod", al.Namespace+"/"+al.Pod, "container", al.ContainerID, "ip", al.IP)
+		}
+		a.metrics.GCReleased.WithLabelValues("cni_gc").Add(float64(len(gone)))
+		a.signal(a.kick)
+		writeJSON(w, http.StatusOK, resp)
+		return "ok"
+	}))
+	mux.HandleFunc("GET /v1/status", timed("STATUS", func(w http.ResponseWriter, r *http.Request) string {
+		writeJSON(w, http.StatusOK, a.Status())
+		return "ok"
+	}))
+	return mux
+}
+
+func (a *Agent) storeOrNil() *ipam.Store {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.store
+}
+
+func info(al ipam.Allocation, found bool) api.AllocationInfo {
+	if !found {
+		return api.AllocationInfo{}
+	}
+	return api.AllocationInfo{Found: true, ContainerID: al.ContainerID, IP: al.IP.String(), HostVeth: al.HostVeth}
+}
+
+// installCNI copies the plugin into the bin dir and writes the conflist,
+// each atomically (temporary file, rename), so a runtime never runs a
+// half-written binary or reads a half-written config.
+func (a *Agent) installCNI() error {
+	if a.cfg.PluginBinary != "" {
+		if err := copyAtomic(a.cfg.PluginBinary, filepath.Join(a.cfg.CNIBinDir, "aliasip-cni"), 0o755); err != nil {
+			return fmt.Errorf("install aliasip-cni: %w", err)
+		}
+	}
+	plugins := []map[string]any{{
+		"type":    "aliasip-cni",
+		"socket":  a.cfg.Socket,
+		"logFile": a.cfg.PluginLogFile,
+	}}
+	if a.cfg.ChainPortmap {
+		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true})
+	}
+	conf, err := json.MarshalIndent(map[string]any{"cniVersion": "1.1.0", "name": NetworkName, "plugins": plugins}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(filepath.Join(a.cfg.CNIConfDir, ConfListName), conf, 0o644)
+}
+
+func copyAtomic(src, dst string, mode os.FileMode) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return writeAtomic(dst, data, mode)
+}
+
+func writeAtomic(dst string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
+}
+
+// markNetworkAvailable sets the Node's NetworkUnavailable condition False.
+func (a *Agent) markNetworkAvailable(ctx context.Context) error {
+	now := metav1.Now()
+	cond := corev1.NodeCondition{
+		Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse,
+		Reason: ConditionReason, Message: "aliasip routes this node's podCIDR " + a.podCIDR.String(),
+		LastTransitionTime: now, LastHeartbeatTime: now,
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	if err != nil {
+		return err
+	}
+	_, err = a.client.CoreV1().Nodes().PatchStatus(ctx, a.cfg.NodeName, patch)
+	return err
+}
+
+// reconcileLoop repairs the host on netlink events and every resync period.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	done := make(chan struct{})
+	defer close(done)
+	routes := make(chan netlink.RouteUpdate, 256)
+	links := make(chan netlink.LinkUpdate, 256)
+	var nsh *netns.NsHandle
+	if a.cfg.NetNS != "" {
+		h, err := netns.GetFromPath(a.cfg.NetNS)
+		if err == nil {
+			nsh = &h
+			defer h.Close()
+		}
+	}
+	errCB := func(err error) { logger.V(2).Info("netlink subscription", "err", err) }
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: nsh, ErrorCallback: errCB}); err != nil {
+		logger.Error(err, "Route subscription failed; relying on periodic resync")
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: nsh, ErrorCallback: errCB}); err != nil {
+		logger.Error(err, "Link subscription failed; relying on periodic resync")
+	}
+	t := time.NewTicker(a.cfg.ResyncPeriod)
+	defer t.Stop()
+	a.reconcile(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.kick:
+		case <-routes:
+		case <-links:
+		}
+		// Coalesce a burst of events (a pod start makes several).
+		time.Sleep(50 * time.Millisecond)
+		drain(routes, links, a.kick)
+		a.reconcile(ctx)
+	}
+}
+
+func drain(routes chan netlink.RouteUpdate, links chan netlink.LinkUpdate, kick chan struct{}) {
+	for {
+		select {
+		case <-routes:
+		case <-links:
+		case <-kick:
+		default:
+			return
+		}
+	}
+}
+
+func (a *Agent) reconcile(ctx context.Context) {
+	a.mu.Lock()
+	store, podCIDR, iface := a.store, a.podCIDR, a.iface
+	a.mu.Unlock()
+	var want []datapath.PodRoute
+	for _, al := range store.List() {
+		if al.HostVeth != "" {
+			want = append(want, datapath.PodRoute{IP: al.IP, HostVeth: al.HostVeth})
+		}
+	}
+	var rep datapath.Report
+	err := a.inHost(func() error {
+		var err error
+		rep, err = datapath.Reconcile(podCIDR, iface, want)
+		return err
+	})
+	a.metrics.RoutesRepaired.Add(float64(rep.RoutesRepaired))
+	a.metrics.SysctlsRepaired.Add(float64(rep.SysctlsRepaired))
+	a.metrics.RoutesRemoved.Add(float64(rep.RoutesRemoved))
+	if rep.RoutesRepaired+rep.SysctlsRepaired+rep.RoutesRemoved+rep.GuestRoutes > 0 {
+		klog.FromContext(ctx).Info("Repaired host data path", "routesRepaired", rep.RoutesRepaired,
+			"sysctlsRepaired", rep.SysctlsRepaired, "routesRemoved", rep.RoutesRemoved, "guestAgentRoutesRemoved", rep.GuestRoutes)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Reconcile")
+	}
+}
+
+// gcLoop collects allocations of pods gone from the API.
+func (a *Agent) gcLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.PodGCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.collectPods(ctx)
+		}
+	}
+}
+
+// collectPods releases allocations whose pod no longer exists on this node
+// in the API, once they are older than the grace period (a pod's ADD may
+// run before the agent's cache has seen the pod). Allocations without a pod
+// name (runtimes other than Kubernetes) are left to CNI GC.
+func (a *Agent) collectPods(ctx context.Context) {
+	store := a.storeOrNil()
+	if store == nil {
+		return
+	}
+	pods, err := a.pods.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	live := map[string]bool{}
+	for _, p := range pods {
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			live[p.Namespace+"/"+p.Name] = true
+		}
+	}
+	cutoff := time.Now().Add(-a.cfg.PodGCGrace)
+	gone, err := store.Retain(func(al ipam.Allocation) bool {
+		return al.Pod == "" || live[al.Namespace+"/"+al.Pod] || al.Created.After(cutoff)
+	})
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Pod GC")
+		return
+	}
+	for _, al := range gone {
+		a.inHost(func() error { return datapath.TeardownPod(al.HostVeth, al.ContainerID) })
+		klog.FromContext(ctx).Info("Released address of a pod gone from the API", "pod", al.Namespace+"/"+al.Pod, "container", al.ContainerID, "ip", al.IP)
+	}
+	if len(gone) > 0 {
+		a.metrics.GCReleased.WithLabelValues("pod_gone").Add(float64(len(gone)))
+		a.signal(a.kick)
+	}
+}
+
+// fabricLoop routes other nodes' podCIDRs via their InternalIPs.
+func (a *Agent) fabricLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ResyncPeriod)
+	defer t.Stop()
+	for {
+		a.syncFabric(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.fabricCh:
+		}
+	}
+}
+
+func (a *Agent) syncFabric(ctx context.Context) {
+	nodes, err := a.nodes.List(labels.Everything())
+	if err != nil {
+		return
+	}
+	var want []datapath.FabricRoute
+	for _, n := range nodes {
+		if n.Name == a.cfg.NodeName || n.DeletionTimestamp != nil {
+			continue
+		}
+		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
+		if err != nil {
+			continue
+		}
+		for _, ad := range n.Status.Addresses {
+			if ad.Type != corev1.NodeInternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
+				want = append(want, datapath.FabricRoute{PodCIDR: p.Masked(), Via: ip})
+				break
+			}
+		}
+	}
+	var changed, removed int
+	err = a.inHost(func() error {
+		var err error
+		changed, removed, err = datapath.SyncFabric(want)
+		return err
+	})
+	a.metrics.FabricRoutes.Set(float64(len(want)))
+	if changed+removed > 0 {
+		klog.FromContext(ctx).Info("Fabric routes synced", "routes", len(want), "changed", changed, "removed", removed)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Fabric routes")
+	}
+}

@@ -1,0 +1,61 @@
+package agent
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the agent's Prometheus metrics, all prefixed aliasip_.
+type Metrics struct {
+	CNIRequests     *prometheus.CounterVec
+	CNILatency      *prometheus.HistogramVec
+	RoutesRepaired  prometheus.Counter
+	SysctlsRepaired prometheus.Counter
+	RoutesRemoved   prometheus.Counter
+	GCReleased      *prometheus.CounterVec
+	FabricRoutes    prometheus.Gauge
+	Ready           prometheus.Gauge
+	ipSource        func() (used, free, cooling int)
+}
+
+// NewMetrics creates the metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		CNIRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aliasip_cni_requests_total", Help: "Plugin requests served by the agent, by CNI verb and result.",
+		}, []string{"verb", "result"}),
+		CNILatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "aliasip_cni_request_duration_seconds", Help: "Agent-side latency of plugin requests by CNI verb.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
+		}, []string{"verb"}),
+		RoutesRepaired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_routes_repaired_total", Help: "Pod /32 routes the reconciler had to put back.",
+		}),
+		SysctlsRepaired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_sysctls_repaired_total", Help: "Host or veth sysctls the reconciler had to set back.",
+		}),
+		RoutesRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_routes_removed_total", Help: "Routes of vanished pods removed by the reconciler.",
+		}),
+		GCReleased: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aliasip_gc_released_total", Help: "Pod addresses released by garbage collection, by reason.",
+		}, []string{"reason"}),
+		FabricRoutes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aliasip_fabric_routes", Help: "Routes to other nodes' podCIDRs (--fabric=routes).",
+		}),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aliasip_agent_ready", Help: "1 when the agent can serve CNI ADD.",
+		}),
+	}
+	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.FabricRoutes, m.Ready)
+	for _, s := range []string{"used", "free", "cooling"} {
+		state := s
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "aliasip_pod_ips", Help: "Addresses of the node's podCIDR by state.", ConstLabels: prometheus.Labels{"state": state},
+		}, func() float64 {
+			if m.ipSource == nil {
+				return 0
+			}
+			u, f, c := m.ipSource()
+			return float64(map[string]int{"used": u, "free": f, "cooling": c}[state])
+		}))
+	}
+	return m
+}

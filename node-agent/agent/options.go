@@ -1,0 +1,123 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Options are aliasip-agent's flags.
+type Options struct {
+	NodeName      string
+	Kubeconfig    string
+	Cloud         string
+	Fabric        string
+	HostInterface string
+	NetNS         string
+	CNIConfDir    string
+	CNIBinDir     string
+	StateDir      string
+	Socket        string
+	PluginBinary  string
+	PluginLogFile string
+	ChainPortmap  bool
+	IPCooldown    time.Duration
+	PodGCGrace    time.Duration
+	PodGCInterval time.Duration
+	ResyncPeriod  time.Duration
+	MetricsAddr   string
+}
+
+// NewOptions returns the defaults; nodeName comes from $NODE_NAME and
+// pluginDir is where the aliasip-cni to install sits (next to the agent).
+func NewOptions(nodeName, pluginDir string) *Options {
+	return &Options{
+		NodeName:      nodeName,
+		Cloud:         "gce",
+		CNIConfDir:    "/etc/cni/net.d",
+		CNIBinDir:     "/opt/cni/bin",
+		StateDir:      "/var/lib/aliasip",
+		Socket:        "/run/aliasip/agent.sock",
+		PluginBinary:  filepath.Join(pluginDir, "aliasip-cni"),
+		PluginLogFile: "/var/log/aliasip-cni.log",
+		ChainPortmap:  true,
+		IPCooldown:    30 * time.Second,
+		PodGCGrace:    2 * time.Minute,
+		PodGCInterval: time.Minute,
+		ResyncPeriod:  30 * time.Second,
+		MetricsAddr:   ":9092",
+	}
+}
+
+// AddFlags registers the flags.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "This node's name (default: $NODE_NAME).")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty means in-cluster configuration.")
+	fs.StringVar(&o.Cloud, "cloud", o.Cloud, "Cloud: gce (the podCIDR must be an alias range of this VM, checked through the metadata server) or fake.")
+	fs.StringVar(&o.Fabric, "fabric", o.Fabric, "none, or routes: route other nodes' podCIDRs via their InternalIPs, as the VPC does (default: routes with the fake cloud, none on GCE).")
+	fs.StringVar(&o.HostInterface, "host-interface", o.HostInterface, "The node's interface to the VPC (default: the default route's).")
+	fs.StringVar(&o.NetNS, "netns", o.NetNS, "Network namespace to treat as the host (default: the agent's own; for several agents on one machine).")
+	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "Where to write "+ConfListName+".")
+	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", o.CNIBinDir, "Where to install aliasip-cni.")
+	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Where the IPAM state lives.")
+	fs.StringVar(&o.Socket, "socket", o.Socket, "The agent's unix socket for aliasip-cni.")
+	fs.StringVar(&o.PluginBinary, "plugin-binary", o.PluginBinary, "The aliasip-cni binary to install (empty: do not install).")
+	fs.StringVar(&o.PluginLogFile, "cni-log-file", o.PluginLogFile, "Log file of aliasip-cni, written into the conflist.")
+	fs.BoolVar(&o.ChainPortmap, "chain-portmap", o.ChainPortmap, "Chain the portmap plugin after aliasip-cni in the conflist.")
+	fs.DurationVar(&o.IPCooldown, "ip-cooldown", o.IPCooldown, "How long a released pod address waits before reuse.")
+	fs.DurationVar(&o.PodGCGrace, "pod-gc-grace", o.PodGCGrace, "Age before an allocation whose pod is not in the API is released.")
+	fs.DurationVar(&o.PodGCInterval, "pod-gc-interval", o.PodGCInterval, "How often allocations are checked against the API's pods.")
+	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "Periodic reconcile of routes and sysctls (netlink events trigger it too).")
+	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of /metrics, /healthz and /readyz (empty: off).")
+}
+
+// Validate checks the options; the error is one line.
+func (o *Options) Validate() error {
+	if o.NodeName == "" {
+		return fmt.Errorf("--node-name (or $NODE_NAME) is required")
+	}
+	switch o.Cloud {
+	case "gce", "fake":
+	default:
+		return fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
+	}
+	switch o.Fabric {
+	case "":
+		o.Fabric = map[string]string{"gce": "none", "fake": "routes"}[o.Cloud]
+	case "none", "routes":
+	default:
+		return fmt.Errorf("--fabric=%q: want none or routes", o.Fabric)
+	}
+	for name, v := range map[string]string{"--cni-conf-dir": o.CNIConfDir, "--cni-bin-dir": o.CNIBinDir, "--state-dir": o.StateDir, "--socket": o.Socket} {
+		if v == "" || !filepath.IsAbs(v) {
+			return fmt.Errorf("%s=%q: want an absolute path", name, v)
+		}
+	}
+	if o.IPCooldown < 0 || o.PodGCGrace < 0 || o.PodGCInterval <= 0 || o.ResyncPeriod <= 0 {
+		return fmt.Errorf("--ip-cooldown and --pod-gc-grace must not be negative, --pod-gc-interval and --resync-period must be positive")
+	}
+	if o.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
+			return fmt.Errorf("--metrics-addr=%q: %v", o.MetricsAddr, err)
+		}
+	}
+	return nil
+}
+
+// Config turns the options into the agent's Config.
+func (o *Options) Config() Config {
+	c := Config{
+		NodeName: o.NodeName, HostInterface: o.HostInterface, NetNS: o.NetNS, Cloud: o.Cloud,
+		FabricRoutes: o.Fabric == "routes",
+		CNIConfDir:   o.CNIConfDir, CNIBinDir: o.CNIBinDir, StateDir: o.StateDir, Socket: o.Socket,
+		PluginBinary: o.PluginBinary, PluginLogFile: o.PluginLogFile, ChainPortmap: o.ChainPortmap,
+		IPCooldown: o.IPCooldown, PodGCGrace: o.PodGCGrace, PodGCInterval: o.PodGCInterval, ResyncPeriod: o.ResyncPeriod,
+	}
+	if o.Cloud == "gce" {
+		c.AliasCheck = GCEAliasCheck
+	}
+	return c
+}

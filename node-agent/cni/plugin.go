@@ -1,0 +1,284 @@
+// Package cni is aliasip-cni, the CNI plugin the node agent installs. It
+// speaks CNI 1.1 (ADD, DEL, CHECK, STATUS, GC, VERSION): the address comes
+// from the agent over its unix socket, the data path is built here with
+// package datapath. It logs to a file, never to stdout, and answers with CNI
+// errors that name the cause.
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/node-agent/datapath"
+)
+
+// Plugin-specific CNI error codes (100 and up are the plugin's own).
+const (
+	// ErrRangeExhausted: the node's podCIDR has no free address.
+	ErrRangeExhausted uint = 100
+	// ErrDataPath: building the pod's veth, address or routes failed.
+	ErrDataPath uint = 101
+	// ErrCheckFailed: CHECK found the data path or allocation wrong.
+	ErrCheckFailed uint = 102
+)
+
+// DefaultLogFile is where the plugin logs unless the config says otherwise.
+const DefaultLogFile = "/var/log/aliasip-cni.log"
+
+// NetConf is the plugin's configuration in the conflist.
+type NetConf struct {
+	types.PluginConf
+	// Socket is the agent's unix socket.
+	Socket string `json:"socket"`
+	// LogFile is the plugin's log ("" means DefaultLogFile, "-" none).
+	LogFile string `json:"logFile,omitempty"`
+	// TimeoutSeconds bounds each call to the agent (default 10).
+	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
+}
+
+// K8sArgs are the CNI_ARGS a kubelet passes.
+type K8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // CNI_ARGS key
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+}
+
+// Main runs the plugin.
+func Main() {
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
+		version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"), "aliasip-cni: VPC-native pod networking with alias IP ranges")
+}
+
+func parseConf(data []byte) (*NetConf, error) {
+	conf := &NetConf{}
+	if err := json.Unmarshal(data, conf); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "malformed aliasip-cni configuration", err.Error())
+	}
+	if conf.Socket == "" {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "aliasip-cni configuration lacks \"socket\" (the node agent's unix socket)", "")
+	}
+	if conf.TimeoutSeconds <= 0 {
+		conf.TimeoutSeconds = 10
+	}
+	return conf, nil
+}
+
+func logger(conf *NetConf) (*log.Logger, func()) {
+	path := conf.LogFile
+	if path == "" {
+		path = DefaultLogFile
+	}
+	if path == "-" {
+		return log.New(io.Discard, "", 0), func() {}
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return log.New(io.Discard, "", 0), func() {}
+	}
+	return log.New(f, "", log.LstdFlags|log.Lmicroseconds), func() { f.Close() }
+}
+
+type podInfo struct{ namespace, name string }
+
+func podOf(args *skel.CmdArgs) podInfo {
+	var k K8sArgs
+	if err := types.LoadArgs(args.Args, &k); err != nil {
+		return podInfo{}
+	}
+	return podInfo{namespace: string(k.K8S_POD_NAMESPACE), name: string(k.K8S_POD_NAME)}
+}
+
+// hostVeth names the host end: from the pod's namespace/name, or from the
+// container ID when the runtime passes no pod (not Kubernetes).
+func hostVeth(args *skel.CmdArgs, p podInfo) string {
+	if p.name != "" {
+		return datapath.HostVethName(p.namespace, p.name)
+	}
+	return datapath.HostVethName("", args.ContainerID+"/"+args.IfName)
+}
+
+// agentError turns an agent failure into a CNI error naming the cause.
+func agentError(what string, err error) error {
+	var ae *api.Error
+	switch {
+	case errors.Is(err, api.ErrUnreachable):
+		return types.NewError(types.ErrTryAgainLater, "aliasip node agent unreachable (is aliasip-agent running?)", err.Error())
+	case errors.As(err, &ae) && ae.Code == api.CodeExhausted:
+		return types.NewError(ErrRangeExhausted, "node pod IP range exhausted", ae.Message)
+	case errors.As(err, &ae) && ae.Code == api.CodeNotReady:
+		return types.NewError(types.ErrTryAgainLater, "aliasip node agent not ready", ae.Message)
+	default:
+		return types.NewError(types.ErrInternal, what, err.Error())
+	}
+}
+
+func cmdAdd(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	lg, done := logger(conf)
+	defer done()
+	start := time.Now()
+	pod := podOf(args)
+	veth := hostVeth(args, pod)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	defer cancel()
+	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
+	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Namespace: pod.namespace, Pod: pod.name, HostVeth: veth})
+	if err != nil {
+		lg.Printf("ADD %s %s/%s: allocate: %v", args.ContainerID, pod.namespace, pod.name, err)
+		return agentError("allocate pod IP", err)
+	}
+	ip, err := netip.ParseAddr(alloc.IP)
+	if err != nil {
+		return types.NewError(types.ErrInternal, "agent returned a bad address", alloc.IP)
+	}
+	res, err := datapath.SetupPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: veth, ContainerID: args.ContainerID, IP: ip, MTU: alloc.MTU})
+	if err != nil {
+		lg.Printf("ADD %s %s/%s: data path: %v; releasing %v", args.ContainerID, pod.namespace, pod.name, err, ip)
+		datapath.TeardownPod(veth, args.ContainerID)
+		if _, rerr := client.Release(ctx, att); rerr != nil {
+			lg.Printf("ADD %s: release after failure: %v", args.ContainerID, rerr)
+		}
+		return types.NewError(ErrDataPath, "build pod data path", err.Error())
+	}
+	result := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: veth, Mac: res.HostMAC.String()},
+			{Name: args.IfName, Mac: res.PodMAC.String(), Sandbox: args.Netns},
+		},
+		IPs: []*current.IPConfig{{
+			Interface: current.Int(1),
+			Address:   net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)},
+			Gateway:   datapath.GatewayIP.AsSlice(),
+		}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: datapath.GatewayIP.AsSlice()}},
+	}
+	lg.Printf("ADD %s %s/%s: %v on %s in %v", args.ContainerID, pod.namespace, pod.name, ip, veth, time.Since(start))
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// cmdDel releases the address and removes the host veth. It succeeds with
+// a missing netns, link or allocation; it fails (try again later) only when
+// the agent cannot be reached, so the runtime retries and the IP is freed.
+func cmdDel(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	lg, done := logger(conf)
+	defer done()
+	pod := podOf(args)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	defer cancel()
+	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
+	rel, relErr := client.Release(ctx, api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName})
+	veth := hostVeth(args, pod)
+	if relErr == nil && rel.HostVeth != "" {
+		veth = rel.HostVeth
+	}
+	if err := datapath.TeardownPod(veth, args.ContainerID); err != nil {
+		lg.Printf("DEL %s: teardown %s: %v", args.ContainerID, veth, err)
+		return types.NewError(ErrDataPath, "remove pod data path", err.Error())
+	}
+	if relErr != nil {
+		lg.Printf("DEL %s: release: %v", args.ContainerID, relErr)
+		return agentError("release pod IP", relErr)
+	}
+	lg.Printf("DEL %s %s/%s: released=%v %s", args.ContainerID, pod.namespace, pod.name, rel.Found, rel.IP)
+	return nil
+}
+
+func cmdCheck(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	defer cancel()
+	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
+	got, err := client.Get(ctx, api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName})
+	if err != nil {
+		return agentError("look up allocation", err)
+	}
+	if !got.Found {
+		return types.NewError(ErrCheckFailed, "no address allocated for this container", args.ContainerID)
+	}
+	ip, err := netip.ParseAddr(got.IP)
+	if err != nil {
+		return types.NewError(ErrCheckFailed, "bad address", got.IP)
+	}
+	if conf.PrevResult != nil {
+		prev, err := current.NewResultFromResult(conf.PrevResult)
+		if err == nil && len(prev.IPs) > 0 && !prev.IPs[0].Address.IP.Equal(ip.AsSlice()) {
+			return types.NewError(ErrCheckFailed, "address differs from the ADD result", fmt.Sprintf("%v vs %v", prev.IPs[0].Address.IP, ip))
+		}
+	}
+	if err := datapath.CheckPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: got.HostVeth, ContainerID: args.ContainerID, IP: ip}); err != nil {
+		return types.NewError(ErrCheckFailed, "pod data path is broken", err.Error())
+	}
+	return nil
+}
+
+// cmdGC releases every allocation not in cni.dev/valid-attachments and
+// removes their host veths.
+func cmdGC(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	lg, done := logger(conf)
+	defer done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	defer cancel()
+	valid := make([]api.Attachment, 0, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid = append(valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
+	res, err := client.GC(ctx, valid)
+	if err != nil {
+		return agentError("garbage-collect allocations", err)
+	}
+	for _, r := range res.Released {
+		datapath.TeardownPod(r.HostVeth, r.ContainerID)
+		lg.Printf("GC released %s (%s)", r.IP, r.HostVeth)
+	}
+	return nil
+}
+
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := parseConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	defer cancel()
+	st, err := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second).Status(ctx)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, "aliasip node agent unreachable", err.Error())
+	}
+	if !st.Ready {
+		return types.NewError(types.ErrPluginNotAvailable, "aliasip node agent not ready", st.Reason)
+	}
+	return nil
+}

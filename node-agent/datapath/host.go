@@ -1,0 +1,233 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ProtoGCEGuestAgent is the route protocol (66) the GCE guest agent uses for
+// the `local` routes it adds for a NIC's alias ranges.
+const ProtoGCEGuestAgent = 66
+
+// ProtoFabric marks the fabric routes aliasip installs (--fabric=routes).
+const ProtoFabric = 201
+
+// DefaultRouteInterface returns the interface of the IPv4 default route.
+func DefaultRouteInterface() (string, error) {
+	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return "", err
+	}
+	for _, r := range routes {
+		if (r.Dst == nil || maskBits(r.Dst.Mask) == 0) && r.LinkIndex > 0 {
+			l, err := netlink.LinkByIndex(r.LinkIndex)
+			if err != nil {
+				return "", err
+			}
+			return l.Attrs().Name, nil
+		}
+	}
+	return "", errors.New("no IPv4 default route; set --host-interface")
+}
+
+// InterfaceMTU returns a link's MTU.
+func InterfaceMTU(name string) (int, error) {
+	l, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("host interface %s: %w", name, err)
+	}
+	return l.Attrs().MTU, nil
+}
+
+// PrepareHost applies the host-wide settings and reports how many it had to
+// change.
+func PrepareHost(hostIface string) (int, error) {
+	changed := 0
+	for _, s := range []struct{ key, value string }{
+		// Route between the NIC and the pods' veths.
+		{"net/ipv4/ip_forward", "1"},
+		// Loose reverse-path filtering on the NIC: replies to pods arrive
+		// for addresses the kernel routes out of a veth, not the NIC, and
+		// strict mode would drop them.
+		{"net/ipv4/conf/" + hostIface + "/rp_filter", "2"},
+	} {
+		n, err := ensureSysctl(s.key, s.value)
+		if err != nil {
+			return changed, fmt.Errorf("sysctl %s=%s: %w", s.key, s.value, err)
+		}
+		changed += n
+	}
+	return changed, nil
+}
+
+// RemoveGuestAgentRoute deletes the `local` route the GCE guest agent adds
+// for the node's alias range (table local, proto 66). While it exists the
+// kernel takes every pod address as its own and pods are unreachable. It
+// reports whether one was removed.
+func RemoveGuestAgentRoute(podCIDR netip.Prefix) (bool, error) {
+	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return false, err
+	}
+	removed := false
+	for _, r := range routes {
+		if r.Type != unix.RTN_LOCAL || r.Protocol != ProtoGCEGuestAgent || r.Dst == nil {
+			continue
+		}
+		p, ok := prefixOf(r.Dst.IP, r.Dst.Mask)
+		if !ok || !p.Overlaps(podCIDR) {
+			continue
+		}
+		// ip route del table local local PODCIDR dev eth0 proto 66
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return removed, fmt.Errorf("delete guest agent route %v: %w", p, err)
+		}
+		removed = true
+	}
+	return removed, nil
+}
+
+// PodRoute is a wanted /32 route to a pod's host veth.
+type PodRoute struct {
+	IP       netip.Addr
+	HostVeth string
+}
+
+// Report counts what a reconcile pass changed.
+type Report struct {
+	RoutesRepaired  int
+	SysctlsRepaired int
+	RoutesRemoved   int
+	GuestRoutes     int
+}
+
+// Reconcile makes the host match the wanted pod routes: every pod whose
+// veth exists gets its /32 route and sysctls back; /32 routes from the
+// podCIDR to "ali" veths that no pod wants are removed; the guest agent's
+// local route is removed.
+func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute) (Report, error) {
+	var rep Report
+	var errs []error
+	if n, err := PrepareHost(hostIface); err != nil {
+		errs = append(errs, err)
+	} else {
+		rep.SysctlsRepaired += n
+	}
+	if removed, err := RemoveGuestAgentRoute(podCIDR); err != nil {
+		errs = append(errs, err)
+	} else if removed {
+		rep.GuestRoutes++
+	}
+	wanted := map[netip.Addr]string{}
+	for _, w := range want {
+		wanted[w.IP] = w.HostVeth
+		link, err := netlinksafe.LinkByName(w.HostVeth)
+		if err != nil {
+			continue // the pod's veth is gone: nothing to route to
+		}
+		n, err := ConfigureHostVeth(w.HostVeth)
+		rep.SysctlsRepaired += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if changed, err := EnsurePodRoute(link, w.IP); err != nil {
+			errs = append(errs, err)
+		} else if changed {
+			rep.RoutesRepaired++
+		}
+	}
+	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return rep, errors.Join(append(errs, err)...)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || maskBits(r.Dst.Mask) != 32 || r.LinkIndex == 0 {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		if !ok || !podCIDR.Contains(ip) {
+			continue
+		}
+		link, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil || !strings.HasPrefix(link.Attrs().Name, VethPrefix) {
+			continue
+		}
+		if wanted[ip] == link.Attrs().Name {
+			continue
+		}
+		// ip route del IP/32 dev aliXXX: a vanished pod's route.
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, err)
+			continue
+		}
+		rep.RoutesRemoved++
+	}
+	return rep, errors.Join(errs...)
+}
+
+// FabricRoute sends another node's podCIDR to that node's address.
+type FabricRoute struct {
+	PodCIDR netip.Prefix
+	Via     netip.Addr
+}
+
+// SyncFabric emulates the VPC: "ip route replace PODCIDR via NODEIP proto
+// 201" for each wanted route, and removes proto-201 routes no longer wanted.
+// It reports how many routes it added or changed and removed.
+func SyncFabric(want []FabricRoute) (changed, removed int, err error) {
+	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: ProtoFabric}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return 0, 0, err
+	}
+	have := map[netip.Prefix]netip.Addr{}
+	var errs []error
+	wanted := map[netip.Prefix]bool{}
+	for _, w := range want {
+		wanted[w.PodCIDR] = true
+	}
+	for _, r := range routes {
+		p, ok := prefixOf(r.Dst.IP, r.Dst.Mask)
+		gw, _ := netip.AddrFromSlice(r.Gw.To4())
+		if ok && wanted[p] {
+			have[p] = gw
+			continue
+		}
+		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, err)
+			continue
+		}
+		removed++
+	}
+	for _, w := range want {
+		if have[w.PodCIDR] == w.Via {
+			continue
+		}
+		if err := netlink.RouteReplace(&netlink.Route{Dst: ipNet(w.PodCIDR), Gw: w.Via.AsSlice(), Protocol: ProtoFabric}); err != nil {
+			errs = append(errs, fmt.Errorf("fabric route %v via %v: %w", w.PodCIDR, w.Via, err))
+			continue
+		}
+		changed++
+	}
+	return changed, removed, errors.Join(errs...)
+}
+
+func prefixOf(ip []byte, mask []byte) (netip.Prefix, bool) {
+	addr, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	addr = addr.Unmap()
+	ones := 0
+	for _, b := range mask {
+		for ; b&0x80 != 0; b <<= 1 {
+			ones++
+		}
+	}
+	return netip.PrefixFrom(addr, ones).Masked(), true
+}

@@ -1,0 +1,298 @@
+// Package ipam is the node agent's pod IP allocator: one address of the
+// node's podCIDR per attachment (container ID + interface), with the pod's
+// namespace/name and host veth recorded, persisted so that a crash or
+// restart of the agent loses nothing.
+//
+// The state is one JSON file, rewritten on every change through a temporary
+// file renamed over the old one: a reader (or a restarted agent) sees the old
+// state or the new one, never a torn one. There is no fsync: the file must
+// survive the agent's death, not the machine's (after a reboot every pod
+// sandbox is gone and start-up GC frees their addresses anyway).
+//
+// Freed addresses cool down before reuse, so a packet for a deleted pod is
+// not delivered to its successor. The podCIDR's network address, its first
+// address (the gateway address by convention) and its broadcast address are
+// never handed out.
+package ipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+)
+
+// ErrExhausted: every address of the podCIDR is in use or cooling down.
+var ErrExhausted = errors.New("pod IP range exhausted")
+
+// Key identifies one attachment.
+type Key struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+func (k Key) String() string { return k.ContainerID + "/" + k.IfName }
+
+// Allocation is one pod address.
+type Allocation struct {
+	Key
+	Namespace string     `json:"namespace,omitempty"`
+	Pod       string     `json:"pod,omitempty"`
+	HostVeth  string     `json:"hostVeth,omitempty"`
+	IP        netip.Addr `json:"ip"`
+	Created   time.Time  `json:"created"`
+}
+
+// Request asks for an address.
+type Request struct {
+	Key
+	Namespace string
+	Pod       string
+	HostVeth  string
+}
+
+type fileState struct {
+	PodCIDR     netip.Prefix             `json:"podCIDR"`
+	Allocations []Allocation             `json:"allocations"`
+	Cooling     map[netip.Addr]time.Time `json:"cooling,omitempty"`
+}
+
+// Store is the allocator. It is safe for concurrent use.
+type Store struct {
+	path     string
+	cidr     netip.Prefix
+	cooldown time.Duration
+	now      func() time.Time
+
+	mu      sync.Mutex
+	allocs  map[Key]*Allocation
+	byIP    map[netip.Addr]Key
+	cooling map[netip.Addr]time.Time
+	next    netip.Addr
+}
+
+// Open loads (or creates) the store at path for the node's podCIDR. A
+// state file written for another podCIDR is an error: the node's range
+// changed under running pods, which needs an operator.
+func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
+	podCIDR = podCIDR.Masked()
+	if !podCIDR.Addr().Is4() || podCIDR.Bits() > 30 {
+		return nil, fmt.Errorf("podCIDR %v: want an IPv4 range of /30 or larger", podCIDR)
+	}
+	s := &Store{
+		path: path, cidr: podCIDR, cooldown: cooldown, now: time.Now,
+		allocs: map[Key]*Allocation{}, byIP: map[netip.Addr]Key{}, cooling: map[netip.Addr]time.Time{},
+	}
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, err
+		}
+		return s, s.save()
+	case err != nil:
+		return nil, fmt.Errorf("read IPAM state: %w", err)
+	}
+	var st fileState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("IPAM state %s is corrupt: %w", path, err)
+	}
+	if st.PodCIDR.IsValid() && st.PodCIDR != podCIDR {
+		return nil, fmt.Errorf("IPAM state %s is for podCIDR %v, the node now has %v", path, st.PodCIDR, podCIDR)
+	}
+	for i := range st.Allocations {
+		a := st.Allocations[i]
+		if !podCIDR.Contains(a.IP) {
+			return nil, fmt.Errorf("IPAM state %s: %v (%s) outside %v", path, a.IP, a.Key, podCIDR)
+		}
+		if other, dup := s.byIP[a.IP]; dup {
+			return nil, fmt.Errorf("IPAM state %s: %v held by both %s and %s", path, a.IP, other, a.Key)
+		}
+		s.allocs[a.Key] = &a
+		s.byIP[a.IP] = a.Key
+	}
+	for ip, t := range st.Cooling {
+		s.cooling[ip] = t
+	}
+	return s, nil
+}
+
+// PodCIDR returns the range addresses come from.
+func (s *Store) PodCIDR() netip.Prefix { return s.cidr }
+
+// Allocate returns the attachment's address, allocating one if it has none
+// (a repeated ADD gets the same address).
+func (s *Store) Allocate(req Request) (Allocation, error) {
+	if req.ContainerID == "" || req.IfName == "" {
+		return Allocation{}, errors.New("container ID and interface name are required")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.allocs[req.Key]; ok {
+		return *a, nil
+	}
+	ip, ok := s.findFree()
+	if !ok {
+		return Allocation{}, fmt.Errorf("%w: all %d addresses of %v in use or cooling down", ErrExhausted, s.usable(), s.cidr)
+	}
+	a := &Allocation{Key: req.Key, Namespace: req.Namespace, Pod: req.Pod, HostVeth: req.HostVeth, IP: ip, Created: s.now().UTC()}
+	s.allocs[req.Key] = a
+	s.byIP[ip] = req.Key
+	delete(s.cooling, ip)
+	s.next = ip.Next()
+	if err := s.save(); err != nil {
+		delete(s.allocs, req.Key)
+		delete(s.byIP, ip)
+		return Allocation{}, err
+	}
+	return *a, nil
+}
+
+// Release frees the attachment's address (it cools down first) and returns
+// the allocation it had; releasing an unknown attachment returns false.
+func (s *Store) Release(k Key) (Allocation, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.allocs[k]
+	if !ok {
+		return Allocation{}, false, nil
+	}
+	s.drop(a)
+	return *a, true, s.save()
+}
+
+// Retain releases every allocation for which keep returns false, and
+// returns those released.
+func (s *Store) Retain(keep func(Allocation) bool) ([]Allocation, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Allocation
+	for _, a := range s.allocs {
+		if !keep(*a) {
+			out = append(out, *a)
+			s.drop(a)
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, s.save()
+}
+
+func (s *Store) drop(a *Allocation) {
+	delete(s.allocs, a.Key)
+	delete(s.byIP, a.IP)
+	if s.cooldown > 0 {
+		s.cooling[a.IP] = s.now().Add(s.cooldown).UTC()
+	}
+}
+
+// Get returns the attachment's allocation.
+func (s *Store) Get(k Key) (Allocation, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.allocs[k]
+	if !ok {
+		return Allocation{}, false
+	}
+	return *a, true
+}
+
+// List returns every allocation, sorted by address.
+func (s *Store) List() []Allocation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Allocation, 0, len(s.allocs))
+	for _, a := range s.allocs {
+		out = append(out, *a)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP.Less(out[j].IP) })
+	return out
+}
+
+// Stats returns the addresses in use, free now, and cooling down.
+func (s *Store) Stats() (used, free, cooling int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	for _, t := range s.cooling {
+		if now.Before(t) {
+			cooling++
+		}
+	}
+	used = len(s.allocs)
+	return used, s.usable() - used - cooling, cooling
+}
+
+// usable is the number of addresses that may ever be handed out.
+func (s *Store) usable() int {
+	return 1<<(32-s.cidr.Bits()) - 3
+}
+
+// reserved reports whether ip is the network, gateway or broadcast address.
+func (s *Store) reserved(ip netip.Addr) bool {
+	network := s.cidr.Addr()
+	if ip == network || ip == network.Next() {
+		return true
+	}
+	return !s.cidr.Contains(ip.Next())
+}
+
+// findFree scans next-fit from the cursor: the address freed last is
+// reused last. Expired cooling entries are dropped on the way.
+func (s *Store) findFree() (netip.Addr, bool) {
+	now := s.now()
+	start := s.next
+	if !start.IsValid() || !s.cidr.Contains(start) {
+		start = s.cidr.Addr()
+	}
+	ip := start
+	for i := 0; i < 1<<(32-s.cidr.Bits()); i++ {
+		if !s.reserved(ip) {
+			if _, used := s.byIP[ip]; !used {
+				t, cooling := s.cooling[ip]
+				if !cooling || !now.Before(t) {
+					delete(s.cooling, ip)
+					return ip, true
+				}
+			}
+		}
+		ip = ip.Next()
+		if !s.cidr.Contains(ip) {
+			ip = s.cidr.Addr()
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// save writes the state atomically (temporary file, then rename).
+func (s *Store) save() error {
+	st := fileState{PodCIDR: s.cidr, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
+	for _, a := range s.allocs {
+		st.Allocations = append(st.Allocations, *a)
+	}
+	sort.Slice(st.Allocations, func(i, j int) bool { return st.Allocations[i].IP.Less(st.Allocations[j].IP) })
+	now := s.now()
+	for ip, t := range s.cooling {
+		if now.Before(t) {
+			st.Cooling[ip] = t
+		}
+	}
+	data, err := json.MarshalIndent(st, "", " ")
+	if err != nil {
+		return err
+	}
+	tmp := s.path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("write IPAM state: %w", err)
+	}
+	if err := os.Rename(tmp, s.path); err != nil {
+		return fmt.Errorf("write IPAM state: %w", err)
+	}
+	return nil
+}
