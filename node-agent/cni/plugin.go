@@ -208,10 +208,31 @@ func cmdDel(args *skel.CmdArgs) error {
 	return nil
 }
 
+// cmdCheck verifies the data path from the ADD result first (so a broken
+// path is reported even when the agent is busy), then that the agent still
+// holds the same address for the attachment.
 func cmdCheck(args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
 		return err
+	}
+	if conf.RawPrevResult == nil {
+		return types.NewError(ErrCheckFailed, "CHECK needs the ADD result (prevResult)", "")
+	}
+	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+		return types.NewError(types.ErrDecodingFailure, "parse prevResult", err.Error())
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil || len(prev.IPs) == 0 || len(prev.Interfaces) == 0 {
+		return types.NewError(ErrCheckFailed, "prevResult lacks the address or host interface", fmt.Sprint(err))
+	}
+	ip, ok := netip.AddrFromSlice(prev.IPs[0].Address.IP.To4())
+	if !ok {
+		return types.NewError(ErrCheckFailed, "prevResult address is not IPv4", prev.IPs[0].Address.String())
+	}
+	veth := prev.Interfaces[0].Name
+	if err := datapath.CheckPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: veth, ContainerID: args.ContainerID, IP: ip}); err != nil {
+		return types.NewError(ErrCheckFailed, "pod data path is broken", err.Error())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
 	defer cancel()
@@ -221,20 +242,10 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return agentError("look up allocation", err)
 	}
 	if !got.Found {
-		return types.NewError(ErrCheckFailed, "no address allocated for this container", args.ContainerID)
+		return types.NewError(ErrCheckFailed, "the agent holds no address for this container", args.ContainerID)
 	}
-	ip, err := netip.ParseAddr(got.IP)
-	if err != nil {
-		return types.NewError(ErrCheckFailed, "bad address", got.IP)
-	}
-	if conf.PrevResult != nil {
-		prev, err := current.NewResultFromResult(conf.PrevResult)
-		if err == nil && len(prev.IPs) > 0 && !prev.IPs[0].Address.IP.Equal(ip.AsSlice()) {
-			return types.NewError(ErrCheckFailed, "address differs from the ADD result", fmt.Sprintf("%v vs %v", prev.IPs[0].Address.IP, ip))
-		}
-	}
-	if err := datapath.CheckPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: got.HostVeth, ContainerID: args.ContainerID, IP: ip}); err != nil {
-		return types.NewError(ErrCheckFailed, "pod data path is broken", err.Error())
+	if got.IP != ip.String() {
+		return types.NewError(ErrCheckFailed, "the agent's address differs from the ADD result", fmt.Sprintf("%s vs %v", got.IP, ip))
 	}
 	return nil
 }

@@ -152,6 +152,8 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 		"--service-account-signing-key-file", keyFile,
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--allow-privileged",
+		// No kube-controller-manager creates default ServiceAccounts here.
+		"--disable-admission-plugins", "ServiceAccount",
 		"--enable-priority-and-fairness=false",
 		"--max-requests-inflight", "2000",
 		"--max-mutating-requests-inflight", "1000",

@@ -4,9 +4,40 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"sync"
 	"syscall"
 	"time"
 )
+
+// Pdeathsig fires when the *thread* that forked the child exits, and Go
+// ends threads (for example ones a goroutine locked while switching network
+// namespaces). So every child is started from one goroutine locked to a
+// thread that lives as long as the test process.
+var (
+	spawnOnce sync.Once
+	spawnCh   chan spawnReq
+)
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startOnSpawner(cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnCh = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread() // never unlocked: this thread stays
+			for r := range spawnCh {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawnCh <- spawnReq{cmd: cmd, done: done}
+	return <-done
+}
 
 // Process is a child process whose output goes to a log file. It dies with
 // the test process (Pdeathsig), so a failed test leaves no stray servers.
@@ -28,7 +59,7 @@ func StartProcess(logPath string, env []string, bin string, args ...string) (*Pr
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := startOnSpawner(cmd); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}

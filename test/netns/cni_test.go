@@ -1,0 +1,457 @@
+package netns
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+
+	"github.com/aliasip/aliasip/node-agent/datapath"
+	"github.com/aliasip/aliasip/node-agent/ipam"
+	"github.com/aliasip/aliasip/test/framework"
+)
+
+// hostRoutes lists the node's /32 routes as "IP dev NAME".
+func hostRoutes(t *testing.T, n *framework.Node) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := n.NS.Do(func(ns.NetNS) error {
+		routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.Dst != nil && r.LinkIndex > 0 {
+				if ones, _ := r.Dst.Mask.Size(); ones == 32 {
+					l, err := netlink.LinkByIndex(r.LinkIndex)
+					if err == nil {
+						out[r.Dst.IP.String()] = l.Attrs().Name
+					}
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func allocations(t *testing.T, n *framework.Node) []ipam.Allocation {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(n.State, "ipam.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Allocations []ipam.Allocation    `json:"allocations"`
+		Cooling     map[string]time.Time `json:"cooling"`
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Allocations
+}
+
+// 1. Two pods on one node ping each other and the node; the first ping's
+// ARP is answered at once; no bridge; the /32 routes are there.
+func TestPodsPingWithoutBridge(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.1.0/24")
+	a, b := e.pod(n, "pod-a"), e.pod(n, "pod-b")
+	if !netip.MustParsePrefix("10.210.1.0/24").Contains(a.IP) || a.IP == b.IP {
+		t.Fatalf("addresses %v %v", a.IP, b.IP)
+	}
+	// The very first packet from a fresh pod needs ARP for 169.254.1.1:
+	// with proxy_delay=0 it is answered at once (the kernel default would
+	// delay it by up to 0.8 s).
+	rtt, err := framework.Ping(a.NS, b.IP, 3*time.Second)
+	if err != nil {
+		t.Fatalf("pod-a -> pod-b: %v", err)
+	}
+	if rtt > 200*time.Millisecond {
+		t.Errorf("first ping took %v: the proxy-ARP answer was delayed", rtt)
+	}
+	for _, c := range []struct {
+		from *framework.Pod
+		to   netip.Addr
+	}{{b, a.IP}, {a, n.IP}, {b, n.IP}} {
+		if _, err := framework.Ping(c.from.NS, c.to, 3*time.Second); err != nil {
+			t.Errorf("%s -> %v: %v", c.from.Name, c.to, err)
+		}
+	}
+	routes := hostRoutes(t, n)
+	for _, p := range []*framework.Pod{a, b} {
+		want := datapath.HostVethName("default", p.Name)
+		if routes[p.IP.String()] != want {
+			t.Errorf("route for %v: dev %q, want %q (routes %v)", p.IP, routes[p.IP.String()], want, routes)
+		}
+	}
+	n.NS.Do(func(ns.NetNS) error {
+		links, _ := netlink.LinkList()
+		for _, l := range links {
+			if l.Type() == "bridge" {
+				t.Errorf("node has a bridge %s", l.Attrs().Name)
+			}
+		}
+		return nil
+	})
+	if err := n.Check(e.ctx, a); err != nil {
+		t.Errorf("CHECK on a healthy pod: %v", err)
+	}
+	if err := n.Status(e.ctx); err != nil {
+		t.Errorf("STATUS with a running agent: %v", err)
+	}
+}
+
+// 2. DEL twice, DEL after the netns is gone, DEL for an unknown container
+// all succeed and free the address after the cooldown. CHECK fails after
+// the /32 route is deleted and passes after the agent repairs it.
+func TestDelIdempotentAndCheckRepair(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.2.0/24")
+	p := e.pod(n, "victim")
+	// Stop the agent so the test sees the broken state before the repair.
+	n.Agent.Cmd.Process.Signal(syscall.SIGSTOP)
+	n.NS.Do(func(ns.NetNS) error {
+		// ip route del IP/32 (scope link, as the plugin made it)
+		return netlink.RouteDel(&netlink.Route{Dst: netlink.NewIPNet(p.IP.AsSlice()), Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK})
+	})
+	if routes := hostRoutes(t, n); routes[p.IP.String()] != "" {
+		t.Fatalf("test setup: route for %v not deleted", p.IP)
+	}
+	err := n.Check(e.ctx, p)
+	if err == nil || cniCode(err) != 102 || !strings.Contains(err.Error(), "route") {
+		t.Fatalf("CHECK with the /32 route gone: %v (code %d), want code 102 naming the route", err, cniCode(err))
+	}
+	n.Agent.Cmd.Process.Signal(syscall.SIGCONT)
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
+		return n.Check(e.ctx, p) == nil, nil
+	}); err != nil {
+		t.Fatalf("CHECK never passed again after the agent's repair: %v", n.Check(e.ctx, p))
+	}
+	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
+		t.Errorf("ping after repair: %v", err)
+	}
+
+	for i := 0; i < 2; i++ {
+		if err := n.Del(e.ctx, p); err != nil {
+			t.Fatalf("DEL #%d: %v", i+1, err)
+		}
+	}
+	gone := e.pod(n, "gone-netns")
+	gone.Close() // the sandbox's netns is gone before DEL
+	if err := n.Del(e.ctx, gone); err != nil {
+		t.Fatalf("DEL with the netns gone: %v", err)
+	}
+	unknown, _ := framework.NewPod("default", "never-added")
+	defer unknown.Close()
+	if err := n.Del(e.ctx, unknown); err != nil {
+		t.Fatalf("DEL of an unknown container: %v", err)
+	}
+	if left := allocations(t, n); len(left) != 0 {
+		t.Fatalf("allocations left after DELs: %v", left)
+	}
+	if routes := hostRoutes(t, n); len(routes) != 0 {
+		t.Errorf("routes left after DELs: %v", routes)
+	}
+	// The freed addresses cool down (2 s here), then are free again.
+	if v := agentMetric(t, n, "aliasip_pod_ips", `state="cooling"`); v != 2 {
+		t.Errorf("cooling addresses right after the DELs: %v, want 2", v)
+	}
+	freed := map[netip.Addr]bool{p.IP: true, gone.IP: true}
+	q := e.pod(n, "during-cooldown")
+	if freed[q.IP] {
+		t.Errorf("%v reused during its cooldown", q.IP)
+	}
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		return agentMetric(t, n, "aliasip_pod_ips", `state="cooling"`) == 0 &&
+			agentMetric(t, n, "aliasip_pod_ips", `state="free"`) == 252, nil
+	}); err != nil {
+		t.Errorf("freed addresses not free after the cooldown")
+	}
+}
+
+func agentMetric(t *testing.T, n *framework.Node, name, labels string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + n.Metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	v, _ := framework.ScrapeMetric(string(b), name, labels)
+	return v
+}
+
+// 3. 30 concurrent ADDs while the agent is killed and restarted: every ADD
+// succeeds or fails cleanly, no address is given twice, and after GC no
+// allocation is left without a live pod.
+func TestConcurrentAddsAcrossAgentKill(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.3.0/24")
+	pods := make([]*framework.Pod, 30)
+	for i := range pods {
+		pods[i] = e.newPod(n, fmt.Sprintf("burst-%02d", i))
+	}
+	errs := make([]error, len(pods))
+	var wg sync.WaitGroup
+	for i, p := range pods {
+		wg.Go(func() { errs[i] = n.Add(e.ctx, p) })
+	}
+	// Kill the agent once a few addresses are handed out, mid-burst.
+	framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		data, _ := os.ReadFile(filepath.Join(n.State, "ipam.json"))
+		return strings.Count(string(data), `"containerID"`) >= 4, nil
+	})
+	n.Agent.Kill()
+	e.startAgent(n)
+	wg.Wait()
+
+	var ok, failed []*framework.Pod
+	seen := map[netip.Addr]string{}
+	for i, err := range errs {
+		if err != nil {
+			code := cniCode(err)
+			if code == 0 {
+				t.Errorf("%s: not a clean CNI error: %v", pods[i].Name, err)
+			}
+			failed = append(failed, pods[i])
+			continue
+		}
+		if other, dup := seen[pods[i].IP]; dup {
+			t.Fatalf("%v given to %s and %s", pods[i].IP, other, pods[i].Name)
+		}
+		seen[pods[i].IP] = pods[i].Name
+		ok = append(ok, pods[i])
+	}
+	t.Logf("%d ADDs succeeded, %d failed cleanly", len(ok), len(failed))
+	// The runtime calls DEL after a failed ADD, and GC with what it keeps.
+	for _, p := range failed {
+		if err := n.Del(e.ctx, p); err != nil {
+			t.Errorf("DEL after failed ADD of %s: %v", p.Name, err)
+		}
+	}
+	if err := n.GC(e.ctx, ok); err != nil {
+		t.Fatalf("CNI GC: %v", err)
+	}
+	left := map[string]netip.Addr{}
+	for _, a := range allocations(t, n) {
+		left[a.ContainerID] = a.IP
+	}
+	if len(left) != len(ok) {
+		t.Errorf("%d allocations after GC, want %d (one per live pod)", len(left), len(ok))
+	}
+	for _, p := range ok {
+		if left[p.ContainerID] != p.IP {
+			t.Errorf("%s: allocation %v, pod has %v", p.Name, left[p.ContainerID], p.IP)
+		}
+		if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
+			t.Errorf("%s lost connectivity: %v", p.Name, err)
+		}
+	}
+	routes := hostRoutes(t, n)
+	if len(routes) != len(ok) {
+		t.Errorf("%d pod routes, want %d: %v", len(routes), len(ok), routes)
+	}
+}
+
+// 4. Clean CNI errors, nothing leaked: range exhausted, malformed config,
+// missing CNI_NETNS, unreachable agent.
+func TestCleanErrors(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.4.0/29") // 8 addresses, 5 usable
+	for i := 0; i < 5; i++ {
+		e.pod(n, fmt.Sprintf("fill-%d", i))
+	}
+	extra := e.newPod(n, "one-too-many")
+	err := n.Add(e.ctx, extra)
+	if cniCode(err) != 100 || !strings.Contains(err.Error(), "exhausted") {
+		t.Errorf("ADD on a full node: %v (code %d), want code 100 naming the exhausted range", err, cniCode(err))
+	}
+
+	cni := libcni.NewCNIConfigWithCacheDir([]string{n.BinDir}, filepath.Join(n.Dir, "cache2"), nil)
+	run := func(conf string, netnsPath string) error {
+		list, err := libcni.NetworkConfFromBytes([]byte(conf))
+		if err != nil {
+			return err
+		}
+		p, _ := framework.NewPod("default", "bad")
+		defer p.Close()
+		rt := &libcni.RuntimeConf{ContainerID: "bad-1", NetNS: netnsPath, IfName: "eth0"}
+		if netnsPath == "pod" {
+			rt.NetNS = p.NS.Path()
+		}
+		return n.NS.Do(func(ns.NetNS) error {
+			_, err := cni.AddNetworkList(e.ctx, list, rt)
+			return err
+		})
+	}
+	good := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"aliasip","plugins":[{"type":"aliasip-cni","socket":%q,"logFile":%q}]}`, n.Socket, n.CNILog)
+	for _, c := range []struct {
+		name, conf, netns string
+		code              uint
+		mention           string
+	}{
+		{"malformed plugin config", `{"cniVersion":"1.1.0","name":"aliasip","plugins":[{"type":"aliasip-cni","socket":17}]}`, "pod", 6, "malformed"},
+		{"config without socket", `{"cniVersion":"1.1.0","name":"aliasip","plugins":[{"type":"aliasip-cni"}]}`, "pod", 7, "socket"},
+		{"missing CNI_NETNS", good, "", 4, "CNI_NETNS"},
+		{"unreachable agent", strings.Replace(good, n.Socket, filepath.Join(n.Dir, "nobody.sock"), 1), "pod", 11, "unreachable"},
+	} {
+		err := run(c.conf, c.netns)
+		if cniCode(err) != c.code || !strings.Contains(err.Error(), c.mention) {
+			t.Errorf("%s: %v (code %d), want code %d mentioning %q", c.name, err, cniCode(err), c.code, c.mention)
+		}
+	}
+	if got := len(allocations(t, n)); got != 5 {
+		t.Errorf("%d allocations after failed ADDs, want the 5 pods'", got)
+	}
+	if routes := hostRoutes(t, n); len(routes) != 5 {
+		t.Errorf("%d routes after failed ADDs, want 5: %v", len(routes), routes)
+	}
+	// A plugin that cannot reach the agent reports STATUS unavailable.
+	n.Agent.Kill()
+	if err := n.Status(e.ctx); cniCode(err) != 50 {
+		t.Errorf("STATUS with the agent down: %v, want code 50", err)
+	}
+}
+
+// 5. A stale veth with the pod's host name and a stale /32 route for its
+// address are replaced by ADD.
+func TestStaleVethAndRouteReplaced(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.5.0/24")
+	stale := datapath.HostVethName("default", "reborn")
+	first := netip.MustParseAddr("10.210.5.2") // a fresh node's first address
+	n.NS.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: stale}, PeerName: "stalepeer"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "stale0"}, PeerName: "stale1"}); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := netlink.LinkByName("stale0")
+		netlink.LinkSetUp(d)
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: d.Attrs().Index, Dst: netlink.NewIPNet(first.AsSlice()), Scope: netlink.SCOPE_LINK}); err != nil {
+			t.Fatal(err)
+		}
+		return nil
+	})
+	p := e.pod(n, "reborn")
+	if p.IP != first {
+		t.Fatalf("pod got %v, the test expected %v", p.IP, first)
+	}
+	if got := hostRoutes(t, n)[first.String()]; got != stale {
+		t.Errorf("route for %v: dev %q, want the new %s", first, got, stale)
+	}
+	n.NS.Do(func(ns.NetNS) error {
+		if _, err := netlink.LinkByName("stalepeer"); err == nil {
+			t.Errorf("the stale veth's peer survives: the old veth was not replaced")
+		}
+		return nil
+	})
+	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
+		t.Errorf("ping: %v", err)
+	}
+}
+
+// 6. Two nodes on one link, agents with --fabric=routes: a pod on node A
+// reaches a pod on node B.
+func TestTwoNodesFabric(t *testing.T) {
+	e := newEnv(t)
+	a := e.node("10.210.6.0/24", "--fabric", "routes")
+	b := e.node("10.210.7.0/24", "--fabric", "routes")
+	pa, pb := e.pod(a, "on-a"), e.pod(b, "on-b")
+	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+		_, err := framework.Ping(pa.NS, pb.IP, time.Second)
+		return err == nil, nil
+	}); err != nil {
+		t.Fatalf("pod on A cannot reach pod on B: %v", err)
+	}
+	if _, err := framework.Ping(pb.NS, pa.IP, 3*time.Second); err != nil {
+		t.Errorf("B -> A: %v", err)
+	}
+}
+
+// The agent writes its conflist only once it can serve ADD, and then marks
+// the Node's NetworkUnavailable condition False.
+func TestAgentWaitsForPodCIDR(t *testing.T) {
+	e := newEnv(t)
+	name := fmt.Sprintf("nn-%d", nodeSeq.Add(1))
+	n, err := e.fabric.AddNode(name, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.nodes = append(e.nodes, n)
+	if err := n.RegisterNode(e.ctx, e.client, ""); err != nil {
+		t.Fatal(err)
+	}
+	args := append(n.AgentArgs(cp.Kubeconfig, pluginBin), "--v", "2")
+	n.Agent, err = framework.StartProcess(filepath.Join(n.Dir, "agent.log"), nil, agentBin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(n.ConfDir, "10-aliasip.conflist")
+	// Not ready without a podCIDR: no conflist, /readyz fails.
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		resp, err := http.Get("http://" + n.Metrics + "/readyz")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable, nil
+	}); err != nil {
+		t.Fatalf("agent not answering /readyz: %v", err)
+	}
+	if _, err := os.Stat(conf); err == nil {
+		t.Fatal("conflist written before the node has a podCIDR")
+	}
+	patch := []byte(`{"spec":{"podCIDR":"10.210.9.0/24","podCIDRs":["10.210.9.0/24"]}}`)
+	if _, err := e.client.CoreV1().Nodes().Patch(e.ctx, name, k8stypes.StrategicMergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
+		_, err := os.Stat(conf)
+		return err == nil, nil
+	}); err != nil {
+		t.Fatal("conflist never written after the podCIDR arrived")
+	}
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		node, err := e.client.CoreV1().Nodes().Get(e.ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeNetworkUnavailable && c.Status == corev1.ConditionFalse && c.Reason == "AliasipReady" {
+				return true, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		t.Fatalf("NetworkUnavailable never set False: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(n.BinDir, "aliasip-cni")); err != nil {
+		t.Errorf("plugin not installed: %v", err)
+	}
+	p := e.pod(n, "late")
+	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
+		t.Errorf("ping: %v", err)
+	}
+}
