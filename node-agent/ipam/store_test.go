@@ -20,7 +20,9 @@ func open(t *testing.T, path, cidr string, cooldown time.Duration) *Store {
 	return s
 }
 
-func req(id string) Request { return Request{Key: Key{ContainerID: id, IfName: "eth0"}, Namespace: "ns", Pod: id} }
+func req(id string) Request {
+	return Request{Key: Key{ContainerID: id, IfName: "eth0"}, Namespace: "ns", Pod: id}
+}
 
 func TestAllocateWholeRangeNeverReserved(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), "s.json"), "10.1.2.0/24", 0)
