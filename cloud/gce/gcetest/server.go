@@ -614,17 +614,25 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(path, "instance/network-interfaces/"):
 		rest := strings.Split(strings.TrimPrefix(path, "instance/network-interfaces/"), "/")
 		i, err := strconv.Atoi(rest[0])
-		if err != nil || i >= len(md.NetworkInterfaces) || len(rest) < 2 {
+		if err != nil || len(rest) < 2 {
 			ok = false
 			break
 		}
-		switch strings.Join(rest[1:], "/") {
+		sub := strings.Join(rest[1:], "/")
+		if i == 0 && sub == "ip-aliases/" {
+			// nic0's alias ranges come from the instance itself.
+			val = s.metadataAliases(md.InstanceName)
+			break
+		}
+		if i >= len(md.NetworkInterfaces) {
+			ok = false
+			break
+		}
+		switch sub {
 		case "ip":
 			val = md.NetworkInterfaces[i].IP
 		case "network":
 			val = md.NetworkInterfaces[i].Network
-		case "ip-aliases/":
-			val = s.metadataAliases(md.InstanceName)
 		default:
 			ok = false
 		}
