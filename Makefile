@@ -28,8 +28,8 @@ lint: vet ## Alias of vet.
 unit: ## Unit tests only (no control plane, no root).
 	$(GO) test -count=1 ./cloud/... ./fake/... ./controller/... ./node-agent/...
 
-test: deps vet build ## Every test suite: unit, integration against a real kube-apiserver (what CI runs).
-	$(GO) test -count=1 -timeout 40m ./...
+test: deps vet build ## Every suite: unit, integration (real kube-apiserver), netns and e2e (root); what CI runs. Packages run one at a time: the suites time real things.
+	$(GO) test -count=1 -p 1 -timeout 60m ./...
 
 fuzz: ## Run the fuzz targets for a while each.
 	$(GO) test -run XXX -fuzz FuzzAllocator -fuzztime 60s ./controller/allocator

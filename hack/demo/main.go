@@ -1,27 +1,24 @@
-// Command demo runs aliasip on a local control plane: a real etcd and
-// kube-apiserver on loopback, aliasip-controller with the fake cloud, and a
-// set of Nodes; it prints each node's podCIDR beside the alias range the
-// fake cloud holds for its instance, then cleans up (or, with --keep, leaves
-// everything running for kubectl).
+// Command demo runs aliasip end to end on this machine (as root): a real
+// etcd and kube-apiserver on loopback, aliasip-controller with the fake
+// cloud, three nodes (each a network namespace on a shared link that plays
+// the VPC, each with its own aliasip-agent), and pods created the way the
+// kubelet does it (a Pod object, then CNI ADD through libcni in a fresh
+// network namespace). It prints node → podCIDR → alias → pods, then a
+// pod-to-pod ping matrix with round-trip times, and cleans up — or, with
+// --keep, leaves the cluster running for kubectl until Ctrl-C.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/aliasip/aliasip/fake"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -33,10 +30,14 @@ func main() {
 }
 
 func run() error {
-	nodes := flag.Int("nodes", 6, "Nodes to create.")
-	cluster := flag.String("cluster-cidr", "10.100.0.0/16", "Pod range.")
+	nodes := flag.Int("nodes", 3, "Nodes to run.")
+	podsPerNode := flag.Int("pods", 2, "Pods per node.")
+	cluster := flag.String("cluster-cidr", "10.100.0.0/16", "Pod range (the fake cloud's secondary range).")
 	keep := flag.Bool("keep", false, "Keep the cluster running until Ctrl-C.")
 	flag.Parse()
+	if reason := framework.RequireRoot(); reason != "" {
+		return fmt.Errorf("the demo %s", reason)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -44,82 +45,116 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("== starting etcd and kube-apiserver (state in %s)\n", dir)
-	cp, err := framework.StartControlPlane(ctx, filepath.Join(dir, "cp"))
-	if err != nil {
-		return err
-	}
-	defer cp.Stop()
-	bin, err := framework.BuildBinary(dir, "aliasip-controller", "./controller/cmd/aliasip-controller")
-	if err != nil {
-		return err
-	}
-	state := filepath.Join(dir, "fake-cloud.json")
-	fmt.Println("== starting aliasip-controller --cloud=fake --cluster-cidr", *cluster)
-	ctrl, err := framework.StartProcess(filepath.Join(dir, "controller.log"), nil, bin,
-		"--kubeconfig", cp.Kubeconfig, "--cloud", "fake", "--cluster-cidr", *cluster,
-		"--fake-state-file", state, "--fake-latency", "50ms",
-		"--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	defer ctrl.Stop()
+	step := func(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
 
-	client := cp.Client(0)
-	names := framework.NodeNames("node", *nodes)
-	fmt.Printf("== creating %d Nodes\n", *nodes)
-	start := time.Now()
-	if err := framework.CreateNodes(ctx, client, names, nil); err != nil {
-		return err
-	}
-	cl, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(*cluster), StatePath: state})
+	step("starting etcd, kube-apiserver and aliasip-controller --cloud=fake --cluster-cidr=%s (state in %s)", *cluster, dir)
+	lc, err := framework.StartLocalCluster(ctx, dir, framework.LocalClusterOptions{ClusterCIDR: *cluster})
 	if err != nil {
 		return err
 	}
-	var snap *framework.Snapshot
-	if err := framework.Eventually(ctx, time.Minute, func() (bool, error) {
-		snap, err = framework.TakeSnapshot(ctx, client, cl)
-		return err == nil && snap.Converged(), err
-	}); err != nil {
-		return fmt.Errorf("nodes did not converge (log: %s): %w", ctrl.Log, err)
+	defer func() {
+		step("cleaning up")
+		lc.Close()
+		os.RemoveAll(dir)
+	}()
+
+	step("starting %d nodes: one network namespace each on a shared VPC link, one aliasip-agent each", *nodes)
+	start := time.Now()
+	var all []*framework.Node
+	for i := 0; i < *nodes; i++ {
+		n, err := lc.AddNode(ctx, fmt.Sprintf("node-%d", i+1), false)
+		if err != nil {
+			return err
+		}
+		all = append(all, n)
 	}
-	fmt.Printf("== all %d nodes converged in %v\n\n", *nodes, time.Since(start).Round(time.Millisecond))
+	for _, n := range all {
+		if err := lc.WaitAgentReady(ctx, n, 2*time.Minute); err != nil {
+			return err
+		}
+	}
+	step("all nodes have a podCIDR, an alias on the fake cloud, and a ready agent (%v)", time.Since(start).Round(time.Millisecond))
+
+	step("creating %d pods per node (Pod object, then CNI ADD through libcni)", *podsPerNode)
+	pods := map[string][]*framework.Pod{}
+	var order []*framework.Pod
+	owner := map[*framework.Pod]string{}
+	for _, n := range all {
+		for j := 0; j < *podsPerNode; j++ {
+			p, err := lc.RunPod(ctx, n, fmt.Sprintf("web-%s-%d", strings.TrimPrefix(n.Name, "node-"), j+1))
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			pods[n.Name] = append(pods[n.Name], p)
+			order = append(order, p)
+			owner[p] = n.Name
+		}
+	}
+
+	snap, err := framework.TakeSnapshot(ctx, lc.Client, lc.Cloud)
+	if err != nil {
+		return err
+	}
+	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tspec.podCIDR\tALIAS ON FAKE CLOUD NIC\tEVENT")
-	sort.Strings(names)
-	for _, n := range names {
-		var aliases []string
-		for _, a := range snap.Aliases[n] {
+	fmt.Fprintln(tw, "NODE\tINTERNAL IP\tspec.podCIDR\tALIAS ON FAKE CLOUD NIC\tPODS")
+	for _, n := range all {
+		var aliases, ps []string
+		for _, a := range snap.Aliases[n.Name] {
 			aliases = append(aliases, a.String())
 		}
-		ev := ""
-		if evs, err := framework.Events(ctx, client, n); err == nil && len(evs) > 0 {
-			ev = evs[0].Reason + ": " + evs[0].Message
+		for _, p := range pods[n.Name] {
+			ps = append(ps, fmt.Sprintf("%s=%s", p.Name, p.IP))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n, snap.PodCIDR[n], strings.Join(aliases, ","), ev)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, snap.PodCIDR[n.Name], strings.Join(aliases, ","), strings.Join(ps, " "))
 	}
 	tw.Flush()
 
-	victim := names[0]
-	fmt.Printf("\n== deleting %s: its alias is removed and its block cools down before reuse\n", victim)
-	if err := client.CoreV1().Nodes().Delete(ctx, victim, metav1.DeleteOptions{}); err != nil {
-		return err
+	fmt.Println()
+	step("ping matrix: one ICMP echo from each pod (rows) to each pod (columns), round-trip time")
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+	header := "FROM \\ TO\t"
+	for _, p := range order {
+		header += p.Name + "\t"
 	}
-	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
-		snap, err = framework.TakeSnapshot(ctx, client, cl)
-		return err == nil && len(snap.Aliases[victim]) == 0, err
-	}); err != nil {
-		return err
+	fmt.Fprintln(tw, header)
+	failures := 0
+	for _, from := range order {
+		row := from.Name + "\t"
+		for _, to := range order {
+			if from == to {
+				row += "-\t"
+				continue
+			}
+			rtt, err := framework.Ping(from.NS, to.IP, 2*time.Second)
+			if err != nil {
+				failures++
+				row += "FAIL\t"
+				continue
+			}
+			row += fmt.Sprintf("%.3f ms\t", float64(rtt.Microseconds())/1000)
+		}
+		fmt.Fprintln(tw, row)
 	}
-	fmt.Printf("   alias of %s removed from its instance\n", victim)
+	tw.Flush()
+	fmt.Println()
+	if failures > 0 {
+		return fmt.Errorf("%d pings failed", failures)
+	}
+	step("every pod reaches every other pod, across nodes, with no overlay and no bridge")
 
 	if *keep {
-		fmt.Printf("\n== cluster kept running; try:\n   kubectl --kubeconfig %s get nodes -o custom-columns=NAME:.metadata.name,PODCIDR:.spec.podCIDR\n   cat %s\nCtrl-C to stop.\n", cp.Kubeconfig, state)
+		fmt.Printf(`
+The cluster keeps running. Try:
+  kubectl --kubeconfig %s get nodes -o custom-columns=NAME:.metadata.name,PODCIDR:.spec.podCIDR,IP:.status.addresses[0].address
+  kubectl --kubeconfig %s get pods -o wide
+  cat %s/fake-cloud.json          # the fake cloud's alias ranges
+  ip netns list                   # nodes and pods are network namespaces
+Ctrl-C stops and cleans up.
+`, lc.CP.Kubeconfig, lc.CP.Kubeconfig, dir)
 		<-ctx.Done()
 	}
-	fmt.Println("\n== cleaning up")
-	ctrl.Stop()
-	cp.Stop()
-	os.RemoveAll(dir)
 	return nil
 }

@@ -211,12 +211,13 @@ func (n *Node) RegisterNode(ctx context.Context, client kubernetes.Interface, po
 	if podCIDR != "" {
 		obj.Spec.PodCIDR, obj.Spec.PodCIDRs = podCIDR, []string{podCIDR}
 	}
-	created, err := client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{})
-	if err != nil {
+	if _, err := client.CoreV1().Nodes().Create(ctx, obj, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	created.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.IP.String()}, {Type: corev1.NodeHostName, Address: n.Name}}
-	_, err = client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
+	// A patch, not an update: the controller may already be writing the
+	// node's podCIDR.
+	patch := fmt.Sprintf(`{"status":{"addresses":[{"type":"InternalIP","address":%q},{"type":"Hostname","address":%q}]}}`, n.IP, n.Name)
+	_, err := client.CoreV1().Nodes().PatchStatus(ctx, n.Name, []byte(patch))
 	return err
 }
 
