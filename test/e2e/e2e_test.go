@@ -24,7 +24,6 @@ import (
 	"github.com/aliasip/aliasip/test/framework"
 )
 
-
 func startCluster(t *testing.T, opts framework.LocalClusterOptions) (*framework.LocalCluster, context.Context) {
 	t.Helper()
 	if reason := framework.RequireRoot(); reason != "" {
