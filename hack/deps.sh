@@ -48,4 +48,13 @@ if [ ! -x "$cache/cni/portmap" ] || [ "$(cat "$cache/cni/.version" 2>/dev/null)"
 	GOFLAGS=-mod=mod go build -trimpath -o "$cache/cni/portmap" github.com/containernetworking/plugins/plugins/meta/portmap
 	echo "$cni_version" >"$cache/cni/.version"
 fi
+# helm, to lint, render and install charts/aliasip in the tests.
+helm_version=$(grep -o "helm.sh/helm/v3 v[0-9.]*" "$root/hack/helm/go.mod" | head -1 | cut -d" " -f2)
+if [ ! -x "$cache/bin/helm" ] || [ "$(cat "$cache/bin/.helm-version" 2>/dev/null)" != "$helm_version" ]; then
+	echo "deps: building helm $helm_version (once)"
+	cd "$root/hack/helm"
+	GOFLAGS=-mod=mod go build -trimpath -o "$cache/bin/helm.tmp" helm.sh/helm/v3/cmd/helm
+	mv "$cache/bin/helm.tmp" "$cache/bin/helm"
+	echo "$helm_version" >"$cache/bin/.helm-version"
+fi
 echo "deps: ok (etcd $(etcd --version | awk 'NR==1{print $3}'), kubernetes $k8s_version in $cache/bin)"
