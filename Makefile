@@ -33,6 +33,8 @@ test: deps vet build ## Every suite: unit, integration (real kube-apiserver), ne
 
 fuzz: ## Run the fuzz targets for a while each.
 	$(GO) test -run XXX -fuzz FuzzAllocator -fuzztime 60s ./controller/allocator
+	$(GO) test -run XXX -fuzz FuzzOpen -fuzztime 60s ./node-agent/ipam
+	$(GO) test -run XXX -fuzz FuzzParseConf -fuzztime 60s ./node-agent/cni
 
 bench: deps build ## The benchmark table: aliasip vs kube-controller-manager node IPAM, allocator cost.
 	$(GO) test -count=1 -run XXX -bench . -benchtime 1x -timeout 30m ./test/bench/

@@ -392,9 +392,8 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		if !decode(w, r, &att) {
 			return "invalid"
 		}
-		store := a.storeOrNil()
-		if store == nil {
-			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
+		store, ok := a.openStore(w)
+		if !ok {
 			return "not_ready"
 		}
 		al, found, err := store.Release(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
@@ -411,9 +410,8 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		if !decode(w, r, &att) {
 			return "invalid"
 		}
-		store := a.storeOrNil()
-		if store == nil {
-			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
+		store, ok := a.openStore(w)
+		if !ok {
 			return "not_ready"
 		}
 		al, found := store.Get(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
@@ -425,9 +423,8 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		if !decode(w, r, &req) {
 			return "invalid"
 		}
-		store := a.storeOrNil()
-		if store == nil {
-			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
+		store, ok := a.openStore(w)
+		if !ok {
 			return "not_ready"
 		}
 		valid := map[ipam.Key]bool{}
@@ -454,6 +451,17 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		return "ok"
 	}))
 	return mux
+}
+
+// openStore returns the IPAM store, or answers "not ready" when it is not
+// open yet (the agent is still waiting for its podCIDR).
+func (a *Agent) openStore(w http.ResponseWriter) (*ipam.Store, bool) {
+	store := a.storeOrNil()
+	if store == nil {
+		writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
+		return nil, false
+	}
+	return store, true
 }
 
 func (a *Agent) storeOrNil() *ipam.Store {

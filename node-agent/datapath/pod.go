@@ -33,7 +33,7 @@ var GatewayIP = netip.MustParseAddr("169.254.1.1")
 const VethPrefix = "ali"
 
 // HostVethName is the host end's name for a pod: "ali" and 11 hex digits
-// of SHA-1 over namespace/pod (15 characters, the kernel's limit).
+// of SHA-1 over namespace/pod (14 characters, within the kernel's 15).
 func HostVethName(namespace, pod string) string {
 	h := sha1.Sum([]byte(namespace + "/" + pod))
 	return VethPrefix + hex.EncodeToString(h[:])[:11]

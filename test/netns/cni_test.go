@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -453,5 +454,68 @@ func TestAgentWaitsForPodCIDR(t *testing.T) {
 	p := e.pod(n, "late")
 	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
 		t.Errorf("ping: %v", err)
+	}
+}
+
+// aliasip-cni chained with the reference portmap plugin: a hostPort reaches
+// the pod through the node's address.
+func TestPortmapChained(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.8.0/24")
+	p := e.newPod(n, "web")
+	cni, list, err := n.CNI()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Plugins) != 2 || list.Plugins[1].Network.Type != "portmap" {
+		t.Fatalf("conflist does not chain portmap: %+v", list.Plugins)
+	}
+	rt := &libcni.RuntimeConf{
+		ContainerID: p.ContainerID, NetNS: p.NS.Path(), IfName: "eth0",
+		Args:           [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "web"}},
+		CapabilityArgs: map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}},
+	}
+	err = n.NS.Do(func(ns.NetNS) error { _, err := cni.AddNetworkList(e.ctx, list, rt); return err })
+	if err != nil {
+		t.Fatalf("ADD with a port mapping: %v", err)
+	}
+	// A server in the pod on :80.
+	var ln net.Listener
+	if err := p.NS.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", ":80")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello from the pod\n"))
+			c.Close()
+		}
+	}()
+	// A client on the VPC (the fabric namespace) dials the node's hostPort.
+	var got string
+	err = e.fabric.NS.Do(func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(n.IP.String(), "8080"), 3*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		b, err := io.ReadAll(c)
+		got = string(b)
+		return err
+	})
+	if err != nil || got != "hello from the pod\n" {
+		t.Fatalf("hostPort 8080 -> pod :80: %q, %v", got, err)
+	}
+	if err := n.NS.Do(func(ns.NetNS) error { return cni.DelNetworkList(e.ctx, list, rt) }); err != nil {
+		t.Fatalf("DEL: %v", err)
 	}
 }
