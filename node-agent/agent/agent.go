@@ -552,6 +552,10 @@ func (a *Agent) markNetworkAvailable(ctx context.Context) error {
 	return err
 }
 
+// reconcileDelay is how long an event-triggered reconcile waits for more
+// events to coalesce.
+const reconcileDelay = 300 * time.Millisecond
+
 // reconcileLoop repairs the host on netlink events and every resync period.
 func (a *Agent) reconcileLoop(ctx context.Context) {
 	logger := klog.FromContext(ctx)
@@ -586,8 +590,15 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		case <-routes:
 		case <-links:
 		}
-		// Coalesce a burst of events (a pod start makes several).
-		time.Sleep(50 * time.Millisecond)
+		// Coalesce a burst of events: every pod start or stop makes
+		// several, and a full pass per event would compete with the
+		// plugin for CPU exactly when pods start. Drift is repaired within
+		// reconcileDelay of the event that revealed it.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(reconcileDelay):
+		}
 		drain(routes, links, a.kick)
 		a.reconcile(ctx)
 	}
