@@ -301,7 +301,20 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("prepare host: %w", err)
 	}
-	store, err := ipam.Open(filepath.Join(a.cfg.StateDir, "ipam.json"), podCIDR, a.cfg.IPCooldown)
+	statePath := filepath.Join(a.cfg.StateDir, "ipam.json")
+	store, err := ipam.Open(statePath, podCIDR, a.cfg.IPCooldown)
+	if errors.Is(err, ipam.ErrPodCIDRChanged) {
+		// The node was given another block (its Node object was deleted
+		// and re-created, say). Addresses of the old block are not ours to
+		// route any more: keep the old state aside for the operator and
+		// start afresh rather than crash-loop.
+		aside := fmt.Sprintf("%s.%d.old", statePath, time.Now().Unix())
+		klog.FromContext(ctx).Error(err, "Node podCIDR changed; moving the old IPAM state aside", "podCIDR", podCIDR, "oldState", aside)
+		if rerr := os.Rename(statePath, aside); rerr != nil {
+			return fmt.Errorf("%w (and moving it aside failed: %v)", err, rerr)
+		}
+		store, err = ipam.Open(statePath, podCIDR, a.cfg.IPCooldown)
+	}
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,9 @@ import (
 // ErrExhausted: every address of the podCIDR is in use or cooling down.
 var ErrExhausted = errors.New("pod IP range exhausted")
 
+// ErrPodCIDRChanged: the state file was written for another podCIDR.
+var ErrPodCIDRChanged = errors.New("IPAM state is for another podCIDR")
+
 // Key identifies one attachment.
 type Key struct {
 	ContainerID string `json:"containerID"`
@@ -77,8 +80,8 @@ type Store struct {
 }
 
 // Open loads (or creates) the store at path for the node's podCIDR. A
-// state file written for another podCIDR is an error: the node's range
-// changed under running pods, which needs an operator.
+// state file written for another podCIDR is refused with ErrPodCIDRChanged:
+// the caller decides what becomes of the old allocations.
 func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
 	podCIDR = podCIDR.Masked()
 	if !podCIDR.Addr().Is4() || podCIDR.Bits() > 30 {
@@ -103,7 +106,7 @@ func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, er
 		return nil, fmt.Errorf("IPAM state %s is corrupt: %w", path, err)
 	}
 	if st.PodCIDR.IsValid() && st.PodCIDR != podCIDR {
-		return nil, fmt.Errorf("IPAM state %s is for podCIDR %v, the node now has %v", path, st.PodCIDR, podCIDR)
+		return nil, fmt.Errorf("%w: %s holds %v, the node now has %v", ErrPodCIDRChanged, path, st.PodCIDR, podCIDR)
 	}
 	for i := range st.Allocations {
 		a := st.Allocations[i]

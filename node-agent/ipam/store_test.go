@@ -93,8 +93,8 @@ func TestPersistAcrossReopen(t *testing.T) {
 	if c, _ := s2.Allocate(req("c")); c.IP == b.IP || c.IP == a.IP {
 		t.Fatalf("reopened store reused %v", c.IP)
 	}
-	if _, err := Open(path, netip.MustParsePrefix("10.9.9.0/24"), 0); err == nil {
-		t.Fatal("state of another podCIDR accepted")
+	if _, err := Open(path, netip.MustParsePrefix("10.9.9.0/24"), 0); !errors.Is(err, ErrPodCIDRChanged) {
+		t.Fatalf("state of another podCIDR: %v, want ErrPodCIDRChanged", err)
 	}
 	os.WriteFile(path, []byte("{not json"), 0o600)
 	if _, err := Open(path, netip.MustParsePrefix("10.1.2.0/24"), 0); err == nil {

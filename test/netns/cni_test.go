@@ -519,3 +519,30 @@ func TestPortmapChained(t *testing.T) {
 		t.Fatalf("DEL: %v", err)
 	}
 }
+
+// A node re-registered with another podCIDR: the agent keeps the old IPAM
+// state aside and serves the new block instead of crash-looping.
+func TestPodCIDRChangedAcrossRestart(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.10.0/24")
+	e.pod(n, "old-block")
+	n.Agent.Stop()
+	if err := e.client.CoreV1().Nodes().Delete(e.ctx, n.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.RegisterNode(e.ctx, e.client, "10.210.11.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	e.startAgent(n)
+	p := e.pod(n, "new-block")
+	if !netip.MustParsePrefix("10.210.11.0/24").Contains(p.IP) {
+		t.Fatalf("pod got %v, outside the new podCIDR", p.IP)
+	}
+	old, _ := filepath.Glob(filepath.Join(n.State, "ipam.json.*.old"))
+	if len(old) != 1 {
+		t.Fatalf("old IPAM state not kept aside: %v", old)
+	}
+	if data, _ := os.ReadFile(old[0]); !strings.Contains(string(data), "10.210.10.") {
+		t.Errorf("kept state lacks the old allocation: %s", data)
+	}
+}
