@@ -30,10 +30,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/aliasip/aliasip/node-agent/api"
@@ -43,6 +45,16 @@ import (
 
 // ConditionReason is the reason on the NetworkUnavailable=False condition.
 const ConditionReason = "AliasipReady"
+
+// Event reasons the agent records on its Node.
+const (
+	// EventPodIPsExhausted: an ADD found no free address in the podCIDR.
+	EventPodIPsExhausted = "PodIPsExhausted"
+	// EventPodCIDRChanged: the IPAM state was for another podCIDR.
+	EventPodCIDRChanged = "PodCIDRChanged"
+	// EventDataPathRepaired: the reconciler had to repair routes or sysctls.
+	EventDataPathRepaired = "DataPathRepaired"
+)
 
 // ConfListName is the file the agent writes into the CNI config dir.
 const ConfListName = "10-aliasip.conflist"
@@ -75,9 +87,10 @@ type Config struct {
 
 // Agent is the node agent.
 type Agent struct {
-	cfg     Config
-	client  kubernetes.Interface
-	metrics *Metrics
+	cfg      Config
+	client   kubernetes.Interface
+	metrics  *Metrics
+	recorder record.EventRecorder
 
 	nodeNS ns.NetNS
 
@@ -97,9 +110,9 @@ type Agent struct {
 	reason  string
 }
 
-// New builds an agent.
-func New(cfg Config, client kubernetes.Interface, m *Metrics) *Agent {
-	a := &Agent{cfg: cfg, client: client, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting"}
+// New builds an agent; recorder records Events on the agent's Node.
+func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder, m *Metrics) *Agent {
+	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting"}
 	m.ipSource = a.ipStats
 	return a
 }
@@ -222,6 +235,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// event records an Event on this agent's Node.
+func (a *Agent) event(eventType, reason, format string, args ...any) {
+	if a.recorder == nil {
+		return
+	}
+	ref := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
+	a.recorder.Eventf(ref, eventType, reason, format, args...)
+}
+
 func (a *Agent) signal(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
@@ -310,6 +332,7 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 		// start afresh rather than crash-loop.
 		aside := fmt.Sprintf("%s.%d.old", statePath, time.Now().Unix())
 		klog.FromContext(ctx).Error(err, "Node podCIDR changed; moving the old IPAM state aside", "podCIDR", podCIDR, "oldState", aside)
+		a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "IPAM state was for another podCIDR (%v); kept aside in %s, now serving %v", err, aside, podCIDR)
 		if rerr := os.Rename(statePath, aside); rerr != nil {
 			return fmt.Errorf("%w (and moving it aside failed: %v)", err, rerr)
 		}
@@ -390,6 +413,7 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		switch {
 		case errors.Is(err, ipam.ErrExhausted):
 			logger.Info("Pod IP range exhausted", "pod", req.Namespace+"/"+req.Pod)
+			a.event(corev1.EventTypeWarning, EventPodIPsExhausted, "No free address in %v for pod %s/%s", podCIDR, req.Namespace, req.Pod)
 			writeErr(w, http.StatusConflict, api.CodeExhausted, err.Error())
 			return "exhausted"
 		case err != nil:
@@ -648,6 +672,10 @@ func (a *Agent) reconcile(ctx context.Context) {
 	a.metrics.RoutesRepaired.Add(float64(rep.RoutesRepaired))
 	a.metrics.SysctlsRepaired.Add(float64(rep.SysctlsRepaired))
 	a.metrics.RoutesRemoved.Add(float64(rep.RoutesRemoved))
+	if rep.RoutesRepaired+rep.SysctlsRepaired+rep.GuestRoutes > 0 {
+		a.event(corev1.EventTypeWarning, EventDataPathRepaired, "Repaired %d pod routes and %d sysctls, removed %d guest agent routes (something changed the host's network)",
+			rep.RoutesRepaired, rep.SysctlsRepaired, rep.GuestRoutes)
+	}
 	if rep.RoutesRepaired+rep.SysctlsRepaired+rep.RoutesRemoved+rep.GuestRoutes > 0 {
 		klog.FromContext(ctx).Info("Repaired host data path", "routesRepaired", rep.RoutesRepaired,
 			"sysctlsRepaired", rep.SysctlsRepaired, "routesRemoved", rep.RoutesRemoved, "guestAgentRoutesRemoved", rep.GuestRoutes)

@@ -151,6 +151,7 @@ func TestDelIdempotentAndCheckRepair(t *testing.T) {
 	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
 		t.Errorf("ping after repair: %v", err)
 	}
+	e.waitNodeEvent(n, "DataPathRepaired")
 
 	for i := 0; i < 2; i++ {
 		if err := n.Del(e.ctx, p); err != nil {
@@ -287,6 +288,7 @@ func TestCleanErrors(t *testing.T) {
 	if cniCode(err) != 100 || !strings.Contains(err.Error(), "exhausted") {
 		t.Errorf("ADD on a full node: %v (code %d), want code 100 naming the exhausted range", err, cniCode(err))
 	}
+	e.waitNodeEvent(n, "PodIPsExhausted")
 
 	cni := libcni.NewCNIConfigWithCacheDir([]string{n.BinDir}, filepath.Join(n.Dir, "cache2"), nil)
 	run := func(conf string, netnsPath string) error {
@@ -538,6 +540,7 @@ func TestPodCIDRChangedAcrossRestart(t *testing.T) {
 	if !netip.MustParsePrefix("10.210.11.0/24").Contains(p.IP) {
 		t.Fatalf("pod got %v, outside the new podCIDR", p.IP)
 	}
+	e.waitNodeEvent(n, "PodCIDRChanged")
 	old, _ := filepath.Glob(filepath.Join(n.State, "ipam.json.*.old"))
 	if len(old) != 1 {
 		t.Fatalf("old IPAM state not kept aside: %v", old)

@@ -187,3 +187,13 @@ func cniCode(err error) uint {
 	}
 	return 0
 }
+
+// waitNodeEvent waits for a Warning event with reason on the node.
+func (e *env) waitNodeEvent(n *framework.Node, reason string) {
+	e.t.Helper()
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
+		return framework.HasEvent(e.ctx, e.client, n.Name, "Warning", reason)
+	}); err != nil {
+		e.t.Errorf("no Warning %s event on node %s: %v", reason, n.Name, err)
+	}
+}
