@@ -1,6 +1,6 @@
 //go:build tools
 
-// Package k8s pins the Kubernetes control-plane binaries that hack/cluster.sh
+// Package k8s pins the Kubernetes control-plane binaries that hack/deps.sh
 // builds for the integration tests and benchmarks.
 package k8s
 

@@ -549,3 +549,38 @@ func TestPodCIDRChangedAcrossRestart(t *testing.T) {
 		t.Errorf("kept state lacks the old allocation: %s", data)
 	}
 }
+
+// Allocations of pods gone from the API are released after the grace
+// period, and their host veths removed, without any CNI call.
+func TestPodGoneFromAPICollected(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.12.0/24", "--pod-gc-grace", "1s", "--pod-gc-interval", "1s")
+	keep := e.pod(n, "keeper")
+	gone := e.pod(n, "vanishing")
+	if err := e.client.CoreV1().Pods("default").Delete(e.ctx, "vanishing", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+		return len(allocations(t, n)) == 1, nil
+	}); err != nil {
+		t.Fatalf("allocation of the deleted pod not collected: %v", allocations(t, n))
+	}
+	if a := allocations(t, n)[0]; a.Pod != "keeper" || a.IP != keep.IP {
+		t.Fatalf("the wrong allocation survived: %+v", a)
+	}
+	if _, ok := hostRoutes(t, n)[gone.IP.String()]; ok {
+		t.Error("route of the collected pod remains")
+	}
+	n.NS.Do(func(ns.NetNS) error {
+		if _, err := netlink.LinkByName(datapath.HostVethName("default", "vanishing")); err == nil {
+			t.Error("host veth of the collected pod remains")
+		}
+		return nil
+	})
+	if v := agentMetric(t, n, "aliasip_gc_released_total", `reason="pod_gone"`); v != 1 {
+		t.Errorf("aliasip_gc_released_total{reason=pod_gone} = %v, want 1", v)
+	}
+	if _, err := framework.Ping(keep.NS, n.IP, 3*time.Second); err != nil {
+		t.Errorf("the live pod lost connectivity: %v", err)
+	}
+}
