@@ -28,8 +28,11 @@
 //   - Node deleted while the controller is down, or its alias removal never
 //     succeeds: the alias stays on an instance with no Node; the leak
 //     collector removes it after --leak-grace-period and the block cools down.
-//   - Blocks cooling down when the controller restarts are free at once after
-//     the restart; next-fit allocation makes their immediate reuse unlikely.
+//   - Blocks cooling down when the controller restarts: the cooling set is
+//     persisted (Config.Cooling, a ConfigMap) on every change and restored by
+//     the rebuild. Only a crash between the alias removal and that write
+//     loses one block's cooldown; next-fit allocation makes its immediate
+//     reuse unlikely.
 package controller
 
 import (
@@ -102,6 +105,9 @@ type Config struct {
 	CloudBurst int
 	// CloudBudgeted: the cloud applies the QPS budget itself (per request).
 	CloudBudgeted bool
+	// Cooling, if set, persists the blocks cooling down so the cooldown
+	// survives restarts and leader changes.
+	Cooling CoolingStore
 }
 
 // assignment is a block the controller holds for a node.
@@ -121,6 +127,7 @@ type Controller struct {
 	recorder record.EventRecorder
 	metrics  *Metrics
 
+	saveMu    sync.Mutex // serializes saveCooling
 	mu        sync.Mutex
 	alloc     *allocator.Allocator // nil until the state is rebuilt
 	podRange  netip.Prefix
@@ -296,14 +303,30 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			}
 		}
 	}
+	cooling := map[netip.Prefix]time.Time{}
+	if c.cfg.Cooling != nil {
+		saved, err := c.cfg.Cooling.Load(ctx)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		for cidr, until := range saved {
+			if _, held := owner[cidr]; held || !now.Before(until) || !alloc.Contains(cidr) {
+				continue
+			}
+			alloc.Occupy(cidr)
+			cooling[cidr] = until
+		}
+	}
 	c.mu.Lock()
 	c.alloc, c.podRange, c.rangeName = alloc, podRange, rangeName
 	c.owned, c.owner = owned, owner
+	c.cooling = cooling
 	c.ready = true
 	c.mu.Unlock()
 	logger.Info("Rebuilt allocation state", "podRange", podRange, "rangeName", rangeName,
 		"maskSize", c.cfg.MaskSize, "nodes", len(nodes), "instances", len(instances),
-		"aliases", aliases, "blocksUsed", alloc.Used(), "blocksFree", alloc.Free())
+		"aliases", aliases, "cooling", len(cooling), "blocksUsed", alloc.Used(), "blocksFree", alloc.Free())
 	for _, n := range nodes {
 		c.queue.Add(n.Name)
 	}
@@ -577,12 +600,33 @@ func (c *Controller) release(ctx context.Context, name string) error {
 		c.cooling[a.cidr] = time.Now().Add(c.cfg.ReleaseCooldown)
 	}
 	c.mu.Unlock()
+	c.saveCooling(ctx)
 	c.wake()
 	ref := &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
 	c.recorder.Eventf(ref, corev1.EventTypeNormal, EventAliasReleased,
 		"Removed alias %v from %s; block reusable after %v", a.cidr, a.inst, c.cfg.ReleaseCooldown)
 	klog.FromContext(ctx).Info("Released block of deleted node", "node", name, "cidr", a.cidr, "instance", a.inst)
 	return nil
+}
+
+// saveCooling persists the cooling set. Writes are serialized so an older
+// set never overwrites a newer one; a failure is logged and retried with
+// the next change.
+func (c *Controller) saveCooling(ctx context.Context) {
+	if c.cfg.Cooling == nil {
+		return
+	}
+	c.saveMu.Lock()
+	defer c.saveMu.Unlock()
+	c.mu.Lock()
+	snapshot := make(map[netip.Prefix]time.Time, len(c.cooling))
+	for k, v := range c.cooling {
+		snapshot[k] = v
+	}
+	c.mu.Unlock()
+	if err := c.cfg.Cooling.Save(ctx, snapshot); err != nil {
+		klog.FromContext(ctx).Error(err, "Persisting the cooling blocks; the cooldown of a block may not survive a restart")
+	}
 }
 
 func (c *Controller) wake() {
@@ -601,9 +645,11 @@ func (c *Controller) runCooldown(ctx context.Context) {
 		now := time.Now()
 		next := now.Add(time.Minute)
 		var woken []string
+		expired := false
 		c.mu.Lock()
 		for cidr, at := range c.cooling {
 			if !now.Before(at) {
+				expired = true
 				delete(c.cooling, cidr)
 				if _, held := c.owner[cidr]; !held {
 					c.alloc.Release(cidr)
@@ -619,6 +665,9 @@ func (c *Controller) runCooldown(ctx context.Context) {
 			}
 		}
 		c.mu.Unlock()
+		if expired {
+			c.saveCooling(ctx)
+		}
 		for _, n := range woken {
 			c.queue.Add(n)
 		}
@@ -689,6 +738,7 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 				c.cooling[a.CIDR] = now.Add(c.cfg.ReleaseCooldown)
 			}
 			c.mu.Unlock()
+			c.saveCooling(ctx)
 			c.wake()
 		}
 	}

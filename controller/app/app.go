@@ -96,6 +96,7 @@ func Run(ctx context.Context, o *Options) error {
 		CloudQPS:        o.CloudQPS,
 		CloudBurst:      o.CloudBurst,
 		CloudBudgeted:   selfBudgeted,
+		Cooling:         &controller.ConfigMapCooling{Client: evClient, Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName + "-cooling"},
 	}, client, nodeInformer, cl, recorder, metrics)
 
 	ctx, cancel := context.WithCancelCause(ctx)

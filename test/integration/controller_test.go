@@ -374,3 +374,49 @@ func TestBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// The cooldown survives a controller restart: a block freed just before a
+// SIGKILL is not handed out by the next controller before its time.
+func TestCooldownSurvivesRestart(t *testing.T) {
+	e := newEnv(t, "10.41.0.0/23") // two /24 blocks
+	const cooldown = 8 * time.Second
+	c := e.startController("controller-1", "--release-cooldown", cooldown.String(), "--leader-elect=false")
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"a", "b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	freed := e.waitConverged(30 * time.Second).PodCIDR["a"]
+	if err := e.client.CoreV1().Nodes().Delete(e.ctx, "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		return len(e.snapshot().Aliases["a"]) == 0, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Let the cooling set be written, then crash.
+	if err := framework.Eventually(e.ctx, 5*time.Second, func() (bool, error) {
+		cm, err := e.client.CoreV1().ConfigMaps("kube-system").Get(e.ctx, "aliasip-testcooldownsurvivesrestart-cooling", metav1.GetOptions{})
+		return err == nil && strings.Contains(cm.Data["cooling.json"], freed), nil
+	}); err != nil {
+		t.Fatalf("cooling set not persisted: %v", err)
+	}
+	c.Kill()
+	e.startController("controller-2", "--release-cooldown", cooldown.String(), "--leader-elect=false")
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"c"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+		got = e.snapshot().PodCIDR["c"]
+		return got != "", nil
+	}); err != nil {
+		t.Fatalf("node c never got the freed block: %v", err)
+	}
+	if waited := time.Since(deleted); waited < cooldown {
+		t.Errorf("block %s reused %v after the delete, across a restart, before the %v cooldown", got, waited, cooldown)
+	}
+	if got != freed {
+		t.Errorf("node c got %s, want the freed %s", got, freed)
+	}
+}
