@@ -726,12 +726,12 @@ func (a *Agent) collectPods(ctx context.Context) {
 		klog.FromContext(ctx).Error(err, "Pod GC")
 		return
 	}
+	a.metrics.GCReleased.WithLabelValues("pod_gone").Add(float64(len(gone)))
 	for _, al := range gone {
 		a.inHost(func() error { return datapath.TeardownPod(al.HostVeth, al.ContainerID) })
 		klog.FromContext(ctx).Info("Released address of a pod gone from the API", "pod", al.Namespace+"/"+al.Pod, "container", al.ContainerID, "ip", al.IP)
 	}
 	if len(gone) > 0 {
-		a.metrics.GCReleased.WithLabelValues("pod_gone").Add(float64(len(gone)))
 		a.signal(a.kick)
 	}
 }

@@ -575,15 +575,19 @@ func TestPodGoneFromAPICollected(t *testing.T) {
 	if a := allocations(t, n)[0]; a.Pod != "keeper" || a.IP != keep.IP {
 		t.Fatalf("the wrong allocation survived: %+v", a)
 	}
-	if _, ok := hostRoutes(t, n)[gone.IP.String()]; ok {
-		t.Error("route of the collected pod remains")
+	// The veth and route go right after the allocation is released.
+	if err := framework.Eventually(e.ctx, 5*time.Second, func() (bool, error) {
+		_, routed := hostRoutes(t, n)[gone.IP.String()]
+		vethLeft := false
+		n.NS.Do(func(ns.NetNS) error {
+			_, err := netlink.LinkByName(datapath.HostVethName("default", "vanishing"))
+			vethLeft = err == nil
+			return nil
+		})
+		return !routed && !vethLeft, nil
+	}); err != nil {
+		t.Error("route or host veth of the collected pod remains")
 	}
-	n.NS.Do(func(ns.NetNS) error {
-		if _, err := netlink.LinkByName(datapath.HostVethName("default", "vanishing")); err == nil {
-			t.Error("host veth of the collected pod remains")
-		}
-		return nil
-	})
 	if v := agentMetric(t, n, "aliasip_gc_released_total", `reason="pod_gone"`); v != 1 {
 		t.Errorf("aliasip_gc_released_total{reason=pod_gone} = %v, want 1", v)
 	}
