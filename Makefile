@@ -16,7 +16,7 @@ build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni.
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
 
-deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, CNI plugins (cached).
+deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, helm (cached).
 	./hack/deps.sh
 
 vet: ## go vet and gofmt check.
@@ -25,10 +25,10 @@ vet: ## go vet and gofmt check.
 
 lint: vet ## Alias of vet.
 
-unit: ## Unit tests only (no control plane, no root).
+unit: ## Unit tests only (no control plane; the data-plane golden test needs root).
 	$(GO) test -count=1 ./cloud/... ./fake/... ./controller/... ./node-agent/...
 
-test: deps vet build ## Every suite: unit, integration (real kube-apiserver), netns and e2e (root); what CI runs. Packages run one at a time: the suites time real things.
+test: deps vet build ## Every suite: unit, integration, netns, e2e, chart; what CI runs (one package at a time).
 	$(GO) test -count=1 -p 1 -timeout 60m ./...
 
 fuzz: ## Run the fuzz targets for a while each.
@@ -36,11 +36,11 @@ fuzz: ## Run the fuzz targets for a while each.
 	$(GO) test -run XXX -fuzz FuzzOpen -fuzztime 60s ./node-agent/ipam
 	$(GO) test -run XXX -fuzz FuzzParseConf -fuzztime 60s ./node-agent/cni
 
-bench: deps build ## The benchmark table: aliasip vs kube-controller-manager node IPAM, allocator cost.
+bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, CNI ADD/DEL vs ptp, allocator cost.
 	$(GO) test -count=1 -run XXX -bench . -benchtime 1x -timeout 30m ./test/bench/
 	$(GO) test -count=1 -run XXX -bench . ./controller/allocator/
 
-demo: deps build ## Local cluster demo: control plane + controller allocating for a set of nodes.
+demo: deps build ## Local cluster: control plane, controller, 3 node namespaces with agents, pods, ping matrix.
 	$(GO) run ./hack/demo
 
 clean: ## Remove built binaries.
