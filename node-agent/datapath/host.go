@@ -124,28 +124,29 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute) (Report,
 	} else if removed {
 		rep.GuestRoutes++
 	}
-	wanted := map[netip.Addr]string{}
-	for _, w := range want {
-		wanted[w.IP] = w.HostVeth
-		link, err := netlinksafe.LinkByName(w.HostVeth)
-		if err != nil {
-			continue // the pod's veth is gone: nothing to route to
-		}
-		n, err := ConfigureHostVeth(w.HostVeth)
-		rep.SysctlsRepaired += n
-		if err != nil {
-			errs = append(errs, err)
-		}
-		if changed, err := EnsurePodRoute(link, w.IP); err != nil {
-			errs = append(errs, err)
-		} else if changed {
-			rep.RoutesRepaired++
-		}
+	// One dump of the links and one of the main table per pass, whatever
+	// the number of pods: the pass must stay cheap, as it runs while pods
+	// start.
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return rep, errors.Join(append(errs, err)...)
+	}
+	byName := map[string]netlink.Link{}
+	byIndex := map[int]netlink.Link{}
+	for _, l := range links {
+		byName[l.Attrs().Name] = l
+		byIndex[l.Attrs().Index] = l
 	}
 	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return rep, errors.Join(append(errs, err)...)
 	}
+	type hostRoute struct {
+		route netlink.Route
+		ip    netip.Addr
+	}
+	var podRoutes []hostRoute
+	correct := map[netip.Addr]int{} // pod address -> link index of a correct route
 	for _, r := range routes {
 		if r.Dst == nil || maskBits(r.Dst.Mask) != 32 || r.LinkIndex == 0 {
 			continue
@@ -154,14 +155,44 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute) (Report,
 		if !ok || !podCIDR.Contains(ip) {
 			continue
 		}
-		link, err := netlink.LinkByIndex(r.LinkIndex)
-		if err != nil || !strings.HasPrefix(link.Attrs().Name, VethPrefix) {
+		podRoutes = append(podRoutes, hostRoute{r, ip})
+		if r.Scope == netlink.SCOPE_LINK && r.Gw == nil {
+			correct[ip] = r.LinkIndex
+		}
+	}
+
+	wanted := map[netip.Addr]string{}
+	for _, w := range want {
+		wanted[w.IP] = w.HostVeth
+		link, ok := byName[w.HostVeth]
+		if !ok {
+			continue // the pod's veth is gone: nothing to route to
+		}
+		n, err := ConfigureHostVeth(w.HostVeth)
+		rep.SysctlsRepaired += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if correct[w.IP] == link.Attrs().Index {
 			continue
 		}
-		if wanted[ip] == link.Attrs().Name {
+		// ip route replace IP/32 dev aliXXX scope link
+		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(netip.PrefixFrom(w.IP, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
+			errs = append(errs, fmt.Errorf("route %v dev %s: %w", w.IP, w.HostVeth, err))
+			continue
+		}
+		rep.RoutesRepaired++
+	}
+	for _, hr := range podRoutes {
+		link, ok := byIndex[hr.route.LinkIndex]
+		if !ok || !strings.HasPrefix(link.Attrs().Name, VethPrefix) {
+			continue
+		}
+		if wanted[hr.ip] == link.Attrs().Name {
 			continue
 		}
 		// ip route del IP/32 dev aliXXX: a vanished pod's route.
+		r := hr.route
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, err)
 			continue

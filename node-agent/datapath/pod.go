@@ -140,8 +140,10 @@ func SetupPod(p Pod) (*SetupResult, error) {
 	if err := netlink.LinkSetUp(host); err != nil {
 		return nil, err
 	}
-	if _, err := EnsurePodRoute(host, p.IP); err != nil {
-		return nil, err
+	// ip route replace IP/32 dev aliXXX scope link: replaces a stale route
+	// for the address in one call, no table dump on the ADD path.
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.PrefixFrom(p.IP, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
+		return nil, fmt.Errorf("route %v dev %s: %w", p.IP, p.HostVeth, err)
 	}
 	return res, nil
 }
@@ -191,25 +193,6 @@ func ensureSysctl(key, value string) (int, error) {
 		return 0, err
 	}
 	return 1, nil
-}
-
-// EnsurePodRoute makes sure of "ip route replace IP/32 dev VETH scope link"
-// and reports whether it had to change anything.
-func EnsurePodRoute(host netlink.Link, ip netip.Addr) (bool, error) {
-	dst := ipNet(netip.PrefixFrom(ip, 32))
-	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Dst: dst, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return false, err
-	}
-	for _, r := range routes {
-		if r.LinkIndex == host.Attrs().Index && r.Scope == netlink.SCOPE_LINK && r.Gw == nil {
-			return false, nil
-		}
-	}
-	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
-		return false, fmt.Errorf("route %v dev %s: %w", ip, host.Attrs().Name, err)
-	}
-	return true, nil
 }
 
 // TeardownPod removes the pod's host veth (which removes its peer and its
