@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,13 +51,7 @@ func BenchmarkCNIAddDel(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	cp, err := framework.StartControlPlane(ctx, filepath.Join(dir, "cp"))
-	if errors.Is(err, framework.ErrNotInstalled) {
-		b.Skipf("skipping: %v", err)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
+	cp := startControlPlane(b, dir)
 	defer cp.Stop()
 	fabric, err := framework.NewFabric()
 	if err != nil {

@@ -51,13 +51,7 @@ func BenchmarkNodeAllocation(b *testing.B) {
 		b.Fatal(err)
 	}
 	ctx := context.Background()
-	cp, err := framework.StartControlPlane(ctx, filepath.Join(dir, "cp"))
-	if errors.Is(err, framework.ErrNotInstalled) {
-		b.Skipf("skipping: %v", err)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
+	cp := startControlPlane(b, dir)
 	defer cp.Stop()
 
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort())
@@ -222,6 +216,20 @@ func label(line, name string) string {
 	}
 	rest := line[i+len(name)+2:]
 	return rest[:strings.IndexByte(rest, '"')]
+}
+
+// startControlPlane starts etcd and kube-apiserver under dir, or skips the
+// benchmark when hack/deps.sh has not installed them.
+func startControlPlane(b *testing.B, dir string) *framework.ControlPlane {
+	b.Helper()
+	cp, err := framework.StartControlPlane(context.Background(), filepath.Join(dir, "cp"))
+	if errors.Is(err, framework.ErrNotInstalled) {
+		b.Skipf("skipping: %v", err)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return cp
 }
 
 func TestMain(m *testing.M) {

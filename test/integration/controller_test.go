@@ -173,19 +173,7 @@ func TestNodeDeletedReleasesAfterCooldown(t *testing.T) {
 	if err := framework.CreateNodes(e.ctx, e.client, []string{"c"}, nil); err != nil {
 		t.Fatal(err)
 	}
-	var got string
-	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
-		got = e.snapshot().PodCIDR["c"]
-		return got != "", nil
-	}); err != nil {
-		t.Fatalf("node c never got the freed block: %v", err)
-	}
-	if waited := time.Since(deleted); waited < cooldown {
-		t.Errorf("block %s reused %v after the delete, before the %v cooldown", got, waited, cooldown)
-	}
-	if got != freed {
-		t.Errorf("node c got %s, want the freed %s (the only block)", got, freed)
-	}
+	e.expectReuseAfterCooldown("c", freed, deleted, cooldown)
 	e.waitConverged(10*time.Second).CheckInvariants(t, e.cluster, true)
 }
 
@@ -406,17 +394,25 @@ func TestCooldownSurvivesRestart(t *testing.T) {
 	if err := framework.CreateNodes(e.ctx, e.client, []string{"c"}, nil); err != nil {
 		t.Fatal(err)
 	}
+	e.expectReuseAfterCooldown("c", freed, deleted, cooldown)
+}
+
+// expectReuseAfterCooldown waits for node to get a podCIDR and checks it is
+// the freed block (the only one left), handed out no sooner than cooldown
+// after the old node's deletion.
+func (e *env) expectReuseAfterCooldown(node, freed string, deleted time.Time, cooldown time.Duration) {
+	e.t.Helper()
 	var got string
 	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
-		got = e.snapshot().PodCIDR["c"]
+		got = e.snapshot().PodCIDR[node]
 		return got != "", nil
 	}); err != nil {
-		t.Fatalf("node c never got the freed block: %v", err)
+		e.t.Fatalf("node %s never got the freed block: %v", node, err)
 	}
 	if waited := time.Since(deleted); waited < cooldown {
-		t.Errorf("block %s reused %v after the delete, across a restart, before the %v cooldown", got, waited, cooldown)
+		e.t.Errorf("block %s reused %v after the delete, before the %v cooldown", got, waited, cooldown)
 	}
 	if got != freed {
-		t.Errorf("node c got %s, want the freed %s", got, freed)
+		e.t.Errorf("node %s got %s, want the freed %s (the only block)", node, got, freed)
 	}
 }
