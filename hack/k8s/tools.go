@@ -1,10 +1,14 @@
 //go:build tools
 
-// Package k8s pins the Kubernetes control-plane binaries that hack/deps.sh
-// builds for the integration tests and benchmarks.
+// Package k8s pins the Kubernetes binaries that hack/deps.sh builds: the
+// control plane for the integration tests and benchmarks, and the node
+// components (kubelet, kube-proxy) for the real-node cluster (make cluster).
 package k8s
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

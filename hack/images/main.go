@@ -1,0 +1,229 @@
+// Command images writes the image tarballs of aliasip's real-node cluster
+// (make cluster, test/kubelet) from static binaries, with no Docker and no
+// registry: the aliasip image (controller, agent, plugin: the same files,
+// paths and entry point as the repository's Dockerfile), the test workload
+// aliasip-netcheck, and the pod sandbox image aliasip-pause. Layers,
+// config, manifest and the `docker save`-format tarball (which
+// `ctr images import` reads) come from go-containerregistry.
+//
+// The binaries are built here from the repository with the Dockerfile's
+// flags (CGO_ENABLED=0, -trimpath, -ldflags "-s -w -X main.version=TAG").
+//
+//	go run . --repo ../.. --out-dir ../../bin/images --tag 0.1.0
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// File is one file of an image: its path in the image, where its contents
+// come from (a Go package of the repository built statically, or a file of
+// the build machine), and its mode.
+type File struct {
+	Path    string // absolute path inside the image
+	Package string // a main package of the repository, or
+	Host    string // a file on the build machine
+	Mode    int64
+}
+
+// binaryName is the name the binary of f is built as.
+func (f File) binaryName() string { return path.Base(f.Path) }
+
+// Spec describes one image.
+type Spec struct {
+	Name       string // repository; the tag comes from --tag
+	Files      []File
+	Entrypoint []string
+	Cmd        []string
+}
+
+// caBundle is Debian's CA bundle: the controller and agent call the GCE
+// API and metadata server over TLS, and a FROM-scratch image has no CAs.
+const caBundle = "/etc/ssl/certs/ca-certificates.crt"
+
+// Specs are the images this command writes. The aliasip image must stay
+// the same as the Dockerfile's final stage (TestDockerfileMatches).
+var Specs = []Spec{
+	{
+		Name: "aliasip",
+		Files: []File{
+			{Path: "/aliasip-controller", Package: "./controller/cmd/aliasip-controller", Mode: 0o755},
+			{Path: "/aliasip-agent", Package: "./node-agent/cmd/aliasip-agent", Mode: 0o755},
+			{Path: "/aliasip-cni", Package: "./node-agent/cmd/aliasip-cni", Mode: 0o755},
+			{Path: caBundle, Host: caBundle, Mode: 0o644},
+		},
+		Entrypoint: []string{"/aliasip-controller"},
+	},
+	{
+		Name:       "aliasip-netcheck",
+		Files:      []File{{Path: "/netcheck", Package: "./test/netcheck", Mode: 0o755}},
+		Entrypoint: []string{"/netcheck"},
+		Cmd:        []string{"serve"},
+	},
+	{
+		Name:       "aliasip-pause",
+		Files:      []File{{Path: "/pause", Package: "./hack/pause", Mode: 0o755}},
+		Entrypoint: []string{"/pause"},
+	},
+}
+
+func main() {
+	repo := flag.String("repo", "", "the repository's top directory")
+	outDir := flag.String("out-dir", "", "directory to write NAME.tar into")
+	tag := flag.String("tag", "", "image tag (also the binaries' main.version)")
+	flag.Parse()
+	if *repo == "" || *outDir == "" || *tag == "" {
+		fmt.Fprintln(os.Stderr, "images: --repo, --out-dir and --tag are required")
+		os.Exit(2)
+	}
+	binDir, err := filepath.Abs(filepath.Join(*outDir, "bin"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "images:", err)
+		os.Exit(1)
+	}
+	if err := BuildBinaries(*repo, binDir, *tag); err != nil {
+		fmt.Fprintln(os.Stderr, "images:", err)
+		os.Exit(1)
+	}
+	for _, s := range Specs {
+		out := filepath.Join(*outDir, s.Name+".tar")
+		digest, err := Write(s, binDir, *tag, out)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "images: %s: %v\n", s.Name, err)
+			os.Exit(1)
+		}
+		fmt.Printf("images: %s:%s %s -> %s\n", s.Name, *tag, digest, out)
+	}
+}
+
+// GoBuildArgs are the `go build` arguments of every binary, the same as
+// the Dockerfile's (with CGO_ENABLED=0 in the environment).
+func GoBuildArgs(version string) []string {
+	return []string{"-trimpath", "-ldflags", "-s -w -X main.version=" + version}
+}
+
+// BuildBinaries builds every Package of Specs statically into binDir.
+func BuildBinaries(repo, binDir, version string) error {
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return err
+	}
+	for _, s := range Specs {
+		for _, f := range s.Files {
+			if f.Package == "" {
+				continue
+			}
+			args := append([]string{"build"}, GoBuildArgs(version)...)
+			args = append(args, "-o", filepath.Join(binDir, f.binaryName()), f.Package)
+			cmd := exec.Command("go", args...)
+			cmd.Dir = repo
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				return fmt.Errorf("go build %s: %w", f.Package, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Build returns the image of spec s with its files read from binDir or the host.
+func Build(s Spec, binDir string) (v1.Image, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
+	files := append([]File(nil), s.Files...)
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	epoch := time.Unix(0, 0)
+	for _, f := range files {
+		src := f.Host
+		if f.Package != "" {
+			src = filepath.Join(binDir, f.binaryName())
+		}
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return nil, err
+		}
+		// Parent directories first, as a runtime's unpacker expects.
+		var parents []string
+		for d := path.Dir(f.Path); d != "/"; d = path.Dir(d) {
+			parents = append([]string{d}, parents...)
+		}
+		for _, d := range parents {
+			if dirs[d] {
+				continue
+			}
+			dirs[d] = true
+			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d[1:] + "/", Mode: 0o755, ModTime: epoch}); err != nil {
+				return nil, err
+			}
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.Path[1:], Mode: f.Mode, Size: int64(len(data)), ModTime: epoch}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	layerBytes := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(layerBytes)), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Config.Entrypoint, cf.Config.Cmd = s.Entrypoint, s.Cmd
+	cf.Created = v1.Time{Time: epoch}
+	return mutate.ConfigFile(img, cf)
+}
+
+// Write builds s and writes it as a `docker save`-format tarball tagged
+// NAME:tag, returning the image digest.
+func Write(s Spec, binDir, tag, out string) (string, error) {
+	img, err := Build(s, binDir)
+	if err != nil {
+		return "", err
+	}
+	ref, err := name.NewTag(s.Name + ":" + tag)
+	if err != nil {
+		return "", err
+	}
+	tmp := out + ".tmp"
+	if err := tarball.WriteToFile(tmp, ref, img); err != nil {
+		return "", err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return "", err
+	}
+	return d.String(), os.Rename(tmp, out)
+}
