@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build deps test unit integration vet lint fuzz bench demo clean
+.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench demo clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -18,6 +18,17 @@ build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni.
 
 deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, helm (cached).
 	./hack/deps.sh
+
+APP_VERSION := $(shell awk -F'"' '/^appVersion:/ {print $$2}' charts/aliasip/Chart.yaml)
+
+images: ## Build the image tarballs (aliasip, aliasip-netcheck, aliasip-pause) into bin/images, no Docker needed.
+	cd hack/images && $(GO) run . --repo $(CURDIR) --out-dir $(CURDIR)/$(BIN)/images --tag $(APP_VERSION)
+
+cluster: deps images ## Real-node cluster (NODES=3): control plane, containerd + kubelet per node, chart installed.
+	./hack/cluster.sh up
+
+cluster-down: ## Remove everything make cluster made (safe to run twice).
+	./hack/cluster.sh down
 
 vet: ## go vet and gofmt check.
 	$(GO) vet ./...

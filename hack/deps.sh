@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs or builds everything the tests, demo and benchmarks need, once:
-# etcd (Debian's etcd-server), iproute2, iptables, Debian's CNI reference
-# plugins (for comparisons), portmap built at CNI 1.1, and kube-apiserver + kube-controller-manager built from the
+# Installs or builds everything the tests, demo, benchmarks and the
+# real-node cluster need, once: etcd (Debian's etcd-server), iproute2,
+# iptables, containerd + runc (Debian's 1.6.20 / 1.1.5, which kubelet 1.36
+# accepts), Debian's CNI reference plugins (for comparisons), portmap built
+# at CNI 1.1, helm, and kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy and kubectl built from the
 # k8s.io/kubernetes module (hack/k8s) into the cache. Idempotent and cached.
 set -euo pipefail
 
@@ -19,6 +22,8 @@ command -v containerd >/dev/null 2>&1 || need_pkgs+=(containerd)
 command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
 command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v conntrack >/dev/null 2>&1 || need_pkgs+=(conntrack)
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "deps: need Debian packages ${need_pkgs[*]}; run as root" >&2
@@ -32,12 +37,15 @@ fi
 
 # Every Kubernetes binary is stamped with its version, or nodes report
 # v0.0.0-master (k8s.io/component-base/version is set by -X at link time).
-k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+k8s_bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 stamp="$cache/bin/.k8s-version"
-k8s_ok=1
-for b in "${k8s_bins[@]}"; do [ -x "$cache/bin/$b" ] || k8s_ok=0; done
-if [ "$k8s_ok" = 0 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$k8s_version" ]; then
-	echo "deps: building ${k8s_bins[*]} $k8s_version (about 8 minutes, once)"
+[ "$(cat "$stamp" 2>/dev/null)" = "$k8s_version" ] || rm -f "$stamp"
+k8s_missing=()
+for b in "${k8s_bins[@]}"; do
+	[ -f "$stamp" ] && [ -x "$cache/bin/$b" ] || k8s_missing+=("$b")
+done
+if [ ${#k8s_missing[@]} -gt 0 ]; then
+	echo "deps: building ${k8s_missing[*]} $k8s_version (about 8 minutes for all, once)"
 	cd "$root/hack/k8s"
 	export GONOSUMDB=k8s.io/kubernetes GOFLAGS=-mod=mod
 	minor=$(echo "$k8s_version" | cut -d. -f2)
@@ -45,9 +53,9 @@ if [ "$k8s_ok" = 0 ] || [ "$(cat "$stamp" 2>/dev/null)" != "$k8s_version" ]; the
 	tmp="$cache/bin/.k8s-build"
 	rm -rf "$tmp" && mkdir -p "$tmp"
 	pkgs=()
-	for b in "${k8s_bins[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+	for b in "${k8s_missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
 	go build -trimpath -ldflags "$ld" -o "$tmp/" "${pkgs[@]}"
-	for b in "${k8s_bins[@]}"; do mv "$tmp/$b" "$cache/bin/$b"; done
+	for b in "${k8s_missing[@]}"; do mv "$tmp/$b" "$cache/bin/$b"; done
 	rm -rf "$tmp"
 	echo "$k8s_version" >"$stamp"
 fi

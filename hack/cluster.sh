@@ -1,0 +1,516 @@
+#!/usr/bin/env bash
+# A Kubernetes cluster of real nodes on one machine, with no Docker and no
+# registry, that installs charts/aliasip the way a kind user does:
+#
+#   hack/cluster.sh up      (make cluster; NODES=3)   last line: KUBECONFIG=<path>
+#   hack/cluster.sh down    (make cluster-down)       safe to run twice
+#
+# The control plane (etcd, kube-apiserver, kube-controller-manager without
+# --allocate-node-cidrs, kube-scheduler) runs on the host. Each node is a
+# network namespace plus a mount namespace running its own containerd,
+# kubelet and kube-proxy. The nodes' eth0s sit on a bridge in a hub
+# namespace that plays the VPC; the API server listens on a veth into that
+# bridge, so pod traffic never crosses the host's FORWARD chain.
+#
+# Nodes register with kind's providerID (kind://docker/aliasip/<node>), the
+# form kind's kubeadm config gives every node (kubernetes-sigs/kind
+# pkg/cluster/internal/create/actions/config/config.go, ProviderID
+# "kind://docker/<cluster>/<node>").
+#
+# Needs root and `make deps` (etcd, containerd, runc, the Kubernetes
+# binaries) and `make images` (the image tarballs).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${ALIASIP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aliasip}
+dir=${ALIASIP_CLUSTER_DIR:-/var/lib/aliasip-cluster}
+run=/run/aliasip-cluster # unix sockets: short paths
+nodes=${NODES:-3}
+images=${ALIASIP_IMAGES:-$root/bin/images}
+cluster_cidr=10.244.0.0/16 # the README's kind section
+service_cidr=10.96.0.0/16
+net=192.168.90 # the emulated VPC subnet: .1 hub bridge, .2 API server, .11+ nodes
+api_ip=$net.2
+api_port=6443
+k8s_version=$(awk '/k8s.io\/kubernetes v/ {print $3; exit}' "$root/hack/k8s/go.mod")
+
+log() { echo "cluster: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+bin() { echo "$cache/bin/$1"; }
+node_name() { echo "node-$1"; }
+node_ip() { echo "$net.$((10 + $1))"; }
+
+# start NAME CMD... runs CMD in its own session, logging to $dir/logs/NAME.log.
+start() {
+	local name=$1
+	shift
+	setsid "$@" >>"$dir/logs/$name.log" 2>&1 </dev/null &
+	echo $! >"$dir/pids/$name"
+}
+
+# wait_for SECONDS DESCRIPTION CMD... polls CMD every half second.
+wait_for() {
+	local secs=$1 what=$2
+	shift 2
+	local deadline=$((SECONDS + secs))
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $deadline ] || die "timed out after ${secs}s waiting for $what"
+		sleep 0.5
+	done
+}
+
+kubectl_() { "$(bin kubectl)" --kubeconfig "$dir/kubeconfig" "$@"; }
+
+# --- certificates and credentials --------------------------------------
+
+pki() {
+	local p=$dir/pki
+	mkdir -p "$p"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=aliasip-cluster-ca" \
+		-keyout "$p/ca.key" -out "$p/ca.crt" 2>/dev/null
+	cat >"$p/apiserver.ext" <<EOF
+subjectAltName=IP:$api_ip,IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+extendedKeyUsage=serverAuth
+EOF
+	openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$p/apiserver.key" -out "$p/apiserver.csr" 2>/dev/null
+	openssl x509 -req -in "$p/apiserver.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial -days 30 \
+		-extfile "$p/apiserver.ext" -out "$p/apiserver.crt" 2>/dev/null
+	# The API server's client certificate towards the kubelets (logs, exec).
+	echo "extendedKeyUsage=clientAuth" >"$p/client.ext"
+	openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+		-keyout "$p/kubelet-client.key" -out "$p/kubelet-client.csr" 2>/dev/null
+	openssl x509 -req -in "$p/kubelet-client.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial -days 30 \
+		-extfile "$p/client.ext" -out "$p/kubelet-client.crt" 2>/dev/null
+	openssl genrsa -out "$p/sa.key" 2048 2>/dev/null
+	openssl rsa -in "$p/sa.key" -pubout -out "$p/sa.pub" 2>/dev/null
+	chmod 600 "$p"/*.key
+}
+
+token() { openssl rand -hex 16; }
+
+# kubeconfig FILE TOKEN writes a kubeconfig for the API server on the VPC.
+kubeconfig() {
+	cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: aliasip
+  cluster:
+    server: https://$api_ip:$api_port
+    certificate-authority: $dir/pki/ca.crt
+users:
+- name: user
+  user:
+    token: $2
+contexts:
+- name: aliasip
+  context: {cluster: aliasip, user: user}
+current-context: aliasip
+EOF
+	chmod 600 "$1"
+}
+
+credentials() {
+	local admin kcm sched proxy
+	admin=$(token) kcm=$(token) sched=$(token) proxy=$(token)
+	{
+		echo "$admin,admin,admin,system:masters"
+		echo "$kcm,system:kube-controller-manager,kcm"
+		echo "$sched,system:kube-scheduler,scheduler"
+		echo "$proxy,system:kube-proxy,kube-proxy"
+	} >"$dir/pki/tokens.csv"
+	kubeconfig "$dir/kubeconfig" "$admin"
+	kubeconfig "$dir/kcm.kubeconfig" "$kcm"
+	kubeconfig "$dir/scheduler.kubeconfig" "$sched"
+	kubeconfig "$dir/kube-proxy.kubeconfig" "$proxy"
+	for i in $(seq 1 "$nodes"); do
+		local n t
+		n=$(node_name "$i") t=$(token)
+		# The kubelet's identity as the Node authorizer and NodeRestriction know it.
+		echo "$t,system:node:$n,$n,system:nodes" >>"$dir/pki/tokens.csv"
+		mkdir -p "$dir/nodes/$n"
+		kubeconfig "$dir/nodes/$n/kubelet.kubeconfig" "$t"
+	done
+	chmod 600 "$dir/pki/tokens.csv"
+}
+
+# --- network --------------------------------------------------------------
+
+hub() {
+	ip netns add aliasip-hub
+	ip -n aliasip-hub link set dev lo up
+	ip -n aliasip-hub link add vpc0 type bridge
+	ip -n aliasip-hub addr add "$net.1/24" dev vpc0
+	ip -n aliasip-hub link set dev vpc0 up
+	# The API server's leg on the VPC.
+	ip link add vpchost0 mtu 1460 type veth peer name api netns aliasip-hub
+	ip -n aliasip-hub link set dev api master vpc0 up
+	ip addr add "$api_ip/24" dev vpchost0
+	ip link set dev vpchost0 up
+	# Pods reach the API server (through the kubernetes Service) with their
+	# own addresses. On GCE the VPC delivers a pod address to the VM that
+	# holds its alias range; here the host finds it on the VPC link by ARP,
+	# and the node that has the pod's /32 answers (proxy_arp on its eth0).
+	ip route replace "$cluster_cidr" dev vpchost0
+}
+
+node_net() {
+	local i=$1 n ns
+	n=$(node_name "$i") ns=aliasip-$(node_name "$i")
+	ip netns add "$ns"
+	ip link add "n$i" mtu 1460 netns aliasip-hub type veth peer name eth0 netns "$ns"
+	ip -n aliasip-hub link set dev "n$i" master vpc0 up
+	ip -n "$ns" link set dev lo up
+	ip -n "$ns" addr add "$(node_ip "$i")/24" dev eth0
+	ip -n "$ns" link set dev eth0 up
+	# The default route also lets proxy-ARP answer pods for 169.254.1.1.
+	ip -n "$ns" route add default via "$net.1" dev eth0
+	ip netns exec "$ns" sysctl -qw net.ipv4.conf.eth0.proxy_arp=1
+}
+
+# --- node filesystem and cgroups ----------------------------------------
+
+# Each node sees its own copy of the paths the kubelet, containerd, the
+# CNI plugin and the chart's hostPath volumes use.
+node_paths="/var/lib/kubelet /var/log /etc/cni/net.d /opt/cni/bin /var/lib/aliasip /run/aliasip"
+
+node_mounts() {
+	local i=$1 n nd
+	n=$(node_name "$i") nd=$dir/nodes/$(node_name "$i")
+	for p in $node_paths; do
+		mkdir -p "$nd/fs$p"
+		if [ ! -e "$p" ]; then
+			mkdir -p "$p"
+			echo "$p" >>"$dir/created-host-dirs"
+		fi
+	done
+	mkdir -p "$nd/fs/var/log/pods" "$nd/fs/var/log/containers"
+	touch "$dir/mnt/$n"
+	unshare --mount="$dir/mnt/$n" --propagation private true
+	for p in $node_paths; do
+		nsenter --mount="$dir/mnt/$n" mount --bind "$nd/fs$p" "$p"
+	done
+}
+
+cgroup_controllers() {
+	for c in /sys/fs/cgroup/*; do
+		[ -d "$c" ] && [ "$(stat -f -c %T "$c")" = cgroupfs ] && echo "$c"
+	done
+}
+
+node_cgroups() {
+	local n
+	n=$(node_name "$1")
+	for c in $(cgroup_controllers); do
+		mkdir -p "$c/aliasip/$n"
+		if [ -e "$c/cpuset.cpus" ]; then
+			for f in cpuset.cpus cpuset.mems; do
+				cat "$c/$f" >"$c/aliasip/$f"
+				cat "$c/$f" >"$c/aliasip/$n/$f"
+			done
+		fi
+	done
+}
+
+# --- node daemons ---------------------------------------------------------
+
+# in_node I CMD... runs CMD in node I's network and mount namespaces.
+# (nsenter, not `ip netns exec`, which mounts a fresh /sys where the
+# kubelet finds no cgroups.)
+in_node() {
+	local n
+	n=$(node_name "$1")
+	shift
+	nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" "$@"
+}
+
+containerd_up() {
+	local i=$1 n nd r
+	n=$(node_name "$i") nd=$dir/nodes/$(node_name "$i") r=$run/$(node_name "$i")
+	mkdir -p "$r" "$nd/containerd"
+	cat >"$nd/containerd.toml" <<EOF
+version = 2
+root = "$nd/containerd/root"
+state = "$r/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = "$r/containerd.sock"
+[ttrpc]
+  address = "$r/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$nd/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  # Built here by hack/images (make images): nothing can be pulled.
+  sandbox_image = "docker.io/library/aliasip-pause:$(chart_app_version)"
+  # This machine's root lacks CAP_SYS_RESOURCE, so runc cannot lower a
+  # container's oom_score_adj below containerd's own (pause asks for -998).
+  # containerd clamps it instead (containerd docs/cri/config.md,
+  # restrict_oom_score_adj; kind sets it for rootless nodes).
+  restrict_oom_score_adj = $(restrict_oom)
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = "$r/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+EOF
+	start "containerd-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
+		containerd --config "$nd/containerd.toml"
+	wait_for 30 "containerd of $n" ctr --address "$r/containerd.sock" version
+	for img in "$images"/*.tar; do
+		ctr --address "$r/containerd.sock" -n k8s.io images import --snapshotter overlayfs "$img" >/dev/null
+	done
+}
+
+# restrict_oom prints true when this process cannot lower its oom_score_adj.
+restrict_oom() {
+	if (echo -998 >/proc/self/oom_score_adj) 2>/dev/null; then echo false; else echo true; fi
+}
+
+chart_app_version() { awk -F'"' '/^appVersion:/ {print $2}' "$root/charts/aliasip/Chart.yaml"; }
+
+kubelet_up() {
+	local i=$1 n nd
+	n=$(node_name "$i") nd=$dir/nodes/$(node_name "$i")
+	cat >"$nd/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# As kind names its nodes' instances; aliasip's fake cloud owns this scheme.
+providerID: kind://docker/aliasip/$n
+# cgroups v1 here: kubelet 1.36 refuses it unless told (KEP-5573).
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupRoot: /aliasip/$n
+enforceNodeAllocatable: []
+failSwapOn: false
+# Otherwise each kubelet would check machine-wide sysctls it cannot own;
+# hack/cluster.sh sets them once (and restores them on down).
+protectKernelDefaults: false
+containerRuntimeEndpoint: unix://$run/$n/containerd.sock
+address: $(node_ip "$i")
+healthzBindAddress: 127.0.0.1
+readOnlyPort: 0
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $dir/pki/ca.crt}
+authorization: {mode: Webhook}
+clusterDomain: cluster.local
+serializeImagePulls: false
+# The machine's disk is shared by every node: no disk-pressure evictions.
+evictionHard: {memory.available: "100Mi", nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%"}
+imageGCHighThresholdPercent: 100
+EOF
+	start "kubelet-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
+		"$(bin kubelet)" --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
+		--hostname-override "$n" --node-ip "$(node_ip "$i")" --v 1
+}
+
+kube_proxy_up() {
+	local i=$1 n nd
+	n=$(node_name "$i") nd=$dir/nodes/$(node_name "$i")
+	cat >"$nd/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: iptables
+clusterCIDR: $cluster_cidr
+hostnameOverride: $n
+bindAddress: $(node_ip "$i")
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+clientConnection: {kubeconfig: $dir/kube-proxy.kubeconfig}
+# nf_conntrack_max is machine-wide: leave it alone.
+conntrack: {maxPerCore: 0}
+EOF
+	start "kube-proxy-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
+		"$(bin kube-proxy)" --config "$nd/kube-proxy.yaml" --v 1
+}
+
+# --- control plane ----------------------------------------------------------
+
+control_plane_up() {
+	start etcd etcd --data-dir "$dir/etcd" \
+		--listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
+		--listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+		--initial-cluster default=http://127.0.0.1:23800
+	wait_for 30 etcd curl -sf http://127.0.0.1:23790/health
+	local p=$dir/pki
+	start kube-apiserver "$(bin kube-apiserver)" --etcd-servers http://127.0.0.1:23790 \
+		--bind-address "$api_ip" --advertise-address "$api_ip" --secure-port "$api_port" \
+		--tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
+		--client-ca-file "$p/ca.crt" --token-auth-file "$p/tokens.csv" \
+		--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+		--service-account-issuer https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
+		--service-cluster-ip-range "$service_cidr" --allow-privileged=true \
+		--kubelet-preferred-address-types InternalIP \
+		--kubelet-client-certificate "$p/kubelet-client.crt" --kubelet-client-key "$p/kubelet-client.key" \
+		--profiling=false --v 1
+	wait_for 90 kube-apiserver curl -sf --cacert "$p/ca.crt" "https://$api_ip:$api_port/readyz"
+	# No --allocate-node-cidrs: aliasip-controller gives nodes their podCIDRs,
+	# as in a kind cluster configured for aliasip (hack/kind/kind-config.yaml).
+	start kube-controller-manager "$(bin kube-controller-manager)" --kubeconfig "$dir/kcm.kubeconfig" \
+		--use-service-account-credentials --service-account-private-key-file "$p/sa.key" \
+		--root-ca-file "$p/ca.crt" --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
+		--leader-elect=false --bind-address 127.0.0.1 --secure-port 10357 --profiling=false --v 1
+	start kube-scheduler "$(bin kube-scheduler)" --kubeconfig "$dir/scheduler.kubeconfig" \
+		--authentication-kubeconfig "$dir/scheduler.kubeconfig" --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
+		--leader-elect=false --bind-address 127.0.0.1 --secure-port 10359 --profiling=false --v 1
+}
+
+# The kubelets set these machine-wide (kubelet/cm/container_manager_linux.go
+# setupKernelTunables) unless protectKernelDefaults; set once, restore on down.
+kernel_sysctls="vm.overcommit_memory=1 kernel.panic=10 kernel.panic_on_oops=1"
+
+sysctls_up() {
+	: >"$dir/sysctls.saved"
+	for kv in $kernel_sysctls; do
+		k=${kv%%=*}
+		echo "$k=$(sysctl -n "$k")" >>"$dir/sysctls.saved"
+		sysctl -qw "$kv"
+	done
+}
+
+up() {
+	[ "$(id -u)" = 0 ] || die "needs root"
+	[ -e "$dir/up" ] && die "a cluster is already up in $dir: run make cluster-down first"
+	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm; do
+		[ -x "$(bin "$b")" ] || die "$(bin "$b") missing: run make deps"
+	done
+	for b in etcd containerd runc ctr openssl curl; do
+		command -v "$b" >/dev/null || die "$b missing: run make deps"
+	done
+	ls "$images"/aliasip.tar "$images"/aliasip-netcheck.tar "$images"/aliasip-pause.tar >/dev/null 2>&1 ||
+		die "image tarballs missing in $images: run make images"
+	ip netns list | grep -q '^aliasip-' && die "leftover aliasip-* namespaces: run make cluster-down first"
+
+	mkdir -p "$dir"/{logs,pids,mnt,nodes} "$run"
+	touch "$dir/up"
+	# The node mount namespaces are bound to files here, which needs a
+	# private mount.
+	mount --bind "$dir/mnt" "$dir/mnt"
+	mount --make-private "$dir/mnt"
+	log "Kubernetes $k8s_version, $nodes nodes, state in $dir"
+	sysctls_up
+	pki
+	credentials
+	hub
+	control_plane_up
+	log "control plane up at https://$api_ip:$api_port"
+	for i in $(seq 1 "$nodes"); do
+		node_net "$i"
+		node_mounts "$i"
+		node_cgroups "$i"
+		containerd_up "$i"
+		kubelet_up "$i"
+		kube_proxy_up "$i"
+		log "$(node_name "$i"): containerd, kubelet, kube-proxy started at $(node_ip "$i")"
+	done
+	for i in $(seq 1 "$nodes"); do
+		wait_for 120 "node $(node_name "$i") to register" kubectl_ get node "$(node_name "$i")"
+	done
+	log "installing charts/aliasip (as the README's kind section does)"
+	"$(bin helm)" --kubeconfig "$dir/kubeconfig" install aliasip "$root/charts/aliasip" -n kube-system \
+		--set cloud=fake --set clusterCIDR="$cluster_cidr" --set image.pullPolicy=Never --wait --timeout 3m >&2 ||
+		{ diagnose; die "helm install failed (logs in $dir/logs)"; }
+	kubectl_ wait --for=condition=Ready nodes --all --timeout=120s >&2 || { diagnose; die "nodes not Ready"; }
+	kubectl_ get nodes -o custom-columns=NAME:.metadata.name,STATUS:.status.conditions[-1].type,PODCIDR:.spec.podCIDR,PROVIDERID:.spec.providerID >&2
+	echo "KUBECONFIG=$dir/kubeconfig"
+}
+
+diagnose() {
+	kubectl_ get nodes -o wide >&2 || true
+	kubectl_ get pods -A -o wide >&2 || true
+	kubectl_ get events -A --sort-by=.lastTimestamp 2>/dev/null | grep -v MissingClusterDNS | tail -25 >&2 || true
+}
+
+# --- teardown ---------------------------------------------------------------
+
+# kill_ns_procs NSFILE KIND kills every process whose KIND namespace is the
+# one bound at NSFILE (containerd, kubelet, shims, containers).
+kill_ns_procs() {
+	local want
+	want=$(stat -L -c %i "$1" 2>/dev/null) || return 0
+	for sig in TERM KILL; do
+		local pids=()
+		for p in /proc/[0-9]*; do
+			[ "$(stat -L -c %i "$p/ns/$2" 2>/dev/null)" = "$want" ] && pids+=("${p#/proc/}")
+		done
+		[ ${#pids[@]} -eq 0 ] && return 0
+		kill -s "$sig" "${pids[@]}" 2>/dev/null || true
+		[ "$sig" = TERM ] && sleep 2
+	done
+	sleep 0.5
+}
+
+stop_pid() {
+	local f=$dir/pids/$1
+	[ -f "$f" ] || return 0
+	local pid
+	pid=$(cat "$f")
+	if kill -0 "$pid" 2>/dev/null; then
+		kill -TERM "$pid" 2>/dev/null || true
+		# kube-apiserver may ignore SIGTERM once it stopped listening.
+		for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	rm -f "$f"
+}
+
+down() {
+	[ "$(id -u)" = 0 ] || die "needs root"
+	log "tearing down the cluster in $dir"
+	# Nodes first: their daemons and every process in their namespaces
+	# (containers and shims included), then their mounts and cgroups.
+	for f in "$dir"/mnt/node-*; do
+		[ -e "$f" ] || continue
+		local n
+		n=$(basename "$f")
+		stop_pid "kubelet-$n"
+		stop_pid "kube-proxy-$n"
+		stop_pid "containerd-$n"
+		kill_ns_procs "$f" mnt
+		[ -e "/run/netns/aliasip-$n" ] && kill_ns_procs "/run/netns/aliasip-$n" net
+		umount "$f" 2>/dev/null || true
+		rm -f "$f"
+	done
+	for ns in $(ip netns list 2>/dev/null | awk '/^aliasip-node-/ {print $1}'); do
+		kill_ns_procs "/run/netns/$ns" net
+		ip netns del "$ns" 2>/dev/null || true
+	done
+	for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$c"; done
+	ip netns del aliasip-hub 2>/dev/null || true # takes vpchost0 and its route along
+	ip link del vpchost0 2>/dev/null || true
+	for c in $(cgroup_controllers); do
+		[ -d "$c/aliasip" ] && find "$c/aliasip" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	done
+	if [ -f "$dir/sysctls.saved" ]; then
+		while read -r kv; do sysctl -qw "$kv" || true; done <"$dir/sysctls.saved"
+	fi
+	# Anything still mounted under the state directory (nothing should be).
+	if [ -d "$dir" ]; then
+		grep -o " $dir[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+	fi
+	if [ -f "$dir/created-host-dirs" ]; then
+		sort -r "$dir/created-host-dirs" | while read -r p; do rmdir "$p" 2>/dev/null || true; done
+	fi
+	rm -rf "$dir" "$run"
+	log "down"
+}
+
+case "${1:-}" in
+up) up ;;
+down) down ;;
+*)
+	echo "usage: $0 up|down   (NODES=3, ALIASIP_CLUSTER_DIR=/var/lib/aliasip-cluster)" >&2
+	exit 2
+	;;
+esac
