@@ -48,8 +48,15 @@ type Options struct {
 	RateLimit float64
 	RateBurst int
 	// AutoRegister creates an instance for a node with an empty providerID,
-	// the way every node of a kind or local cluster is "a VM".
+	// or one whose scheme is in ProviderSchemes, the way every node of a
+	// kind or local cluster is "a VM".
 	AutoRegister bool
+	// ProviderSchemes are the providerID schemes the fake cloud owns, e.g.
+	// "kind": kind gives every node spec.providerID
+	// kind://docker/<cluster>/<node> (kubernetes-sigs/kind,
+	// pkg/cluster/internal/create/actions/config/config.go sets
+	// ProviderID "kind://docker/<cluster>/<node>" in its kubeadm config).
+	ProviderSchemes []string
 	// StatePath, when set, persists the state in that file (shared between
 	// processes). Otherwise the state is in memory only.
 	StatePath string
@@ -147,15 +154,22 @@ func (c *Cloud) PodRange(ctx context.Context) (netip.Prefix, string, error) {
 }
 
 // InstanceFor implements cloud.Interface. The instance is named by the part
-// after the last "/" of the providerID (fake://NAME, gce://P/Z/NAME), or by
-// the node name when the providerID is empty.
+// after the last "/" of the providerID (kind://docker/C/NAME,
+// gce://P/Z/NAME), or by the node name when the providerID is empty. With
+// AutoRegister, an unknown instance is created for a node whose providerID
+// is empty or has one of ProviderSchemes; any other providerID must name an
+// instance that exists.
 func (c *Cloud) InstanceFor(ctx context.Context, providerID, nodeName string) (cloud.InstanceRef, error) {
 	name := nodeName
+	owned := providerID == ""
 	if providerID != "" {
 		i := strings.LastIndex(providerID, "/")
 		name = providerID[i+1:]
 		if name == "" {
 			return cloud.InstanceRef{}, fmt.Errorf("providerID %q names no instance", providerID)
+		}
+		if scheme, _, ok := strings.Cut(providerID, "://"); ok {
+			owned = slices.Contains(c.opts.ProviderSchemes, scheme)
 		}
 	}
 	ref := cloud.InstanceRef{Name: name}
@@ -163,9 +177,13 @@ func (c *Cloud) InstanceFor(ctx context.Context, providerID, nodeName string) (c
 		if _, ok := c.state.Instances[name]; ok {
 			return false, nil
 		}
-		if providerID == "" && c.opts.AutoRegister {
+		if owned && c.opts.AutoRegister {
 			c.state.Instances[name] = &instance{Fingerprint: 1}
 			return true, nil
+		}
+		if !owned {
+			return false, fmt.Errorf("instance %q: %w (providerID %q: the fake cloud creates instances only for nodes without a providerID or with a scheme in --fake-provider-schemes=%s)",
+				name, cloud.ErrInstanceNotFound, providerID, strings.Join(c.opts.ProviderSchemes, ","))
 		}
 		return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
 	})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -124,16 +125,40 @@ func TestAddRemoveIdempotentAndConcurrent(t *testing.T) {
 }
 
 func TestInstanceFor(t *testing.T) {
-	c := mustNew(t, Options{AutoRegister: true})
-	if r, err := c.InstanceFor(ctx, "", "node-1"); err != nil || r.Name != "node-1" {
-		t.Fatalf("auto-registered node: %v %v", r, err)
-	}
-	if _, err := c.InstanceFor(ctx, "fake://ghost", "node-2"); !errors.Is(err, cloud.ErrInstanceNotFound) {
-		t.Fatalf("unknown providerID: got %v", err)
-	}
+	c := mustNew(t, Options{AutoRegister: true, ProviderSchemes: []string{"kind"}})
 	c.RegisterInstance("vm-3")
-	if r, err := c.InstanceFor(ctx, "gce://p/z/vm-3", "node-3"); err != nil || r.Name != "vm-3" {
-		t.Fatalf("gce-style providerID: %v %v", r, err)
+	for _, tc := range []struct {
+		name, providerID, node string
+		want                   string // instance name; "" = ErrInstanceNotFound
+	}{
+		{"empty providerID auto-registers", "", "node-1", "node-1"},
+		// kind's form: kind://docker/<cluster>/<node>.
+		{"owned scheme auto-registers", "kind://docker/aliasip/kind-worker", "kind-worker", "kind-worker"},
+		{"owned scheme, instance named by providerID", "kind://docker/aliasip/vm-9", "node-9", "vm-9"},
+		{"foreign scheme, unknown instance", "aws:///us-east-1a/i-0abc", "node-4", ""},
+		{"scheme not owned here", "fake://ghost", "node-2", ""},
+		{"foreign scheme, registered instance", "gce://p/z/vm-3", "node-3", "vm-3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := c.InstanceFor(ctx, tc.providerID, tc.node)
+			if tc.want == "" {
+				if !errors.Is(err, cloud.ErrInstanceNotFound) {
+					t.Fatalf("got %v, %v; want ErrInstanceNotFound", r, err)
+				}
+				if !strings.Contains(err.Error(), "--fake-provider-schemes=kind") {
+					t.Errorf("error %q does not name the accepted schemes", err)
+				}
+				return
+			}
+			if err != nil || r.Name != tc.want {
+				t.Fatalf("got %v, %v; want instance %s", r, err, tc.want)
+			}
+		})
+	}
+	// Without AutoRegister nothing is created, whatever the scheme.
+	c = mustNew(t, Options{ProviderSchemes: []string{"kind"}})
+	if _, err := c.InstanceFor(ctx, "kind://docker/aliasip/w", "w"); !errors.Is(err, cloud.ErrInstanceNotFound) {
+		t.Fatalf("no auto-register: got %v", err)
 	}
 }
 

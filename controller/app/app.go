@@ -189,13 +189,14 @@ func newCloud(ctx context.Context, o *Options, m *controller.Metrics) (cloud.Int
 	switch o.Cloud {
 	case "fake":
 		c, err := fake.New(fake.Options{
-			PodRange:     netip.MustParsePrefix(o.ClusterCIDR),
-			Latency:      o.FakeLatency,
-			ErrorRate:    o.FakeErrorRate,
-			RateLimit:    o.FakeRateLimit,
-			RateBurst:    int(o.FakeRateLimit) + 1,
-			AutoRegister: o.FakeAutoReg,
-			StatePath:    o.FakeStateFile,
+			PodRange:        netip.MustParsePrefix(o.ClusterCIDR),
+			Latency:         o.FakeLatency,
+			ErrorRate:       o.FakeErrorRate,
+			RateLimit:       o.FakeRateLimit,
+			RateBurst:       int(o.FakeRateLimit) + 1,
+			AutoRegister:    o.FakeAutoReg,
+			ProviderSchemes: o.FakeSchemes,
+			StatePath:       o.FakeStateFile,
 		})
 		return c, false, err
 	case "gce":

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -53,6 +54,7 @@ type Options struct {
 	FakeRateLimit float64
 	FakeStateFile string
 	FakeAutoReg   bool
+	FakeSchemes   []string
 }
 
 // NewOptions returns the defaults.
@@ -116,8 +118,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&o.FakeErrorRate, "fake-error-rate", o.FakeErrorRate, "Fake cloud: fraction of calls failing with 503.")
 	fs.Float64Var(&o.FakeRateLimit, "fake-rate-limit", o.FakeRateLimit, "Fake cloud: calls per second accepted (0: unlimited).")
 	fs.StringVar(&o.FakeStateFile, "fake-state-file", o.FakeStateFile, "Fake cloud: persist state in this file, shared between processes (empty: in memory).")
-	fs.BoolVar(&o.FakeAutoReg, "fake-auto-register", o.FakeAutoReg, "Fake cloud: every node without a providerID is an instance.")
+	fs.BoolVar(&o.FakeAutoReg, "fake-auto-register", o.FakeAutoReg, "Fake cloud: every node without a providerID, or with one of --fake-provider-schemes, is an instance.")
+	fs.StringSliceVar(&o.FakeSchemes, "fake-provider-schemes", o.FakeSchemes, "Fake cloud: providerID schemes it owns, e.g. kind (kind://docker/CLUSTER/NODE); nodes with other schemes must name a known instance.")
 }
+
+// uriScheme is RFC 3986's scheme syntax.
+var uriScheme = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*$`)
 
 // Validate checks the options; the error is one line for the user.
 func (o *Options) Validate() error {
@@ -125,6 +131,11 @@ func (o *Options) Validate() error {
 	case "fake":
 		if o.ClusterCIDR == "" {
 			return fmt.Errorf("--cluster-cidr is required with --cloud=fake")
+		}
+		for _, sc := range o.FakeSchemes {
+			if !uriScheme.MatchString(sc) {
+				return fmt.Errorf("--fake-provider-schemes: %q is not a URI scheme (want e.g. kind)", sc)
+			}
 		}
 	case "gce":
 		if o.GCEEndpoint != "" {

@@ -23,6 +23,8 @@ func TestValidate(t *testing.T) {
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--leader-elect-renew-deadline=20s"}, "lease-duration"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-error-rate=2"}, "--fake-error-rate"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--metrics-addr=9090"}, "--metrics-addr"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind,fake"}, ""},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind://"}, "--fake-provider-schemes"},
 	} {
 		o := NewOptions()
 		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)

@@ -54,6 +54,9 @@ const (
 	EventPodCIDRChanged = "PodCIDRChanged"
 	// EventDataPathRepaired: the reconciler had to repair routes or sysctls.
 	EventDataPathRepaired = "DataPathRepaired"
+	// EventPortmapMissing: --chain-portmap is set but --cni-bin-dir has no
+	// portmap, so the conflist does not chain it (hostPorts do not work).
+	EventPortmapMissing = "PortmapMissing"
 )
 
 // ConfListName is the file the agent writes into the CNI config dir.
@@ -108,6 +111,9 @@ type Agent struct {
 	iface   string
 	ready   bool
 	reason  string
+	// conflistChain is the chained plugin list of the conflist last
+	// written ("" before the first write).
+	conflistChain string
 }
 
 // New builds an agent; recorder records Events on the agent's Node.
@@ -212,7 +218,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer srv.Close()
 	// Collect leftovers from before a restart before serving new pods.
 	a.collectPods(ctx)
-	if err := a.installCNI(); err != nil {
+	if err := a.installCNI(ctx); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -517,25 +523,67 @@ func info(al ipam.Allocation, found bool) api.AllocationInfo {
 // installCNI copies the plugin into the bin dir and writes the conflist,
 // each atomically (temporary file, rename), so a runtime never runs a
 // half-written binary or reads a half-written config.
-func (a *Agent) installCNI() error {
+func (a *Agent) installCNI(ctx context.Context) error {
 	if a.cfg.PluginBinary != "" {
 		if err := copyAtomic(a.cfg.PluginBinary, filepath.Join(a.cfg.CNIBinDir, "aliasip-cni"), 0o755); err != nil {
 			return fmt.Errorf("install aliasip-cni: %w", err)
 		}
+	}
+	return a.writeConflist(ctx)
+}
+
+// writeConflist writes the conflist if what it should chain changed since
+// the last write. It never names a plugin missing from --cni-bin-dir: the
+// runtime looks plugins up there and fails every ADD of a conflist that
+// names a missing one (libcni: `failed to find plugin "portmap" in path`).
+// A portmap that appears later is chained on the next resync.
+func (a *Agent) writeConflist(ctx context.Context) error {
+	portmap := a.cfg.ChainPortmap && isExecutable(filepath.Join(a.cfg.CNIBinDir, "portmap"))
+	chain := "aliasip-cni"
+	if portmap {
+		chain += ",portmap"
+	}
+	a.mu.Lock()
+	prev := a.conflistChain
+	a.mu.Unlock()
+	if prev == chain {
+		return nil
 	}
 	plugins := []map[string]any{{
 		"type":    "aliasip-cni",
 		"socket":  a.cfg.Socket,
 		"logFile": a.cfg.PluginLogFile,
 	}}
-	if a.cfg.ChainPortmap {
+	if portmap {
 		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true})
 	}
 	conf, err := json.MarshalIndent(map[string]any{"cniVersion": "1.1.0", "name": NetworkName, "plugins": plugins}, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(a.cfg.CNIConfDir, ConfListName), conf, 0o644)
+	if err := writeAtomic(filepath.Join(a.cfg.CNIConfDir, ConfListName), conf, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", ConfListName, err)
+	}
+	a.mu.Lock()
+	a.conflistChain = chain
+	a.mu.Unlock()
+	missing := a.cfg.ChainPortmap && !portmap
+	a.metrics.ChainedPluginMissing.WithLabelValues("portmap").Set(map[bool]float64{true: 1}[missing])
+	logger := klog.FromContext(ctx)
+	switch {
+	case missing:
+		logger.Info("portmap is not in the CNI bin dir: the conflist chains only aliasip-cni; hostPorts will not work", "cniBinDir", a.cfg.CNIBinDir)
+		a.event(corev1.EventTypeWarning, EventPortmapMissing,
+			"--chain-portmap is set but %s has no portmap plugin: the CNI config chains only aliasip-cni, so hostPort mappings do not work. Install the CNI reference plugin portmap there (picked up within --resync-period) or set --chain-portmap=false.", a.cfg.CNIBinDir)
+	case prev != "":
+		logger.Info("CNI config rewritten", "plugins", chain)
+	}
+	return nil
+}
+
+func isExecutable(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
 func copyAtomic(src, dst string, mode os.FileMode) error {
@@ -654,6 +702,9 @@ func drain(routes chan netlink.RouteUpdate, links chan netlink.LinkUpdate, kick 
 }
 
 func (a *Agent) reconcile(ctx context.Context) {
+	if err := a.writeConflist(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Updating the CNI config")
+	}
 	a.mu.Lock()
 	store, podCIDR, iface := a.store, a.podCIDR, a.iface
 	a.mu.Unlock()

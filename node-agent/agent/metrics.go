@@ -12,7 +12,10 @@ type Metrics struct {
 	GCReleased      *prometheus.CounterVec
 	FabricRoutes    prometheus.Gauge
 	Ready           prometheus.Gauge
-	ipSource        func() (used, free, cooling int)
+	// ChainedPluginMissing is 1 for a plugin the flags ask to chain but
+	// --cni-bin-dir lacks (so the conflist leaves it out).
+	ChainedPluginMissing *prometheus.GaugeVec
+	ipSource             func() (used, free, cooling int)
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -43,7 +46,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "aliasip_agent_ready", Help: "1 when the agent can serve CNI ADD.",
 		}),
+		ChainedPluginMissing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "aliasip_cni_chained_plugin_missing", Help: "1 when a plugin to chain is missing from the CNI bin dir and left out of the conflist.",
+		}, []string{"plugin"}),
 	}
+	reg.MustRegister(m.ChainedPluginMissing)
 	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.FabricRoutes, m.Ready)
 	for _, s := range []string{"used", "free", "cooling"} {
 		state := s

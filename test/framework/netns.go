@@ -125,6 +125,13 @@ func (f *Fabric) AddNode(name, dir string) (*Node, error) {
 			return nil, err
 		}
 	}
+	// A node with the CNI reference plugins installed has portmap in its
+	// bin dir (the agent chains it only if it is there).
+	if data, err := os.ReadFile(filepath.Join(CacheDir(), "cni", "portmap")); err == nil {
+		if err := os.WriteFile(filepath.Join(node.BinDir, "portmap"), data, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	peer := fmt.Sprintf("n%d-%s", f.nodes, shortName(name))
 	err = f.NS.Do(func(ns.NetNS) error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: peer, MTU: 1460}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(n.Fd()))}

@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 
+	"github.com/aliasip/aliasip/node-agent/agent"
 	"github.com/aliasip/aliasip/node-agent/datapath"
 	"github.com/aliasip/aliasip/node-agent/ipam"
 	"github.com/aliasip/aliasip/test/framework"
@@ -593,5 +594,85 @@ func TestPodGoneFromAPICollected(t *testing.T) {
 	}
 	if _, err := framework.Ping(keep.NS, n.IP, 3*time.Second); err != nil {
 		t.Errorf("the live pod lost connectivity: %v", err)
+	}
+}
+
+// A bare node: default flags (--chain-portmap=true) and no portmap in
+// --cni-bin-dir. The conflist must not name portmap (the runtime finds
+// plugins only in its bin dir and would fail every ADD), the agent warns
+// once with an Event and a metric, and pod ADD works through a runtime
+// that searches the node's bin dir alone. portmap installed later is
+// chained on the next resync.
+func TestBareNodeWithoutPortmap(t *testing.T) {
+	e := newEnv(t)
+	name := fmt.Sprintf("nn-%d", nodeSeq.Add(1))
+	n, err := e.fabric.AddNode(name, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.nodes = append(e.nodes, n)
+	portmap := filepath.Join(n.BinDir, "portmap")
+	if err := os.Remove(portmap); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.RegisterNode(e.ctx, e.client, "10.210.9.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	e.startAgent(n) // default flags: --chain-portmap=true
+
+	plugins := func() []string {
+		list, err := libcni.ConfListFromFile(filepath.Join(n.ConfDir, "10-aliasip.conflist"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var types []string
+		for _, p := range list.Plugins {
+			types = append(types, p.Network.Type)
+		}
+		return types
+	}
+	if got := strings.Join(plugins(), ","); got != "aliasip-cni" {
+		t.Fatalf("conflist on a node without portmap chains %s, want aliasip-cni alone", got)
+	}
+	e.waitNodeEvent(n, agent.EventPortmapMissing)
+	if v := agentMetric(t, n, "aliasip_cni_chained_plugin_missing", `plugin="portmap"`); v != 1 {
+		t.Errorf("aliasip_cni_chained_plugin_missing{plugin=portmap} = %v, want 1", v)
+	}
+
+	// ADD as a runtime does it: plugins from the node's bin dir only.
+	list, err := libcni.LoadNetworkConf(n.ConfDir, "aliasip")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cni := libcni.NewCNIConfigWithCacheDir([]string{n.BinDir}, filepath.Join(n.Dir, "bare-cache"), nil)
+	p := e.newPod(n, "bare")
+	rt := &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: p.NS.Path(), IfName: "eth0",
+		Args: [][2]string{{"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "bare"}}}
+	if err := n.NS.Do(func(ns.NetNS) error { _, err := cni.AddNetworkList(e.ctx, list, rt); return err }); err != nil {
+		t.Fatalf("ADD on a bare node: %v", err)
+	}
+	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
+		t.Errorf("pod cannot reach its node: %v", err)
+	}
+
+	// portmap installed later: chained within a resync (2 s here).
+	data, err := os.ReadFile(filepath.Join(framework.CacheDir(), "cni", "portmap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(portmap, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+		return strings.Join(plugins(), ",") == "aliasip-cni,portmap", nil
+	}); err != nil {
+		t.Fatalf("portmap installed but not chained: %v (conflist chains %v)", err, plugins())
+	}
+	if v := agentMetric(t, n, "aliasip_cni_chained_plugin_missing", `plugin="portmap"`); v != 0 {
+		t.Errorf("aliasip_cni_chained_plugin_missing{plugin=portmap} = %v after install, want 0", v)
+	}
+	// DEL of the pod added before still works with the new chain.
+	if err := n.NS.Do(func(ns.NetNS) error { return cni.DelNetworkList(e.ctx, list, rt) }); err != nil {
+		t.Errorf("DEL: %v", err)
 	}
 }
