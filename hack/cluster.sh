@@ -4,6 +4,8 @@
 #
 #   hack/cluster.sh up      (make cluster; NODES=3)   last line: KUBECONFIG=<path>
 #   hack/cluster.sh down    (make cluster-down)       safe to run twice
+#   hack/cluster.sh load-images                       after make images
+#   hack/cluster.sh remove-node NAME                  the node's "VM" goes away
 #
 # The control plane (etcd, kube-apiserver, kube-controller-manager without
 # --allocate-node-cidrs, kube-scheduler) runs on the host. Each node is a
@@ -188,6 +190,12 @@ node_mounts() {
 		fi
 	done
 	mkdir -p "$nd/fs/var/log/pods" "$nd/fs/var/log/containers"
+	# containerd 1.6's CRI brings up every sandbox's lo with the CNI
+	# loopback plugin from its bin dir (containerd pkg/cri/server/service.go,
+	# cni.WithLoNetwork), which is why containerd's release bundles and
+	# kind's node image ship it. It is the only plugin a node has before
+	# aliasip's agent installs aliasip-cni: no portmap (the agent must cope).
+	cp /usr/lib/cni/loopback "$nd/fs/opt/cni/bin/loopback"
 	touch "$dir/mnt/$n"
 	unshare --mount="$dir/mnt/$n" --propagation private true
 	for p in $node_paths; do
@@ -265,6 +273,14 @@ EOF
 	start "containerd-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
 		containerd --config "$nd/containerd.toml"
 	wait_for 30 "containerd of $n" ctr --address "$r/containerd.sock" version
+	load_images "$i"
+}
+
+# load_images I imports the image tarballs into node I's containerd (what
+# `kind load image-archive` does for a kind node).
+load_images() {
+	local r
+	r=$run/$(node_name "$1")
 	for img in "$images"/*.tar; do
 		ctr --address "$r/containerd.sock" -n k8s.io images import --snapshotter overlayfs "$img" >/dev/null
 	done
@@ -465,6 +481,24 @@ stop_pid() {
 	rm -f "$f"
 }
 
+# node_down NAME stops a node the way a VM goes away: its daemons and every
+# process in its namespaces (containers and shims included), then its
+# mounts, cgroups and network namespace.
+node_down() {
+	local n=$1
+	stop_pid "kubelet-$n"
+	stop_pid "kube-proxy-$n"
+	stop_pid "containerd-$n"
+	kill_ns_procs "$dir/mnt/$n" mnt
+	[ -e "/run/netns/aliasip-$n" ] && kill_ns_procs "/run/netns/aliasip-$n" net
+	umount "$dir/mnt/$n" 2>/dev/null || true
+	rm -f "$dir/mnt/$n"
+	ip netns del "aliasip-$n" 2>/dev/null || true
+	for c in $(cgroup_controllers); do
+		[ -d "$c/aliasip/$n" ] && find "$c/aliasip/$n" -depth -type d -exec rmdir {} + 2>/dev/null || true
+	done
+}
+
 down() {
 	[ "$(id -u)" = 0 ] || die "needs root"
 	log "tearing down the cluster in $dir"
@@ -472,15 +506,7 @@ down() {
 	# (containers and shims included), then their mounts and cgroups.
 	for f in "$dir"/mnt/node-*; do
 		[ -e "$f" ] || continue
-		local n
-		n=$(basename "$f")
-		stop_pid "kubelet-$n"
-		stop_pid "kube-proxy-$n"
-		stop_pid "containerd-$n"
-		kill_ns_procs "$f" mnt
-		[ -e "/run/netns/aliasip-$n" ] && kill_ns_procs "/run/netns/aliasip-$n" net
-		umount "$f" 2>/dev/null || true
-		rm -f "$f"
+		node_down "$(basename "$f")"
 	done
 	for ns in $(ip netns list 2>/dev/null | awk '/^aliasip-node-/ {print $1}'); do
 		kill_ns_procs "/run/netns/$ns" net
@@ -509,8 +535,24 @@ down() {
 case "${1:-}" in
 up) up ;;
 down) down ;;
+load-images)
+	# After `make images`: every node gets the new images (then restart the
+	# pods that use them, e.g. kubectl rollout restart).
+	for f in "$dir"/mnt/node-*; do
+		[ -e "$f" ] || continue
+		n=$(basename "$f")
+		load_images "${n#node-}"
+		log "$n: images loaded"
+	done
+	;;
+remove-node)
+	# The node's VM is gone (its Node object stays until someone deletes it).
+	[ -n "${2:-}" ] && [ -e "$dir/mnt/$2" ] || die "usage: $0 remove-node NAME (a node of the running cluster)"
+	node_down "$2"
+	log "$2 removed"
+	;;
 *)
-	echo "usage: $0 up|down   (NODES=3, ALIASIP_CLUSTER_DIR=/var/lib/aliasip-cluster)" >&2
+	echo "usage: $0 up|down|load-images|remove-node NAME   (NODES=3, ALIASIP_CLUSTER_DIR=/var/lib/aliasip-cluster)" >&2
 	exit 2
 	;;
 esac

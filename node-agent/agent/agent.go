@@ -557,7 +557,16 @@ func (a *Agent) writeConflist(ctx context.Context) error {
 	if portmap {
 		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true})
 	}
-	conf, err := json.MarshalIndent(map[string]any{"cniVersion": "1.1.0", "name": NetworkName, "plugins": plugins}, "", "  ")
+	// cniVersion 1.0.0 for runtimes whose libcni predates spec 1.1 (containerd
+	// 1.6 vendors CNI v1.1.2 and rejects a 1.1.0 result: "unsupported CNI
+	// result version"); cniVersions lets newer runtimes pick 1.1.0 and so
+	// call STATUS and GC ("CNI runtimes MUST select the highest supported
+	// version from ... cniVersion and cniVersions": CNI SPEC.md, Version
+	// considerations; libcni v1.2+ conf.go reads cniVersions).
+	conf, err := json.MarshalIndent(map[string]any{
+		"cniVersion": "1.0.0", "cniVersions": []string{"1.0.0", "1.1.0"},
+		"name": NetworkName, "plugins": plugins,
+	}, "", "  ")
 	if err != nil {
 		return err
 	}

@@ -634,6 +634,23 @@ func TestBareNodeWithoutPortmap(t *testing.T) {
 	if got := strings.Join(plugins(), ","); got != "aliasip-cni" {
 		t.Fatalf("conflist on a node without portmap chains %s, want aliasip-cni alone", got)
 	}
+	// Runtimes with an older libcni (containerd 1.6) read cniVersion and
+	// reject 1.1.0 results; newer ones pick the highest of cniVersions.
+	var raw struct {
+		CNIVersion  string   `json:"cniVersion"`
+		CNIVersions []string `json:"cniVersions"`
+	}
+	if b, err := os.ReadFile(filepath.Join(n.ConfDir, "10-aliasip.conflist")); err != nil || json.Unmarshal(b, &raw) != nil {
+		t.Fatalf("conflist: %v", err)
+	}
+	if raw.CNIVersion != "1.0.0" || strings.Join(raw.CNIVersions, ",") != "1.0.0,1.1.0" {
+		t.Errorf("conflist versions %q %v, want cniVersion 1.0.0 and cniVersions [1.0.0 1.1.0]", raw.CNIVersion, raw.CNIVersions)
+	}
+	if l, err := libcni.ConfListFromFile(filepath.Join(n.ConfDir, "10-aliasip.conflist")); err != nil {
+		t.Error(err)
+	} else if l.CNIVersion != "1.1.0" {
+		t.Errorf("libcni v1.3 selects version %q, want 1.1.0 so it calls STATUS and GC", l.CNIVersion)
+	}
 	e.waitNodeEvent(n, agent.EventPortmapMissing)
 	if v := agentMetric(t, n, "aliasip_cni_chained_plugin_missing", `plugin="portmap"`); v != 1 {
 		t.Errorf("aliasip_cni_chained_plugin_missing{plugin=portmap} = %v, want 1", v)
