@@ -32,6 +32,7 @@ cluster-down: ## Remove everything make cluster made (safe to run twice).
 
 vet: ## go vet and gofmt check.
 	$(GO) vet ./...
+	cd hack/images && $(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 lint: vet ## Alias of vet.
@@ -39,7 +40,8 @@ lint: vet ## Alias of vet.
 unit: ## Unit tests only (no control plane; the data-plane golden test needs root).
 	$(GO) test -count=1 ./cloud/... ./fake/... ./controller/... ./node-agent/...
 
-test: deps vet build ## Every suite: unit, integration, netns, e2e, chart; what CI runs (one package at a time).
+test: deps vet build ## Every suite: unit, integration, netns, e2e, chart, real nodes (kubelet); what CI runs (one package at a time).
+	cd hack/images && $(GO) test -count=1 ./...
 	$(GO) test -count=1 -p 1 -timeout 60m ./...
 
 fuzz: ## Run the fuzz targets for a while each.

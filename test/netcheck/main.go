@@ -117,7 +117,9 @@ func serve(ctx context.Context, addr string) error {
 }
 
 func get(ctx context.Context, out io.Writer, urls []string, timeout time.Duration, retries int) error {
-	hc := &http.Client{Timeout: timeout}
+	// A new connection per GET: each one is a fresh test of the path (and
+	// of a Service's load balancing), not a reused keep-alive.
+	hc := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
 	var failed []string
 	for _, u := range urls {
 		var a Answer

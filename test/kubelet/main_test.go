@@ -1,0 +1,166 @@
+// Package kubelet tests aliasip the way users deploy it: a cluster of real
+// nodes (hack/cluster.sh: one network namespace and one mount namespace per
+// node, each with its own containerd, kubelet and kube-proxy), the images
+// built by hack/images and imported into every node's containerd, and
+// charts/aliasip installed with helm exactly as the README's kind section
+// says. The kubelet runs the chart's pods and the container runtime calls
+// aliasip-cni for every pod.
+//
+// The suite brings the cluster up once (make cluster) and down at the end
+// (make cluster-down). Root only. ALIASIP_KUBELET_REUSE=1 runs the tests on
+// a cluster that is already up and leaves it up.
+package kubelet
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/aliasip/aliasip/test/framework"
+)
+
+var (
+	skipReason string
+	env        *clusterEnv
+)
+
+// clusterEnv is the running cluster the tests share.
+type clusterEnv struct {
+	Dir        string // hack/cluster.sh's state directory
+	Kubeconfig string
+	Client     kubernetes.Interface
+	Nodes      []string
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if r := framework.RequireRoot(); r != "" {
+		skipReason = r
+		return m.Run()
+	}
+	root := framework.RepoRoot()
+	dir := os.Getenv("ALIASIP_CLUSTER_DIR")
+	if dir == "" {
+		dir = "/var/lib/aliasip-cluster"
+	}
+	reuse := os.Getenv("ALIASIP_KUBELET_REUSE") == "1"
+	nodes := 3
+	e := &clusterEnv{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig")}
+	for i := 1; i <= nodes; i++ {
+		e.Nodes = append(e.Nodes, fmt.Sprintf("node-%d", i))
+	}
+	if !reuse {
+		if _, err := os.Stat(filepath.Join(dir, "up")); err == nil {
+			fmt.Fprintf(os.Stderr, "kubelet suite: a cluster is already up in %s (make cluster): run make cluster-down, or set ALIASIP_KUBELET_REUSE=1\n", dir)
+			return 1
+		}
+		if err := buildImages(root); err != nil {
+			fmt.Fprintln(os.Stderr, "kubelet suite:", err)
+			return 1
+		}
+		start := time.Now()
+		kc, err := clusterUp(root, dir, nodes)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kubelet suite:", err)
+			clusterDown(root)
+			return 1
+		}
+		fmt.Printf("kubelet suite: cluster of %d nodes up in %v (%s)\n", nodes, time.Since(start).Round(time.Second), kc)
+		defer clusterDown(root)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", e.Kubeconfig)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kubelet suite:", err)
+		return 1
+	}
+	cfg.QPS, cfg.Burst = 50, 100
+	e.Client = kubernetes.NewForConfigOrDie(cfg)
+	env = e
+	return m.Run()
+}
+
+// buildImages runs `make images`' command: hack/images builds the static
+// binaries and writes the image tarballs into bin/images.
+func buildImages(root string) error {
+	version, err := chartAppVersion(root)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "run", ".", "--repo", root, "--out-dir", filepath.Join(root, "bin", "images"), "--tag", version)
+	cmd.Dir = filepath.Join(root, "hack", "images")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("building images: %v\n%s", err, out)
+	}
+	return nil
+}
+
+func chartAppVersion(root string) (string, error) {
+	f, err := os.Open(filepath.Join(root, "charts", "aliasip", "Chart.yaml"))
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "appVersion:"); ok {
+			return strings.Trim(strings.TrimSpace(v), `"`), nil
+		}
+	}
+	return "", fmt.Errorf("no appVersion in Chart.yaml")
+}
+
+// clusterUp runs `make cluster`'s script and returns the KUBECONFIG= path
+// from its last line.
+func clusterUp(root, dir string, nodes int) (string, error) {
+	logPath := filepath.Join(os.TempDir(), "aliasip-cluster-up.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return "", err
+	}
+	defer logf.Close()
+	var out strings.Builder
+	cmd := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "up")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NODES=%d", nodes), "ALIASIP_CLUSTER_DIR="+dir)
+	cmd.Stdout, cmd.Stderr = &out, logf
+	if err := cmd.Run(); err != nil {
+		b, _ := os.ReadFile(logPath)
+		return "", fmt.Errorf("hack/cluster.sh up: %v\n%s", err, b)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	last := lines[len(lines)-1]
+	kc, ok := strings.CutPrefix(last, "KUBECONFIG=")
+	if !ok || kc != filepath.Join(dir, "kubeconfig") {
+		return "", fmt.Errorf("hack/cluster.sh up: last line %q, want KUBECONFIG=%s/kubeconfig", last, dir)
+	}
+	return kc, nil
+}
+
+func clusterDown(root string) {
+	cmd := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "down")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "kubelet suite: hack/cluster.sh down: %v\n%s", err, out)
+	}
+}
+
+// setup skips without root and returns the shared cluster and a context.
+func setup(t *testing.T, timeout time.Duration) (*clusterEnv, context.Context) {
+	t.Helper()
+	if skipReason != "" {
+		t.Skipf("skipping: %s", skipReason)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return env, ctx
+}
