@@ -177,7 +177,9 @@ node_net() {
 
 # Each node sees its own copy of the paths the kubelet, containerd, the
 # CNI plugin and the chart's hostPath volumes use.
-node_paths="/var/lib/kubelet /var/log /etc/cni/net.d /opt/cni/bin /var/lib/aliasip /run/aliasip"
+# /run/netns too: containerd keeps its pod network namespaces there, and
+# they must go with the node.
+node_paths="/var/lib/kubelet /var/log /etc/cni/net.d /opt/cni/bin /var/lib/aliasip /run/aliasip /run/netns"
 
 node_mounts() {
 	local i=$1 n nd
@@ -205,7 +207,7 @@ node_mounts() {
 
 cgroup_controllers() {
 	for c in /sys/fs/cgroup/*; do
-		[ -d "$c" ] && [ "$(stat -f -c %T "$c")" = cgroupfs ] && echo "$c"
+		[ -d "$c" ] && case "$(stat -f -c %T "$c")" in cgroupfs | cgroup2fs) echo "$c" ;; esac
 	done
 }
 
@@ -467,6 +469,19 @@ kill_ns_procs() {
 	sleep 0.5
 }
 
+# kill_cgroup_procs NODE kills every process in the node's cgroups.
+kill_cgroup_procs() {
+	local pids
+	for _ in $(seq 1 20); do
+		pids=$(find /sys/fs/cgroup/*/aliasip/"$1" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+		[ -z "$pids" ] && return 0
+		# shellcheck disable=SC2086
+		kill -KILL $pids 2>/dev/null || true
+		sleep 0.25
+	done
+	log "warning: processes left in the cgroups of $1: $pids"
+}
+
 stop_pid() {
 	local f=$dir/pids/$1
 	[ -f "$f" ] || return 0
@@ -491,6 +506,9 @@ node_down() {
 	stop_pid "containerd-$n"
 	kill_ns_procs "$dir/mnt/$n" mnt
 	[ -e "/run/netns/aliasip-$n" ] && kill_ns_procs "/run/netns/aliasip-$n" net
+	# Containers have mount and network namespaces of their own, but every
+	# one lives in the node's cgroup subtree.
+	kill_cgroup_procs "$n"
 	umount "$dir/mnt/$n" 2>/dev/null || true
 	rm -f "$dir/mnt/$n"
 	ip netns del "aliasip-$n" 2>/dev/null || true
