@@ -18,7 +18,9 @@ func TestGCEAliasCheck(t *testing.T) {
 		Metadata:        gcetest.Metadata{Project: "p", NumericProject: "1", Zone: "us-central1-a", InstanceName: "vm-1"},
 	})
 	defer s.Close()
-	s.AddInstance("us-central1-a", "vm-1", &compute.AliasIpRange{IpCidrRange: "10.64.3.0/24", SubnetworkRangeName: "pods"})
+	// Two ranges: the podCIDR is the second, at ip-aliases/1.
+	s.AddInstance("us-central1-a", "vm-1", &compute.AliasIpRange{IpCidrRange: "10.64.9.0/24", SubnetworkRangeName: "pods"},
+		&compute.AliasIpRange{IpCidrRange: "10.64.3.0/24", SubnetworkRangeName: "pods"})
 	t.Setenv("GCE_METADATA_HOST", s.MetadataHost())
 	ctx := context.Background()
 	if ok, err := GCEAliasCheck(ctx, netip.MustParsePrefix("10.64.3.0/24")); !ok || err != nil {

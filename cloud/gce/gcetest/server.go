@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -619,9 +620,9 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 			break
 		}
 		sub := strings.Join(rest[1:], "/")
-		if i == 0 && sub == "ip-aliases/" {
+		if i == 0 && strings.HasPrefix(sub, "ip-aliases/") {
 			// nic0's alias ranges come from the instance itself.
-			val = s.metadataAliases(md.InstanceName)
+			val, ok = s.metadataAliases(md.InstanceName, strings.TrimPrefix(sub, "ip-aliases/"), r.URL.Query())
 			break
 		}
 		if i >= len(md.NetworkInterfaces) {
@@ -647,18 +648,43 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprint(w, val)
 }
 
-// metadataAliases lists the alias ranges of the named instance, one per
-// line, as instance/network-interfaces/0/ip-aliases/ does.
-func (s *Server) metadataAliases(name string) string {
+// metadataAliases answers instance/network-interfaces/0/ip-aliases/... the
+// way the real metadata server does: ip-aliases/ is a directory whose
+// entries are index keys ("0\n1\n"); each range is the value at
+// ip-aliases/N; ?recursive=true&alt=json gives the ranges as a JSON array.
+// Evidence: kubernetes cluster/gce/windows/k8s-node-setup.psm1
+// (Get_IpAliasRange reads .../ip-aliases/0), GoogleCloudPlatform
+// guest-test-infra's network image tests (GetMetadata
+// "network-interfaces/0/ip-aliases/0"), and the directory listing rules of
+// https://cloud.google.com/compute/docs/metadata/querying-metadata
+// (a listing names the entries; recursive=true&alt=json returns the
+// contents).
+func (s *Server) metadataAliases(name, key string, q url.Values) (string, bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	var lines []string
+	var ranges []string
 	for _, in := range s.instances {
 		if in.name == name {
 			for _, a := range in.aliases {
-				lines = append(lines, a.IpCidrRange)
+				ranges = append(ranges, a.IpCidrRange)
 			}
 		}
 	}
-	return strings.Join(lines, "\n")
+	s.mu.Unlock()
+	switch {
+	case key == "" && q.Get("recursive") == "true":
+		b, _ := json.Marshal(append([]string{}, ranges...))
+		return string(b), true
+	case key == "":
+		var b strings.Builder
+		for i := range ranges {
+			fmt.Fprintf(&b, "%d\n", i)
+		}
+		return b.String(), true
+	default:
+		i, err := strconv.Atoi(key)
+		if err != nil || i < 0 || i >= len(ranges) {
+			return "", false
+		}
+		return ranges[i], true
+	}
 }
