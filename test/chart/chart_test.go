@@ -56,16 +56,60 @@ func TestLintAndRender(t *testing.T) {
 			}
 		}
 	}
+	// values.schema.json refuses bad values before anything renders, naming
+	// the field.
 	for _, bad := range []struct {
 		set, msg string
 	}{
-		{"cloud=fake", "clusterCIDR is required"},
-		{"cloud=aws", "cloud must be gce or fake"},
+		{"cloud=fake", "/clusterCIDR"},
+		{"cloud=aws", "/cloud': value must be one of 'gce', 'fake'"},
+		{"cloud=fake,clusterCIDR=banana", "/clusterCIDR"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,nodeCIDRMaskSize=33", "/nodeCIDRMaskSize"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.ipCooldown=5 minutes", "/agent/ipCooldown"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,controller.releaseCooldown=soon", "/controller/releaseCooldown"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,controller.metricsPort=0", "/controller/metricsPort"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.metricsPort=70000", "/agent/metricsPort"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,controller.replicas=0", "/controller/replicas"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.fabric=vxlan", "/agent/fabric"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.stateDir=var/lib", "/agent/stateDir"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,image.pullPolicy=Sometimes", "/image/pullPolicy"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.chainPortmapp=false", "'chainPortmapp' not allowed"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,fake.providerSchemes={kind://}", "/fake/providerSchemes/0"},
 	} {
 		out, err := run(t, h, "template", "aliasip", chartDir(), "--set", bad.set)
 		if err == nil || !strings.Contains(out, bad.msg) {
-			t.Errorf("--set %s: %v, output %q; want a failure saying %q", bad.set, err, out, bad.msg)
+			t.Errorf("--set %s: %v, output %q; want a failure naming %q", bad.set, err, out, bad.msg)
 		}
+	}
+	// Good values beyond the defaults render.
+	for _, good := range []string{
+		"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=64",
+		"cloud=fake,clusterCIDR=10.244.0.0/16,nodeCIDRMaskSize=28,agent.fabric=none,agent.ipCooldown=1m30s,controller.releaseCooldown=0s",
+		"cloud=gce,gce.secondaryRange=pods,tests.enabled=false",
+	} {
+		if out, err := run(t, h, "template", "aliasip", chartDir(), "--set", good); err != nil {
+			t.Errorf("--set %s: %v\n%s", good, err, out)
+		}
+	}
+}
+
+// The helm test hook: a pod on the pod network running netcheck
+// verify-install with just the RBAC it needs, gone once it passed.
+func TestHelmTestHook(t *testing.T) {
+	h := helm(t)
+	out, err := run(t, h, "template", "aliasip", chartDir(), "-n", "kube-system", "--set", "cloud=fake,clusterCIDR=10.244.0.0/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"name: aliasip-verify-install", "helm.sh/hook: test", "image: aliasip-netcheck:0.1.0",
+		"args: [verify-install, --namespace=kube-system, --daemonset=aliasip-agent]", "resourceNames: [aliasip-agent]"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rendered chart lacks %q", want)
+		}
+	}
+	out, _ = run(t, h, "template", "aliasip", chartDir(), "--set", "cloud=fake,clusterCIDR=10.244.0.0/16,tests.enabled=false")
+	if strings.Contains(out, "helm.sh/hook: test") {
+		t.Errorf("tests.enabled=false still renders test hooks")
 	}
 }
 
