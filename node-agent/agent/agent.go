@@ -26,6 +26,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -54,6 +55,10 @@ const (
 	EventPodCIDRChanged = "PodCIDRChanged"
 	// EventDataPathRepaired: the reconciler had to repair routes or sysctls.
 	EventDataPathRepaired = "DataPathRepaired"
+	// EventGuestAgentIPAliases: the GCE guest agent manages routes for alias
+	// ranges ([IpForwarding] ip_aliases is not false), so it keeps adding a
+	// local route for the podCIDR that the agent has to remove.
+	EventGuestAgentIPAliases = "GuestAgentIPAliases"
 	// EventPortmapMissing: --chain-portmap is set but --cni-bin-dir has no
 	// portmap, so the conflist does not chain it (hostPorts do not work).
 	EventPortmapMissing = "PortmapMissing"
@@ -83,6 +88,9 @@ type Config struct {
 	PodGCGrace    time.Duration
 	PodGCInterval time.Duration
 	ResyncPeriod  time.Duration
+	// GuestAgentConfig is the GCE guest agent's configuration file
+	// ("": not on GCE, nothing to read).
+	GuestAgentConfig string
 	// AliasCheck, if set, must report true before the agent is ready (on
 	// GCE: the podCIDR is an alias range of this VM's NIC).
 	AliasCheck func(ctx context.Context, podCIDR netip.Prefix) (bool, error)
@@ -114,11 +122,14 @@ type Agent struct {
 	// conflistChain is the chained plugin list of the conflist last
 	// written ("" before the first write).
 	conflistChain string
+	// guestProto is the protocol of the GCE guest agent's local routes.
+	guestProto int
 }
 
 // New builds an agent; recorder records Events on the agent's Node.
 func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder, m *Metrics) *Agent {
-	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting"}
+	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting",
+		guestProto: datapath.ProtoGCEGuestAgent}
 	m.ipSource = a.ipStats
 	return a
 }
@@ -300,8 +311,36 @@ func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
 	}
 }
 
+// checkGuestAgent reads the GCE guest agent's configuration (when
+// --guest-agent-config is set) for the protocol of its routes, and warns
+// once, with an Event and a metric, when it manages alias-range routes.
+func (a *Agent) checkGuestAgent(ctx context.Context) {
+	if a.cfg.GuestAgentConfig == "" {
+		return
+	}
+	logger := klog.FromContext(ctx)
+	gc, err := ReadGuestAgentConfig(a.cfg.GuestAgentConfig)
+	if err != nil {
+		logger.Error(err, "Reading the guest agent's configuration; assuming its defaults")
+		a.event(corev1.EventTypeWarning, EventGuestAgentIPAliases, "Cannot read the GCE guest agent's configuration (%v); assuming it manages alias routes with protocol %d", err, gc.ProtoID)
+	}
+	a.mu.Lock()
+	a.guestProto = gc.ProtoID
+	a.mu.Unlock()
+	a.metrics.GuestAgentIPAliases.Set(map[bool]float64{true: 1}[gc.IPAliases])
+	if gc.IPAliases {
+		logger.Info("The GCE guest agent manages alias routes; aliasip removes its local route for the podCIDR each time it comes back. Set [IpForwarding] ip_aliases = false in /etc/default/instance_configs.cfg",
+			"files", gc.Files, "protoID", gc.ProtoID)
+		if err == nil {
+			a.event(corev1.EventTypeWarning, EventGuestAgentIPAliases,
+				"The GCE guest agent manages alias IP routes ([IpForwarding] ip_aliases is not false in %s): it re-adds a local route for this node's podCIDR at least every minute, and pods are unreachable until aliasip removes it again. Set ip_aliases = false and restart the guest agent.", a.cfg.GuestAgentConfig)
+		}
+	}
+}
+
 // prepare readies the host and opens IPAM.
 func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
+	a.checkGuestAgent(ctx)
 	var iface string
 	var mtu int
 	err := a.inHost(func() error {
@@ -319,9 +358,10 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 		if _, err := datapath.PrepareHost(iface); err != nil {
 			return err
 		}
-		if removed, err := datapath.RemoveGuestAgentRoute(podCIDR); err != nil {
+		if removed, err := datapath.RemoveGuestAgentRoute(podCIDR, a.guestProto); err != nil {
 			return err
 		} else if removed {
+			a.metrics.GuestRoutesRemoved.Inc()
 			klog.FromContext(ctx).Info("Removed the guest agent's local route for the alias range", "podCIDR", podCIDR)
 		}
 		return nil
@@ -681,7 +721,12 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-a.kick:
-		case <-routes:
+		case u := <-routes:
+			if a.isGuestRoute(u) {
+				// Pods are unreachable while it exists: remove it now,
+				// not after the coalescing delay.
+				a.removeGuestRoute(ctx)
+			}
 		case <-links:
 		}
 		// Coalesce a burst of events: every pod start or stop makes
@@ -695,6 +740,33 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 		}
 		drain(routes, links, a.kick)
 		a.reconcile(ctx)
+	}
+}
+
+// isGuestRoute reports whether u adds a guest-agent local route.
+func (a *Agent) isGuestRoute(u netlink.RouteUpdate) bool {
+	a.mu.Lock()
+	proto := a.guestProto
+	a.mu.Unlock()
+	return u.Type == unix.RTM_NEWROUTE && u.Route.Type == unix.RTN_LOCAL && int(u.Route.Protocol) == proto
+}
+
+func (a *Agent) removeGuestRoute(ctx context.Context) {
+	a.mu.Lock()
+	podCIDR, proto := a.podCIDR, a.guestProto
+	a.mu.Unlock()
+	var removed bool
+	err := a.inHost(func() error {
+		var err error
+		removed, err = datapath.RemoveGuestAgentRoute(podCIDR, proto)
+		return err
+	})
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Removing the guest agent's route")
+	}
+	if removed {
+		a.metrics.GuestRoutesRemoved.Inc()
+		klog.FromContext(ctx).V(2).Info("Removed the guest agent's local route for the podCIDR", "podCIDR", podCIDR)
 	}
 }
 
@@ -715,7 +787,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		klog.FromContext(ctx).Error(err, "Updating the CNI config")
 	}
 	a.mu.Lock()
-	store, podCIDR, iface := a.store, a.podCIDR, a.iface
+	store, podCIDR, iface, guestProto := a.store, a.podCIDR, a.iface, a.guestProto
 	a.mu.Unlock()
 	var want []datapath.PodRoute
 	for _, al := range store.List() {
@@ -726,15 +798,19 @@ func (a *Agent) reconcile(ctx context.Context) {
 	var rep datapath.Report
 	err := a.inHost(func() error {
 		var err error
-		rep, err = datapath.Reconcile(podCIDR, iface, want)
+		rep, err = datapath.Reconcile(podCIDR, iface, want, guestProto)
 		return err
 	})
 	a.metrics.RoutesRepaired.Add(float64(rep.RoutesRepaired))
 	a.metrics.SysctlsRepaired.Add(float64(rep.SysctlsRepaired))
 	a.metrics.RoutesRemoved.Add(float64(rep.RoutesRemoved))
-	if rep.RoutesRepaired+rep.SysctlsRepaired+rep.GuestRoutes > 0 {
-		a.event(corev1.EventTypeWarning, EventDataPathRepaired, "Repaired %d pod routes and %d sysctls, removed %d guest agent routes (something changed the host's network)",
-			rep.RoutesRepaired, rep.SysctlsRepaired, rep.GuestRoutes)
+	a.metrics.GuestRoutesRemoved.Add(float64(rep.GuestRoutes))
+	// The guest agent's route comes back every minute where it manages
+	// alias routes: that is reported once (GuestAgentIPAliases) and
+	// counted, not warned about on every removal.
+	if rep.RoutesRepaired+rep.SysctlsRepaired > 0 {
+		a.event(corev1.EventTypeWarning, EventDataPathRepaired, "Repaired %d pod routes and %d sysctls (something changed the host's network)",
+			rep.RoutesRepaired, rep.SysctlsRepaired)
 	}
 	if rep.RoutesRepaired+rep.SysctlsRepaired+rep.RoutesRemoved+rep.GuestRoutes > 0 {
 		klog.FromContext(ctx).Info("Repaired host data path", "routesRepaired", rep.RoutesRepaired,

@@ -15,7 +15,11 @@ type Metrics struct {
 	// ChainedPluginMissing is 1 for a plugin the flags ask to chain but
 	// --cni-bin-dir lacks (so the conflist leaves it out).
 	ChainedPluginMissing *prometheus.GaugeVec
-	ipSource             func() (used, free, cooling int)
+	// GuestAgentIPAliases is 1 when the GCE guest agent manages alias
+	// routes on this VM; GuestRoutesRemoved counts its routes removed.
+	GuestAgentIPAliases prometheus.Gauge
+	GuestRoutesRemoved  prometheus.Counter
+	ipSource            func() (used, free, cooling int)
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -50,7 +54,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "aliasip_cni_chained_plugin_missing", Help: "1 when a plugin to chain is missing from the CNI bin dir and left out of the conflist.",
 		}, []string{"plugin"}),
 	}
-	reg.MustRegister(m.ChainedPluginMissing)
+	m.GuestAgentIPAliases = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "aliasip_gce_guest_agent_ip_aliases", Help: "1 when the GCE guest agent manages alias IP routes here ([IpForwarding] ip_aliases not false).",
+	})
+	m.GuestRoutesRemoved = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "aliasip_guest_agent_routes_removed_total", Help: "Local routes for the podCIDR added by the GCE guest agent and removed by aliasip.",
+	})
+	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved)
 	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.FabricRoutes, m.Ready)
 	for _, s := range []string{"used", "free", "cooling"} {
 		state := s

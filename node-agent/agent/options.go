@@ -29,6 +29,9 @@ type Options struct {
 	PodGCInterval time.Duration
 	ResyncPeriod  time.Duration
 	MetricsAddr   string
+	// GuestAgentConfig is the GCE guest agent's configuration file
+	// (default with --cloud=gce: /etc/default/instance_configs.cfg).
+	GuestAgentConfig string
 }
 
 // NewOptions returns the defaults; nodeName comes from $NODE_NAME and
@@ -57,6 +60,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.NodeName, "node-name", o.NodeName, "This node's name (default: $NODE_NAME).")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty means in-cluster configuration.")
 	fs.StringVar(&o.Cloud, "cloud", o.Cloud, "Cloud: gce (the podCIDR must be an alias range of this VM, checked through the metadata server) or fake.")
+	fs.StringVar(&o.GuestAgentConfig, "guest-agent-config", o.GuestAgentConfig, "The GCE guest agent's configuration file, read for [IpForwarding] ip_aliases and ethernet_proto_id (default with --cloud=gce: /etc/default/instance_configs.cfg).")
 	fs.StringVar(&o.Fabric, "fabric", o.Fabric, "none, or routes: route other nodes' podCIDRs via their InternalIPs, as the VPC does (default: routes with the fake cloud, none on GCE).")
 	fs.StringVar(&o.HostInterface, "host-interface", o.HostInterface, "The node's interface to the VPC (default: the default route's).")
 	fs.StringVar(&o.NetNS, "netns", o.NetNS, "Network namespace to treat as the host (default: the agent's own; for several agents on one machine).")
@@ -83,6 +87,9 @@ func (o *Options) Validate() error {
 	case "gce", "fake":
 	default:
 		return fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
+	}
+	if o.GuestAgentConfig == "" && o.Cloud == "gce" {
+		o.GuestAgentConfig = "/etc/default/instance_configs.cfg"
 	}
 	switch o.Fabric {
 	case "":
@@ -115,6 +122,7 @@ func (o *Options) Config() Config {
 		CNIConfDir:   o.CNIConfDir, CNIBinDir: o.CNIBinDir, StateDir: o.StateDir, Socket: o.Socket,
 		PluginBinary: o.PluginBinary, PluginLogFile: o.PluginLogFile, ChainPortmap: o.ChainPortmap,
 		IPCooldown: o.IPCooldown, PodGCGrace: o.PodGCGrace, PodGCInterval: o.PodGCInterval, ResyncPeriod: o.ResyncPeriod,
+		GuestAgentConfig: o.GuestAgentConfig,
 	}
 	if o.Cloud == "gce" {
 		c.AliasCheck = GCEAliasCheck

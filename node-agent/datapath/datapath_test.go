@@ -127,7 +127,7 @@ func TestReconcileStates(t *testing.T) {
 		var rep Report
 		if err := host.Do(func(ns.NetNS) error {
 			var err error
-			rep, err = Reconcile(podCIDR, "eth0", want)
+			rep, err = Reconcile(podCIDR, "eth0", want, ProtoGCEGuestAgent)
 			return err
 		}); err != nil {
 			t.Fatalf("Reconcile: %v", err)

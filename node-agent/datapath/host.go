@@ -11,8 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ProtoGCEGuestAgent is the route protocol (66) the GCE guest agent uses for
-// the `local` routes it adds for a NIC's alias ranges.
+// ProtoGCEGuestAgent is the route protocol the GCE guest agent uses by
+// default for the `local` routes it adds for a NIC's alias ranges (its
+// [IpForwarding] ethernet_proto_id, 66 unless configured otherwise).
 const ProtoGCEGuestAgent = 66
 
 // ProtoFabric marks the fabric routes aliasip installs (--fabric=routes).
@@ -67,24 +68,24 @@ func PrepareHost(hostIface string) (int, error) {
 }
 
 // RemoveGuestAgentRoute deletes the `local` route the GCE guest agent adds
-// for the node's alias range (table local, proto 66). While it exists the
-// kernel takes every pod address as its own and pods are unreachable. It
-// reports whether one was removed.
-func RemoveGuestAgentRoute(podCIDR netip.Prefix) (bool, error) {
+// for the node's alias range (table local, protocol proto). While it exists
+// the kernel takes every pod address as its own and pods are unreachable.
+// It reports whether one was removed.
+func RemoveGuestAgentRoute(podCIDR netip.Prefix, proto int) (bool, error) {
 	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return false, err
 	}
 	removed := false
 	for _, r := range routes {
-		if r.Type != unix.RTN_LOCAL || r.Protocol != ProtoGCEGuestAgent || r.Dst == nil {
+		if r.Type != unix.RTN_LOCAL || int(r.Protocol) != proto || r.Dst == nil {
 			continue
 		}
 		p, ok := prefixOf(r.Dst.IP, r.Dst.Mask)
 		if !ok || !p.Overlaps(podCIDR) {
 			continue
 		}
-		// ip route del table local local PODCIDR dev eth0 proto 66
+		// ip route del table local local PODCIDR dev eth0 proto 66 (or proto)
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
 			return removed, fmt.Errorf("delete guest agent route %v: %w", p, err)
 		}
@@ -110,8 +111,8 @@ type Report struct {
 // Reconcile makes the host match the wanted pod routes: every pod whose
 // veth exists gets its /32 route and sysctls back; /32 routes from the
 // podCIDR to "ali" veths that no pod wants are removed; the guest agent's
-// local route is removed.
-func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute) (Report, error) {
+// local route (protocol guestProto) is removed.
+func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute, guestProto int) (Report, error) {
 	var rep Report
 	var errs []error
 	if n, err := PrepareHost(hostIface); err != nil {
@@ -119,7 +120,7 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute) (Report,
 	} else {
 		rep.SysctlsRepaired += n
 	}
-	if removed, err := RemoveGuestAgentRoute(podCIDR); err != nil {
+	if removed, err := RemoveGuestAgentRoute(podCIDR, guestProto); err != nil {
 		errs = append(errs, err)
 	} else if removed {
 		rep.GuestRoutes++

@@ -693,3 +693,122 @@ func TestBareNodeWithoutPortmap(t *testing.T) {
 		t.Errorf("DEL: %v", err)
 	}
 }
+
+// The GCE guest agent, where it manages alias routes ([IpForwarding]
+// ip_aliases not false), re-adds `local PODCIDR table local proto 66` at
+// least every minute. Here it is re-added every second for 8 s while a
+// client on another node connects to a pod's TCP server every 50 ms: the
+// agent removes the route on the netlink event (not at the next resync),
+// so losses stay bounded; it warns once (GuestAgentIPAliases and a
+// metric), counts every removal, and raises no Warning per re-add. The
+// client's node runs with ip_aliases = false: no warning there.
+func TestGuestAgentRouteReadded(t *testing.T) {
+	e := newEnv(t)
+	cfgDir := t.TempDir()
+	managed := filepath.Join(cfgDir, "managed.cfg")
+	os.WriteFile(managed, []byte("[IpForwarding]\nethernet_proto_id = 66\nip_aliases = true\n"), 0o644)
+	off := filepath.Join(cfgDir, "off.cfg")
+	os.WriteFile(off, []byte("[IpForwarding]\nip_aliases = false\n"), 0o644)
+	const podCIDR = "10.210.12.0/24"
+	a := e.node(podCIDR, "--fabric", "routes", "--guest-agent-config", managed, "--resync-period", "30s")
+	b := e.node("10.210.13.0/24", "--fabric", "routes", "--guest-agent-config", off)
+	p := e.pod(a, "server")
+	var ln net.Listener
+	if err := p.NS.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", ":80")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	dial := func() error {
+		return b.NS.Do(func(ns.NetNS) error {
+			c, err := net.DialTimeout("tcp", net.JoinHostPort(p.IP.String(), "80"), 200*time.Millisecond)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+	}
+	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) { return dial() == nil, nil }); err != nil {
+		t.Fatalf("client on B never reached the pod on A: %v", err)
+	}
+	e.waitNodeEvent(a, agent.EventGuestAgentIPAliases)
+	if v := agentMetric(t, a, "aliasip_gce_guest_agent_ip_aliases", ""); v != 1 {
+		t.Errorf("aliasip_gce_guest_agent_ip_aliases on A = %v, want 1", v)
+	}
+	if v := agentMetric(t, b, "aliasip_gce_guest_agent_ip_aliases", ""); v != 0 {
+		t.Errorf("aliasip_gce_guest_agent_ip_aliases on B (ip_aliases = false) = %v, want 0", v)
+	}
+
+	// The "guest agent": ip route replace table local local PODCIDR dev eth0 proto 66, every second.
+	stop := make(chan struct{})
+	readds := 0
+	go func() {
+		tk := time.NewTicker(time.Second)
+		defer tk.Stop()
+		for {
+			a.NS.Do(func(ns.NetNS) error {
+				eth0, err := netlink.LinkByName("eth0")
+				if err != nil {
+					return err
+				}
+				_, dst, _ := net.ParseCIDR(podCIDR)
+				err = netlink.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Table: unix.RT_TABLE_LOCAL,
+					Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Protocol: 66})
+				if err == nil {
+					readds++
+				}
+				return err
+			})
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	var probes, lost int
+	end := time.Now().Add(8 * time.Second)
+	for time.Now().Before(end) {
+		probes++
+		if dial() != nil {
+			lost++
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	close(stop)
+	time.Sleep(100 * time.Millisecond)
+	removed := agentMetric(t, a, "aliasip_guest_agent_routes_removed_total", "")
+	t.Logf("guest route re-added %d times in 8 s: %d of %d connects lost (%.1f%%); %v removals", readds, lost, probes, 100*float64(lost)/float64(probes), removed)
+	if readds < 6 {
+		t.Fatalf("only %d re-adds: the test did not exercise the agent", readds)
+	}
+	if removed < float64(readds)-1 {
+		t.Errorf("%v removals for %d re-adds", removed, readds)
+	}
+	// Without the event-driven removal a route would live until the next
+	// resync (30 s here) and almost every connect would fail.
+	if lost*10 > probes {
+		t.Errorf("%d of %d connects lost while the guest route was re-added every second: more than 10%%", lost, probes)
+	}
+	if dial() != nil {
+		t.Errorf("pod unreachable after the re-adds stopped")
+	}
+	if ok, _ := framework.HasEvent(e.ctx, e.client, a.Name, "Warning", agent.EventDataPathRepaired); ok {
+		t.Errorf("a DataPathRepaired Warning for guest-agent routes: they are reported once, not per re-add")
+	}
+	if ok, _ := framework.HasEvent(e.ctx, e.client, b.Name, "Warning", agent.EventGuestAgentIPAliases); ok {
+		t.Errorf("GuestAgentIPAliases on B, whose guest agent has ip_aliases = false")
+	}
+}
