@@ -67,8 +67,9 @@ type Config struct {
 
 // Cloud is cloud.Interface on GCE. It is safe for concurrent use.
 type Cloud struct {
-	cfg Config
-	svc *compute.Service
+	cfg    Config
+	svc    *compute.Service
+	subnet SubnetRef
 
 	mu       sync.Mutex
 	podRange netip.Prefix
@@ -98,6 +99,9 @@ func New(ctx context.Context, cfg Config) (*Cloud, error) {
 		if v == "" {
 			return nil, fmt.Errorf("gce: %s not set and not found in the metadata", name)
 		}
+	}
+	if c.subnet, err = ParseSubnetwork(cfg.Subnetwork, cfg.Project, cfg.Region); err != nil {
+		return nil, fmt.Errorf("gce: %w", err)
 	}
 	return c, nil
 }
@@ -192,11 +196,11 @@ func (c *Cloud) PodRange(ctx context.Context) (netip.Prefix, string, error) {
 	}
 	var sub *compute.Subnetwork
 	err := c.retry(ctx, "subnetworks.get", func() (err error) {
-		sub, err = c.svc.Subnetworks.Get(c.cfg.Project, c.cfg.Region, c.cfg.Subnetwork).Context(ctx).Do()
+		sub, err = c.svc.Subnetworks.Get(c.subnet.Project, c.subnet.Region, c.subnet.Name).Context(ctx).Do()
 		return err
 	})
 	if err != nil {
-		return netip.Prefix{}, "", fmt.Errorf("read subnetwork %s/%s: %w", c.cfg.Region, c.cfg.Subnetwork, err)
+		return netip.Prefix{}, "", fmt.Errorf("read subnetwork %s: %w", c.subnet.Path(), err)
 	}
 	var names []string
 	for _, r := range sub.SecondaryIpRanges {
@@ -389,7 +393,9 @@ func (c *Cloud) wait(ctx context.Context, inst cloud.InstanceRef, op *compute.Op
 // whose nic0 is on our subnetwork.
 func (c *Cloud) ListInstances(ctx context.Context) ([]cloud.Instance, error) {
 	var out []cloud.Instance
-	suffix := "/regions/" + c.cfg.Region + "/subnetworks/" + c.cfg.Subnetwork
+	// The whole path, host project included: in a Shared VPC two projects
+	// may have subnetworks of the same name in one region.
+	suffix := "/" + c.subnet.Path()
 	pageToken := ""
 	for {
 		var page *compute.InstanceAggregatedList
@@ -491,6 +497,40 @@ func classify(method string, err error) error {
 		return fmt.Errorf("%s: %w", method, err)
 	}
 	return fmt.Errorf("%s: %w: %w", method, sentinel, err)
+}
+
+// SubnetRef names a subnetwork. In a Shared VPC the nodes' subnetwork is
+// in the host project, not the project of the instances: an instance's NIC
+// names it as https://www.googleapis.com/compute/v1/projects/HOST/regions/
+// REGION/subnetworks/NAME, and subnetworks.get must ask HOST
+// (https://cloud.google.com/vpc/docs/provisioning-shared-vpc, "Create an
+// instance ... --subnet projects/HOST_PROJECT_ID/regions/REGION/subnetworks/SUBNET").
+type SubnetRef struct{ Project, Region, Name string }
+
+// Path is projects/P/regions/R/subnetworks/N.
+func (r SubnetRef) Path() string {
+	return fmt.Sprintf("projects/%s/regions/%s/subnetworks/%s", r.Project, r.Region, r.Name)
+}
+
+// ParseSubnetwork reads a subnetwork given as a name (in project and
+// region), as projects/P/regions/R/subnetworks/N, or as the full URL an
+// instance's NIC carries.
+func ParseSubnetwork(s, project, region string) (SubnetRef, error) {
+	if !strings.Contains(s, "/") {
+		if s == "" {
+			return SubnetRef{}, fmt.Errorf("empty subnetwork")
+		}
+		return SubnetRef{Project: project, Region: region, Name: s}, nil
+	}
+	i := strings.Index(s, "projects/")
+	if i < 0 {
+		return SubnetRef{}, fmt.Errorf("subnetwork %q: want NAME or projects/P/regions/R/subnetworks/NAME", s)
+	}
+	p := strings.Split(strings.TrimSuffix(s[i:], "/"), "/")
+	if len(p) != 6 || p[2] != "regions" || p[4] != "subnetworks" || p[1] == "" || p[3] == "" || p[5] == "" {
+		return SubnetRef{}, fmt.Errorf("subnetwork %q: want NAME or projects/P/regions/R/subnetworks/NAME", s)
+	}
+	return SubnetRef{Project: p[1], Region: p[3], Name: p[5]}, nil
 }
 
 func lastSegment(url string) string {

@@ -347,7 +347,10 @@ func TestFillFromMetadata(t *testing.T) {
 	if err := gce.FillFromMetadata(ctx, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Project != "test-project" || cfg.Zone != zone || cfg.Region != "us-central1" || cfg.Subnetwork != "nodes" || cfg.SecondaryRange != "gke-pods" {
+	// The NIC's full subnetwork URL is kept (in a Shared VPC it names the
+	// host project).
+	if cfg.Project != "test-project" || cfg.Zone != zone || cfg.Region != "us-central1" ||
+		cfg.Subnetwork != "https://www.googleapis.com/compute/v1/projects/test-project/regions/us-central1/subnetworks/nodes" || cfg.SecondaryRange != "gke-pods" {
 		t.Fatalf("filled %+v", cfg)
 	}
 	// Flags win over metadata.
@@ -370,6 +373,65 @@ func TestMethodName(t *testing.T) {
 	} {
 		if got := gce.MethodName("GET", path); got != want {
 			t.Errorf("MethodName(%s) = %s, want %s", path, got, want)
+		}
+	}
+}
+
+// Shared VPC: the instances are in a service project, the subnetwork in a
+// host project. The controller reads the pod range from the host project,
+// keeps the NIC's full subnetwork URL from the metadata path, and lists
+// only instances on that exact subnetwork (a same-named subnetwork of
+// another project does not match).
+func TestSharedVPC(t *testing.T) {
+	s := newServer(t, gcetest.Options{
+		SubnetProject: "host-project",
+		Metadata:      gcetest.Metadata{Project: "test-project", NumericProject: "123", Zone: zone, InstanceName: "controller-vm"},
+	})
+	s.AddInstance(zone, "controller-vm")
+	s.AddInstance(zone, "vm-1")
+	t.Setenv("GCE_METADATA_HOST", s.MetadataHost())
+	cfg := gce.Config{Endpoint: s.Endpoint(), SecondaryRange: "pods", QPS: 1000, Burst: 1000}
+	if err := gce.FillFromMetadata(ctx, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if want := "https://www.googleapis.com/compute/v1/projects/host-project/regions/us-central1/subnetworks/nodes"; cfg.Subnetwork != want {
+		t.Fatalf("subnetwork %q, want the host project's %q", cfg.Subnetwork, want)
+	}
+	for _, sub := range []string{cfg.Subnetwork, "projects/host-project/regions/us-central1/subnetworks/nodes"} {
+		cfg.Subnetwork = sub
+		c, err := gce.New(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, name, err := c.PodRange(ctx)
+		if err != nil || r.String() != "10.64.0.0/14" || name != "pods" {
+			t.Fatalf("%s: pod range %v %q %v", sub, r, name, err)
+		}
+		insts, err := c.ListInstances(ctx)
+		if err != nil || len(insts) != 2 {
+			t.Fatalf("%s: %d instances, %v; want 2", sub, len(insts), err)
+		}
+		if err := c.AddAlias(ctx, cloud.InstanceRef{Project: "test-project", Zone: zone, Name: "vm-1"}, netip.MustParsePrefix("10.64.1.0/24")); err != nil {
+			t.Fatalf("%s: add alias: %v", sub, err)
+		}
+		c.RemoveAlias(ctx, cloud.InstanceRef{Project: "test-project", Zone: zone, Name: "vm-1"}, netip.MustParsePrefix("10.64.1.0/24"))
+	}
+	// A bare name means the instances' project: the host's subnetwork is
+	// not found there, and instances on it are not ours.
+	cfg.Subnetwork = "nodes"
+	c, err := gce.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.PodRange(ctx); err == nil {
+		t.Errorf("subnetwork %q resolved in the service project", cfg.Subnetwork)
+	}
+	if insts, _ := c.ListInstances(ctx); len(insts) != 0 {
+		t.Errorf("%d instances matched a subnetwork of another project", len(insts))
+	}
+	for _, bad := range []string{"projects/p/regions/r", "https://x/projects//regions/r/subnetworks/n", "a/b"} {
+		if _, err := gce.ParseSubnetwork(bad, "p", "r"); err == nil {
+			t.Errorf("ParseSubnetwork(%q) accepted", bad)
 		}
 	}
 }

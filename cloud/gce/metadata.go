@@ -78,10 +78,15 @@ func FillFromMetadata(ctx context.Context, cfg *Config) error {
 		if len(in.NetworkInterfaces) == 0 || in.NetworkInterfaces[0].Subnetwork == "" {
 			return fmt.Errorf("this VM %s has no subnetwork on nic0", name)
 		}
-		cfg.Subnetwork = lastSegment(in.NetworkInterfaces[0].Subnetwork)
+		// The full URL: in a Shared VPC it names the host project.
+		cfg.Subnetwork = in.NetworkInterfaces[0].Subnetwork
 	}
 	if cfg.SecondaryRange == "" {
-		sub, err := svc.Subnetworks.Get(cfg.Project, cfg.Region, cfg.Subnetwork).Context(ctx).Do()
+		ref, err := ParseSubnetwork(cfg.Subnetwork, cfg.Project, cfg.Region)
+		if err != nil {
+			return err
+		}
+		sub, err := svc.Subnetworks.Get(ref.Project, ref.Region, ref.Name).Context(ctx).Do()
 		if err != nil {
 			return fmt.Errorf("read subnetwork %s: %w", cfg.Subnetwork, err)
 		}

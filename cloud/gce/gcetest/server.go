@@ -51,6 +51,10 @@ type Faults struct {
 type Options struct {
 	Project string
 	Region  string
+	// SubnetProject is the project that owns the subnetwork: a Shared VPC
+	// host project (default: Project). Instances' NICs name it in their
+	// subnetwork URL, and only it answers subnetworks.get.
+	SubnetProject string
 	// Subnetwork and its ranges.
 	Subnetwork      string
 	PrimaryRange    netip.Prefix
@@ -118,6 +122,9 @@ type operation struct {
 func NewServer(opts Options) *Server {
 	if opts.Project == "" {
 		opts.Project = "test-project"
+	}
+	if opts.SubnetProject == "" {
+		opts.SubnetProject = opts.Project
 	}
 	if opts.Region == "" {
 		opts.Region = "us-central1"
@@ -232,11 +239,12 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 		apiError(w, 404, "notFound", "unknown path "+r.URL.Path)
 		return
 	}
-	if parts[1] != s.opts.Project {
-		apiError(w, 404, "notFound", fmt.Sprintf("project %q not found", parts[1]))
+	method := routeName(r.Method, parts[2:])
+	// Instances live in Project; the subnetwork in SubnetProject.
+	if want := map[bool]string{true: s.opts.SubnetProject, false: s.opts.Project}[method == "subnetworks.get"]; parts[1] != want {
+		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/%s' was not found", parts[1], strings.Join(parts[2:], "/")))
 		return
 	}
-	method := routeName(r.Method, parts[2:])
 	s.mu.Lock()
 	s.counts[method]++
 	f, lim := s.faults, s.limiter
@@ -295,7 +303,7 @@ func routeName(method string, p []string) string {
 }
 
 func (s *Server) subnetURL() string {
-	return fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s/subnetworks/%s", s.opts.Project, s.opts.Region, s.opts.Subnetwork)
+	return fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s/subnetworks/%s", s.opts.SubnetProject, s.opts.Region, s.opts.Subnetwork)
 }
 
 func (s *Server) render(in *instance) *compute.Instance {
@@ -564,12 +572,12 @@ func (s *Server) getOp(w http.ResponseWriter, r *http.Request, name string, wait
 
 func (s *Server) getSubnet(w http.ResponseWriter, region, name string) {
 	if region != s.opts.Region || name != s.opts.Subnetwork {
-		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/regions/%s/subnetworks/%s' was not found", s.opts.Project, region, name))
+		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/regions/%s/subnetworks/%s' was not found", s.opts.SubnetProject, region, name))
 		return
 	}
 	sub := &compute.Subnetwork{
 		Kind: "compute#subnetwork", Name: name, IpCidrRange: s.opts.PrimaryRange.String(),
-		Region: fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s", s.opts.Project, region), SelfLink: s.subnetURL(),
+		Region: fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s", s.opts.SubnetProject, region), SelfLink: s.subnetURL(),
 	}
 	names := make([]string, 0, len(s.opts.SecondaryRanges))
 	for n := range s.opts.SecondaryRanges {
