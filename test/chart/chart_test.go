@@ -186,3 +186,38 @@ func TestInstallAndFlags(t *testing.T) {
 		t.Error("DaemonSet left after uninstall")
 	}
 }
+
+// With cloud=gce the controller stays on control-plane nodes unless told
+// otherwise, and can run with its own Google identity from a Secret instead
+// of the node VM's service account.
+func TestControllerIdentityAndPlacement(t *testing.T) {
+	h := helm(t)
+	render := func(set string) string {
+		t.Helper()
+		out, err := run(t, h, "template", "aliasip", chartDir(), "-n", "kube-system", "--show-only", "templates/controller.yaml", "--set", set)
+		if err != nil {
+			t.Fatalf("--set %s: %v\n%s", set, err, out)
+		}
+		return out
+	}
+	gce := render("cloud=gce,controller.gcpCredentialsSecret=aliasip-gcp")
+	for _, want := range []string{
+		"nodeSelector:\n        node-role.kubernetes.io/control-plane: \"\"",
+		"name: GOOGLE_APPLICATION_CREDENTIALS\n              value: /var/run/secrets/aliasip-gcp/key.json",
+		"secret: {secretName: aliasip-gcp}",
+		"mountPath: /var/run/secrets/aliasip-gcp, readOnly: true",
+	} {
+		if !strings.Contains(gce, want) {
+			t.Errorf("gce controller lacks %q:\n%s", want, gce)
+		}
+	}
+	if out := render("cloud=gce"); strings.Contains(out, "GOOGLE_APPLICATION_CREDENTIALS") {
+		t.Errorf("credentials env without a Secret")
+	}
+	if out := render("cloud=gce,controller.nodeSelector.pool=infra"); strings.Contains(out, "control-plane: \"\"") || !strings.Contains(out, "pool: infra") {
+		t.Errorf("an explicit nodeSelector does not replace the default:\n%s", out)
+	}
+	if out := render("cloud=fake,clusterCIDR=10.244.0.0/16"); strings.Contains(out, "nodeSelector") {
+		t.Errorf("fake controller pinned to control-plane nodes (kind-like clusters may have none to spare):\n%s", out)
+	}
+}
