@@ -51,11 +51,15 @@ type Options struct {
 	// or one whose scheme is in ProviderSchemes, the way every node of a
 	// kind or local cluster is "a VM".
 	AutoRegister bool
-	// ProviderSchemes are the providerID schemes the fake cloud owns, e.g.
-	// "kind": kind gives every node spec.providerID
-	// kind://docker/<cluster>/<node> (kubernetes-sigs/kind,
-	// pkg/cluster/internal/create/actions/config/config.go sets
-	// ProviderID "kind://docker/<cluster>/<node>" in its kubeadm config).
+	// ProviderSchemes are the providerID schemes the fake cloud owns,
+	// compared without regard to case (controller default: fake, kind).
+	// kind gives every node spec.providerID kind://docker/<cluster>/<node>:
+	// its kubeadm config template (kubernetes-sigs/kind,
+	// pkg/cluster/internal/kubeadm/config.go) sets the kubelet's
+	// provider-id: "kind://{{.NodeProvider}}/{{.ClusterName}}/{{.NodeName}}",
+	// NodeProvider being the provider's String(), "docker" for
+	// pkg/cluster/internal/providers/docker/provider.go (filled in by
+	// pkg/cluster/internal/create/actions/config/config.go).
 	ProviderSchemes []string
 	// StatePath, when set, persists the state in that file (shared between
 	// processes). Otherwise the state is in memory only.
@@ -158,36 +162,56 @@ func (c *Cloud) PodRange(ctx context.Context) (netip.Prefix, string, error) {
 // gce://P/Z/NAME), or by the node name when the providerID is empty. With
 // AutoRegister, an unknown instance is created for a node whose providerID
 // is empty or has one of ProviderSchemes; any other providerID must name an
-// instance that exists.
+// instance that exists (RegisterInstance), else the error wraps
+// cloud.ErrInstanceNotFound and names the schemes the fake cloud owns.
 func (c *Cloud) InstanceFor(ctx context.Context, providerID, nodeName string) (cloud.InstanceRef, error) {
 	name := nodeName
-	owned := providerID == ""
+	scheme, owned := "", true
 	if providerID != "" {
 		i := strings.LastIndex(providerID, "/")
 		name = providerID[i+1:]
 		if name == "" {
 			return cloud.InstanceRef{}, fmt.Errorf("providerID %q names no instance", providerID)
 		}
-		if scheme, _, ok := strings.Cut(providerID, "://"); ok {
-			owned = slices.Contains(c.opts.ProviderSchemes, scheme)
+		scheme, _, _ = strings.Cut(providerID, "://")
+		if scheme == providerID {
+			scheme = "" // no "://": not a URI, so no scheme we own
 		}
+		owned = c.ownsScheme(scheme)
 	}
 	ref := cloud.InstanceRef{Name: name}
 	err := c.withState(func() (bool, error) {
 		if _, ok := c.state.Instances[name]; ok {
 			return false, nil
 		}
-		if owned && c.opts.AutoRegister {
+		switch {
+		case owned && c.opts.AutoRegister:
 			c.state.Instances[name] = &instance{Fingerprint: 1}
 			return true, nil
+		case owned:
+			return false, fmt.Errorf("instance %q: %w (auto-registration is off)", name, cloud.ErrInstanceNotFound)
+		default:
+			return false, fmt.Errorf("instance %q: %w: the fake cloud registers nodes whose providerID is empty or has a scheme in --fake-provider-schemes=%s, and providerID %q has %s",
+				name, cloud.ErrInstanceNotFound, strings.Join(c.opts.ProviderSchemes, ","), providerID, describeScheme(scheme))
 		}
-		if !owned {
-			return false, fmt.Errorf("instance %q: %w (providerID %q: the fake cloud creates instances only for nodes without a providerID or with a scheme in --fake-provider-schemes=%s)",
-				name, cloud.ErrInstanceNotFound, providerID, strings.Join(c.opts.ProviderSchemes, ","))
-		}
-		return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
 	})
 	return ref, err
+}
+
+// ownsScheme reports whether scheme is one of ProviderSchemes (URI schemes
+// are case-insensitive, RFC 3986 section 3.1).
+func (c *Cloud) ownsScheme(scheme string) bool {
+	if scheme == "" {
+		return false
+	}
+	return slices.ContainsFunc(c.opts.ProviderSchemes, func(s string) bool { return strings.EqualFold(s, scheme) })
+}
+
+func describeScheme(scheme string) string {
+	if scheme == "" {
+		return "no scheme"
+	}
+	return fmt.Sprintf("scheme %q", scheme)
 }
 
 // Aliases implements cloud.Interface.

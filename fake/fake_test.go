@@ -125,40 +125,56 @@ func TestAddRemoveIdempotentAndConcurrent(t *testing.T) {
 }
 
 func TestInstanceFor(t *testing.T) {
-	c := mustNew(t, Options{AutoRegister: true, ProviderSchemes: []string{"kind"}})
-	c.RegisterInstance("vm-3")
+	defaults := []string{"fake", "kind"} // the controller's --fake-provider-schemes
 	for _, tc := range []struct {
-		name, providerID, node string
-		want                   string // instance name; "" = ErrInstanceNotFound
+		name       string
+		schemes    []string
+		noAutoReg  bool
+		providerID string
+		node       string
+		want       string // instance name; "" = ErrInstanceNotFound
+		wantErr    string // in the error, when want is ""
 	}{
-		{"empty providerID auto-registers", "", "node-1", "node-1"},
+		{name: "empty providerID auto-registers", schemes: defaults, providerID: "", node: "node-1", want: "node-1"},
 		// kind's form: kind://docker/<cluster>/<node>.
-		{"owned scheme auto-registers", "kind://docker/aliasip/kind-worker", "kind-worker", "kind-worker"},
-		{"owned scheme, instance named by providerID", "kind://docker/aliasip/vm-9", "node-9", "vm-9"},
-		{"foreign scheme, unknown instance", "aws:///us-east-1a/i-0abc", "node-4", ""},
-		{"scheme not owned here", "fake://ghost", "node-2", ""},
-		{"foreign scheme, registered instance", "gce://p/z/vm-3", "node-3", "vm-3"},
+		{name: "kind node auto-registers", schemes: defaults, providerID: "kind://docker/aliasip/kind-worker", node: "kind-worker", want: "kind-worker"},
+		{name: "instance named by the providerID, not the node", schemes: defaults, providerID: "kind://docker/aliasip/vm-9", node: "node-9", want: "vm-9"},
+		{name: "fake scheme auto-registers", schemes: defaults, providerID: "fake://vm-8", node: "node-8", want: "vm-8"},
+		{name: "schemes compare without case", schemes: defaults, providerID: "KIND://docker/aliasip/w-7", node: "w-7", want: "w-7"},
+		{name: "registered instance under a foreign scheme", schemes: defaults, providerID: "gce://p/z/vm-3", node: "node-3", want: "vm-3"},
+		{name: "aws node", schemes: defaults, providerID: "aws:///us-east-1a/i-0abc", node: "node-4",
+			wantErr: `--fake-provider-schemes=fake,kind, and providerID "aws:///us-east-1a/i-0abc" has scheme "aws"`},
+		{name: "gce node unknown to the fake", schemes: defaults, providerID: "gce://p/z/vm-5", node: "node-5",
+			wantErr: `--fake-provider-schemes=fake,kind, and providerID "gce://p/z/vm-5" has scheme "gce"`},
+		{name: "no scheme at all", schemes: defaults, providerID: "racks/r1/host-6", node: "host-6", wantErr: "has no scheme"},
+		{name: "scheme not configured", schemes: []string{"kind"}, providerID: "fake://ghost", node: "node-2",
+			wantErr: `--fake-provider-schemes=kind, and providerID "fake://ghost" has scheme "fake"`},
+		{name: "no schemes: only empty providerIDs", schemes: nil, providerID: "kind://docker/aliasip/w", node: "w", wantErr: `--fake-provider-schemes=, and`},
+		{name: "owned scheme without auto-register", schemes: defaults, noAutoReg: true, providerID: "kind://docker/aliasip/w", node: "w", wantErr: "auto-registration is off"},
+		{name: "empty providerID without auto-register", schemes: defaults, noAutoReg: true, providerID: "", node: "n", wantErr: "auto-registration is off"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			c := mustNew(t, Options{AutoRegister: !tc.noAutoReg, ProviderSchemes: tc.schemes})
+			if err := c.RegisterInstance("vm-3"); err != nil {
+				t.Fatal(err)
+			}
 			r, err := c.InstanceFor(ctx, tc.providerID, tc.node)
 			if tc.want == "" {
-				if !errors.Is(err, cloud.ErrInstanceNotFound) {
-					t.Fatalf("got %v, %v; want ErrInstanceNotFound", r, err)
+				if !errors.Is(err, cloud.ErrInstanceNotFound) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, %v; want ErrInstanceNotFound saying %q", r, err, tc.wantErr)
 				}
-				if !strings.Contains(err.Error(), "--fake-provider-schemes=kind") {
-					t.Errorf("error %q does not name the accepted schemes", err)
+				if insts, err := c.ListInstances(ctx); err != nil || len(insts) != 1 {
+					t.Errorf("instances after a failed lookup: %v, %v; want only vm-3", insts, err)
 				}
 				return
 			}
 			if err != nil || r.Name != tc.want {
 				t.Fatalf("got %v, %v; want instance %s", r, err, tc.want)
 			}
+			if _, _, err := c.GetInterface(ctx, tc.want); err != nil {
+				t.Errorf("instance %s not created: %v", tc.want, err)
+			}
 		})
-	}
-	// Without AutoRegister nothing is created, whatever the scheme.
-	c = mustNew(t, Options{ProviderSchemes: []string{"kind"}})
-	if _, err := c.InstanceFor(ctx, "kind://docker/aliasip/w", "w"); !errors.Is(err, cloud.ErrInstanceNotFound) {
-		t.Fatalf("no auto-register: got %v", err)
 	}
 }
 

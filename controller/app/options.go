@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -81,6 +82,8 @@ func NewOptions() *Options {
 		MetricsAddr:          ":9090",
 		HealthAddr:           ":9091",
 		FakeAutoReg:          true,
+		// kind://docker/CLUSTER/NODE is what kind gives every node.
+		FakeSchemes: []string{"fake", "kind"},
 	}
 }
 
@@ -119,7 +122,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&o.FakeRateLimit, "fake-rate-limit", o.FakeRateLimit, "Fake cloud: calls per second accepted (0: unlimited).")
 	fs.StringVar(&o.FakeStateFile, "fake-state-file", o.FakeStateFile, "Fake cloud: persist state in this file, shared between processes (empty: in memory).")
 	fs.BoolVar(&o.FakeAutoReg, "fake-auto-register", o.FakeAutoReg, "Fake cloud: every node without a providerID, or with one of --fake-provider-schemes, is an instance.")
-	fs.StringSliceVar(&o.FakeSchemes, "fake-provider-schemes", o.FakeSchemes, "Fake cloud: providerID schemes it owns, e.g. kind (kind://docker/CLUSTER/NODE); nodes with other schemes must name a known instance.")
+	fs.StringSliceVar(&o.FakeSchemes, "fake-provider-schemes", o.FakeSchemes, "Fake cloud: comma-separated providerID schemes it owns; a node with one (kind://docker/CLUSTER/NODE) is the instance named after the last \"/\". Nodes with other schemes (gce://, aws://) get InstanceNotFound.")
 }
 
 // uriScheme is RFC 3986's scheme syntax.
@@ -132,11 +135,6 @@ func (o *Options) Validate() error {
 		if o.ClusterCIDR == "" {
 			return fmt.Errorf("--cluster-cidr is required with --cloud=fake")
 		}
-		for _, sc := range o.FakeSchemes {
-			if !uriScheme.MatchString(sc) {
-				return fmt.Errorf("--fake-provider-schemes: %q is not a URI scheme (want e.g. kind)", sc)
-			}
-		}
 	case "gce":
 		if o.GCEEndpoint != "" {
 			u, err := url.Parse(o.GCEEndpoint)
@@ -146,6 +144,11 @@ func (o *Options) Validate() error {
 		}
 	default:
 		return fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
+	}
+	for _, sc := range o.FakeSchemes {
+		if !uriScheme.MatchString(sc) {
+			return fmt.Errorf("--fake-provider-schemes=%s: %q is not a URI scheme (want a comma-separated list such as fake,kind)", strings.Join(o.FakeSchemes, ","), sc)
+		}
 	}
 	if o.ClusterCIDR != "" {
 		p, err := netip.ParsePrefix(o.ClusterCIDR)

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -24,7 +25,13 @@ func TestValidate(t *testing.T) {
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-error-rate=2"}, "--fake-error-rate"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--metrics-addr=9090"}, "--metrics-addr"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind,fake"}, ""},
-		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind://"}, "--fake-provider-schemes"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind://"}, `"kind://" is not a URI scheme`},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind,,fake"}, `"" is not a URI scheme`},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind docker"}, `"kind docker" is not a URI scheme`},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=9p"}, `"9p" is not a URI scheme`},
+		{[]string{"--cloud=gce", "--fake-provider-schemes=kind/"}, "--fake-provider-schemes"},
+		// An empty list: only nodes without a providerID are instances.
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes="}, ""},
 	} {
 		o := NewOptions()
 		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
@@ -41,5 +48,20 @@ func TestValidate(t *testing.T) {
 		case err != nil && strings.Contains(err.Error(), "\n"):
 			t.Errorf("%v: error spans lines: %q", tc.args, err)
 		}
+	}
+}
+
+func TestFakeProviderSchemesDefault(t *testing.T) {
+	o := NewOptions()
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"fake", "kind"}; !slices.Equal(o.FakeSchemes, want) {
+		t.Errorf("default --fake-provider-schemes %v, want %v", o.FakeSchemes, want)
+	}
+	if err := fs.Parse([]string{"--fake-provider-schemes=kind"}); err != nil || !slices.Equal(o.FakeSchemes, []string{"kind"}) {
+		t.Errorf("--fake-provider-schemes=kind: %v, %v; want [kind] (the flag replaces the default)", o.FakeSchemes, err)
 	}
 }

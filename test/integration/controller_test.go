@@ -288,7 +288,7 @@ func TestForeignNodes(t *testing.T) {
 	if err := framework.CreateNodes(e.ctx, e.client, []string{"ghost", "foreign", "ok-1", "ok-2"}, func(n *corev1.Node) {
 		switch n.Name {
 		case "ghost":
-			n.Spec.ProviderID = "fake://no-such-instance"
+			n.Spec.ProviderID = "gce://p/z/no-such-instance" // not a scheme the fake owns
 		case "foreign":
 			n.Spec.PodCIDR, n.Spec.PodCIDRs = "192.168.77.0/24", []string{"192.168.77.0/24"}
 		}
@@ -312,6 +312,89 @@ func TestForeignNodes(t *testing.T) {
 	}
 	if c.Exited() || c.get("/healthz") != 200 {
 		t.Fatal("controller not healthy")
+	}
+}
+
+// kind's nodes carry providerID kind://docker/<cluster>/<node>: with the
+// default --fake-provider-schemes (fake,kind) each is an instance of the fake
+// cloud and gets its block; a node of another cloud (aws://) gets a Warning
+// naming the schemes the fake owns and no podCIDR. With the flag narrowed to
+// fake, a kind node is foreign too.
+func TestKindProviderIDs(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		flags     []string
+		kindNode  string
+		awsNode   string
+		kindOwned bool
+		schemes   string // as the event names them
+	}{
+		{name: "default schemes", kindNode: "kind-worker", awsNode: "aws-node", kindOwned: true, schemes: "fake,kind"},
+		{name: "only fake", flags: []string{"--fake-provider-schemes=fake"}, kindNode: "kind-worker2", awsNode: "aws-node2", schemes: "fake"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, "10.71.0.0/16")
+			c := e.startController("controller", tc.flags...)
+			if err := framework.CreateNodes(e.ctx, e.client, []string{tc.kindNode, tc.awsNode, "plain"}, func(n *corev1.Node) {
+				switch n.Name {
+				case tc.kindNode:
+					n.Spec.ProviderID = "kind://docker/aliasip/" + n.Name
+				case tc.awsNode:
+					n.Spec.ProviderID = "aws:///us-east-1a/i-0abc"
+				}
+			}); err != nil {
+				t.Fatal(err)
+			}
+			foreign := []string{tc.awsNode}
+			if !tc.kindOwned {
+				foreign = append(foreign, tc.kindNode)
+			}
+			for _, node := range foreign {
+				e.waitEvent(node, corev1.EventTypeWarning, controller.EventInstanceNotFound, 30*time.Second)
+				evs, err := framework.Events(e.ctx, e.client, node)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, ev := range evs {
+					if ev.Reason == controller.EventInstanceNotFound && !strings.Contains(ev.Message, "--fake-provider-schemes="+tc.schemes+",") {
+						t.Errorf("%s: event %q does not name the accepted schemes %s", node, ev.Message, tc.schemes)
+					}
+				}
+			}
+			owned := []string{"plain"} // no providerID: always the fake's
+			if tc.kindOwned {
+				owned = append(owned, tc.kindNode)
+			}
+			if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+				s := e.snapshot()
+				for _, n := range owned {
+					if s.PodCIDR[n] == "" || len(s.Aliases[n]) != 1 || s.Aliases[n][0].String() != s.PodCIDR[n] {
+						return false, nil
+					}
+				}
+				return true, nil
+			}); err != nil {
+				t.Fatalf("%v: no podCIDR with matching alias: %v; snapshot %+v", owned, err, e.snapshot())
+			}
+			s := e.snapshot()
+			for _, n := range foreign {
+				if s.PodCIDR[n] != "" {
+					t.Errorf("%s got podCIDR %s", n, s.PodCIDR[n])
+				}
+			}
+			insts, err := e.cloud.ListInstances(e.ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, in := range insts {
+				if in.Ref.Name == "i-0abc" || (!tc.kindOwned && in.Ref.Name == tc.kindNode) {
+					t.Errorf("the fake cloud created instance %s for a foreign node", in.Ref.Name)
+				}
+			}
+			if c.Exited() {
+				t.Fatal("controller exited")
+			}
+		})
 	}
 }
 
@@ -348,6 +431,7 @@ func TestBadFlags(t *testing.T) {
 		{"--cloud=fake", "--cluster-cidr=10.0.0.1/8"},
 		{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--node-cidr-mask-size=8"},
 		{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--workers=0"},
+		{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind://"},
 		{"--no-such-flag"},
 	} {
 		cmd := exec.Command(controllerBin, args...)

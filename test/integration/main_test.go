@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,10 @@ var (
 	controllerBin string
 	setupErr      error
 )
+
+// leaseSafe matches what a Lease name may not contain (subtest names have
+// "/" and "_").
+var leaseSafe = regexp.MustCompile(`[^a-z0-9.-]`)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "aliasip-integration-")
@@ -108,7 +113,7 @@ func (e *env) startController(name string, extra ...string) *ctrlProc {
 	args := []string{
 		"--kubeconfig", cp.Kubeconfig,
 		"--metrics-addr", addr, "--health-addr", addr,
-		"--leader-elect-name", "aliasip-" + strings.ToLower(strings.ReplaceAll(e.t.Name(), "/", "-")),
+		"--leader-elect-name", "aliasip-" + leaseSafe.ReplaceAllString(strings.ToLower(e.t.Name()), "-"),
 		"--leader-elect-lease-duration", "4s",
 		"--leader-elect-renew-deadline", "3s",
 		"--leader-elect-retry-period", "500ms",
