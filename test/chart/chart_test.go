@@ -93,6 +93,48 @@ func TestLintAndRender(t *testing.T) {
 	}
 }
 
+// fake.providerSchemes becomes --fake-provider-schemes, with cloud=fake
+// only; an empty list is passed on (only nodes without a providerID are
+// instances), a removed key leaves the controller's default.
+func TestFakeProviderSchemesFlag(t *testing.T) {
+	h := helm(t)
+	const fake = "cloud=fake,clusterCIDR=10.244.0.0/16"
+	// --set cannot give an empty list ({} is [""]): a values file does.
+	emptyList := filepath.Join(t.TempDir(), "empty.yaml")
+	if err := os.WriteFile(emptyList, []byte("fake:\n  providerSchemes: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		set    string
+		values string // a values file, if any
+		want   string // the rendered flag; "" = none
+	}{
+		{set: fake, want: "- --fake-provider-schemes=fake,kind\n"},
+		{set: fake + ",fake.providerSchemes={kind}", want: "- --fake-provider-schemes=kind\n"},
+		{set: fake, values: emptyList, want: "- --fake-provider-schemes=\n"},
+		{set: fake + ",fake.providerSchemes=null", want: ""},
+		{set: "cloud=gce", want: ""},
+		{set: "cloud=gce,fake.providerSchemes={kind}", want: ""},
+	} {
+		args := []string{"template", "aliasip", chartDir(), "--show-only", "templates/controller.yaml", "--set", tc.set}
+		if tc.values != "" {
+			args = append(args, "-f", tc.values)
+		}
+		out, err := run(t, h, args...)
+		if err != nil {
+			t.Errorf("--set %s: %v\n%s", tc.set, err, out)
+			continue
+		}
+		got := strings.Count(out, "--fake-provider-schemes")
+		switch {
+		case tc.want == "" && got != 0:
+			t.Errorf("--set %s renders --fake-provider-schemes:\n%s", tc.set, out)
+		case tc.want != "" && (got != 1 || !strings.Contains(out, tc.want)):
+			t.Errorf("--set %s: want %q once in the controller args, got:\n%s", tc.set, tc.want, out)
+		}
+	}
+}
+
 // The helm test hook: a pod on the pod network running netcheck
 // verify-install with just the RBAC it needs, gone once it passed.
 func TestHelmTestHook(t *testing.T) {
