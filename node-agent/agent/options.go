@@ -70,7 +70,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Socket, "socket", o.Socket, "The agent's unix socket for aliasip-cni.")
 	fs.StringVar(&o.PluginBinary, "plugin-binary", o.PluginBinary, "The aliasip-cni binary to install (empty: do not install).")
 	fs.StringVar(&o.PluginLogFile, "cni-log-file", o.PluginLogFile, "Log file of aliasip-cni, written into the conflist.")
-	fs.BoolVar(&o.ChainPortmap, "chain-portmap", o.ChainPortmap, "Chain the portmap plugin after aliasip-cni in the conflist.")
+	fs.BoolVar(&o.ChainPortmap, "chain-portmap", o.ChainPortmap, "Chain the portmap plugin (hostPort) after aliasip-cni in the conflist, once --cni-bin-dir holds an executable portmap (checked every --resync-period; a Warning event PortmapMissing while it does not).")
 	fs.DurationVar(&o.IPCooldown, "ip-cooldown", o.IPCooldown, "How long a released pod address waits before reuse.")
 	fs.DurationVar(&o.PodGCGrace, "pod-gc-grace", o.PodGCGrace, "Age before an allocation whose pod is not in the API is released.")
 	fs.DurationVar(&o.PodGCInterval, "pod-gc-interval", o.PodGCInterval, "How often allocations are checked against the API's pods.")
