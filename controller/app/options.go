@@ -18,6 +18,9 @@ import (
 
 // Options are aliasip-controller's flags.
 type Options struct {
+	// fs is the flag set AddFlags registered on, to tell defaults from
+	// values the user gave.
+	fs               *pflag.FlagSet
 	Kubeconfig       string
 	Cloud            string
 	ClusterCIDR      string
@@ -89,6 +92,7 @@ func NewOptions() *Options {
 
 // AddFlags registers the flags on fs.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	o.fs = fs
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", o.Kubeconfig, "Path to a kubeconfig; empty means in-cluster configuration.")
 	fs.StringVar(&o.Cloud, "cloud", o.Cloud, "Cloud provider: gce or fake.")
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", o.ClusterCIDR, "Pod range (required with --cloud=fake).")
@@ -99,7 +103,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "QPS of the Kubernetes client that reads and writes Nodes.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of that client.")
 	fs.Float32Var(&o.EventsQPS, "events-qps", o.EventsQPS, "QPS of the separate client that writes Events.")
-	fs.DurationVar(&o.ReleaseCooldown, "release-cooldown", o.ReleaseCooldown, "How long a deleted node's block waits before reuse.")
+	fs.DurationVar(&o.ReleaseCooldown, "release-cooldown", o.ReleaseCooldown, "How long a deleted node's block waits before reuse (default 30s; 60s with --cloud=gce).")
 	fs.DurationVar(&o.LeakGracePeriod, "leak-grace-period", o.LeakGracePeriod, "How long an alias may sit on an instance with no Node before it is removed.")
 	fs.DurationVar(&o.GCInterval, "gc-interval", o.GCInterval, "How often leaked aliases are looked for.")
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "Informer resync period (every node is re-checked this often).")
@@ -145,6 +149,13 @@ func (o *Options) Validate() error {
 	default:
 		return fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
 	}
+	// Moving an alias range from one VM to another can take up to a minute
+	// (https://cloud.google.com/vpc/docs/alias-ip): on GCE a freed block
+	// waits at least that long before it is handed to another node, unless
+	// the user chose otherwise.
+	if o.Cloud == "gce" && (o.fs == nil || !o.fs.Changed("release-cooldown")) && o.ReleaseCooldown < time.Minute {
+		o.ReleaseCooldown = time.Minute
+	}
 	for _, sc := range o.FakeSchemes {
 		if !uriScheme.MatchString(sc) {
 			return fmt.Errorf("--fake-provider-schemes=%s: %q is not a URI scheme (want a comma-separated list such as fake,kind)", strings.Join(o.FakeSchemes, ","), sc)
@@ -157,6 +168,12 @@ func (o *Options) Validate() error {
 		}
 		if p.Masked() != p {
 			return fmt.Errorf("--cluster-cidr=%q has host bits set (did you mean %v?)", o.ClusterCIDR, p.Masked())
+		}
+		// Alias IP ranges are IPv4 ranges of a subnetwork's primary or
+		// secondary IPv4 ranges (https://cloud.google.com/vpc/docs/alias-ip);
+		// IPv6 on GCE is a /96 per NIC, not alias ranges.
+		if o.Cloud == "gce" && p.Addr().Is6() {
+			return fmt.Errorf("--cluster-cidr=%s: IPv6 pod ranges are not supported with --cloud=gce (GCE alias IP ranges are IPv4)", p)
 		}
 		if _, err := allocator.New(p, o.NodeCIDRMaskSize); err != nil {
 			return fmt.Errorf("--node-cidr-mask-size=%d with --cluster-cidr=%s: %v", o.NodeCIDRMaskSize, p, err)

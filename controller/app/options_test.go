@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -30,6 +31,7 @@ func TestValidate(t *testing.T) {
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=kind docker"}, `"kind docker" is not a URI scheme`},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=9p"}, `"9p" is not a URI scheme`},
 		{[]string{"--cloud=gce", "--fake-provider-schemes=kind/"}, "--fake-provider-schemes"},
+		{[]string{"--cloud=gce", "--cluster-cidr=fd00:10::/48", "--node-cidr-mask-size=64"}, "IPv6 pod ranges are not supported with --cloud=gce"},
 		// An empty list: only nodes without a providerID are instances.
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes="}, ""},
 	} {
@@ -63,5 +65,32 @@ func TestFakeProviderSchemesDefault(t *testing.T) {
 	}
 	if err := fs.Parse([]string{"--fake-provider-schemes=kind"}); err != nil || !slices.Equal(o.FakeSchemes, []string{"kind"}) {
 		t.Errorf("--fake-provider-schemes=kind: %v, %v; want [kind] (the flag replaces the default)", o.FakeSchemes, err)
+	}
+}
+
+// GCE moves an alias range between VMs in up to a minute: the release
+// cooldown defaults to 60 s there, and a value the user gives is kept.
+func TestReleaseCooldownDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/8"}, 30 * time.Second},
+		{[]string{"--cloud=gce"}, time.Minute},
+		{[]string{"--cloud=gce", "--release-cooldown=10s"}, 10 * time.Second},
+		{[]string{"--cloud=gce", "--release-cooldown=2m"}, 2 * time.Minute},
+	} {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Validate(); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if o.ReleaseCooldown != tc.want {
+			t.Errorf("%v: release cooldown %v, want %v", tc.args, o.ReleaseCooldown, tc.want)
+		}
 	}
 }
