@@ -65,6 +65,10 @@ func TestLintAndRender(t *testing.T) {
 		{"cloud=aws", "/cloud': value must be one of 'gce', 'fake'"},
 		{"cloud=fake,clusterCIDR=banana", "/clusterCIDR"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,nodeCIDRMaskSize=33", "/nodeCIDRMaskSize"},
+		{"cloud=fake,clusterCIDR=10.0.0.0/8,nodeCIDRMaskSize=7", "/nodeCIDRMaskSize"},
+		{"cloud=gce,nodeCIDRMaskSize=33", "/nodeCIDRMaskSize"}, // GCE ranges are IPv4 even when read from the subnetwork
+		{"cloud=gce,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=64", "/clusterCIDR"},
+		{"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=127", "/nodeCIDRMaskSize"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.ipCooldown=5 minutes", "/agent/ipCooldown"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,controller.releaseCooldown=soon", "/controller/releaseCooldown"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,controller.metricsPort=0", "/controller/metricsPort"},
