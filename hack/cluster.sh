@@ -16,8 +16,9 @@
 #
 # Nodes register with kind's providerID (kind://docker/aliasip/<node>), the
 # form kind's kubeadm config gives every node (kubernetes-sigs/kind
-# pkg/cluster/internal/create/actions/config/config.go, ProviderID
-# "kind://docker/<cluster>/<node>").
+# pkg/cluster/internal/kubeadm/config.go: the kubelet's provider-id is
+# "kind://{{.NodeProvider}}/{{.ClusterName}}/{{.NodeName}}", NodeProvider
+# "docker" for the docker provider).
 #
 # Needs root and `make deps` (etcd, containerd, runc, the Kubernetes
 # binaries) and `make images` (the image tarballs).
@@ -193,8 +194,9 @@ node_mounts() {
 	done
 	mkdir -p "$nd/fs/var/log/pods" "$nd/fs/var/log/containers"
 	# containerd 1.6's CRI brings up every sandbox's lo with the CNI
-	# loopback plugin from its bin dir (containerd pkg/cri/server/service.go,
-	# cni.WithLoNetwork), which is why containerd's release bundles and
+	# loopback plugin from its bin dir (containerd/go-cni WithLoNetwork, a
+	# "loopback" plugin config, loaded by containerd's CRI
+	# pkg/cri/server/service_linux.go with every CNI config), which is why containerd's release bundles and
 	# kind's node image ship it. It is the only plugin a node has before
 	# aliasip's agent installs aliasip-cni: no portmap (the agent must cope).
 	cp /usr/lib/cni/loopback "$nd/fs/opt/cni/bin/loopback"
@@ -303,7 +305,8 @@ apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 # As kind names its nodes' instances; aliasip's fake cloud owns this scheme.
 providerID: kind://docker/aliasip/$n
-# cgroups v1 here: kubelet 1.36 refuses it unless told (KEP-5573).
+# cgroups v1 here: kubelet 1.36 refuses it unless told (KubeletConfiguration
+# failCgroupV1, k8s.io/kubelet config/v1beta1 types.go).
 failCgroupV1: false
 cgroupDriver: cgroupfs
 cgroupRoot: /aliasip/$n

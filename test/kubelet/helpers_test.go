@@ -185,6 +185,12 @@ func podURLs(pods []corev1.Pod) []string {
 // to finish; a failed Job fails the test with the pod's log.
 func runJobOn(t *testing.T, ctx context.Context, e *clusterEnv, node, name string, args ...string) string {
 	t.Helper()
+	// A Job of that name from an earlier run goes first.
+	deleteJob(ctx, e, name)
+	eventually(t, ctx, time.Minute, "old job "+name+" gone", func() (bool, error) {
+		_, err := e.Client.BatchV1().Jobs(testNS).Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
 	zero := int32(0)
 	deadline := int64(180)
 	job := &batchv1.Job{

@@ -490,25 +490,7 @@ func TestPortmapChained(t *testing.T) {
 		t.Fatalf("ADD with a port mapping: %v", err)
 	}
 	// A server in the pod on :80.
-	var ln net.Listener
-	if err := p.NS.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", ":80")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("hello from the pod\n"))
-			c.Close()
-		}
-	}()
+	servePod(t, p, "hello from the pod\n")
 	// A client on the VPC (the fabric namespace) dials the node's hostPort.
 	var got string
 	err = e.fabric.NS.Do(func(ns.NetNS) error {
@@ -713,24 +695,7 @@ func TestGuestAgentRouteReadded(t *testing.T) {
 	a := e.node(podCIDR, "--fabric", "routes", "--guest-agent-config", managed, "--resync-period", "30s")
 	b := e.node("10.210.13.0/24", "--fabric", "routes", "--guest-agent-config", off)
 	p := e.pod(a, "server")
-	var ln net.Listener
-	if err := p.NS.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", ":80")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	servePod(t, p, "")
 	dial := func() error {
 		return b.NS.Do(func(ns.NetNS) error {
 			c, err := net.DialTimeout("tcp", net.JoinHostPort(p.IP.String(), "80"), 200*time.Millisecond)
@@ -811,4 +776,29 @@ func TestGuestAgentRouteReadded(t *testing.T) {
 	if ok, _ := framework.HasEvent(e.ctx, e.client, b.Name, "Warning", agent.EventGuestAgentIPAliases); ok {
 		t.Errorf("GuestAgentIPAliases on B, whose guest agent has ip_aliases = false")
 	}
+}
+
+// servePod runs a TCP server on :80 inside the pod's namespace that writes
+// reply to each connection and closes it, until the test ends.
+func servePod(t *testing.T, p *framework.Pod, reply string) {
+	t.Helper()
+	var ln net.Listener
+	if err := p.NS.Do(func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen("tcp", ":80")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(reply))
+			c.Close()
+		}
+	}()
 }
