@@ -18,14 +18,22 @@ import (
 var (
 	// ErrInstanceNotFound: the instance named by a node does not exist.
 	ErrInstanceNotFound = errors.New("instance not found")
-	// ErrRangeConflict: the range is outside the pod range, or overlaps a
-	// range held by another instance.
+	// ErrRangeConflict: the range is really taken: another resource holds
+	// it. The block must not be handed out; another may be tried.
 	ErrRangeConflict = errors.New("alias range conflict")
+	// ErrInvalid: the cloud refused the change as invalid for this instance
+	// (for example its NIC is on a subnetwork without the pod range). Nothing
+	// was applied; retrying with another block will not help.
+	ErrInvalid = errors.New("alias change refused as invalid")
+	// ErrQuotaExceeded: a resource quota (not a rate limit) refused the
+	// change. Not transient: someone must raise the quota.
+	ErrQuotaExceeded = errors.New("cloud resource quota exceeded")
 	// ErrTooManyAliases: the NIC already carries the maximum number of ranges.
 	ErrTooManyAliases = errors.New("too many alias ranges on interface")
 	// ErrStaleFingerprint: the interface changed since it was read (HTTP 412).
 	ErrStaleFingerprint = errors.New("stale interface fingerprint")
-	// ErrRateLimited: the cloud refused the call for quota (403/429).
+	// ErrRateLimited: the cloud refused the call for its request rate quota
+	// (403 rateLimitExceeded, 429); it refills with the next window.
 	ErrRateLimited = errors.New("cloud rate limit exceeded")
 	// ErrUnavailable: a transient server-side failure (5xx).
 	ErrUnavailable = errors.New("cloud unavailable")
@@ -97,8 +105,8 @@ func ParseProviderID(providerID string) (InstanceRef, error) {
 }
 
 // Code classifies an error from an Interface call for metrics labels:
-// "ok", "not_found", "conflict", "too_many", "stale", "rate_limited",
-// "unavailable", "canceled" or "error".
+// "ok", "not_found", "conflict", "invalid", "quota_exceeded", "too_many",
+// "stale", "rate_limited", "unavailable", "canceled" or "error".
 func Code(err error) string {
 	switch {
 	case err == nil:
@@ -107,6 +115,10 @@ func Code(err error) string {
 		return "not_found"
 	case errors.Is(err, ErrRangeConflict):
 		return "conflict"
+	case errors.Is(err, ErrInvalid):
+		return "invalid"
+	case errors.Is(err, ErrQuotaExceeded):
+		return "quota_exceeded"
 	case errors.Is(err, ErrTooManyAliases):
 		return "too_many"
 	case errors.Is(err, ErrStaleFingerprint):

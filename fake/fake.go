@@ -271,18 +271,18 @@ func (c *Cloud) validate(name string, aliases []cloud.AliasRange) error {
 	}
 	for i, a := range aliases {
 		if !a.CIDR.IsValid() || a.CIDR != a.CIDR.Masked() {
-			return fmt.Errorf("instance %q: invalid range %v: %w", name, a.CIDR, cloud.ErrRangeConflict)
+			return fmt.Errorf("instance %q: invalid range %v: %w", name, a.CIDR, cloud.ErrInvalid)
 		}
 		if a.RangeName == c.opts.RangeName {
 			if !contains(c.opts.PodRange, a.CIDR) {
-				return fmt.Errorf("instance %q: %v outside secondary range %s %v: %w", name, a.CIDR, c.opts.RangeName, c.opts.PodRange, cloud.ErrRangeConflict)
+				return fmt.Errorf("instance %q: %v outside secondary range %s %v: %w", name, a.CIDR, c.opts.RangeName, c.opts.PodRange, cloud.ErrInvalid)
 			}
 		} else if a.CIDR.Overlaps(c.opts.PodRange) {
-			return fmt.Errorf("instance %q: %v overlaps secondary range %s but names %q: %w", name, a.CIDR, c.opts.RangeName, a.RangeName, cloud.ErrRangeConflict)
+			return fmt.Errorf("instance %q: %v overlaps secondary range %s but names %q: %w", name, a.CIDR, c.opts.RangeName, a.RangeName, cloud.ErrInvalid)
 		}
 		for _, b := range aliases[:i] {
 			if a.CIDR.Overlaps(b.CIDR) {
-				return fmt.Errorf("instance %q: %v overlaps %v: %w", name, a.CIDR, b.CIDR, cloud.ErrRangeConflict)
+				return fmt.Errorf("instance %q: %v overlaps %v: %w", name, a.CIDR, b.CIDR, cloud.ErrInvalid)
 			}
 		}
 		for other, in := range c.state.Instances {

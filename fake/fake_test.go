@@ -57,10 +57,10 @@ func TestUpdateInterfaceSemantics(t *testing.T) {
 		wantList string
 	}{
 		{name: "stale fingerprint", inst: "a", staleFP: true, aliases: pods("10.0.2.0/24"), want: cloud.ErrStaleFingerprint},
-		{name: "outside pod range", inst: "a", aliases: pods("10.1.0.0/24"), want: cloud.ErrRangeConflict},
+		{name: "outside pod range", inst: "a", aliases: pods("10.1.0.0/24"), want: cloud.ErrInvalid},
 		{name: "overlaps other instance", inst: "b", aliases: pods("10.0.1.128/25"), want: cloud.ErrRangeConflict},
-		{name: "overlaps itself", inst: "b", aliases: pods("10.0.4.0/24", "10.0.4.0/23"), want: cloud.ErrRangeConflict},
-		{name: "other range over pod range", inst: "b", aliases: []cloud.AliasRange{{CIDR: netip.MustParsePrefix("10.0.9.0/24"), RangeName: "svc"}}, want: cloud.ErrRangeConflict},
+		{name: "overlaps itself", inst: "b", aliases: pods("10.0.4.0/24", "10.0.4.0/23"), want: cloud.ErrInvalid},
+		{name: "other range over pod range", inst: "b", aliases: []cloud.AliasRange{{CIDR: netip.MustParsePrefix("10.0.9.0/24"), RangeName: "svc"}}, want: cloud.ErrInvalid},
 		{name: "too many", inst: "b", aliases: pods("10.0.5.0/24", "10.0.6.0/24", "10.0.7.0/24", "10.0.8.0/24"), want: cloud.ErrTooManyAliases},
 		{name: "unknown instance", inst: "zz", aliases: nil, want: cloud.ErrInstanceNotFound},
 		{name: "full-list replace", inst: "a", aliases: pods("10.0.2.0/24", "10.0.3.0/24"), wantList: "[10.0.2.0/24 10.0.3.0/24]"},

@@ -2,13 +2,28 @@
 // google.golang.org/api/compute/v1 client: alias IP ranges on a VM's nic0,
 // carved from a named secondary range of the nodes' subnetwork.
 //
-// Every change reads the NIC, sends instances.updateNetworkInterface with
-// the current fingerprint and the FULL desired alias list (ranges we do not
-// own, such as ones from other secondary ranges, are kept) and a requestId,
-// so a retried call is not applied twice; then it waits for the zone
-// operation to be DONE and reads the NIC back. A stale fingerprint (412)
-// re-reads and retries; quota errors (403 rateLimitExceeded, 429) and 5xx
-// back off with jitter. Every HTTP call goes through a client-side QPS/burst
+// # Calls per node
+//
+// NICs are read from instances.aggregatedList pages (500 instances a call)
+// into a cache; a node's NIC is read with instances.get only when the cache
+// has not seen it, and a burst of such misses is served by one list. A
+// change sends instances.updateNetworkInterface with the NIC's fingerprint,
+// the FULL desired alias list (ranges we do not own, such as ones from
+// other secondary ranges, are kept) and a requestId, so a retried call is
+// not applied twice; the operation is then awaited together with every
+// other pending operation of its zone by one zoneOperations.list per poll
+// interval. A successful operation proves the new state, so nothing is read
+// back: one node costs one write plus its share of lists and polls.
+//
+// # Errors by reason
+//
+// Errors are classified by their reason or operation error code, not their
+// HTTP status alone: a stale fingerprint (412, CONDITION_NOT_MET) re-reads;
+// RESOURCE_NOT_READY and 5xx retry with jittered backoff; rateLimitExceeded
+// pauses every call until the next per-minute quota window; an overlap
+// (IP_IN_USE_BY_ANOTHER_RESOURCE) is cloud.ErrRangeConflict; QUOTA_EXCEEDED
+// is cloud.ErrQuotaExceeded; any other refusal of the write is
+// cloud.ErrInvalid. Every HTTP call goes through a client-side QPS/burst
 // budget and is reported to an observer by method and status code.
 package gce
 
@@ -63,6 +78,18 @@ type Config struct {
 	MaxAttempts int
 	// BaseBackoff is the first retry delay (doubled each time, with jitter).
 	BaseBackoff time.Duration
+	// RateLimitWindow is the quota window GCE refills rate quotas in (one
+	// minute, on the wall clock): after a 403 rateLimitExceeded every call
+	// waits for the next window.
+	RateLimitWindow time.Duration
+	// PollInterval is the spacing of the bulk operation polls (default 500ms).
+	PollInterval time.Duration
+	// MissWindow is how long NIC cache misses are gathered before they are
+	// served by one instances list, or by one instances.get each when that
+	// is cheaper (default 100ms).
+	MissWindow time.Duration
+	// Logf, if set, receives the few log lines the client writes.
+	Logf func(format string, args ...any)
 }
 
 // Cloud is cloud.Interface on GCE. It is safe for concurrent use.
@@ -70,9 +97,12 @@ type Cloud struct {
 	cfg    Config
 	svc    *compute.Service
 	subnet SubnetRef
+	gate   *gate
+	nics   *nicCache
 
 	mu       sync.Mutex
 	podRange netip.Prefix
+	pollers  map[string]*poller
 }
 
 var _ cloud.Interface = (*Cloud)(nil)
@@ -90,11 +120,22 @@ func New(ctx context.Context, cfg Config) (*Cloud, error) {
 	if cfg.QPS <= 0 {
 		cfg.QPS = 20
 	}
-	svc, err := newService(ctx, cfg)
+	if cfg.RateLimitWindow <= 0 {
+		cfg.RateLimitWindow = time.Minute
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 500 * time.Millisecond
+	}
+	if cfg.MissWindow <= 0 {
+		cfg.MissWindow = 100 * time.Millisecond
+	}
+	g := &gate{}
+	svc, err := newService(ctx, cfg, g)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cloud{cfg: cfg, svc: svc, podRange: cfg.PodRange}
+	c := &Cloud{cfg: cfg, svc: svc, gate: g, podRange: cfg.PodRange, pollers: map[string]*poller{}}
+	c.nics = newNICCache(c)
 	for name, v := range map[string]string{"project": cfg.Project, "region": cfg.Region, "subnetwork": cfg.Subnetwork, "secondary range": cfg.SecondaryRange} {
 		if v == "" {
 			return nil, fmt.Errorf("gce: %s not set and not found in the metadata", name)
@@ -106,7 +147,7 @@ func New(ctx context.Context, cfg Config) (*Cloud, error) {
 	return c, nil
 }
 
-func newService(ctx context.Context, cfg Config) (*compute.Service, error) {
+func newService(ctx context.Context, cfg Config, g *gate) (*compute.Service, error) {
 	var base http.RoundTripper
 	opts := []option.ClientOption{}
 	if cfg.Endpoint != "" {
@@ -127,6 +168,7 @@ func newService(ctx context.Context, cfg Config) (*compute.Service, error) {
 		base:    base,
 		limiter: rate.NewLimiter(limit, max(cfg.Burst, 1)),
 		observe: cfg.Observe,
+		gate:    g,
 	}
 	opts = append(opts, option.WithHTTPClient(&http.Client{Transport: tr, Timeout: 5 * time.Minute}))
 	svc, err := compute.NewService(ctx, opts...)
@@ -136,14 +178,19 @@ func newService(ctx context.Context, cfg Config) (*compute.Service, error) {
 	return svc, nil
 }
 
-// budgetTransport waits for the QPS budget before each request and reports it.
+// budgetTransport waits for the quota gate and the QPS budget before each
+// request and reports it.
 type budgetTransport struct {
 	base    http.RoundTripper
 	limiter *rate.Limiter
 	observe Observer
+	gate    *gate
 }
 
 func (t *budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if err := t.gate.wait(req.Context()); err != nil {
+		return nil, err
+	}
 	if err := t.limiter.Wait(req.Context()); err != nil {
 		return nil, err
 	}
@@ -175,6 +222,8 @@ func MethodName(httpMethod, path string) string {
 		return "instances.get"
 	case len(p) == 5 && p[2] == "instances":
 		return "instances." + p[4]
+	case len(p) == 3 && p[0] == "zones" && p[2] == "operations":
+		return "zoneOperations.list"
 	case len(p) == 4 && p[2] == "operations":
 		return "zoneOperations.get"
 	case len(p) == 5 && p[2] == "operations":
@@ -239,28 +288,54 @@ func (c *Cloud) project(inst cloud.InstanceRef) string {
 	return c.cfg.Project
 }
 
-func (c *Cloud) getNIC(ctx context.Context, inst cloud.InstanceRef) (*compute.NetworkInterface, error) {
+// getNIC reads the instance's nic0 with instances.get and caches it.
+func (c *Cloud) getNIC(ctx context.Context, inst cloud.InstanceRef) (*nicState, error) {
+	seq := c.nics.begin()
 	var in *compute.Instance
 	err := c.retry(ctx, "instances.get", func() (err error) {
 		in, err = c.svc.Instances.Get(c.project(inst), inst.Zone, inst.Name).Context(ctx).Do()
 		return err
 	})
+	if errors.Is(err, cloud.ErrInstanceNotFound) {
+		c.nics.forget(inst, seq)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("get instance %s: %w", inst, err)
 	}
 	if len(in.NetworkInterfaces) == 0 {
 		return nil, fmt.Errorf("instance %s has no network interface", inst)
 	}
-	return in.NetworkInterfaces[0], nil
+	return c.nics.store(inst, in.NetworkInterfaces[0], seq), nil
 }
 
-// Aliases implements cloud.Interface.
+// nic returns the instance's nic0 from the cache, or reads it; fresh
+// reports whether it was read by this call. needFingerprint reads it when
+// the cached state has none (it is unknown after our own write).
+func (c *Cloud) nic(ctx context.Context, inst cloud.InstanceRef, needFingerprint bool) (st *nicState, fresh bool, err error) {
+	if st, ok := c.nics.get(inst); ok && (st.fingerprint != "" || !needFingerprint) {
+		return st, false, nil
+	}
+	if !needFingerprint {
+		// Misses of many nodes at once are served by one list.
+		if err := c.nics.awaitMiss(ctx); err != nil {
+			return nil, false, err
+		}
+		if st, ok := c.nics.get(inst); ok {
+			return st, false, nil
+		}
+	}
+	st, err = c.getNIC(ctx, inst)
+	return st, true, err
+}
+
+// Aliases implements cloud.Interface, from the NIC cache when it has the
+// instance. The cache is refreshed by ListInstances and by our own writes.
 func (c *Cloud) Aliases(ctx context.Context, inst cloud.InstanceRef) ([]cloud.AliasRange, error) {
-	nic, err := c.getNIC(ctx, inst)
+	st, _, err := c.nic(ctx, inst, false)
 	if err != nil {
 		return nil, err
 	}
-	return toAliases(nic.AliasIpRanges), nil
+	return toAliases(st.aliases), nil
 }
 
 func toAliases(in []*compute.AliasIpRange) []cloud.AliasRange {
@@ -311,92 +386,107 @@ func (c *Cloud) RemoveAlias(ctx context.Context, inst cloud.InstanceRef, cidr ne
 	return err
 }
 
-// modify reads the NIC, applies change to its full alias list, writes it with
-// the fingerprint and a requestId, waits for the operation and reads back
-// (the next loop turn), until change reports nothing left to do.
+// modify applies change to the NIC's full alias list and writes it with the
+// fingerprint and a requestId, then waits for the operation. The state
+// comes from the cache when it knows the fingerprint. A stale fingerprint
+// re-reads the NIC and applies change again; a failed operation is
+// classified by its error code (opError).
 func (c *Cloud) modify(ctx context.Context, inst cloud.InstanceRef, change func([]*compute.AliasIpRange) ([]*compute.AliasIpRange, bool)) error {
 	var lastErr error
-	for attempt := 0; attempt < c.cfg.MaxAttempts+2; attempt++ {
-		nic, err := c.getNIC(ctx, inst)
+	attempts := c.cfg.MaxAttempts + 2
+	for attempt := 0; attempt < attempts; attempt++ {
+		st, _, err := c.nic(ctx, inst, true)
 		if err != nil {
 			return err
 		}
-		next, changed := change(nic.AliasIpRanges)
+		next, changed := change(st.aliases)
 		if !changed {
-			return nil // done, or the read-back shows the write applied
+			return nil // done, or a read shows the write applied
 		}
 		body := &compute.NetworkInterface{
 			AliasIpRanges: next,
-			Fingerprint:   nic.Fingerprint,
-			// An empty list must be sent, not omitted, to remove the last range.
+			Fingerprint:   st.fingerprint,
+			// An empty list must be sent, not omitted, to remove the last
+			// range: the call "follows PATCH semantics"
+			// (InstancesService.UpdateNetworkInterface), so an omitted
+			// field is left as it is.
 			ForceSendFields: []string{"AliasIpRanges"},
 		}
 		requestID := uuid.NewString() // the same for every retry of this write
+		seq := c.nics.begin()
 		var op *compute.Operation
 		err = c.retry(ctx, "instances.updateNetworkInterface", func() (err error) {
-			op, err = c.svc.Instances.UpdateNetworkInterface(c.project(inst), inst.Zone, inst.Name, nic.Name, body).
+			op, err = c.svc.Instances.UpdateNetworkInterface(c.project(inst), inst.Zone, inst.Name, st.name, body).
 				RequestId(requestID).Context(ctx).Do()
 			return err
 		})
-		if errors.Is(err, cloud.ErrStaleFingerprint) {
+		if err == nil {
+			err = c.wait(ctx, inst, op)
+		}
+		switch {
+		case err == nil:
+			// A DONE operation without error proves the NIC now holds next;
+			// its new fingerprint is unknown until the next read.
+			c.nics.applied(inst, st, next, seq)
+			return nil
+		case errors.Is(err, cloud.ErrStaleFingerprint):
 			lastErr = err
+			c.nics.forget(inst, seq)
 			continue // someone else changed the NIC: re-read
-		}
-		if err != nil {
-			return fmt.Errorf("update aliases of %s: %w", inst, err)
-		}
-		if err := c.wait(ctx, inst, op); err != nil {
-			if errors.Is(err, cloud.ErrUnavailable) {
-				lastErr = err
-				if err := sleep(ctx, c.backoff(attempt)); err != nil {
-					return err
-				}
-				continue // the operation failed: re-read and try again
+		case errors.Is(err, cloud.ErrUnavailable):
+			// The operation failed or could not start (the instance was
+			// busy): the NIC may have changed; re-read after a pause.
+			lastErr = err
+			c.nics.forget(inst, seq)
+			if err := sleep(ctx, c.backoff(attempt)); err != nil {
+				return err
 			}
+			continue
+		default:
+			c.nics.forget(inst, seq)
 			return fmt.Errorf("update aliases of %s: %w", inst, err)
 		}
 	}
-	return fmt.Errorf("update aliases of %s: gave up after %d attempts: %w", inst, c.cfg.MaxAttempts+2, lastErr)
+	return fmt.Errorf("update aliases of %s: gave up after %d attempts: %w", inst, attempts, lastErr)
 }
 
-// wait polls the zone operation until DONE; operations.wait may return
-// before that, so it loops. An operation error is returned.
+// wait returns once the operation is DONE, with its error classified.
 func (c *Cloud) wait(ctx context.Context, inst cloud.InstanceRef, op *compute.Operation) error {
-	name := op.Name
-	for op.Status != "DONE" {
-		err := c.retry(ctx, "zoneOperations.wait", func() error {
-			got, err := c.svc.ZoneOperations.Wait(c.project(inst), inst.Zone, name).Context(ctx).Do()
-			if err == nil {
-				op = got
-			}
-			return err
-		})
+	if op.Status != "DONE" {
+		done, err := c.pollerFor(c.project(inst), inst.Zone).wait(ctx, op.Name)
 		if err != nil {
-			return fmt.Errorf("wait for operation %s: %w", name, err)
+			return fmt.Errorf("wait for operation %s: %w", op.Name, err)
 		}
+		op = done
 	}
-	if op.Error != nil && len(op.Error.Errors) > 0 {
-		e := op.Error.Errors[0]
-		sentinel := cloud.ErrUnavailable
-		switch {
-		case op.HttpErrorStatusCode == 400 || op.HttpErrorStatusCode == 409:
-			sentinel = cloud.ErrRangeConflict
-		case op.HttpErrorStatusCode == 404:
-			sentinel = cloud.ErrInstanceNotFound
-		}
-		return fmt.Errorf("operation %s failed: %s: %s: %w", op.Name, e.Code, e.Message, sentinel)
-	}
-	return nil
+	return opError(op)
 }
 
 // ListInstances implements cloud.Interface: every instance in the project
-// whose nic0 is on our subnetwork.
+// whose nic0 is on our subnetwork. It refreshes the NIC cache.
 func (c *Cloud) ListInstances(ctx context.Context) ([]cloud.Instance, error) {
-	var out []cloud.Instance
+	states, err := c.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]cloud.Instance, 0, len(states))
+	for ref, st := range states {
+		out = append(out, cloud.Instance{Ref: ref, Aliases: toAliases(st.aliases)})
+	}
+	slices.SortFunc(out, func(a, b cloud.Instance) int { return strings.Compare(a.Ref.String(), b.Ref.String()) })
+	return out, nil
+}
+
+// list reads every instance on our subnetwork, page by page, and replaces
+// the cache with them (entries written since the list began are kept).
+func (c *Cloud) list(ctx context.Context) (map[cloud.InstanceRef]*nicState, error) {
+	seq := c.nics.begin()
+	out := map[cloud.InstanceRef]*nicState{}
 	// The whole path, host project included: in a Shared VPC two projects
 	// may have subnetworks of the same name in one region.
 	suffix := "/" + c.subnet.Path()
 	pageToken := ""
+	pages := 0
 	for {
 		var page *compute.InstanceAggregatedList
 		err := c.retry(ctx, "instances.aggregatedList", func() (err error) {
@@ -410,22 +500,23 @@ func (c *Cloud) ListInstances(ctx context.Context) ([]cloud.Instance, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list instances: %w", err)
 		}
+		pages++
 		for _, scoped := range page.Items {
 			for _, in := range scoped.Instances {
 				if len(in.NetworkInterfaces) == 0 || !strings.HasSuffix(in.NetworkInterfaces[0].Subnetwork, suffix) {
 					continue
 				}
-				out = append(out, cloud.Instance{
-					Ref:     cloud.InstanceRef{Project: c.cfg.Project, Zone: lastSegment(in.Zone), Name: in.Name},
-					Aliases: toAliases(in.NetworkInterfaces[0].AliasIpRanges),
-				})
+				ref := cloud.InstanceRef{Project: c.cfg.Project, Zone: lastSegment(in.Zone), Name: in.Name}
+				out[ref] = newNICState(in.NetworkInterfaces[0])
 			}
 		}
 		if page.NextPageToken == "" {
-			return out, nil
+			break
 		}
 		pageToken = page.NextPageToken
 	}
+	c.nics.replace(out, seq, pages)
+	return out, nil
 }
 
 // retry runs fn, classifying its error; retriable errors (quota, 5xx,
@@ -437,11 +528,56 @@ func (c *Cloud) retry(ctx context.Context, method string, fn func() error) error
 		if err == nil || !retriable(err) || ctx.Err() != nil {
 			return err
 		}
+		if errors.Is(err, cloud.ErrRateLimited) {
+			// The quota refills "at the start of the next synchronized
+			// interval, such as 10:01:00"; calls before then fail too
+			// (https://cloud.google.com/compute/api-quota). Every call of
+			// this client waits at the gate until then.
+			if until, moved := c.gate.closeUntilNextWindow(c.cfg.RateLimitWindow); moved {
+				c.logf("gce: %s: rate quota exhausted; all calls wait until %s", method, until.Format(time.TimeOnly))
+			}
+			continue // the transport waits at the gate
+		}
 		if serr := sleep(ctx, c.backoff(attempt)); serr != nil {
 			return err
 		}
 	}
 	return err
+}
+
+func (c *Cloud) logf(format string, args ...any) {
+	if c.cfg.Logf != nil {
+		c.cfg.Logf(format, args...)
+	}
+}
+
+// gate holds every call of a client until a rate quota window refills.
+type gate struct {
+	mu    sync.Mutex
+	until time.Time
+}
+
+// closeUntilNextWindow closes the gate until the next window boundary on
+// the wall clock, plus a little jitter so many clients do not start at once.
+func (g *gate) closeUntilNextWindow(window time.Duration) (until time.Time, moved bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := time.Now()
+	if now.Before(g.until) {
+		return g.until, false // already closed for this window
+	}
+	g.until = now.Truncate(window).Add(window).Add(rand.N(window/20 + 1))
+	return g.until, true
+}
+
+func (g *gate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	until := g.until
+	g.mu.Unlock()
+	if d := time.Until(until); d > 0 {
+		return sleep(ctx, d)
+	}
+	return nil
 }
 
 func (c *Cloud) backoff(attempt int) time.Duration {
@@ -476,22 +612,35 @@ func classify(method string, err error) error {
 		reason = gerr.Errors[0].Reason
 	}
 	var sentinel error
+	isWrite := method == "instances.updateNetworkInterface"
 	switch {
 	case gerr.Code == 404:
 		sentinel = cloud.ErrInstanceNotFound
-	case gerr.Code == 412:
+	case gerr.Code == 412 || reason == "conditionNotMet":
+		// A stale fingerprint: "412 Precondition Failed if the fingerprint
+		// is out of date" (compute/v1 NetworkInterface.Fingerprint).
 		sentinel = cloud.ErrStaleFingerprint
-	case gerr.Code == 429, gerr.Code == 403 && (reason == "rateLimitExceeded" || reason == "userRateLimitExceeded" || reason == "quotaExceeded"):
+	case gerr.Code == 429, gerr.Code == 403 && (reason == "rateLimitExceeded" || reason == "userRateLimitExceeded"):
+		// "If your project exceeds a rate quota, you receive a 403 error
+		// with the reason rateLimitExceeded"
+		// (https://cloud.google.com/compute/api-quota).
 		sentinel = cloud.ErrRateLimited
+	case gerr.Code == 403 && reason == "quotaExceeded":
+		sentinel = cloud.ErrQuotaExceeded
 	case gerr.Code >= 500:
 		sentinel = cloud.ErrUnavailable
-	case gerr.Code == 400 && reason == "resourceNotReady":
-		// Another operation is running on the instance: wait and retry.
+	case reason == "resourceNotReady":
+		// Another operation is running on the instance: "The resource ...
+		// is not ready" (seen from GCE in opstrace/opstrace#976). Retry.
 		sentinel = cloud.ErrUnavailable
-	case gerr.Code == 400 && strings.Contains(gerr.Message, "exceeded the limit"):
+	case isWrite && gerr.Code == 400 && strings.Contains(gerr.Message, "exceeded the limit"):
 		sentinel = cloud.ErrTooManyAliases
-	case gerr.Code == 400 || gerr.Code == 409:
+	case isWrite && (reason == "resourceInUseByAnotherResource" || strings.Contains(gerr.Message, "already being used by another resource")):
 		sentinel = cloud.ErrRangeConflict
+	case isWrite && (gerr.Code == 400 || gerr.Code == 409):
+		// Any other refusal of a write is about this request on this
+		// instance (a range its subnetwork does not have, ...).
+		sentinel = cloud.ErrInvalid
 	}
 	if sentinel == nil {
 		return fmt.Errorf("%s: %w", method, err)

@@ -59,15 +59,20 @@ func (c *counter) get(key string) int {
 	return c.n[key]
 }
 
-func newCloud(t *testing.T, s *gcetest.Server, obs *counter) *gce.Cloud {
+func newCloud(t *testing.T, s *gcetest.Server, obs *counter, opts ...func(*gce.Config)) *gce.Cloud {
 	t.Helper()
 	cfg := gce.Config{
 		Project: "test-project", Region: "us-central1", Zone: zone,
 		Subnetwork: "nodes", SecondaryRange: "pods",
 		Endpoint: s.Endpoint(), QPS: 1000, Burst: 1000, BaseBackoff: 5 * time.Millisecond, MaxAttempts: 12,
+		PollInterval: 20 * time.Millisecond, MissWindow: 20 * time.Millisecond,
+		Logf: t.Logf,
 	}
 	if obs != nil {
 		cfg.Observe = obs.observe
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	c, err := gce.New(ctx, cfg)
 	if err != nil {
@@ -102,10 +107,21 @@ func TestPodRangeFromSubnetwork(t *testing.T) {
 	}
 }
 
+// serverPrefixes is what the server holds on an instance's NIC, read
+// around the API.
+func serverPrefixes(s *gcetest.Server, name string) string {
+	var out []string
+	for _, a := range s.Aliases()[name] {
+		out = append(out, a.SubnetworkRangeName+":"+a.IpCidrRange)
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
 // Our writes keep a range from another secondary range, and wait through
-// operations whose wait call returns before they are done.
+// operations polled in bulk (zoneOperations.wait may return at once).
 func TestAddRemoveKeepsForeignRanges(t *testing.T) {
-	s := newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, WaitMax: 50 * time.Millisecond})
+	s := newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, Faults: gcetest.Faults{WaitAtOnce: true}})
 	s.AddInstance(zone, "vm-1", &compute.AliasIpRange{IpCidrRange: "10.96.1.0/24", SubnetworkRangeName: "services"})
 	var obs counter
 	c := newCloud(t, s, &obs)
@@ -117,11 +133,11 @@ func TestAddRemoveKeepsForeignRanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "pods:10.64.5.0/24 services:10.96.1.0/24"; prefixes(got) != want {
-		t.Fatalf("aliases %q, want %q", prefixes(got), want)
+	if want := "pods:10.64.5.0/24 services:10.96.1.0/24"; prefixes(got) != want || serverPrefixes(s, "vm-1") != want {
+		t.Fatalf("aliases %q (server %q), want %q", prefixes(got), serverPrefixes(s, "vm-1"), want)
 	}
-	if n := s.Count("zoneOperations.wait"); n < 3 {
-		t.Errorf("%d wait calls for a 300ms operation with 50ms waits; the client did not loop", n)
+	if n := s.Count("zoneOperations.list"); n < 1 {
+		t.Errorf("%d operation polls for a 300ms operation", n)
 	}
 	if err := c.AddAlias(ctx, ref("vm-1"), p); err != nil {
 		t.Fatal(err)
@@ -133,8 +149,8 @@ func TestAddRemoveKeepsForeignRanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ = c.Aliases(ctx, ref("vm-1"))
-	if want := "services:10.96.1.0/24"; prefixes(got) != want {
-		t.Fatalf("after remove %q, want %q", prefixes(got), want)
+	if want := "services:10.96.1.0/24"; prefixes(got) != want || serverPrefixes(s, "vm-1") != want {
+		t.Fatalf("after remove %q (server %q), want %q", prefixes(got), serverPrefixes(s, "vm-1"), want)
 	}
 	// Removing the last range sends an empty list.
 	s.AddInstance(zone, "vm-2")
@@ -144,8 +160,8 @@ func TestAddRemoveKeepsForeignRanges(t *testing.T) {
 	if err := c.RemoveAlias(ctx, ref("vm-2"), p); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := c.Aliases(ctx, ref("vm-2")); len(got) != 0 {
-		t.Fatalf("last alias not removed: %v", got)
+	if got, _ := c.Aliases(ctx, ref("vm-2")); len(got) != 0 || serverPrefixes(s, "vm-2") != "" {
+		t.Fatalf("last alias not removed: %v (server %q)", got, serverPrefixes(s, "vm-2"))
 	}
 	if obs.get("instances.updateNetworkInterface 200") != 4 || obs.get("instances.get 200") == 0 {
 		t.Errorf("observer counts %v", obs.n)
@@ -167,8 +183,8 @@ func TestRejections(t *testing.T) {
 		cidr string
 		want error
 	}{
-		{"b", "10.64.1.128/25", cloud.ErrRangeConflict}, // overlaps a's
-		{"b", "10.70.0.0/24", cloud.ErrRangeConflict},   // outside the secondary range
+		{"b", "10.64.1.128/25", cloud.ErrRangeConflict}, // overlaps a's: IP_IN_USE_BY_ANOTHER_RESOURCE in the operation
+		{"b", "10.70.0.0/24", cloud.ErrInvalid},         // outside the secondary range: 400
 		{"full", "10.66.0.0/24", cloud.ErrTooManyAliases},
 		{"ghost", "10.64.9.0/24", cloud.ErrInstanceNotFound},
 	} {
@@ -180,8 +196,8 @@ func TestRejections(t *testing.T) {
 	if err := c.RemoveAlias(ctx, ref("ghost"), netip.MustParsePrefix("10.64.9.0/24")); err != nil {
 		t.Errorf("remove from a vanished instance: %v", err)
 	}
-	if got, _ := c.Aliases(ctx, ref("b")); len(got) != 0 {
-		t.Errorf("rejected writes left %v on b", got)
+	if got, _ := c.Aliases(ctx, ref("b")); len(got) != 0 || serverPrefixes(s, "b") != "" {
+		t.Errorf("rejected writes left %v (server %q) on b", got, serverPrefixes(s, "b"))
 	}
 }
 
@@ -200,8 +216,8 @@ func TestConcurrentWritersOneNIC(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if got, _ := c.Aliases(ctx, ref("vm")); len(got) != 8 {
-		t.Fatalf("%d aliases after 8 concurrent adds: %v", len(got), got)
+	if got, _ := c.Aliases(ctx, ref("vm")); len(got) != 8 || len(s.Aliases()["vm"]) != 8 {
+		t.Fatalf("%d aliases (server %d) after 8 concurrent adds: %v", len(got), len(s.Aliases()["vm"]), got)
 	}
 }
 
@@ -213,17 +229,19 @@ func TestFaultsAreRetried(t *testing.T) {
 	}{
 		{"503s", gcetest.Faults{Rate5xx: 0.4}, "503"},
 		{"forced 412s", gcetest.Faults{Force412: 0.5}, "412"},
-		{"rate limit 403s", gcetest.Faults{RateLimit: 20}, "403"},
+		{"rate limit 403s", gcetest.Faults{RateLimit: 3, RateWindow: 100 * time.Millisecond}, "403"},
 		{"failing operations", gcetest.Faults{FailOps: 0.5}, ""},
+		{"operations not ready", gcetest.Faults{OpNotReady: 0.5}, ""},
+		{"operations with a stale fingerprint", gcetest.Faults{OpStaleFingerprint: 0.5}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Operations outlast a wait call, so waits are retried too.
-			s := newServer(t, gcetest.Options{Faults: tc.faults, OpDelay: 30 * time.Millisecond, WaitMax: 5 * time.Millisecond})
+			s := newServer(t, gcetest.Options{Faults: tc.faults, OpDelay: 30 * time.Millisecond})
 			for i := 0; i < 10; i++ {
 				s.AddInstance(zone, fmt.Sprintf("vm-%d", i))
 			}
 			var obs counter
-			c := newCloud(t, s, &obs)
+			c := newCloud(t, s, &obs, func(c *gce.Config) { c.RateLimitWindow = 100 * time.Millisecond })
 			for i := 0; i < 10; i++ {
 				if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%d", i)), netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i))); err != nil {
 					t.Fatalf("vm-%d: %v", i, err)
@@ -231,9 +249,10 @@ func TestFaultsAreRetried(t *testing.T) {
 			}
 			s.SetFaults(gcetest.Faults{})
 			for i := 0; i < 10; i++ {
-				got, err := c.Aliases(ctx, ref(fmt.Sprintf("vm-%d", i)))
-				if err != nil || len(got) != 1 {
-					t.Fatalf("vm-%d: %v %v", i, got, err)
+				name := fmt.Sprintf("vm-%d", i)
+				got, err := c.Aliases(ctx, ref(name))
+				if err != nil || len(got) != 1 || serverPrefixes(s, name) != fmt.Sprintf("pods:10.64.%d.0/24", i) {
+					t.Fatalf("%s: %v %v (server %q)", name, got, err, serverPrefixes(s, name))
 				}
 			}
 			if tc.code != "" {
@@ -369,6 +388,7 @@ func TestMethodName(t *testing.T) {
 		"/compute/v1/projects/p/zones/z/instances/vm/updateNetworkInterface": "instances.updateNetworkInterface",
 		"/compute/v1/projects/p/aggregated/instances":                        "instances.aggregatedList",
 		"/compute/v1/projects/p/zones/z/operations/op-1/wait":                "zoneOperations.wait",
+		"/compute/v1/projects/p/zones/z/operations":                          "zoneOperations.list",
 		"/compute/v1/projects/p/regions/r/subnetworks/s":                     "subnetworks.get",
 	} {
 		if got := gce.MethodName("GET", path); got != want {

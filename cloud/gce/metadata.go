@@ -66,7 +66,7 @@ func FillFromMetadata(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return fmt.Errorf("instance name from metadata: %w", err)
 	}
-	svc, err := newService(ctx, *cfg)
+	svc, err := newService(ctx, *cfg, &gate{})
 	if err != nil {
 		return err
 	}

@@ -3,31 +3,36 @@
 // client (and the metadata client) can be driven over HTTP.
 //
 // Served: instances get/list/aggregatedList, instances.updateNetworkInterface
-// (400 without a fingerprint, 412 on a stale one, full-list replace, ranges
-// checked against the subnetwork's secondary ranges, overlap with any other
-// instance, the 150-range limit, requestId idempotence), zone operations
-// get/wait (wait may return before the operation is done, like GCE's),
+// (400 without a fingerprint, 412 on a stale one, PATCH semantics, ranges
+// checked against the NIC's subnetwork, overlaps with other instances
+// reported inside the operation, the 150-range limit, requestId
+// idempotence), zone operations get/wait/list (wait may return before the
+// operation is done, even at once; list takes the `name eq RE2` filter),
 // subnetworks get, and the metadata server with its Metadata-Flavor check.
-// Faults can be injected: a 5xx rate, forced 412s, a rate limit answered
-// with 403 rateLimitExceeded, and operations that fail.
+// Faults can be injected: a 5xx rate, forced 412s, per-minute quota windows
+// answered with 403 rateLimitExceeded, and operations that fail with
+// GCE's error codes.
+//
+// Each rule cites its public source next to the code that encodes it.
 package gcetest
 
 import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
 	compute "google.golang.org/api/compute/v1"
 )
 
@@ -40,11 +45,26 @@ type Faults struct {
 	Rate5xx float64
 	// Force412: fraction of updateNetworkInterface calls answered 412.
 	Force412 float64
-	// RateLimit: compute calls per second accepted (0: unlimited); beyond it
-	// calls are answered 403 rateLimitExceeded.
+	// RateLimit: compute calls accepted per RateWindow (0: unlimited);
+	// beyond it calls are answered 403 rateLimitExceeded until the next
+	// window. GCE "enforces rate quotas at a per-minute (60 seconds)
+	// interval"; a project that reaches its quota at 10:00:15 gets it back
+	// "at the start of the next synchronized interval, such as 10:01:00"
+	// (https://cloud.google.com/compute/api-quota, "Rate quotas").
 	RateLimit float64
-	// FailOps: fraction of operations that end DONE with an error, unapplied.
+	// RateWindow is the quota window (default one minute), aligned to the
+	// wall clock like GCE's.
+	RateWindow time.Duration
+	// WaitAtOnce: zoneOperations.wait returns the operation at once, done
+	// or not. GCE documents that wait "might return after zero seconds"
+	// (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait).
+	WaitAtOnce bool
+	// FailOps: fraction of operations that end DONE with INTERNAL_ERROR, unapplied.
 	FailOps float64
+	// OpNotReady, OpStaleFingerprint, OpQuotaExceeded: fractions of
+	// operations that end DONE, unapplied, with RESOURCE_NOT_READY (400),
+	// CONDITION_NOT_MET (412) or QUOTA_EXCEEDED (403).
+	OpNotReady, OpStaleFingerprint, OpQuotaExceeded float64
 }
 
 // Options configures a Server.
@@ -89,8 +109,7 @@ type MetadataNIC struct {
 // Server is the fake GCE. It is safe for concurrent use.
 type Server struct {
 	*httptest.Server
-	opts    Options
-	limiter *rate.Limiter
+	opts Options
 
 	mu        sync.Mutex
 	instances map[string]*instance // zone/name
@@ -99,10 +118,13 @@ type Server struct {
 	nextOp    int
 	counts    map[string]int
 	faults    Faults
+	window    time.Time // start of the current quota window
+	inWindow  int       // calls counted in it
 }
 
 type instance struct {
 	zone, name  string
+	subnetwork  string // "" is Options.Subnetwork
 	id          uint64
 	fingerprint uint64
 	aliases     []*compute.AliasIpRange
@@ -113,9 +135,13 @@ type instance struct {
 type operation struct {
 	op     *compute.Operation
 	doneAt time.Time
-	apply  func() // runs when the operation completes successfully
-	fail   bool
-	done   chan struct{}
+	apply  func() // runs when the operation completes
+	// fail is the error the operation ends with ("" for success): an
+	// operation error code and its HTTP status.
+	fail     string
+	failCode int
+	failMsg  string
+	done     chan struct{}
 }
 
 // NewServer starts a server.
@@ -163,11 +189,24 @@ func (s *Server) MetadataHost() string { return strings.TrimPrefix(s.URL, "http:
 func (s *Server) SetFaults(f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.faults = f
-	s.limiter = nil
-	if f.RateLimit > 0 {
-		s.limiter = rate.NewLimiter(rate.Limit(f.RateLimit), int(f.RateLimit)+1)
+	if f.RateWindow <= 0 {
+		f.RateWindow = time.Minute
 	}
+	s.faults = f
+	s.window, s.inWindow = time.Time{}, 0
+}
+
+// allow counts a call against the quota window; s.mu is held.
+func (s *Server) allow() bool {
+	if s.faults.RateLimit <= 0 {
+		return true
+	}
+	w := time.Now().Truncate(s.faults.RateWindow)
+	if !w.Equal(s.window) {
+		s.window, s.inWindow = w, 0
+	}
+	s.inWindow++
+	return float64(s.inWindow) <= s.faults.RateLimit
 }
 
 // AddInstance creates an instance in zone with NIC nic0 on the subnetwork.
@@ -175,6 +214,15 @@ func (s *Server) AddInstance(zone, name string, aliases ...*compute.AliasIpRange
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.instances[zone+"/"+name] = &instance{zone: zone, name: name, id: uint64(len(s.instances) + 1000), fingerprint: 1, aliases: aliases}
+}
+
+// AddInstanceOn creates an instance whose nic0 is on another subnetwork of
+// the region, one without our secondary ranges: every alias write naming
+// them is refused with 400.
+func (s *Server) AddInstanceOn(zone, name, subnetwork string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.instances[zone+"/"+name] = &instance{zone: zone, name: name, subnetwork: subnetwork, id: uint64(len(s.instances) + 1000), fingerprint: 1}
 }
 
 // DeleteInstance removes an instance.
@@ -247,10 +295,13 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.counts[method]++
-	f, lim := s.faults, s.limiter
+	f := s.faults
+	allowed := s.allow()
 	s.mu.Unlock()
-	if lim != nil && !lim.Allow() {
-		apiError(w, 403, "rateLimitExceeded", "Quota exceeded for quota metric 'Queries' (injected)")
+	if !allowed {
+		// https://cloud.google.com/compute/api-quota: "you receive a 403
+		// error with the reason rateLimitExceeded".
+		apiError(w, 403, "rateLimitExceeded", "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute' (injected)")
 		return
 	}
 	if f.Rate5xx > 0 && rand.Float64() < f.Rate5xx {
@@ -274,7 +325,9 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 	case method == "zoneOperations.get":
 		s.getOp(w, r, p[3], false)
 	case method == "zoneOperations.wait":
-		s.getOp(w, r, p[3], true)
+		s.getOp(w, r, p[3], !f.WaitAtOnce)
+	case method == "zoneOperations.list":
+		s.listOps(w, r, p[1])
 	case method == "subnetworks.get":
 		s.getSubnet(w, p[1], p[3])
 	default:
@@ -294,6 +347,8 @@ func routeName(method string, p []string) string {
 		return "instances.updateNetworkInterface"
 	case len(p) == 4 && p[0] == "zones" && p[2] == "operations" && method == "GET":
 		return "zoneOperations.get"
+	case len(p) == 3 && p[0] == "zones" && p[2] == "operations" && method == "GET":
+		return "zoneOperations.list"
 	case len(p) == 5 && p[0] == "zones" && p[2] == "operations" && p[4] == "wait" && method == "POST":
 		return "zoneOperations.wait"
 	case len(p) == 4 && p[0] == "regions" && p[2] == "subnetworks" && method == "GET":
@@ -302,8 +357,13 @@ func routeName(method string, p []string) string {
 	return "unknown"
 }
 
-func (s *Server) subnetURL() string {
-	return fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s/subnetworks/%s", s.opts.SubnetProject, s.opts.Region, s.opts.Subnetwork)
+func (s *Server) subnetURL() string { return s.subnetURLOf("") }
+
+func (s *Server) subnetURLOf(name string) string {
+	if name == "" {
+		name = s.opts.Subnetwork
+	}
+	return fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/regions/%s/subnetworks/%s", s.opts.SubnetProject, s.opts.Region, name)
 }
 
 func (s *Server) render(in *instance) *compute.Instance {
@@ -322,7 +382,7 @@ func (s *Server) render(in *instance) *compute.Instance {
 		NetworkInterfaces: []*compute.NetworkInterface{{
 			Name:          "nic0",
 			Network:       fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/global/networks/default", s.opts.Project),
-			Subnetwork:    s.subnetURL(),
+			Subnetwork:    s.subnetURLOf(in.subnetwork),
 			AliasIpRanges: aliases,
 			Fingerprint:   fingerprint(in.fingerprint),
 		}},
@@ -360,9 +420,14 @@ func (s *Server) list(w http.ResponseWriter, zone string) {
 	writeJSON(w, &compute.InstanceList{Kind: "compute#instanceList", Items: items})
 }
 
-// aggregatedList pages through all instances, 100 per page.
+// aggregatedList pages through all instances, maxResults per page: "The
+// maximum number of results per page ... Acceptable values are 0 to 500,
+// inclusive. (Default: 500)" (compute/v1 InstancesAggregatedListCall.MaxResults).
 func (s *Server) aggregatedList(w http.ResponseWriter, r *http.Request) {
-	const pageSize = 100
+	pageSize := 500
+	if v, err := strconv.Atoi(r.URL.Query().Get("maxResults")); err == nil && v > 0 && v < pageSize {
+		pageSize = v
+	}
 	start, _ := strconv.Atoi(r.URL.Query().Get("pageToken"))
 	s.mu.Lock()
 	all := s.sorted()
@@ -391,11 +456,18 @@ func (s *Server) sorted() []*instance {
 }
 
 func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name string, f Faults) {
-	var nic compute.NetworkInterface
-	if err := json.NewDecoder(r.Body).Decode(&nic); err != nil {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
 		apiError(w, 400, "parseError", "Invalid JSON payload: "+err.Error())
 		return
 	}
+	var nic compute.NetworkInterface
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &nic); err != nil {
+		apiError(w, 400, "parseError", "Invalid JSON payload: "+err.Error())
+		return
+	}
+	_ = json.Unmarshal(body, &fields)
 	if got := r.URL.Query().Get("networkInterface"); got != "nic0" {
 		apiError(w, 400, "invalid", fmt.Sprintf("Invalid value for field 'networkInterface': %q", got))
 		return
@@ -415,6 +487,11 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/zones/%s/instances/%s' was not found", s.opts.Project, zone, name))
 		return
 	}
+	// NetworkInterface.fingerprint: "An up-to-date fingerprint must be
+	// provided in order to update the NetworkInterface. The request will
+	// fail with error 400 Bad Request if the fingerprint is not provided, or
+	// 412 Precondition Failed if the fingerprint is out of date."
+	// (google.golang.org/api/compute/v1, compute-gen.go, NetworkInterface).
 	if nic.Fingerprint == "" {
 		apiError(w, 400, "required", "Required field 'fingerprint' not specified")
 		return
@@ -423,20 +500,29 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 		apiError(w, 412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint.")
 		return
 	}
+	// Another operation on the instance: 400 resourceNotReady, "The
+	// resource '...' is not ready" (seen from GCE in opstrace/opstrace#976).
 	if in.busy {
-		apiError(w, 400, "resourceNotReady", fmt.Sprintf("The resource 'instances/%s' is not ready", name))
+		apiError(w, 400, "resourceNotReady", fmt.Sprintf("The resource 'projects/%s/zones/%s/instances/%s' is not ready", s.opts.Project, zone, name))
 		return
 	}
-	if msg := s.validate(in, nic.AliasIpRanges); msg != "" {
-		apiError(w, 400, "invalid", msg)
-		return
-	}
-	desired := make([]*compute.AliasIpRange, 0, len(nic.AliasIpRanges))
-	for _, a := range nic.AliasIpRanges {
-		c := *a
-		p, _ := netip.ParsePrefix(a.IpCidrRange)
-		c.IpCidrRange = p.Masked().String()
-		desired = append(desired, &c)
+	// updateNetworkInterface "follows PATCH semantics"
+	// (google.golang.org/api/compute/v1, InstancesService.UpdateNetworkInterface):
+	// a body without aliasIpRanges leaves them as they are; an empty list
+	// (sent with ForceSendFields) removes them all.
+	desired := in.aliases
+	if _, set := fields["aliasIpRanges"]; set {
+		if msg := s.validate(in, nic.AliasIpRanges); msg != "" {
+			apiError(w, 400, "invalid", msg)
+			return
+		}
+		desired = make([]*compute.AliasIpRange, 0, len(nic.AliasIpRanges))
+		for _, a := range nic.AliasIpRanges {
+			c := *a
+			p, _ := netip.ParsePrefix(a.IpCidrRange)
+			c.IpCidrRange = p.Masked().String()
+			desired = append(desired, &c)
+		}
 	}
 	// The fingerprint is consumed at once: a concurrent update with the same
 	// fingerprint gets 412, as on GCE.
@@ -453,18 +539,37 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 			SelfLink:   fmt.Sprintf("https://www.googleapis.com/compute/v1/projects/%s/zones/%s/operations/%s", s.opts.Project, zone, opName),
 		},
 		doneAt: time.Now().Add(s.opts.OpDelay),
-		fail:   f.FailOps > 0 && rand.Float64() < f.FailOps,
 		done:   make(chan struct{}),
+	}
+	switch {
+	case f.FailOps > 0 && rand.Float64() < f.FailOps:
+		o.fail, o.failCode, o.failMsg = "INTERNAL_ERROR", 500, "Internal error while updating the network interface (injected)."
+	case f.OpNotReady > 0 && rand.Float64() < f.OpNotReady:
+		o.fail, o.failCode, o.failMsg = "RESOURCE_NOT_READY", 400, fmt.Sprintf("The resource 'projects/%s/zones/%s/instances/%s' is not ready (injected).", s.opts.Project, zone, name)
+	case f.OpStaleFingerprint > 0 && rand.Float64() < f.OpStaleFingerprint:
+		o.fail, o.failCode, o.failMsg = "CONDITION_NOT_MET", 412, "Supplied fingerprint does not match current metadata fingerprint (injected)."
+	case f.OpQuotaExceeded > 0 && rand.Float64() < f.OpQuotaExceeded:
+		o.fail, o.failCode, o.failMsg = "QUOTA_EXCEEDED", 403, fmt.Sprintf("Quota 'ALIAS_IP_RANGES' exceeded. Limit: 0.0 in region %s (injected).", s.opts.Region)
 	}
 	o.apply = func() {
 		// The NIC changes when the operation completes, and so does its
 		// fingerprint: a writer that read during the operation gets 412.
 		in.fingerprint++
-		if o.fail {
-			in.pending, in.busy = nil, false
+		in.pending, in.busy = nil, false
+		if o.fail != "" {
 			return
 		}
-		in.aliases, in.pending, in.busy = desired, nil, false
+		// An overlap with another instance's range is found when the
+		// operation runs and reported inside it, not by the PATCH call:
+		// "Code: IP_IN_USE_BY_ANOTHER_RESOURCE, Message: IP '10.128.3.140/31'
+		// is already being used by another resource."
+		// (GoogleCloudPlatform/compute-image-tools#659; the same code in an
+		// operation error in F5Networks/f5-google-gdm-templates#78).
+		if ip := s.inUse(in, desired); ip != "" {
+			o.fail, o.failCode, o.failMsg = "IP_IN_USE_BY_ANOTHER_RESOURCE", 400, fmt.Sprintf("IP '%s' is already being used by another resource.", ip)
+			return
+		}
+		in.aliases = desired
 	}
 	s.ops[opName] = o
 	if reqID != "" {
@@ -479,7 +584,8 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 			s.finish(o)
 		})
 	}
-	writeJSON(w, o.op)
+	out := *o.op
+	writeJSON(w, &out)
 }
 
 // finish completes an operation; s.mu is held.
@@ -490,37 +596,43 @@ func (s *Server) finish(o *operation) {
 	o.apply()
 	o.op.Status = "DONE"
 	o.op.Progress = 100
-	if o.fail {
-		o.op.HttpErrorStatusCode = 500
-		o.op.Error = &compute.OperationError{Errors: []*compute.OperationErrorErrors{{
-			Code: "INTERNAL_ERROR", Message: "Internal error while updating the network interface (injected).",
-		}}}
+	if o.fail != "" {
+		o.op.HttpErrorStatusCode = int64(o.failCode)
+		o.op.Error = &compute.OperationError{Errors: []*compute.OperationErrorErrors{{Code: o.fail, Message: o.failMsg}}}
 	}
 	close(o.done)
 }
 
-// validate checks a desired alias list; s.mu is held.
+// validate checks a desired alias list against the NIC's own subnetwork;
+// s.mu is held. Overlaps with other instances are checked when the
+// operation runs (inUse).
 func (s *Server) validate(in *instance, aliases []*compute.AliasIpRange) string {
 	if len(aliases) > MaxAliasRanges {
 		return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges': exceeded the limit of %d alias IP ranges per network interface", MaxAliasRanges)
 	}
+	subnet := s.opts.Subnetwork
+	secondary := s.opts.SecondaryRanges
+	primary := s.opts.PrimaryRange
+	if in.subnetwork != "" && in.subnetwork != s.opts.Subnetwork {
+		subnet, secondary, primary = in.subnetwork, nil, netip.MustParsePrefix("10.200.0.0/24")
+	}
 	var mine []netip.Prefix
-	for _, a := range aliases {
+	for i, a := range aliases {
 		p, err := netip.ParsePrefix(a.IpCidrRange)
 		if err != nil {
-			return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges.ipCidrRange': %q", a.IpCidrRange)
+			return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges[%d].ipCidrRange': '%s'", i, a.IpCidrRange)
 		}
 		p = p.Masked()
-		parent := s.opts.PrimaryRange
+		parent := primary
 		if a.SubnetworkRangeName != "" {
-			r, ok := s.opts.SecondaryRanges[a.SubnetworkRangeName]
+			r, ok := secondary[a.SubnetworkRangeName]
 			if !ok {
-				return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges.subnetworkRangeName': %q does not exist in subnetwork %s", a.SubnetworkRangeName, s.opts.Subnetwork)
+				return fmt.Sprintf("Invalid value for field 'resource.aliasIpRanges[%d].subnetworkRangeName': '%s'. Secondary range does not exist in subnetwork '%s'.", i, a.SubnetworkRangeName, subnet)
 			}
 			parent = r
 		}
 		if p.Bits() < parent.Bits() || !parent.Contains(p.Addr()) {
-			return fmt.Sprintf("Invalid IP CIDR range %s: not within range %s of subnetwork %s", p, parent, s.opts.Subnetwork)
+			return fmt.Sprintf("Invalid IP CIDR range %s: not within range %s of subnetwork %s", p, parent, subnet)
 		}
 		for _, q := range mine {
 			if q.Overlaps(p) {
@@ -529,6 +641,11 @@ func (s *Server) validate(in *instance, aliases []*compute.AliasIpRange) string 
 		}
 		mine = append(mine, p)
 	}
+	return ""
+}
+
+// inUse returns a range of aliases that another instance holds; s.mu is held.
+func (s *Server) inUse(in *instance, aliases []*compute.AliasIpRange) string {
 	for _, other := range s.instances {
 		if other == in {
 			continue
@@ -536,9 +653,10 @@ func (s *Server) validate(in *instance, aliases []*compute.AliasIpRange) string 
 		for _, list := range [][]*compute.AliasIpRange{other.aliases, other.pending} {
 			for _, a := range list {
 				q, _ := netip.ParsePrefix(a.IpCidrRange)
-				for _, p := range mine {
+				for _, b := range aliases {
+					p, _ := netip.ParsePrefix(b.IpCidrRange)
 					if q.Overlaps(p) {
-						return fmt.Sprintf("IP CIDR range %s conflicts with alias IP range %s of instance %s", p, q, other.name)
+						return p.String()
 					}
 				}
 			}
@@ -546,6 +664,62 @@ func (s *Server) validate(in *instance, aliases []*compute.AliasIpRange) string 
 	}
 	return ""
 }
+
+// listOps answers zoneOperations.list. The only filter understood is the
+// regular-expression form the API documents for list filters: "use the eq
+// (equal) or ne (not equal) operator against a single un-parenthesized
+// expression with or without quotes ... The literal value is interpreted as
+// a regular expression using Google RE2 library syntax. The literal value
+// must match the entire field." (google.golang.org/api/compute/v1,
+// ZoneOperationsListCall.Filter). Anything else is refused, so a client
+// cannot rely on a filter this server would only pretend to apply.
+func (s *Server) listOps(w http.ResponseWriter, r *http.Request, zone string) {
+	q := r.URL.Query()
+	var match func(string) bool
+	if f := strings.TrimSpace(q.Get("filter")); f != "" {
+		m := opFilter.FindStringSubmatch(f)
+		if m == nil {
+			apiError(w, 400, "invalid", fmt.Sprintf("Invalid list filter expression '%s' (this test server takes only name eq|ne REGEX).", f))
+			return
+		}
+		lit := m[2]
+		if len(lit) >= 2 && (lit[0] == '"' || lit[0] == '\'') && lit[len(lit)-1] == lit[0] {
+			lit = lit[1 : len(lit)-1]
+		}
+		re, err := regexp.Compile("^(?:" + lit + ")$")
+		if err != nil {
+			apiError(w, 400, "invalid", fmt.Sprintf("Invalid regular expression in filter '%s': %v", f, err))
+			return
+		}
+		match = func(name string) bool { return re.MatchString(name) == (m[1] == "eq") }
+	}
+	maxResults := 500
+	if v, err := strconv.Atoi(q.Get("maxResults")); err == nil && v > 0 && v < maxResults {
+		maxResults = v
+	}
+	start, _ := strconv.Atoi(q.Get("pageToken"))
+	s.mu.Lock()
+	var names []string
+	for name, o := range s.ops {
+		if strings.HasSuffix(o.op.Zone, "/zones/"+zone) && (match == nil || match(name)) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	out := &compute.OperationList{Kind: "compute#operationList"}
+	end := min(start+maxResults, len(names))
+	for _, name := range names[min(start, len(names)):end] {
+		c := *s.ops[name].op
+		out.Items = append(out.Items, &c)
+	}
+	s.mu.Unlock()
+	if end < len(names) {
+		out.NextPageToken = strconv.Itoa(end)
+	}
+	writeJSON(w, out)
+}
+
+var opFilter = regexp.MustCompile(`^name\s+(eq|ne)\s+(.+)$`)
 
 func (s *Server) getOp(w http.ResponseWriter, r *http.Request, name string, wait bool) {
 	s.mu.Lock()

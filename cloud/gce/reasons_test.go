@@ -1,0 +1,287 @@
+package gce_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	compute "google.golang.org/api/compute/v1"
+	"google.golang.org/api/googleapi"
+	"google.golang.org/api/option"
+
+	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/cloud/gce"
+	"github.com/aliasip/aliasip/cloud/gce/gcetest"
+)
+
+// Errors come back classified by their reason or operation error code, and
+// only the transient ones are retried.
+func TestErrorsByReason(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		faults gcetest.Faults
+		setup  func(s *gcetest.Server)
+		cidr   string
+		want   error
+		writes int // updateNetworkInterface calls expected; 0: not checked
+	}{
+		{
+			name: "overlap inside the operation",
+			setup: func(s *gcetest.Server) {
+				s.AddInstance(zone, "other", &compute.AliasIpRange{IpCidrRange: "10.64.9.0/24", SubnetworkRangeName: "pods"})
+			},
+			cidr: "10.64.9.0/25", want: cloud.ErrRangeConflict, writes: 1,
+		},
+		{
+			name:  "NIC on a subnetwork without the pod range",
+			setup: func(s *gcetest.Server) { s.DeleteInstance(zone, "vm"); s.AddInstanceOn(zone, "vm", "legacy") },
+			cidr:  "10.64.1.0/24", want: cloud.ErrInvalid, writes: 1,
+		},
+		{
+			name:   "resource quota",
+			faults: gcetest.Faults{OpQuotaExceeded: 1},
+			cidr:   "10.64.2.0/24", want: cloud.ErrQuotaExceeded, writes: 1,
+		},
+		{
+			name:   "not ready every time",
+			faults: gcetest.Faults{OpNotReady: 1},
+			cidr:   "10.64.3.0/24", want: cloud.ErrUnavailable,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, gcetest.Options{OpDelay: 10 * time.Millisecond, Faults: tc.faults})
+			s.AddInstance(zone, "vm")
+			if tc.setup != nil {
+				tc.setup(s)
+			}
+			c := newCloud(t, s, nil, func(c *gce.Config) { c.MaxAttempts = 3 })
+			err := c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix(tc.cidr))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if got := cloud.Code(err); got == "error" {
+				t.Errorf("Code(%v) = %q: unclassified", err, got)
+			}
+			if n := s.Count("instances.updateNetworkInterface"); tc.writes > 0 && n != tc.writes {
+				t.Errorf("%d writes, want %d: a refusal that will not change was retried", n, tc.writes)
+			}
+			if got := serverPrefixes(s, "vm"); got != "" {
+				t.Errorf("a refused write left %q on the NIC", got)
+			}
+		})
+	}
+}
+
+// After a 403 rateLimitExceeded every call waits for the next quota
+// window instead of hammering the API: per window, only the calls already
+// in flight can be refused.
+func TestRateLimitWaitsForWindow(t *testing.T) {
+	const window = 200 * time.Millisecond
+	s := newServer(t, gcetest.Options{OpDelay: 10 * time.Millisecond, Faults: gcetest.Faults{RateLimit: 4, RateWindow: window}})
+	for i := 0; i < 12; i++ {
+		s.AddInstance(zone, fmt.Sprintf("vm-%d", i))
+	}
+	var obs counter
+	c := newCloud(t, s, &obs, func(c *gce.Config) { c.RateLimitWindow = window; c.MaxAttempts = 50 })
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i := 0; i < 12; i++ {
+		wg.Go(func() {
+			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%d", i)), netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	windows := int(time.Since(start)/window) + 1
+	refused := 0
+	for k, v := range obs.n {
+		if strings.HasSuffix(k, " 403") {
+			refused += v
+		}
+	}
+	if refused == 0 {
+		t.Fatal("no 403 seen; the quota was not exercised")
+	}
+	// 12 writers and one poller can each be refused once per window.
+	if limit := windows * 13; refused > limit {
+		t.Errorf("%d refused calls in %d windows (limit %d): calls did not wait for the window", refused, windows, limit)
+	}
+	t.Logf("%d calls refused over %d windows of %v", refused, windows, window)
+	for i := 0; i < 12; i++ {
+		if got := serverPrefixes(s, fmt.Sprintf("vm-%d", i)); got != fmt.Sprintf("pods:10.64.%d.0/24", i) {
+			t.Errorf("vm-%d holds %q", i, got)
+		}
+	}
+}
+
+// Calls per node: after one list (the controller's rebuild), a burst of
+// adds at 200 ms operations costs one write per node plus shared polls;
+// reading the NICs again costs nothing; cache misses of many nodes at once
+// are served by one list, not a get each.
+func TestCallsPerNode(t *testing.T) {
+	const n = 300
+	s := newServer(t, gcetest.Options{OpDelay: 200 * time.Millisecond, Faults: gcetest.Faults{WaitAtOnce: true}})
+	for i := 0; i < n; i++ {
+		s.AddInstance(zone, fmt.Sprintf("vm-%03d", i))
+	}
+	c := newCloud(t, s, nil, func(c *gce.Config) { c.PollInterval = 100 * time.Millisecond })
+	if _, err := c.ListInstances(ctx); err != nil {
+		t.Fatal(err)
+	}
+	total := func() int {
+		sum := 0
+		for _, v := range s.Counts() {
+			sum += v
+		}
+		return sum
+	}
+	before := total()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 50)
+	for i := 0; i < n; i++ {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%03d", i)), netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256))); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	calls := total() - before
+	perNode := float64(calls) / n
+	t.Logf("burst: %d calls for %d nodes (%.2f per node): %v", calls, n, perNode, s.Counts())
+	if perNode > 1.5 {
+		t.Errorf("%.2f calls per node in a burst, want at most 1.5", perNode)
+	}
+	if got := s.Count("instances.updateNetworkInterface"); got != n {
+		t.Errorf("%d writes for %d nodes", got, n)
+	}
+	// A resync reads every NIC: served by the cache.
+	before = total()
+	for i := 0; i < n; i++ {
+		got, err := c.Aliases(ctx, ref(fmt.Sprintf("vm-%03d", i)))
+		if err != nil || len(got) != 1 {
+			t.Fatalf("vm-%03d: %v %v", i, got, err)
+		}
+	}
+	if calls := total() - before; calls != 0 {
+		t.Errorf("a resync of %d nodes cost %d calls, want 0", n, calls)
+	}
+	// A fresh client (no list yet) asked for every NIC at once: one list.
+	c2 := newCloud(t, s, nil)
+	before = total()
+	gets := s.Count("instances.get")
+	for i := 0; i < n; i++ {
+		wg.Go(func() {
+			got, err := c2.Aliases(ctx, ref(fmt.Sprintf("vm-%03d", i)))
+			if err != nil || len(got) != 1 {
+				t.Errorf("vm-%03d: %v %v", i, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	if calls, g := total()-before, s.Count("instances.get")-gets; calls > 2 || g != 0 {
+		t.Errorf("%d concurrent misses cost %d calls (%d gets); want one list", n, calls, g)
+	}
+	// A single miss is one get, not a list of the whole project.
+	s.AddInstance(zone, "late")
+	before = total()
+	if _, err := c2.Aliases(ctx, ref("late")); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Count("instances.get") - gets; total()-before != 1 || got != 1 {
+		t.Errorf("one miss cost %d calls (%d gets); want one get", total()-before, got)
+	}
+}
+
+// The test server's side of the rules the client relies on, through the
+// raw compute client.
+func TestServerFollowsEvidence(t *testing.T) {
+	s := newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, Faults: gcetest.Faults{WaitAtOnce: true}})
+	s.AddInstance(zone, "vm", &compute.AliasIpRange{IpCidrRange: "10.64.1.0/24", SubnetworkRangeName: "pods"})
+	s.AddInstance(zone, "vm2")
+	svc, err := compute.NewService(ctx, option.WithEndpoint(s.Endpoint()), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := func(name string) string {
+		in, err := svc.Instances.Get("test-project", zone, name).Do()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in.NetworkInterfaces[0].Fingerprint
+	}
+	waitDone := func(op *compute.Operation) *compute.Operation {
+		for op.Status != "DONE" {
+			time.Sleep(50 * time.Millisecond)
+			if op, err = svc.ZoneOperations.Get("test-project", zone, op.Name).Do(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return op
+	}
+	// PATCH semantics: a body without aliasIpRanges leaves them unchanged
+	// (so a client that forgets ForceSendFields cannot clear the last range).
+	op, err := svc.Instances.UpdateNetworkInterface("test-project", zone, "vm", "nic0", &compute.NetworkInterface{Fingerprint: fp("vm")}).Do()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// wait may return after zero seconds, the operation still RUNNING.
+	w, err := svc.ZoneOperations.Wait("test-project", zone, op.Name).Do()
+	if err != nil || w.Status == "DONE" {
+		t.Errorf("wait on a 300ms operation returned %v %v at once; want RUNNING", w.Status, err)
+	}
+	waitDone(op)
+	if got := serverPrefixes(s, "vm"); got != "pods:10.64.1.0/24" {
+		t.Errorf("PATCH without aliasIpRanges changed them to %q", got)
+	}
+	// An overlap is reported inside the operation, not by the call.
+	op, err = svc.Instances.UpdateNetworkInterface("test-project", zone, "vm2", "nic0", &compute.NetworkInterface{
+		Fingerprint: fp("vm2"), AliasIpRanges: []*compute.AliasIpRange{{IpCidrRange: "10.64.1.0/25", SubnetworkRangeName: "pods"}},
+	}).Do()
+	if err != nil {
+		t.Fatalf("the call itself failed on an overlap: %v", err)
+	}
+	done := waitDone(op)
+	if done.Error == nil || done.Error.Errors[0].Code != "IP_IN_USE_BY_ANOTHER_RESOURCE" {
+		t.Errorf("overlap: operation error %+v", done.Error)
+	}
+	// Operations are listed with the name regex filter, and only it.
+	list, err := svc.ZoneOperations.List("test-project", zone).Filter(fmt.Sprintf(`name eq "(%s|nope)"`, op.Name)).Do()
+	if err != nil || len(list.Items) != 1 || list.Items[0].Name != op.Name {
+		t.Errorf("list by name: %v %v", list, err)
+	}
+	_, err = svc.ZoneOperations.List("test-project", zone).Filter(`status = "DONE"`).Do()
+	var gerr *googleapi.Error
+	if !errors.As(err, &gerr) || gerr.Code != 400 {
+		t.Errorf("an unsupported filter was not refused: %v", err)
+	}
+	// Quota windows: refused until the next window, then served again.
+	s.SetFaults(gcetest.Faults{RateLimit: 2, RateWindow: 300 * time.Millisecond})
+	time.Sleep(time.Until(time.Now().Truncate(300 * time.Millisecond).Add(300 * time.Millisecond)))
+	codes := []int{}
+	for i := 0; i < 3; i++ {
+		_, err := svc.Instances.Get("test-project", zone, "vm").Do()
+		code := 200
+		if errors.As(err, &gerr) {
+			code = gerr.Code
+			if gerr.Errors[0].Reason != "rateLimitExceeded" {
+				t.Errorf("reason %q", gerr.Errors[0].Reason)
+			}
+		}
+		codes = append(codes, code)
+	}
+	time.Sleep(time.Until(time.Now().Truncate(300 * time.Millisecond).Add(300 * time.Millisecond)))
+	if _, err := svc.Instances.Get("test-project", zone, "vm").Do(); err != nil {
+		t.Errorf("next window still refused: %v", err)
+	}
+	if fmt.Sprint(codes) != "[200 200 403]" {
+		t.Errorf("codes in one window %v, want [200 200 403]", codes)
+	}
+}
