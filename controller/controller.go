@@ -75,8 +75,12 @@ const (
 	EventCIDRMismatch = "CIDRMismatch"
 	// EventCIDROutOfRange: the node's podCIDR lies outside the pod range.
 	EventCIDROutOfRange = "CIDROutOfRange"
-	// EventCloudAliasFailed: the cloud refused or failed an alias change.
+	// EventCloudAliasFailed: an alias change failed (transient, or the block
+	// is held by another resource).
 	EventCloudAliasFailed = "CloudAliasFailed"
+	// EventCloudAliasRefused: the cloud refused the node's alias for a
+	// reason of its own (invalid for its NIC, quota): the block went back.
+	EventCloudAliasRefused = "CloudAliasRefused"
 	// EventInstanceNotFound: the node's providerID names no known instance.
 	EventInstanceNotFound = "InstanceNotFound"
 	// EventAliasReleased: a deleted node's alias was removed from its NIC.
@@ -495,18 +499,32 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 		return err
 	}
 	if err := c.cloud.AddAlias(ctx, inst, cidr); err != nil {
-		c.metrics.Allocations.WithLabelValues("failed").Inc()
-		c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed, "Add alias %v to %s: %v", cidr, inst, err)
-		if errors.Is(err, cloud.ErrRangeConflict) {
-			// Someone outside our view holds this block: keep it marked used
+		switch {
+		case errors.Is(err, cloud.ErrRangeConflict):
+			// Another resource really holds this block: keep it marked used
 			// (never hand it out) but let the node try another.
+			c.metrics.Allocations.WithLabelValues("conflict").Inc()
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed,
+				"Block %v is held by another resource; it stays out of the pool and the node gets another: %v", cidr, err)
 			c.mu.Lock()
 			delete(c.owned, name)
 			delete(c.owner, cidr)
 			c.mu.Unlock()
+		case refused(err):
+			// The cloud refuses this node's write whatever the block (its
+			// NIC is on another subnetwork, a quota, the range limit): the
+			// block goes back to the pool at once, as nothing was applied,
+			// so a node that keeps failing never holds more than one.
+			c.metrics.Allocations.WithLabelValues("refused").Inc()
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasRefused,
+				"The cloud refused alias %v on %s (%s); block returned to the pool, retrying with backoff: %v", cidr, inst, cloud.Code(err), err)
+			c.unreserve(name, cidr)
+		default:
+			// Transient errors keep the reservation so the retry asks the
+			// cloud for the same block; the alias may already be there.
+			c.metrics.Allocations.WithLabelValues("failed").Inc()
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed, "Add alias %v to %s: %v", cidr, inst, err)
 		}
-		// Transient errors keep the reservation so the retry asks the cloud
-		// for the same block; the alias may already be there.
 		return fmt.Errorf("add alias %v to %s: %w", cidr, inst, err)
 	}
 	if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
@@ -565,6 +583,26 @@ func (c *Controller) reserve(name string, inst cloud.InstanceRef) (netip.Prefix,
 	c.owned[name] = assignment{cidr: cidr, inst: inst}
 	c.owner[cidr] = name
 	return cidr, nil
+}
+
+// refused reports whether the cloud refused a write for a reason another
+// block or a retry soon will not change.
+func refused(err error) bool {
+	return errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrQuotaExceeded) || errors.Is(err, cloud.ErrTooManyAliases)
+}
+
+// unreserve returns a block the node reserved, and the cloud never applied,
+// to the pool.
+func (c *Controller) unreserve(name string, cidr netip.Prefix) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a, ok := c.owned[name]; ok && a.cidr == cidr {
+		delete(c.owned, name)
+	}
+	if c.owner[cidr] == name {
+		delete(c.owner, cidr)
+		c.alloc.Release(cidr)
+	}
 }
 
 // patchPodCIDR writes spec.podCIDR and spec.podCIDRs in one patch.

@@ -30,7 +30,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aliasip_allocations_total",
-			Help: "Node block decisions by result: assigned, adopted, repaired, exhausted, failed.",
+			Help: "Node block decisions by result: assigned, adopted, repaired, exhausted, failed (transient), conflict (block held by another resource), refused (the cloud refused the node; block returned).",
 		}, []string{"result"}),
 		CloudCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aliasip_cloud_calls_total",

@@ -201,16 +201,20 @@ func newCloud(ctx context.Context, o *Options, m *controller.Metrics) (cloud.Int
 		return c, false, err
 	case "gce":
 		cfg := gce.Config{
-			Project:        o.GCEProject,
-			Region:         o.GCERegion,
-			Zone:           o.GCEZone,
-			Subnetwork:     o.GCESubnetwork,
-			SecondaryRange: o.GCESecondaryRange,
-			Endpoint:       o.GCEEndpoint,
-			QPS:            o.CloudQPS,
-			Burst:          o.CloudBurst,
-			Observe:        m.ObserveCloudRequest,
+			Project:         o.GCEProject,
+			Region:          o.GCERegion,
+			Zone:            o.GCEZone,
+			Subnetwork:      o.GCESubnetwork,
+			SecondaryRange:  o.GCESecondaryRange,
+			Endpoint:        o.GCEEndpoint,
+			QPS:             o.CloudQPS,
+			Burst:           o.CloudBurst,
+			Observe:         m.ObserveCloudRequest,
+			RateLimitWindow: o.GCEQuotaWindow,
+			PollInterval:    o.GCEPollInterval,
 		}
+		logger := klog.FromContext(ctx)
+		cfg.Logf = func(format string, args ...any) { logger.Info(fmt.Sprintf(format, args...)) }
 		if o.ClusterCIDR != "" {
 			cfg.PodRange = netip.MustParsePrefix(o.ClusterCIDR)
 		}

@@ -107,16 +107,19 @@ func TestGCEConverges(t *testing.T) {
 	}
 }
 
-// With 20% 503s, 10% forced 412s, a rate limit below the controller's
-// demand and 500 ms operations, every node converges and no range is on two
-// instances.
+// With 20% 503s, 10% forced 412s, a quota (per 1 s window here) below the
+// controller's demand, operations that end RESOURCE_NOT_READY or
+// CONDITION_NOT_MET and 500 ms operations, every node converges and no
+// range is on two instances.
 func TestGCEConvergesUnderFaults(t *testing.T) {
 	e, s := newGCEEnv(t, "10.32.0.0/14", gcetest.Options{
 		OpDelay: 500 * time.Millisecond,
 		WaitMax: 200 * time.Millisecond,
-		Faults:  gcetest.Faults{Rate5xx: 0.2, Force412: 0.1, RateLimit: 60},
+		Faults: gcetest.Faults{Rate5xx: 0.2, Force412: 0.1, RateLimit: 60, RateWindow: time.Second,
+			OpNotReady: 0.05, OpStaleFingerprint: 0.05},
 	})
-	c := e.startController("controller", "--cloud-qps", "150", "--cloud-burst", "150", "--workers", "40")
+	c := e.startController("controller", "--cloud-qps", "150", "--cloud-burst", "150", "--workers", "40",
+		"--gce-quota-window", "1s", "--gce-poll-interval", "100ms")
 	gceNodes(t, e, s, framework.NodeNames("f", 300))
 	snap := e.waitConverged(4 * time.Minute)
 	snap.CheckInvariants(t, e.cluster, true)
@@ -189,4 +192,61 @@ func TestGCEMetadataDefaults(t *testing.T) {
 	if s.Count("subnetworks.get") == 0 || s.Counts()["metadata"] == 0 {
 		t.Errorf("the pod range was not read from the subnetwork found through the metadata: %v", s.Counts())
 	}
+}
+
+// A node whose NIC is on a subnetwork without the pod range: every alias
+// write is refused with 400. Next to healthy nodes, it never holds more
+// than one block however long it keeps failing (the issue measured 34
+// blocks retired in 60 s), it gets a CloudAliasRefused Warning naming the
+// cause, and it is retried with backoff, not hot.
+func TestGCERefusedNodeHoldsOneBlock(t *testing.T) {
+	e, s := newGCEEnv(t, "10.4.0.0/16", gcetest.Options{OpDelay: 50 * time.Millisecond})
+	c := e.startController("controller", "--cloud-qps", "200", "--cloud-burst", "200")
+	healthy := framework.NodeNames("h", 5)
+	gceNodes(t, e, s, healthy)
+	s.AddInstanceOn(gceZone, "bad-0", "legacy")
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"bad-0"}, func(n *corev1.Node) {
+		n.Spec.ProviderID = fmt.Sprintf("gce://%s/%s/bad-0", gceProject, gceZone)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitEvent("bad-0", corev1.EventTypeWarning, "CloudAliasRefused", time.Minute)
+	writesAt := func() int { return s.Count("instances.updateNetworkInterface") }
+	start, w0 := time.Now(), writesAt()
+	maxUsed := 0.0
+	for time.Since(start) < 20*time.Second {
+		if v, ok := c.metric("aliasip_pool_blocks", `state="used"`); ok && v > maxUsed {
+			maxUsed = v
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if maxUsed > 6 {
+		t.Errorf("up to %v blocks used for 5 healthy nodes and one refused node; want at most 6", maxUsed)
+	}
+	// Healthy nodes all converged; the bad node has no podCIDR.
+	n, err := e.client.CoreV1().Nodes().Get(e.ctx, "bad-0", metav1.GetOptions{})
+	if err != nil || n.Spec.PodCIDR != "" {
+		t.Errorf("bad-0: podCIDR %q, %v", n.Spec.PodCIDR, err)
+	}
+	for _, h := range healthy {
+		n, err := e.client.CoreV1().Nodes().Get(e.ctx, h, metav1.GetOptions{})
+		if err != nil || n.Spec.PodCIDR == "" {
+			t.Errorf("healthy node %s: podCIDR %q, %v", h, n.Spec.PodCIDR, err)
+		}
+	}
+	// Backoff: exponential from 50 ms to a minute, so 20 s see a handful
+	// of writes, not one per sync.
+	if writes := writesAt() - w0; writes > 12 {
+		t.Errorf("%d writes for the refused node in 20 s: not backing off", writes)
+	}
+	if v, _ := c.metric("aliasip_allocations_total", `result="refused"`); v == 0 {
+		t.Error("aliasip_allocations_total{result=\"refused\"} is 0")
+	}
+	// Recreated on the right subnetwork, the node gets its block.
+	if err := e.client.CoreV1().Nodes().Delete(e.ctx, "bad-0", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s.DeleteInstance(gceZone, "bad-0")
+	gceNodes(t, e, s, []string{"bad-0"})
+	e.waitConverged(time.Minute).CheckInvariants(t, e.cluster, true)
 }
