@@ -232,6 +232,7 @@ func TestFaultsAreRetried(t *testing.T) {
 		{"rate limit 403s", gcetest.Faults{RateLimit: 3, RateWindow: 100 * time.Millisecond}, "403"},
 		{"failing operations", gcetest.Faults{FailOps: 0.5}, ""},
 		{"operations not ready", gcetest.Faults{OpNotReady: 0.5}, ""},
+		{"operation list refused: read one by one", gcetest.Faults{RefuseOperationList: true}, "400"},
 		{"operations with a stale fingerprint", gcetest.Faults{OpStaleFingerprint: 0.5}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package gce
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -31,9 +32,19 @@ type poller struct {
 	project, zone string
 
 	mu      sync.Mutex
-	waiters map[string][]chan *compute.Operation
+	waiters map[string][]chan opResult
+	missing map[string]int // polls a pending operation was absent from
 	running bool
 }
+
+type opResult struct {
+	op  *compute.Operation
+	err error
+}
+
+// missingPolls is how many polls may not mention an operation before it is
+// read on its own with zoneOperations.get.
+const missingPolls = 3
 
 func (c *Cloud) pollerFor(project, zone string) *poller {
 	c.mu.Lock()
@@ -41,7 +52,7 @@ func (c *Cloud) pollerFor(project, zone string) *poller {
 	key := project + "/" + zone
 	p, ok := c.pollers[key]
 	if !ok {
-		p = &poller{c: c, project: project, zone: zone, waiters: map[string][]chan *compute.Operation{}}
+		p = &poller{c: c, project: project, zone: zone, waiters: map[string][]chan opResult{}, missing: map[string]int{}}
 		c.pollers[key] = p
 	}
 	return p
@@ -49,7 +60,7 @@ func (c *Cloud) pollerFor(project, zone string) *poller {
 
 // wait returns the operation once it is DONE.
 func (p *poller) wait(ctx context.Context, name string) (*compute.Operation, error) {
-	ch := make(chan *compute.Operation, 1)
+	ch := make(chan opResult, 1)
 	p.mu.Lock()
 	p.waiters[name] = append(p.waiters[name], ch)
 	if !p.running {
@@ -58,8 +69,8 @@ func (p *poller) wait(ctx context.Context, name string) (*compute.Operation, err
 	}
 	p.mu.Unlock()
 	select {
-	case op := <-ch:
-		return op, nil
+	case r := <-ch:
+		return r.op, r.err
 	case <-ctx.Done():
 		p.mu.Lock()
 		list := p.waiters[name]
@@ -71,6 +82,7 @@ func (p *poller) wait(ctx context.Context, name string) (*compute.Operation, err
 		}
 		if len(list) == 0 {
 			delete(p.waiters, name)
+			delete(p.missing, name)
 		} else {
 			p.waiters[name] = list
 		}
@@ -99,25 +111,74 @@ func (p *poller) run() {
 		for len(names) > 0 {
 			batch := names[:min(opsPerPoll, len(names))]
 			names = names[len(batch):]
-			done, err := p.poll(batch)
+			done, seen, err := p.poll(batch)
 			if err != nil {
-				p.c.logf("gce: polling %d operations in %s: %v", len(batch), p.zone, err)
+				p.c.logf("gce: polling %d operations in %s: %v; reading them one by one", len(batch), p.zone, err)
+				p.readEach(batch)
 				continue
 			}
+			var absent []string
 			p.mu.Lock()
 			for _, op := range done {
-				for _, ch := range p.waiters[op.Name] {
-					ch <- op
+				p.deliver(op.Name, opResult{op: op})
+			}
+			for _, n := range batch {
+				if seen[n] {
+					delete(p.missing, n)
+				} else if _, waiting := p.waiters[n]; waiting {
+					if p.missing[n]++; p.missing[n] >= missingPolls {
+						absent = append(absent, n)
+					}
 				}
-				delete(p.waiters, op.Name)
 			}
 			p.mu.Unlock()
+			// An operation the list keeps leaving out is read on its own,
+			// so no waiter can hang on it.
+			p.readEach(absent)
 		}
 	}
 }
 
-// poll lists the named operations and returns those that are DONE.
-func (p *poller) poll(names []string) ([]*compute.Operation, error) {
+// deliver hands a result to an operation's waiters; p.mu is held.
+func (p *poller) deliver(name string, r opResult) {
+	for _, ch := range p.waiters[name] {
+		ch <- r
+	}
+	delete(p.waiters, name)
+	delete(p.missing, name)
+}
+
+// readEach reads operations one by one with zoneOperations.get: the
+// fallback when a list fails or leaves an operation out.
+func (p *poller) readEach(names []string) {
+	for _, n := range names {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		var op *compute.Operation
+		err := p.c.retry(ctx, "zoneOperations.get", func() (err error) {
+			op, err = p.c.svc.ZoneOperations.Get(p.project, p.zone, n).Context(ctx).Do()
+			return err
+		})
+		cancel()
+		p.mu.Lock()
+		switch {
+		case err == nil && op.Status == "DONE":
+			p.deliver(n, opResult{op: op})
+		case err == nil:
+			delete(p.missing, n) // still running: keep polling
+		case errors.Is(err, cloud.ErrInstanceNotFound):
+			// The operation is gone: whether it applied is unknown, so the
+			// caller re-reads the NIC.
+			p.deliver(n, opResult{err: fmt.Errorf("operation %s vanished: %w", n, cloud.ErrUnavailable)})
+		default:
+			p.c.logf("gce: reading operation %s: %v", n, err)
+		}
+		p.mu.Unlock()
+	}
+}
+
+// poll lists the named operations and returns those that are DONE and
+// the names the list mentioned.
+func (p *poller) poll(names []string) ([]*compute.Operation, map[string]bool, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	quoted := make([]string, len(names))
@@ -126,6 +187,7 @@ func (p *poller) poll(names []string) ([]*compute.Operation, error) {
 	}
 	filter := fmt.Sprintf(`name eq "(%s)"`, strings.Join(quoted, "|"))
 	var done []*compute.Operation
+	seen := map[string]bool{}
 	pageToken := ""
 	for {
 		var page *compute.OperationList
@@ -138,15 +200,16 @@ func (p *poller) poll(names []string) ([]*compute.Operation, error) {
 			return err
 		})
 		if err != nil {
-			return done, err
+			return nil, nil, err
 		}
 		for _, op := range page.Items {
+			seen[op.Name] = true
 			if op.Status == "DONE" {
 				done = append(done, op)
 			}
 		}
 		if page.NextPageToken == "" {
-			return done, nil
+			return done, seen, nil
 		}
 		pageToken = page.NextPageToken
 	}

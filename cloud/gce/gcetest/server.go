@@ -59,6 +59,9 @@ type Faults struct {
 	// or not. GCE documents that wait "might return after zero seconds"
 	// (https://cloud.google.com/compute/docs/reference/rest/v1/zoneOperations/wait).
 	WaitAtOnce bool
+	// RefuseOperationList: zoneOperations.list answers 400, as a server
+	// that did not take our filter would.
+	RefuseOperationList bool
 	// FailOps: fraction of operations that end DONE with INTERNAL_ERROR, unapplied.
 	FailOps float64
 	// OpNotReady, OpStaleFingerprint, OpQuotaExceeded: fractions of
@@ -326,6 +329,8 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 		s.getOp(w, r, p[3], false)
 	case method == "zoneOperations.wait":
 		s.getOp(w, r, p[3], !f.WaitAtOnce)
+	case method == "zoneOperations.list" && f.RefuseOperationList:
+		apiError(w, 400, "invalid", "Invalid list filter expression (injected).")
 	case method == "zoneOperations.list":
 		s.listOps(w, r, p[1])
 	case method == "subnetworks.get":
