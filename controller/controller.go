@@ -13,6 +13,7 @@
 //	empty    present           adopt: patch podCIDR from the alias
 //	set      present, equal    nothing (in sync)
 //	set      present, differs  nothing; Warning CIDRMismatch and a metric
+//	set      equal + others    remove the others, cool their blocks down
 //
 // A podCIDR outside the pod range is foreign: Warning CIDROutOfRange, nothing
 // else is touched.
@@ -85,6 +86,9 @@ const (
 	EventInstanceNotFound = "InstanceNotFound"
 	// EventAliasReleased: a deleted node's alias was removed from its NIC.
 	EventAliasReleased = "AliasReleased"
+	// EventExtraAliasRemoved: the NIC held a second alias from the pod range
+	// besides the node's podCIDR; it was removed.
+	EventExtraAliasRemoved = "ExtraAliasRemoved"
 )
 
 // maxRetries bounds the retries of one node before it is dropped until the
@@ -112,6 +116,9 @@ type Config struct {
 	// Cooling, if set, persists the blocks cooling down so the cooldown
 	// survives restarts and leader changes.
 	Cooling CoolingStore
+	// SyncTimeout bounds one node's sync, cloud operations included, so a
+	// hung call cannot hold a worker forever (default 3m).
+	SyncTimeout time.Duration
 }
 
 // assignment is a block the controller holds for a node.
@@ -154,6 +161,9 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 	}
 	if cfg.GCInterval <= 0 {
 		cfg.GCInterval = time.Minute
+	}
+	if cfg.SyncTimeout <= 0 {
+		cfg.SyncTimeout = 3 * time.Minute
 	}
 	c := &Controller{
 		cfg:    cfg,
@@ -257,6 +267,11 @@ func (c *Controller) Run(ctx context.Context) error {
 	wg.Go(func() { wait.UntilWithContext(ctx, c.collectLeaks, c.cfg.GCInterval) })
 	logger.Info("Controller running", "workers", c.cfg.Workers)
 	<-ctx.Done()
+	// Stop taking nodes, and wait for the syncs in flight: they run on a
+	// context of their own (bounded by SyncTimeout), so a cloud operation
+	// they started is seen through and recorded before Run returns — and
+	// before the caller releases the leader lease.
+	logger.Info("Stopping: waiting for the node syncs in flight")
 	c.queue.ShutDown()
 	wg.Wait()
 	return nil
@@ -348,8 +363,14 @@ func (c *Controller) processNext(ctx context.Context) bool {
 		return false
 	}
 	defer c.queue.Done(key)
+	if ctx.Err() != nil {
+		return false // stopping: leave the node to the next leader
+	}
+	// A sync is not cut short by shutdown, only by its own deadline.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.SyncTimeout)
+	defer cancel()
 	start := time.Now()
-	err := c.safeSync(ctx, key)
+	err := c.safeSync(sctx, key)
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -365,6 +386,13 @@ func (c *Controller) handleErr(ctx context.Context, key string, err error) {
 		return
 	}
 	logger := klog.FromContext(ctx)
+	if errors.Is(err, errExhausted) {
+		// Not a failure of the node: it waits in c.waiting and is queued
+		// again as soon as a block is freed (runCooldown), or at the next
+		// resync. It is never dropped for waiting.
+		c.queue.Forget(key)
+		return
+	}
 	if c.queue.NumRequeues(key) < maxRetries {
 		logger.V(2).Info("Node sync failed, will retry", "node", key, "err", err)
 		c.queue.AddRateLimited(key)
@@ -457,6 +485,9 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 			c.metrics.Allocations.WithLabelValues("repaired").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Repaired alias %v on %s", podCIDR, inst)
 			logger.Info("Repaired missing alias", "cidr", podCIDR, "instance", inst)
+		case containsPrefix(ours, podCIDR) && len(ours) > 1: // set, present, and extra ones
+			c.occupy(ours...)
+			return c.removeExtras(ctx, node, inst, podCIDR, ours)
 		case containsPrefix(ours, podCIDR): // set, present, equal
 			c.occupy(ours...)
 		default: // set, present, different
@@ -536,6 +567,34 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 	return nil
 }
 
+// removeExtras removes the aliases from the pod range on the node's NIC
+// other than its podCIDR (left by an operation a previous leader or process
+// started and never recorded) and cools their blocks down.
+func (c *Controller) removeExtras(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, keep netip.Prefix, ours []netip.Prefix) error {
+	for _, p := range ours {
+		if p == keep {
+			continue
+		}
+		if err := c.cloud.RemoveAlias(ctx, inst, p); err != nil {
+			return fmt.Errorf("remove extra alias %v from %s: %w", p, inst, err)
+		}
+		c.mu.Lock()
+		if holder, held := c.owner[p]; !held || holder == node.Name {
+			delete(c.owner, p)
+			c.alloc.Occupy(p)
+			c.cooling[p] = time.Now().Add(c.cfg.ReleaseCooldown)
+		}
+		c.mu.Unlock()
+		c.saveCooling(ctx)
+		c.wake()
+		c.metrics.Mismatches.Inc()
+		c.recorder.Eventf(node, corev1.EventTypeWarning, EventExtraAliasRemoved,
+			"Removed alias %v from %s: the node's podCIDR is %v; the block cools down for %v", p, inst, keep, c.cfg.ReleaseCooldown)
+		klog.FromContext(ctx).Info("Removed extra alias", "node", node.Name, "cidr", p, "podCIDR", keep, "instance", inst)
+	}
+	return nil
+}
+
 // claim records name as the holder of cidr; it returns the name of another
 // node that already holds it ("" when the claim succeeded).
 func (c *Controller) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef) string {
@@ -544,6 +603,11 @@ func (c *Controller) claim(name string, cidr netip.Prefix, inst cloud.InstanceRe
 	if other, ok := c.owner[cidr]; ok && other != name {
 		if _, err := c.nodes.Get(other); err == nil {
 			return other
+		}
+		// The holder is gone: its pending release must not remove the
+		// alias from the node that now holds the block.
+		if c.owned[other].cidr == cidr {
+			delete(c.owned, other)
 		}
 	}
 	if prev, ok := c.owned[name]; ok && prev.cidr != cidr {
@@ -622,6 +686,11 @@ func (c *Controller) release(ctx context.Context, name string) error {
 	c.mu.Lock()
 	a, ok := c.owned[name]
 	delete(c.waiting, name)
+	if ok && c.owner[a.cidr] != name {
+		// Another node claimed the block since: nothing of ours to remove.
+		delete(c.owned, name)
+		ok = false
+	}
 	c.mu.Unlock()
 	if !ok {
 		return nil
@@ -771,10 +840,23 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 			logger.Info("Removed leaked alias from instance without a Node", "instance", in.Ref, "cidr", a.CIDR)
 			c.mu.Lock()
 			delete(c.leakSeen, key)
-			if _, held := c.owner[a.CIDR]; !held {
-				c.alloc.Occupy(a.CIDR)
-				c.cooling[a.CIDR] = now.Add(c.cfg.ReleaseCooldown)
+			if holder, held := c.owner[a.CIDR]; held {
+				if _, err := c.nodes.Get(holder); apierrors.IsNotFound(err) {
+					// A deleted node whose release never succeeded: the
+					// block is no longer its.
+					delete(c.owner, a.CIDR)
+					if c.owned[holder].cidr == a.CIDR {
+						delete(c.owned, holder)
+					}
+					held = false
+				}
+				if held {
+					c.mu.Unlock()
+					continue
+				}
 			}
+			c.alloc.Occupy(a.CIDR)
+			c.cooling[a.CIDR] = now.Add(c.cfg.ReleaseCooldown)
 			c.mu.Unlock()
 			c.saveCooling(ctx)
 			c.wake()
@@ -802,3 +884,31 @@ var (
 	everything         = labels.Everything()
 	metav1PatchOptions = metav1.PatchOptions{FieldManager: "aliasip-controller"}
 )
+
+// TrimNode is the Node informer's transform: it keeps what the controller
+// reads (name, UID, resourceVersion, creation time, labels, providerID,
+// podCIDR(s)) and drops the rest — status with its images and conditions,
+// annotations, managed fields — which at 15,000 Nodes is most of the cache.
+// Tombstones and other objects pass through.
+func TrimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		TypeMeta: n.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              n.Name,
+			UID:               n.UID,
+			ResourceVersion:   n.ResourceVersion,
+			CreationTimestamp: n.CreationTimestamp,
+			DeletionTimestamp: n.DeletionTimestamp,
+			Labels:            n.Labels,
+		},
+		Spec: corev1.NodeSpec{
+			ProviderID: n.Spec.ProviderID,
+			PodCIDR:    n.Spec.PodCIDR,
+			PodCIDRs:   n.Spec.PodCIDRs,
+		},
+	}, nil
+}

@@ -12,11 +12,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/aliasip/aliasip/cloud"
@@ -225,5 +227,163 @@ func TestExhaustedAndPanicRecovered(t *testing.T) {
 	}
 	if err := p.syncSeen("fine", ""); err != nil || p.podCIDR("fine") == "" {
 		t.Fatalf("the next node after a panic: %v", err)
+	}
+}
+
+// A node waiting for a free block is not a failing node: however often it
+// syncs while the pool is exhausted, it is never counted toward the retry
+// limit nor dropped.
+func TestExhaustedNodeNeverDropped(t *testing.T) {
+	h := newHarness(t, "10.0.0.0/24", "a", "b")
+	if err := h.syncSeen("a", ""); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < maxRetries+5; i++ {
+		err := h.ctrl.safeSync(h.ctx, "b")
+		if !errors.Is(err, errExhausted) {
+			t.Fatalf("sync %d: %v, want errExhausted", i, err)
+		}
+		h.ctrl.handleErr(h.ctx, "b", err)
+	}
+	if n := h.ctrl.queue.NumRequeues("b"); n != 0 {
+		t.Errorf("%d requeues counted for a waiting node", n)
+	}
+	if v := testutil.ToFloat64(h.metrics.Dropped); v != 0 {
+		t.Errorf("a waiting node was dropped (%v)", v)
+	}
+}
+
+// A second alias from the pod range beside the podCIDR's (an operation a
+// previous leader started and never recorded) is removed and its block
+// cools down; the podCIDR's alias stays.
+func TestExtraAliasRemoved(t *testing.T) {
+	h := newHarness(t, "10.0.0.0/16", "n1")
+	if err := h.syncSeen("n1", ""); err != nil {
+		t.Fatal(err)
+	}
+	podCIDR := netip.MustParsePrefix(h.podCIDR("n1"))
+	extra := netip.MustParsePrefix("10.0.200.0/24")
+	if err := h.cloud.Cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, extra); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.syncSeen("n1", podCIDR.String()); err != nil {
+		t.Fatal(err)
+	}
+	aliases, _ := h.cloud.Aliases(h.ctx, cloud.InstanceRef{Name: "n1"})
+	if len(aliases) != 1 || aliases[0].CIDR != podCIDR {
+		t.Fatalf("aliases %v, want only the podCIDR %v", aliases, podCIDR)
+	}
+	h.ctrl.mu.Lock()
+	_, cooling := h.ctrl.cooling[extra]
+	h.ctrl.mu.Unlock()
+	if !cooling {
+		t.Errorf("the extra block %v does not cool down", extra)
+	}
+	if ev := h.events(); !strings.Contains(ev, "Warning "+EventExtraAliasRemoved) {
+		t.Errorf("no ExtraAliasRemoved warning: %s", ev)
+	}
+}
+
+// A deleted node whose release is still pending must not remove the alias
+// from the node that has since adopted the block on the same instance.
+func TestGhostOwnerReleaseSparesNewHolder(t *testing.T) {
+	h := newHarness(t, "10.0.0.0/16", "old")
+	if err := h.syncSeen("old", ""); err != nil {
+		t.Fatal(err)
+	}
+	cidr := netip.MustParsePrefix(h.podCIDR("old"))
+	// The instance is re-registered under a new name before the old Node's
+	// deletion is handled.
+	inst := cloud.InstanceRef{Name: "old"}
+	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "old", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "new"}, Spec: corev1.NodeSpec{ProviderID: "fake://old"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, errOld := h.ctrl.nodes.Get("old")
+		_, errNew := h.ctrl.nodes.Get("new")
+		if errOld != nil && errNew == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("informer never showed the switch")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := h.ctrl.safeSync(h.ctx, "new"); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.podCIDR("new"); got != cidr.String() {
+		t.Fatalf("new node got %q, want to adopt %v", got, cidr)
+	}
+	if err := h.ctrl.safeSync(h.ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	aliases, _ := h.cloud.Aliases(h.ctx, inst)
+	if len(aliases) != 1 || aliases[0].CIDR != cidr {
+		t.Fatalf("the old node's release removed the new holder's alias: %v", aliases)
+	}
+}
+
+// hangingCloud never answers AddAlias until its context ends.
+type hangingCloud struct{ *fake.Cloud }
+
+func (hangingCloud) AddAlias(ctx context.Context, _ cloud.InstanceRef, _ netip.Prefix) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// A hung cloud call ends at the sync deadline, and shutdown does not cut a
+// sync short: it runs to its own end.
+func TestSyncDeadline(t *testing.T) {
+	h := newHarness(t, "10.0.0.0/16", "n1")
+	ctrl := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000, SyncTimeout: 200 * time.Millisecond},
+		h.client, informers.NewSharedInformerFactory(h.client, 0).Core().V1().Nodes(), hangingCloud{h.cloud.Cloud}, h.recorder, NewMetrics(prometheus.NewRegistry()))
+	ctrl.nodes, ctrl.alloc, ctrl.podRange, ctrl.rangeName = h.ctrl.nodes, h.ctrl.alloc, h.ctrl.podRange, h.ctrl.rangeName
+	ctrl.queue.Add("n1")
+	ctx, cancel := context.WithCancel(h.ctx)
+	cancel() // already shutting down once the item is taken: not processed
+	if ctrl.processNext(ctx) {
+		t.Fatal("a stopping controller took a new node")
+	}
+	ctrl.queue.Add("n1")
+	start := time.Now()
+	ctrl.processNext(h.ctx)
+	if d := time.Since(start); d < 150*time.Millisecond || d > 5*time.Second {
+		t.Errorf("a hung sync took %v, want about the 200ms deadline", d)
+	}
+	if ctrl.queue.NumRequeues("n1") != 1 {
+		t.Errorf("the timed-out sync was not retried")
+	}
+}
+
+func TestTrimNode(t *testing.T) {
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n", UID: "u", ResourceVersion: "7", Labels: map[string]string{"a": "b"},
+			Annotations: map[string]string{"big": strings.Repeat("x", 1000)}},
+		Spec: corev1.NodeSpec{ProviderID: "gce://p/z/n", PodCIDR: "10.0.0.0/24", PodCIDRs: []string{"10.0.0.0/24"}, Taints: []corev1.Taint{{Key: "k"}}},
+		Status: corev1.NodeStatus{Images: []corev1.ContainerImage{{Names: []string{"img"}, SizeBytes: 1}},
+			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady}}},
+	}
+	out, err := TrimNode(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*corev1.Node)
+	want := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: "n", UID: "u", ResourceVersion: "7", Labels: map[string]string{"a": "b"}},
+		Spec:       corev1.NodeSpec{ProviderID: "gce://p/z/n", PodCIDR: "10.0.0.0/24", PodCIDRs: []string{"10.0.0.0/24"}},
+	}
+	if !equality.Semantic.DeepEqual(got, want) {
+		t.Errorf("trimmed %+v, want %+v", got, want)
+	}
+	tomb := cache.DeletedFinalStateUnknown{Key: "n", Obj: n}
+	if out, _ := TrimNode(tomb); out != any(tomb) {
+		t.Error("a tombstone was changed")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -80,13 +80,11 @@ func Run(ctx context.Context, o *Options) error {
 
 	factory := informers.NewSharedInformerFactory(client, o.ResyncPeriod)
 	nodeInformer := factory.Core().V1().Nodes()
-	// Managed fields are never read; dropping them keeps the cache small.
-	_ = nodeInformer.Informer().SetTransform(func(obj any) (any, error) {
-		if a, err := meta.Accessor(obj); err == nil {
-			a.SetManagedFields(nil)
-		}
-		return obj, nil
-	})
+	// The cache keeps only what the controller reads of a Node: at 15,000
+	// Nodes their status (images, conditions) would be most of the memory.
+	if err := nodeInformer.Informer().SetTransform(controller.TrimNode); err != nil {
+		return fmt.Errorf("node informer transform: %w", err)
+	}
 	ctrl := controller.New(controller.Config{
 		MaskSize:        o.NodeCIDRMaskSize,
 		Workers:         o.Workers,
@@ -96,6 +94,7 @@ func Run(ctx context.Context, o *Options) error {
 		CloudQPS:        o.CloudQPS,
 		CloudBurst:      o.CloudBurst,
 		CloudBudgeted:   selfBudgeted,
+		SyncTimeout:     o.SyncTimeout,
 		Cooling:         &controller.ConfigMapCooling{Client: evClient, Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName + "-cooling"},
 	}, client, nodeInformer, cl, recorder, metrics)
 
@@ -126,6 +125,24 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	var runErr error
 	done := make(chan struct{})
+	var started atomic.Bool
+	// The elector runs on a context of its own: on shutdown the lease is
+	// released (ReleaseOnCancel) only once the controller has stopped and
+	// its syncs in flight have finished, so a new leader never rebuilds
+	// while our cloud operations still run.
+	leCtx, leCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer leCancel()
+	go func() {
+		<-ctx.Done()
+		if started.Load() {
+			select {
+			case <-done:
+			case <-time.After(o.SyncTimeout + 5*time.Second):
+				logger.Info("Syncs still running after the sync timeout; releasing the lease anyway")
+			}
+		}
+		leCancel()
+	}()
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		LeaseDuration:   o.LeaseDuration,
@@ -135,11 +152,16 @@ func Run(ctx context.Context, o *Options) error {
 		Name:            o.LeaderElectName,
 		WatchDog:        electionCheck,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
+			OnStartedLeading: func(leaderCtx context.Context) {
+				started.Store(true)
 				defer close(done)
 				logger.Info("Became leader", "identity", id)
 				metrics.Leader.Set(1)
-				runErr = ctrl.Run(ctx)
+				// Stop on shutdown (ctx) or on a lost lease (leaderCtx).
+				runCtx, stop := context.WithCancel(leaderCtx)
+				defer stop()
+				defer context.AfterFunc(ctx, stop)()
+				runErr = ctrl.Run(runCtx)
 			},
 			OnStoppedLeading: func() {
 				metrics.Leader.Set(0)
@@ -157,7 +179,7 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return fmt.Errorf("leader election: %w", err)
 	}
-	le.Run(ctx)
+	le.Run(leCtx)
 	if cause := context.Cause(ctx); errors.Is(cause, ErrLostLease) {
 		return ErrLostLease
 	}

@@ -53,6 +53,7 @@ type Options struct {
 	GCESecondaryRange string
 	GCEEndpoint       string
 	GCEQuotaWindow    time.Duration
+	SyncTimeout       time.Duration
 	GCEPollInterval   time.Duration
 
 	FakeLatency   time.Duration
@@ -72,6 +73,7 @@ func NewOptions() *Options {
 		CloudQPS:             20,
 		CloudBurst:           40,
 		GCEQuotaWindow:       time.Minute,
+		SyncTimeout:          3 * time.Minute,
 		GCEPollInterval:      500 * time.Millisecond,
 		KubeAPIQPS:           50,
 		KubeAPIBurst:         100,
@@ -125,6 +127,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.GCESubnetwork, "gce-subnetwork", o.GCESubnetwork, "Subnetwork of the nodes (default: the aliasip-subnetwork metadata attribute, else this VM's nic0).")
 	fs.StringVar(&o.GCESecondaryRange, "gce-secondary-range", o.GCESecondaryRange, "Secondary range of the subnetwork pods come from (default: the aliasip-secondary-range attribute, else the only one).")
 	fs.StringVar(&o.GCEEndpoint, "gce-endpoint", o.GCEEndpoint, "Compute API base URL, e.g. http://127.0.0.1:8080/compute/v1/; no credentials are used then (default: the real API with Application Default Credentials).")
+	fs.DurationVar(&o.SyncTimeout, "sync-timeout", o.SyncTimeout, "Longest one node's sync may take, cloud operations included; on shutdown the syncs in flight finish (within it) before the leader lease is released.")
 	fs.DurationVar(&o.GCEQuotaWindow, "gce-quota-window", o.GCEQuotaWindow, "Window GCE refills its API rate quotas in: after a 403 rateLimitExceeded every call waits for the next window boundary (GCE: one minute).")
 	fs.DurationVar(&o.GCEPollInterval, "gce-poll-interval", o.GCEPollInterval, "Spacing of the bulk polls of pending zone operations (one zoneOperations.list per zone answers for all of them).")
 	fs.DurationVar(&o.FakeLatency, "fake-latency", o.FakeLatency, "Fake cloud: latency of each alias write operation.")
@@ -196,6 +199,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--kube-api-qps, --kube-api-burst and --events-qps must be positive")
 	case o.ReleaseCooldown < 0 || o.LeakGracePeriod < 0:
 		return fmt.Errorf("--release-cooldown and --leak-grace-period must not be negative")
+	case o.SyncTimeout <= 0:
+		return fmt.Errorf("--sync-timeout=%v: must be positive", o.SyncTimeout)
 	case o.GCEQuotaWindow <= 0 || o.GCEPollInterval <= 0:
 		return fmt.Errorf("--gce-quota-window=%v --gce-poll-interval=%v: both must be positive", o.GCEQuotaWindow, o.GCEPollInterval)
 	case o.GCInterval <= 0 || o.ResyncPeriod < 0:
