@@ -202,6 +202,49 @@ func TestInstallAndFlags(t *testing.T) {
 		}
 	}
 
+	// Least privilege, asked of the real API server as the controller's
+	// ServiceAccount the way an operator would (kubectl auth can-i).
+	kubectl, err := framework.Binary("kubectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	canI := func(args ...string) bool {
+		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", cp.Kubeconfig, "auth", "can-i",
+			"--as=system:serviceaccount:kube-system:aliasip-controller", "-n", "kube-system"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("kubectl auth can-i %v: %v\n%s", args, err, out)
+		}
+		return err == nil
+	}
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"patch", "nodes"}, true},
+		{[]string{"watch", "nodes"}, true},
+		{[]string{"create", "events"}, true},
+		{[]string{"get", "leases/aliasip-controller"}, true},
+		{[]string{"update", "leases/aliasip-controller"}, true},
+		{[]string{"create", "leases"}, true},
+		{[]string{"update", "configmaps/aliasip-controller-cooling"}, true},
+		{[]string{"create", "configmaps"}, true},
+		{[]string{"update", "configmaps/coredns"}, false},
+		{[]string{"get", "configmaps/coredns"}, false},
+		{[]string{"update", "leases/kube-scheduler"}, false},
+		{[]string{"delete", "leases/aliasip-controller"}, false},
+		{[]string{"get", "secrets"}, false},
+		{[]string{"list", "secrets"}, false},
+		{[]string{"delete", "nodes"}, false},
+		{[]string{"create", "events.events.k8s.io"}, false},
+		{[]string{"list", "pods"}, false},
+	} {
+		if got := canI(c.args...); got != c.want {
+			t.Errorf("aliasip-controller can-i %v = %v, want %v", c.args, got, c.want)
+		}
+	}
+
 	// The rendered flags pass each binary's validation: a bad flag exits 2
 	// at once; a good command line starts and keeps running.
 	for _, c := range []struct {
