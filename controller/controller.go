@@ -86,6 +86,8 @@ const (
 	EventInstanceNotFound = "InstanceNotFound"
 	// EventAliasReleased: a deleted node's alias was removed from its NIC.
 	EventAliasReleased = "AliasReleased"
+	// EventCoolingStateInvalid (on the cooling ConfigMap): it cannot be read.
+	EventCoolingStateInvalid = "CoolingStateInvalid"
 	// EventExtraAliasRemoved: the NIC held a second alias from the pod range
 	// besides the node's podCIDR; it was removed.
 	EventExtraAliasRemoved = "ExtraAliasRemoved"
@@ -146,10 +148,13 @@ type Controller struct {
 	owned     map[string]assignment   // node name -> its block
 	owner     map[netip.Prefix]string // block -> node name
 	cooling   map[netip.Prefix]time.Time
-	waiting   map[string]bool      // nodes waiting for a free block
-	leakSeen  map[string]time.Time // instance|cidr -> first seen leaked
-	ready     bool
-	wakeCh    chan struct{}
+	waiting   map[string]bool // nodes waiting for a free block
+	// coolingDirty: the last save of the cooling set failed; runCooldown
+	// retries it.
+	coolingDirty bool
+	leakSeen     map[string]time.Time // instance|cidr -> first seen leaked
+	ready        bool
+	wakeCh       chan struct{}
 }
 
 // New builds a controller. client is used for Node writes only; events go
@@ -326,6 +331,12 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	if c.cfg.Cooling != nil {
 		saved, err := c.cfg.Cooling.Load(ctx)
 		if err != nil {
+			if r, ok := c.cfg.Cooling.(interface {
+				Ref() *corev1.ObjectReference
+			}); ok && errors.Is(err, ErrCoolingCorrupt) {
+				c.recorder.Eventf(r.Ref(), corev1.EventTypeWarning, EventCoolingStateInvalid,
+					"Cannot read the blocks cooling down; the controller stays not ready: %v", err)
+			}
 			return err
 		}
 		now := time.Now()
@@ -337,6 +348,8 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			cooling[cidr] = until
 		}
 	}
+	// Resume handing out blocks where the previous process stood.
+	alloc.SeekAfterLastUsed()
 	c.mu.Lock()
 	c.alloc, c.podRange, c.rangeName = alloc, podRange, rangeName
 	c.owned, c.owner = owned, owner
@@ -415,6 +428,9 @@ func (c *Controller) safeSync(ctx context.Context, key string) (err error) {
 	}()
 	return c.sync(ctx, key)
 }
+
+// coolingRetry is how soon a failed save of the cooling set is retried.
+var coolingRetry = 5 * time.Second
 
 // errConfig marks a configuration that can never work (not retried).
 var errConfig = errors.New("invalid configuration")
@@ -731,8 +747,16 @@ func (c *Controller) saveCooling(ctx context.Context) {
 		snapshot[k] = v
 	}
 	c.mu.Unlock()
-	if err := c.cfg.Cooling.Save(ctx, snapshot); err != nil {
-		klog.FromContext(ctx).Error(err, "Persisting the cooling blocks; the cooldown of a block may not survive a restart")
+	err := c.cfg.Cooling.Save(ctx, snapshot)
+	c.mu.Lock()
+	wasDirty := c.coolingDirty
+	c.coolingDirty = err != nil
+	c.mu.Unlock()
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Persisting the cooling blocks failed; retrying", "every", coolingRetry)
+		if !wasDirty {
+			c.wake() // runCooldown shortens its timer to the retry interval
+		}
 	}
 }
 
@@ -771,8 +795,12 @@ func (c *Controller) runCooldown(ctx context.Context) {
 				woken = append(woken, n)
 			}
 		}
+		dirty := c.coolingDirty
+		if dirty && next.After(now.Add(coolingRetry)) {
+			next = now.Add(coolingRetry)
+		}
 		c.mu.Unlock()
-		if expired {
+		if expired || dirty {
 			c.saveCooling(ctx)
 		}
 		for _, n := range woken {

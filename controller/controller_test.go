@@ -387,3 +387,92 @@ func TestTrimNode(t *testing.T) {
 		t.Error("a tombstone was changed")
 	}
 }
+
+// A cooling ConfigMap that cannot be read keeps the controller not ready,
+// with a Warning event on the ConfigMap; it never guesses.
+func TestCorruptCoolingNotReady(t *testing.T) {
+	h := newHarness(t, "10.0.0.0/16", "n1")
+	if _, err := h.client.CoreV1().ConfigMaps("kube-system").Create(h.ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller-cooling"},
+		Data:       map[string]string{coolingKey: "{not json"},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	h.ctrl.mu.Lock()
+	h.ctrl.ready = false
+	h.ctrl.mu.Unlock()
+	h.ctrl.cfg.Cooling = &ConfigMapCooling{Client: h.client, Namespace: "kube-system", Name: "aliasip-controller-cooling"}
+	if err := h.ctrl.rebuild(h.ctx); !errors.Is(err, ErrCoolingCorrupt) {
+		t.Fatalf("rebuild: %v, want ErrCoolingCorrupt", err)
+	}
+	if h.ctrl.Ready() {
+		t.Error("ready with an unreadable cooling set")
+	}
+	if ev := h.events(); !strings.Contains(ev, "Warning "+EventCoolingStateInvalid) {
+		t.Errorf("no CoolingStateInvalid warning: %s", ev)
+	}
+}
+
+// flakyStore fails its first saves.
+type flakyStore struct {
+	mu    sync.Mutex
+	fails int
+	saved map[netip.Prefix]time.Time
+}
+
+func (f *flakyStore) Load(context.Context) (map[netip.Prefix]time.Time, error) {
+	return map[netip.Prefix]time.Time{}, nil
+}
+
+func (f *flakyStore) Save(_ context.Context, m map[netip.Prefix]time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fails > 0 {
+		f.fails--
+		return errors.New("injected save failure")
+	}
+	f.saved = m
+	return nil
+}
+
+// A failed save of the cooling set is retried until it lands, without
+// waiting for the next block to start or end cooling.
+func TestCoolingSaveRetried(t *testing.T) {
+	old := coolingRetry
+	coolingRetry = 50 * time.Millisecond
+	t.Cleanup(func() { coolingRetry = old })
+	h := newHarness(t, "10.0.0.0/16", "n1")
+	store := &flakyStore{fails: 3}
+	h.ctrl.cfg.Cooling = store
+	h.ctrl.cfg.ReleaseCooldown = time.Hour
+	if err := h.syncSeen("n1", ""); err != nil {
+		t.Fatal(err)
+	}
+	cidr := netip.MustParsePrefix(h.podCIDR("n1"))
+	go h.ctrl.runCooldown(h.ctx)
+	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "n1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := h.ctrl.nodes.Get("n1"); err != nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := h.ctrl.safeSync(h.ctx, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		store.mu.Lock()
+		_, ok := store.saved[cidr]
+		store.mu.Unlock()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cooling set with %v was never saved after failed saves", cidr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

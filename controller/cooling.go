@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -12,6 +13,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
+
+// ErrCoolingCorrupt: the stored cooling set cannot be read. The controller
+// does not guess: it stays not ready, with a Warning event, until the
+// object is fixed or removed.
+var ErrCoolingCorrupt = errors.New("stored cooling blocks are malformed")
 
 // CoolingStore keeps the blocks that are cooling down, and until when, so
 // the cooldown survives a controller restart or a change of leader.
@@ -43,10 +49,16 @@ func (s *ConfigMapCooling) Load(ctx context.Context) (map[netip.Prefix]time.Time
 	out := map[netip.Prefix]time.Time{}
 	if data := cm.Data[coolingKey]; data != "" {
 		if err := json.Unmarshal([]byte(data), &out); err != nil {
-			return nil, fmt.Errorf("cooling blocks %s/%s: %w", s.Namespace, s.Name, err)
+			return nil, fmt.Errorf("%w: ConfigMap %s/%s key %s: %v (fix or delete it; deleting it loses the cooldown of recently freed blocks)",
+				ErrCoolingCorrupt, s.Namespace, s.Name, coolingKey, err)
 		}
 	}
 	return out, nil
+}
+
+// Ref names the ConfigMap, for events about it.
+func (s *ConfigMapCooling) Ref() *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "ConfigMap", APIVersion: "v1", Namespace: s.Namespace, Name: s.Name}
 }
 
 // Save implements CoolingStore.

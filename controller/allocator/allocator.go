@@ -109,6 +109,23 @@ func (a *Allocator) Allocate() (netip.Prefix, error) {
 	return a.prefix(i), nil
 }
 
+// SeekAfterLastUsed moves the next-fit cursor past the highest block in
+// use. Next-fit hands blocks out in rising order, so after a restart this is
+// where the previous process stood: a block freed below it (whose cooldown
+// may have been lost) is the last to be handed out again, not the first.
+func (a *Allocator) SeekAfterLastUsed() {
+	for w := len(a.words) - 1; w >= 0; w-- {
+		if a.words[w] != 0 {
+			a.next = w*64 + 63 - bits.LeadingZeros64(a.words[w]) + 1
+			if a.next >= a.n {
+				a.next = 0
+			}
+			return
+		}
+	}
+	a.next = 0
+}
+
 // Occupy marks every block overlapping p as used. p may be a block, a
 // larger prefix or a smaller one inside a block. It reports how many blocks
 // were newly marked.

@@ -216,3 +216,29 @@ func BenchmarkAllocateRelease(b *testing.B) {
 		})
 	}
 }
+
+// After a restart the cursor resumes past the highest block in use: a block
+// freed below it is not the first one handed out again.
+func TestSeekAfterLastUsed(t *testing.T) {
+	a, err := New(netip.MustParsePrefix("10.0.0.0/16"), 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"10.0.0.0/24", "10.0.2.0/24", "10.0.70.0/24"} {
+		a.Occupy(netip.MustParsePrefix(p))
+	}
+	a.SeekAfterLastUsed()
+	if got, _ := a.Allocate(); got.String() != "10.0.71.0/24" {
+		t.Errorf("first block after the seek: %v, want 10.0.71.0/24", got)
+	}
+	a.Occupy(netip.MustParsePrefix("10.0.255.0/24"))
+	a.SeekAfterLastUsed()
+	if got, _ := a.Allocate(); got.String() != "10.0.1.0/24" {
+		t.Errorf("after the top block the cursor wraps: %v, want 10.0.1.0/24", got)
+	}
+	empty, _ := New(netip.MustParsePrefix("10.0.0.0/16"), 24)
+	empty.SeekAfterLastUsed()
+	if got, _ := empty.Allocate(); got.String() != "10.0.0.0/24" {
+		t.Errorf("empty: %v", got)
+	}
+}
