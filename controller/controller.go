@@ -429,6 +429,10 @@ func (c *Controller) safeSync(ctx context.Context, key string) (err error) {
 	return c.sync(ctx, key)
 }
 
+// conflictHold is how long a block the cloud says another resource holds
+// stays out of the pool.
+const conflictHold = 10 * time.Minute
+
 // coolingRetry is how soon a failed save of the cooling set is retried.
 var coolingRetry = 5 * time.Second
 
@@ -553,10 +557,15 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 			c.metrics.Allocations.WithLabelValues("conflict").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed,
 				"Block %v is held by another resource; it stays out of the pool and the node gets another: %v", cidr, err)
+			// It is held back for conflictHold, not forever: a range GCE was
+			// still moving, or one a leak held, comes back to the pool then
+			// (and is refused again, once, if it is still taken).
 			c.mu.Lock()
 			delete(c.owned, name)
 			delete(c.owner, cidr)
+			c.cooling[cidr] = time.Now().Add(max(conflictHold, c.cfg.ReleaseCooldown))
 			c.mu.Unlock()
+			c.saveCooling(ctx)
 		case refused(err):
 			// The cloud refuses this node's write whatever the block (its
 			// NIC is on another subnetwork, a quota, the range limit): the

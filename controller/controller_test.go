@@ -187,6 +187,12 @@ func TestConflictingBlockNeverReused(t *testing.T) {
 		t.Fatalf("first sync: %v", err)
 	}
 	bad := h.cloud.adds[0]
+	h.ctrl.mu.Lock()
+	until, held := h.ctrl.cooling[bad]
+	h.ctrl.mu.Unlock()
+	if !held || time.Until(until) < conflictHold-time.Minute {
+		t.Errorf("the conflicting block is not held back for %v (cooling until %v, %v)", conflictHold, until, held)
+	}
 	for _, n := range []string{"n1", "n2"} {
 		if err := h.syncSeen(n, ""); err != nil {
 			t.Fatal(err)

@@ -14,11 +14,17 @@ import (
 // unknown (after our own write: the operation changes it).
 type nicState struct {
 	name        string
+	subnetwork  string
 	aliases     []*compute.AliasIpRange
 	fingerprint string
 	// seq orders the reads and writes the state comes from: a state is
-	// never replaced by one from a read that began before it.
+	// never replaced by one from a read that began before it was recorded.
 	seq uint64
+	// writeSeq, for a state our own write recorded, is when that write
+	// began: writes to one NIC are ordered by its fingerprint, so a write
+	// that began later holds the newer list whatever order their
+	// completions are reported in.
+	writeSeq uint64
 }
 
 func newNICState(nic *compute.NetworkInterface) *nicState {
@@ -26,7 +32,7 @@ func newNICState(nic *compute.NetworkInterface) *nicState {
 	if name == "" {
 		name = "nic0"
 	}
-	return &nicState{name: name, aliases: nic.AliasIpRanges, fingerprint: nic.Fingerprint}
+	return &nicState{name: name, subnetwork: nic.Subnetwork, aliases: nic.AliasIpRanges, fingerprint: nic.Fingerprint}
 }
 
 // nicCache holds the NICs of the instances we manage, filled by lists (and
@@ -86,16 +92,19 @@ func (m *nicCache) store(inst cloud.InstanceRef, nic *compute.NetworkInterface, 
 	return st
 }
 
-// applied records the list our finished write (begun at seq) left on the
-// NIC. Writes to one NIC are ordered by its fingerprint, so a later write
-// has a larger seq, whatever order their operations are reported in.
-func (m *nicCache) applied(inst cloud.InstanceRef, from *nicState, aliases []*compute.AliasIpRange, seq uint64) {
+// applied records the list our finished write (begun at writeSeq) left on
+// the NIC. It is stamped with the time of completion, so no read or list
+// that began before the operation finished (and may have seen the old
+// list) replaces it; only a record of a write that began later wins over it.
+func (m *nicCache) applied(inst cloud.InstanceRef, from *nicState, aliases []*compute.AliasIpRange, writeSeq uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := m.key(inst)
-	if old, ok := m.m[k]; !ok || old.seq <= seq {
-		m.m[k] = &nicState{name: from.name, aliases: aliases, seq: seq}
+	if old, ok := m.m[k]; ok && old.writeSeq > writeSeq {
+		return
 	}
+	m.seq++
+	m.m[k] = &nicState{name: from.name, subnetwork: from.subnetwork, aliases: aliases, seq: m.seq, writeSeq: writeSeq}
 }
 
 // forget drops what a read or write begun before seq recorded.
@@ -109,12 +118,15 @@ func (m *nicCache) forget(inst cloud.InstanceRef, seq uint64) {
 }
 
 // replace installs a full list begun at seq: entries it has are updated
-// unless newer, entries it lacks are dropped unless newer.
-func (m *nicCache) replace(all map[cloud.InstanceRef]*nicState, seq uint64, pages int) {
+// unless newer, entries in its scope (our project and subnetwork) it lacks
+// are dropped unless newer. Entries outside its scope, read one by one (a
+// NIC on another subnetwork, an instance of another project), are kept so
+// they do not miss again at every sync.
+func (m *nicCache) replace(all map[cloud.InstanceRef]*nicState, seq uint64, pages int, inScope func(cloud.InstanceRef, *nicState) bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for k, old := range m.m {
-		if _, ok := all[k]; !ok && old.seq < seq {
+		if _, ok := all[k]; !ok && old.seq < seq && inScope(k, old) {
 			delete(m.m, k)
 		}
 	}

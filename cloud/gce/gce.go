@@ -188,7 +188,8 @@ type budgetTransport struct {
 }
 
 func (t *budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if err := t.gate.wait(req.Context()); err != nil {
+	method := MethodName(req.Method, req.URL.Path)
+	if err := t.gate.wait(req.Context(), quotaGroup(method)); err != nil {
 		return nil, err
 	}
 	if err := t.limiter.Wait(req.Context()); err != nil {
@@ -201,7 +202,7 @@ func (t *budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if resp != nil {
 			code = resp.StatusCode
 		}
-		t.observe(MethodName(req.Method, req.URL.Path), code, time.Since(start))
+		t.observe(method, code, time.Since(start))
 	}
 	return resp, err
 }
@@ -393,13 +394,25 @@ func (c *Cloud) RemoveAlias(ctx context.Context, inst cloud.InstanceRef, cidr ne
 // classified by its error code (opError).
 func (c *Cloud) modify(ctx context.Context, inst cloud.InstanceRef, change func([]*compute.AliasIpRange) ([]*compute.AliasIpRange, bool)) error {
 	var lastErr error
+	// uncertain: an earlier attempt may have been applied (its operation's
+	// outcome is unknown). A refusal after that must not let the caller
+	// think nothing happened.
+	uncertain := false
 	attempts := c.cfg.MaxAttempts + 2
 	for attempt := 0; attempt < attempts; attempt++ {
-		st, _, err := c.nic(ctx, inst, true)
+		st, fresh, err := c.nic(ctx, inst, true)
 		if err != nil {
 			return err
 		}
 		next, changed := change(st.aliases)
+		if !changed && !fresh {
+			// Nothing to do according to the cache: confirm with a read
+			// before reporting success for a change never made.
+			if st, err = c.getNIC(ctx, inst); err != nil {
+				return err
+			}
+			next, changed = change(st.aliases)
+		}
 		if !changed {
 			return nil // done, or a read shows the write applied
 		}
@@ -422,6 +435,14 @@ func (c *Cloud) modify(ctx context.Context, inst cloud.InstanceRef, change func(
 		})
 		if err == nil {
 			err = c.wait(ctx, inst, op)
+			var failed *opFailure
+			if err != nil && !errors.As(err, &failed) {
+				uncertain = true // the operation may still apply
+			}
+		}
+		if uncertain && (errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrQuotaExceeded) || errors.Is(err, cloud.ErrTooManyAliases)) {
+			c.nics.forget(inst, seq)
+			return fmt.Errorf("update aliases of %s: refused after an attempt whose outcome is unknown: %w: %w", inst, cloud.ErrUnavailable, err)
 		}
 		switch {
 		case err == nil:
@@ -450,10 +471,15 @@ func (c *Cloud) modify(ctx context.Context, inst cloud.InstanceRef, change func(
 	return fmt.Errorf("update aliases of %s: gave up after %d attempts: %w", inst, attempts, lastErr)
 }
 
+// opTimeout bounds the wait for one operation.
+const opTimeout = 5 * time.Minute
+
 // wait returns once the operation is DONE, with its error classified.
 func (c *Cloud) wait(ctx context.Context, inst cloud.InstanceRef, op *compute.Operation) error {
 	if op.Status != "DONE" {
-		done, err := c.pollerFor(c.project(inst), inst.Zone).wait(ctx, op.Name)
+		wctx, cancel := context.WithTimeout(ctx, opTimeout)
+		defer cancel()
+		done, err := c.pollerFor(c.project(inst), inst.Zone).wait(wctx, op.Name)
 		if err != nil {
 			return fmt.Errorf("wait for operation %s: %w", op.Name, err)
 		}
@@ -515,7 +541,9 @@ func (c *Cloud) list(ctx context.Context) (map[cloud.InstanceRef]*nicState, erro
 		}
 		pageToken = page.NextPageToken
 	}
-	c.nics.replace(out, seq, pages)
+	c.nics.replace(out, seq, pages, func(ref cloud.InstanceRef, st *nicState) bool {
+		return ref.Project == c.cfg.Project && (st.subnetwork == "" || strings.HasSuffix(st.subnetwork, suffix))
+	})
 	return out, nil
 }
 
@@ -532,8 +560,8 @@ func (c *Cloud) retry(ctx context.Context, method string, fn func() error) error
 			// The quota refills "at the start of the next synchronized
 			// interval, such as 10:01:00"; calls before then fail too
 			// (https://cloud.google.com/compute/api-quota). Every call of
-			// this client waits at the gate until then.
-			if until, moved := c.gate.closeUntilNextWindow(c.cfg.RateLimitWindow); moved {
+			// its quota group waits at the gate until then.
+			if until, moved := c.gate.closeUntilNextWindow(quotaGroup(method), c.cfg.RateLimitWindow); moved {
 				c.logf("gce: %s: rate quota exhausted; all calls wait until %s", method, until.Format(time.TimeOnly))
 			}
 			continue // the transport waits at the gate
@@ -551,28 +579,51 @@ func (c *Cloud) logf(format string, args ...any) {
 	}
 }
 
-// gate holds every call of a client until a rate quota window refills.
+// gate holds the calls of one quota group until its rate quota window
+// refills. GCE counts rate quotas per group of methods ("Each group is
+// counted separately", https://cloud.google.com/compute/api-quota):
+// exhausting the one for writes must not stop reads and operation polls.
 type gate struct {
 	mu    sync.Mutex
-	until time.Time
+	until map[string]time.Time
 }
 
-// closeUntilNextWindow closes the gate until the next window boundary on
-// the wall clock, plus a little jitter so many clients do not start at once.
-func (g *gate) closeUntilNextWindow(window time.Duration) (until time.Time, moved bool) {
+// quotaGroup names the rate quota group of an API method, after the groups
+// of https://cloud.google.com/compute/api-quota (queries for mutations,
+// read requests for gets, list requests, operation read requests).
+func quotaGroup(method string) string {
+	switch method {
+	case "instances.get", "subnetworks.get":
+		return "read"
+	case "instances.list", "instances.aggregatedList", "zoneOperations.list":
+		return "list"
+	case "zoneOperations.get", "zoneOperations.wait":
+		return "operation-read"
+	default:
+		return "queries"
+	}
+}
+
+// closeUntilNextWindow closes the group's gate until the next window
+// boundary on the wall clock, plus a little jitter so many clients do not
+// start at once.
+func (g *gate) closeUntilNextWindow(group string, window time.Duration) (until time.Time, moved bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	now := time.Now()
-	if now.Before(g.until) {
-		return g.until, false // already closed for this window
+	if g.until == nil {
+		g.until = map[string]time.Time{}
 	}
-	g.until = now.Truncate(window).Add(window).Add(rand.N(window/20 + 1))
-	return g.until, true
+	now := time.Now()
+	if now.Before(g.until[group]) {
+		return g.until[group], false // already closed for this window
+	}
+	g.until[group] = now.Truncate(window).Add(window).Add(rand.N(window/20 + 1))
+	return g.until[group], true
 }
 
-func (g *gate) wait(ctx context.Context) error {
+func (g *gate) wait(ctx context.Context, group string) error {
 	g.mu.Lock()
-	until := g.until
+	until := g.until[group]
 	g.mu.Unlock()
 	if d := time.Until(until); d > 0 {
 		return sleep(ctx, d)
@@ -620,13 +671,20 @@ func classify(method string, err error) error {
 		// A stale fingerprint: "412 Precondition Failed if the fingerprint
 		// is out of date" (compute/v1 NetworkInterface.Fingerprint).
 		sentinel = cloud.ErrStaleFingerprint
-	case gerr.Code == 429, gerr.Code == 403 && (reason == "rateLimitExceeded" || reason == "userRateLimitExceeded"):
+	case gerr.Code == 403 && strings.Contains(gerr.Body+gerr.Message, "CONCURRENT_OPERATIONS"):
+		// Also reason rateLimitExceeded, but the limit on operations
+		// running at once in a project: it frees when operations finish,
+		// not at the next window (https://cloud.google.com/compute/operations-quota).
+		// A plain backoff, no gate.
+		sentinel = cloud.ErrUnavailable
+	case gerr.Code == 429, gerr.Code == 403 && (reason == "rateLimitExceeded" || reason == "userRateLimitExceeded"),
+		gerr.Code == 403 && reason == "quotaExceeded" && !isWrite:
 		// "If your project exceeds a rate quota, you receive a 403 error
 		// with the reason rateLimitExceeded"
 		// (https://cloud.google.com/compute/api-quota).
 		sentinel = cloud.ErrRateLimited
 	case gerr.Code == 403 && reason == "quotaExceeded":
-		sentinel = cloud.ErrQuotaExceeded
+		sentinel = cloud.ErrQuotaExceeded // a resource quota refused the write
 	case gerr.Code >= 500:
 		sentinel = cloud.ErrUnavailable
 	case reason == "resourceNotReady":

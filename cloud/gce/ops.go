@@ -34,6 +34,7 @@ type poller struct {
 	mu      sync.Mutex
 	waiters map[string][]chan opResult
 	missing map[string]int // polls a pending operation was absent from
+	fails   map[string]int // reads of an operation that failed in a row
 	running bool
 }
 
@@ -46,13 +47,17 @@ type opResult struct {
 // read on its own with zoneOperations.get.
 const missingPolls = 3
 
+// maxReadFailures is how many failed reads of one operation in a row end
+// its wait.
+const maxReadFailures = 3
+
 func (c *Cloud) pollerFor(project, zone string) *poller {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	key := project + "/" + zone
 	p, ok := c.pollers[key]
 	if !ok {
-		p = &poller{c: c, project: project, zone: zone, waiters: map[string][]chan opResult{}, missing: map[string]int{}}
+		p = &poller{c: c, project: project, zone: zone, waiters: map[string][]chan opResult{}, missing: map[string]int{}, fails: map[string]int{}}
 		c.pollers[key] = p
 	}
 	return p
@@ -146,6 +151,7 @@ func (p *poller) deliver(name string, r opResult) {
 	}
 	delete(p.waiters, name)
 	delete(p.missing, name)
+	delete(p.fails, name)
 }
 
 // readEach reads operations one by one with zoneOperations.get: the
@@ -165,12 +171,20 @@ func (p *poller) readEach(names []string) {
 			p.deliver(n, opResult{op: op})
 		case err == nil:
 			delete(p.missing, n) // still running: keep polling
+			delete(p.fails, n)
 		case errors.Is(err, cloud.ErrInstanceNotFound):
 			// The operation is gone: whether it applied is unknown, so the
 			// caller re-reads the NIC.
 			p.deliver(n, opResult{err: fmt.Errorf("operation %s vanished: %w", n, cloud.ErrUnavailable)})
 		default:
 			p.c.logf("gce: reading operation %s: %v", n, err)
+			if _, waiting := p.waiters[n]; waiting {
+				if p.fails[n]++; p.fails[n] >= maxReadFailures {
+					// Its outcome cannot be learned: the caller re-reads the
+					// NIC rather than wait forever.
+					p.deliver(n, opResult{err: fmt.Errorf("operation %s cannot be read: %w: %w", n, cloud.ErrUnavailable, err)})
+				}
+			}
 		}
 		p.mu.Unlock()
 	}
@@ -254,5 +268,15 @@ func opError(op *compute.Operation) error {
 			sentinel = cloud.ErrInvalid
 		}
 	}
-	return fmt.Errorf("operation %s failed: %s: %s: %w", op.Name, e.Code, e.Message, sentinel)
+	return &opFailure{msg: fmt.Sprintf("operation %s failed: %s: %s", op.Name, e.Code, e.Message), sentinel: sentinel}
 }
+
+// opFailure is an operation that ended DONE with an error: GCE applied
+// nothing of it.
+type opFailure struct {
+	msg      string
+	sentinel error
+}
+
+func (e *opFailure) Error() string { return e.msg + ": " + e.sentinel.Error() }
+func (e *opFailure) Unwrap() error { return e.sentinel }

@@ -1,6 +1,7 @@
 package gce_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -283,5 +284,107 @@ func TestServerFollowsEvidence(t *testing.T) {
 	}
 	if fmt.Sprint(codes) != "[200 200 403]" {
 		t.Errorf("codes in one window %v, want [200 200 403]", codes)
+	}
+}
+
+// A list that runs while our write's operation is in flight sees the old
+// NIC; it must not overwrite what the finished write recorded, and a
+// change the cache says is already made is confirmed before it is skipped.
+func TestListDuringWriteKeepsCacheTrue(t *testing.T) {
+	s := newServer(t, gcetest.Options{OpDelay: 400 * time.Millisecond})
+	s.AddInstance(zone, "vm")
+	c := newCloud(t, s, nil)
+	x, y := netip.MustParsePrefix("10.64.1.0/24"), netip.MustParsePrefix("10.64.2.0/24")
+	listed := make(chan error, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		_, err := c.ListInstances(ctx)
+		listed <- err
+	}()
+	if err := c.AddAlias(ctx, ref("vm"), x); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-listed; err != nil {
+		t.Fatal(err)
+	}
+	got, _ := c.Aliases(ctx, ref("vm"))
+	if prefixes(got) != "pods:10.64.1.0/24" {
+		t.Fatalf("after a list during the write the cache says %q", prefixes(got))
+	}
+	if err := c.RemoveAlias(ctx, ref("vm"), x); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddAlias(ctx, ref("vm"), y); err != nil {
+		t.Fatal(err)
+	}
+	if got := serverPrefixes(s, "vm"); got != "pods:10.64.2.0/24" {
+		t.Fatalf("server holds %q, want only %v", got, y)
+	}
+	// A stale cache that claims a range is gone: the removal is confirmed
+	// with a read, not skipped.
+	s.DeleteInstance(zone, "vm")
+	s.AddInstance(zone, "vm", &compute.AliasIpRange{IpCidrRange: "10.64.1.0/24", SubnetworkRangeName: "pods"})
+	if err := c.RemoveAlias(ctx, ref("vm"), x); err != nil {
+		t.Fatal(err)
+	}
+	if got := serverPrefixes(s, "vm"); got != "" {
+		t.Errorf("a removal skipped on a stale cache left %q", got)
+	}
+}
+
+// Operations that cannot be read (no compute.zoneOperations permissions)
+// never hang a caller: the wait ends, the NIC is read, and the write that
+// did land is reported as done.
+func TestUnreadableOperationsDoNotHang(t *testing.T) {
+	s := newServer(t, gcetest.Options{OpDelay: 20 * time.Millisecond, Faults: gcetest.Faults{ForbidOperationReads: true}})
+	s.AddInstance(zone, "vm")
+	c := newCloud(t, s, nil)
+	tctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := c.AddAlias(tctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24")); err != nil {
+		t.Fatalf("add with unreadable operations: %v", err)
+	}
+	if got := serverPrefixes(s, "vm"); got != "pods:10.64.1.0/24" {
+		t.Errorf("server holds %q", got)
+	}
+}
+
+// Quota groups are separate: while the list group waits for its next
+// window after a 403, reads go on at once.
+func TestQuotaGroupsGatedApart(t *testing.T) {
+	const window = 3 * time.Second
+	s := newServer(t, gcetest.Options{OpDelay: 10 * time.Millisecond})
+	s.AddInstance(zone, "vm")
+	s.AddInstance(zone, "other")
+	var obs counter
+	c := newCloud(t, s, &obs, func(c *gce.Config) { c.RateLimitWindow = window; c.MaxAttempts = 20 })
+	// Two calls per window: the write's get and update pass, its first
+	// operation poll (list group) is refused and waits for the next window.
+	time.Sleep(time.Until(time.Now().Truncate(window).Add(window)))
+	s.SetFaults(gcetest.Faults{RateLimit: 2, RateWindow: window})
+	done := make(chan error, 1)
+	go func() { done <- c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24")) }()
+	for obs.get("zoneOperations.list 403") == 0 {
+		select {
+		case err := <-done:
+			t.Fatalf("the write finished (%v) before its poll was refused", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	s.SetFaults(gcetest.Faults{})
+	start := time.Now()
+	if _, err := c.Aliases(ctx, ref("other")); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > window/3 {
+		t.Errorf("a read waited %v behind the list group's quota", d)
+	}
+	select {
+	case err := <-done:
+		t.Errorf("the write's poll did not wait for the next window (%v)", err)
+	default:
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -68,6 +68,7 @@ type env struct {
 	client kubernetes.Interface
 	fabric *framework.Fabric
 	nodes  []*framework.Node
+	dirs   []string // node directories, removed by the cleanup
 }
 
 var nodeSeq atomic.Int32
@@ -107,8 +108,34 @@ func newEnv(t *testing.T) *env {
 		}
 		e.client.CoreV1().Pods("default").DeleteCollection(context.Background(), metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{})
 		f.Close()
+		for _, d := range e.dirs {
+			var err error
+			for i := 0; i < 10; i++ {
+				if err = os.RemoveAll(d); err == nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if err != nil {
+				t.Logf("removing %s: %v", d, err)
+			}
+		}
 	})
 	return e
+}
+
+// nodeDir is a directory for one node's agent state, sockets and logs. It
+// is removed after the env's cleanup has stopped every process; a file an
+// exiting process writes late (seen once in CI as "directory not empty"
+// from t.TempDir's cleanup) is retried rather than failing the test.
+func (e *env) nodeDir(name string) string {
+	e.t.Helper()
+	dir, err := os.MkdirTemp("", "aliasip-netns-"+name+"-")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.dirs = append(e.dirs, dir)
+	return dir
 }
 
 // node creates a node with podCIDR, registers it and starts its agent;
@@ -116,7 +143,7 @@ func newEnv(t *testing.T) *env {
 func (e *env) node(podCIDR string, extra ...string) *framework.Node {
 	e.t.Helper()
 	name := fmt.Sprintf("nn-%d", nodeSeq.Add(1))
-	n, err := e.fabric.AddNode(name, e.t.TempDir())
+	n, err := e.fabric.AddNode(name, e.nodeDir(name))
 	if err != nil {
 		e.t.Fatal(err)
 	}

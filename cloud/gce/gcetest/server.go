@@ -62,6 +62,9 @@ type Faults struct {
 	// RefuseOperationList: zoneOperations.list answers 400, as a server
 	// that did not take our filter would.
 	RefuseOperationList bool
+	// ForbidOperationReads: zoneOperations get, wait and list answer 403
+	// forbidden (an identity without compute.zoneOperations.* permissions).
+	ForbidOperationReads bool
 	// FailOps: fraction of operations that end DONE with INTERNAL_ERROR, unapplied.
 	FailOps float64
 	// OpNotReady, OpStaleFingerprint, OpQuotaExceeded: fractions of
@@ -313,6 +316,8 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 	}
 	p := parts[2:]
 	switch {
+	case strings.HasPrefix(method, "zoneOperations.") && f.ForbidOperationReads:
+		apiError(w, 403, "forbidden", "Required 'compute.zoneOperations.get' permission (injected).")
 	case method == "instances.aggregatedList":
 		s.aggregatedList(w, r)
 	case method == "instances.list":
