@@ -26,9 +26,21 @@
 //   - Patch fails: the reservation is kept for the node; the retry adopts.
 //   - Alias add fails with a transient error: the reservation is kept, so the
 //     retry asks for the same block (the call is idempotent).
+//   - The cloud refuses the node whatever the block (cloud.ErrInvalid,
+//     ErrQuotaExceeded, ErrTooManyAliases): nothing was applied, so the block
+//     goes straight back to the pool; a node that keeps failing holds at
+//     most one. A refusal after an attempt of unknown outcome is reported as
+//     transient instead, keeping the reservation.
+//   - The cloud says another resource holds the block (ErrRangeConflict): it
+//     stays out of the pool for conflictHold, then comes back.
 //   - Node deleted while the controller is down, or its alias removal never
 //     succeeds: the alias stays on an instance with no Node; the leak
-//     collector removes it after --leak-grace-period and the block cools down.
+//     collector removes it after --leak-grace-period, frees the block from
+//     the deleted node's ownership, and the block cools down.
+//   - Leader change or restart during a sync: syncs run on their own context
+//     (bounded by SyncTimeout) and Run returns only once they finished, so
+//     the Lease is released after them; an alias an interrupted process still
+//     added is the "extra" row above, removed at the next sync.
 //   - Blocks cooling down when the controller restarts: the cooling set is
 //     persisted (Config.Cooling, a ConfigMap) on every change and restored by
 //     the rebuild. Only a crash between the alias removal and that write
