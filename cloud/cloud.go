@@ -83,6 +83,9 @@ type Interface interface {
 	// Aliases returns the alias ranges on the instance's primary NIC.
 	Aliases(ctx context.Context, inst InstanceRef) ([]AliasRange, error)
 	// AddAlias adds cidr from the pod range to the NIC, keeping the others.
+	// If, while it retries, the NIC gains another range of the pod range
+	// that the caller did not see, it adds nothing and returns an error
+	// wrapping ErrStaleFingerprint: the caller decides again.
 	AddAlias(ctx context.Context, inst InstanceRef, cidr netip.Prefix) error
 	// RemoveAlias removes cidr from the NIC, keeping the others. Removing a
 	// range that is not there, or from a vanished instance, succeeds.

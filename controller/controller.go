@@ -105,8 +105,8 @@ const (
 	EventExtraAliasRemoved = "ExtraAliasRemoved"
 )
 
-// maxRetries bounds the retries of one node before it is dropped until the
-// next informer resync.
+// maxRetries is the number of failed syncs in a row after which a node is
+// reported as failing (it is still retried, once a minute).
 const maxRetries = 15
 
 // Config configures a Controller.
@@ -423,9 +423,13 @@ func (c *Controller) handleErr(ctx context.Context, key string, err error) {
 		c.queue.AddRateLimited(key)
 		return
 	}
-	logger.Error(err, "Dropping node after repeated failures; it is retried at the next resync", "node", key)
-	c.metrics.Dropped.Inc()
-	c.queue.Forget(key)
+	// A node never leaves the queue while its row is unresolved: past
+	// maxRetries it is still retried, at the rate limiter's cap (a minute).
+	if c.queue.NumRequeues(key) == maxRetries {
+		logger.Error(err, "Node keeps failing; retrying every minute", "node", key)
+		c.metrics.Dropped.Inc()
+	}
+	c.queue.AddRateLimited(key)
 }
 
 // safeSync runs sync and turns a panic into an error for this node only: one
@@ -647,8 +651,12 @@ func (c *Controller) claim(name string, cidr netip.Prefix, inst cloud.InstanceRe
 			delete(c.owned, other)
 		}
 	}
-	if prev, ok := c.owned[name]; ok && prev.cidr != cidr {
+	if prev, ok := c.owned[name]; ok && prev.cidr != cidr && c.owner[prev.cidr] == name {
+		// The node takes another block than the one reserved for it (it
+		// adopts an alias that appeared meanwhile): the reserved one may
+		// have reached the cloud, so it cools down before reuse.
 		delete(c.owner, prev.cidr)
+		c.cooling[prev.cidr] = time.Now().Add(c.cfg.ReleaseCooldown)
 	}
 	c.alloc.Occupy(cidr)
 	delete(c.cooling, cidr)

@@ -482,3 +482,33 @@ func TestCoolingSaveRetried(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A node whose reserved block may have reached the cloud, and whose NIC
+// meanwhile shows another alias of the pod range (another process's
+// operation finished), adopts that alias; the reserved block cools down
+// instead of returning to the pool at once.
+func TestAdoptAfterReservationCoolsReserved(t *testing.T) {
+	h := newHarness(t, "10.0.0.0/16", "n1")
+	h.cloud.addFails = []error{cloud.ErrUnavailable}
+	if err := h.syncSeen("n1", ""); !errors.Is(err, cloud.ErrUnavailable) {
+		t.Fatalf("first sync: %v", err)
+	}
+	reserved := h.cloud.adds[0]
+	other := netip.MustParsePrefix("10.0.99.0/24")
+	if err := h.cloud.Cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.syncSeen("n1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.podCIDR("n1"); got != other.String() {
+		t.Fatalf("podCIDR %q, want the alias %v adopted", got, other)
+	}
+	h.ctrl.mu.Lock()
+	_, cooling := h.ctrl.cooling[reserved]
+	inUse := h.ctrl.alloc.InUse(reserved)
+	h.ctrl.mu.Unlock()
+	if !cooling || !inUse {
+		t.Errorf("the reserved block %v: cooling %v, in use %v; want it held back", reserved, cooling, inUse)
+	}
+}

@@ -60,8 +60,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Syncs that found a node's podCIDR differing from the alias on its NIC, or outside the pod range.",
 		}),
 		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "aliasip_sync_dropped_total",
-			Help: "Nodes dropped from the queue after too many failed syncs (retried at the next resync).",
+			Name: "aliasip_sync_failing_total",
+			Help: "Times a node failed 15 syncs in a row (it stays queued and is retried every minute).",
 		}),
 		Panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_sync_panics_total",

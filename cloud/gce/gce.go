@@ -357,15 +357,42 @@ func toAliases(in []*compute.AliasIpRange) []cloud.AliasRange {
 }
 
 // AddAlias implements cloud.Interface.
+//
+// The caller chose cidr from the NIC it saw. If a re-read (after a stale
+// fingerprint or an operation of unknown outcome) shows a range of the
+// same secondary range that was not there before — another process's
+// operation finished meanwhile — nothing is added: the error wraps
+// cloud.ErrStaleFingerprint so the caller decides again on the NIC as it is.
 func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
-	return c.modify(ctx, inst, func(list []*compute.AliasIpRange) ([]*compute.AliasIpRange, bool) {
+	var before map[netip.Prefix]bool
+	var appeared netip.Prefix
+	err := c.modify(ctx, inst, func(list []*compute.AliasIpRange) ([]*compute.AliasIpRange, bool) {
+		ours := map[netip.Prefix]bool{}
 		for _, a := range toAliases(list) {
 			if a.CIDR == cidr {
 				return nil, false
 			}
+			if a.RangeName == c.cfg.SecondaryRange {
+				ours[a.CIDR] = true
+			}
+		}
+		if before == nil {
+			before = ours
+		} else {
+			for p := range ours {
+				if !before[p] {
+					appeared = p
+					return nil, false
+				}
+			}
 		}
 		return append(slices.Clone(list), &compute.AliasIpRange{IpCidrRange: cidr.String(), SubnetworkRangeName: c.cfg.SecondaryRange}), true
 	})
+	if err == nil && appeared.IsValid() {
+		return fmt.Errorf("add %v to %s: the NIC gained %v of range %s meanwhile; not adding a second: %w",
+			cidr, inst, appeared, c.cfg.SecondaryRange, cloud.ErrStaleFingerprint)
+	}
+	return err
 }
 
 // RemoveAlias implements cloud.Interface. A vanished instance has nothing
