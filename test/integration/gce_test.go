@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,4 +250,71 @@ func TestGCERefusedNodeHoldsOneBlock(t *testing.T) {
 	s.DeleteInstance(gceZone, "bad-0")
 	gceNodes(t, e, s, []string{"bad-0"})
 	e.waitConverged(time.Minute).CheckInvariants(t, e.cluster, true)
+}
+
+// Leader failover in the middle of a burst with 8-second operations: the
+// leader is SIGTERM'd while its operations run. It finishes the syncs in
+// flight before it releases the Lease, the standby takes over, and in the
+// end every instance holds exactly its node's podCIDR (no second alias)
+// and no block is anywhere twice.
+func TestGCELeaderFailoverSlowOperations(t *testing.T) {
+	e, s := newGCEEnv(t, "10.12.0.0/16", gcetest.Options{OpDelay: 8 * time.Second})
+	flags := []string{"--cloud-qps", "200", "--cloud-burst", "200", "--workers", "20", "--gce-poll-interval", "200ms"}
+	a := e.startController("controller-a", flags...)
+	b := e.startController("controller-b", flags...)
+	var leader, standby *ctrlProc
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+		la, _ := a.metric("aliasip_leader", "")
+		lb, _ := b.metric("aliasip_leader", "")
+		switch {
+		case la == 1 && lb == 0:
+			leader, standby = a, b
+		case lb == 1 && la == 0:
+			leader, standby = b, a
+		default:
+			return false, nil
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("no single leader: %v", err)
+	}
+	gceNodes(t, e, s, framework.NodeNames("lf", 40))
+	// Let the leader start its operations, then stop it while they run.
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+		return s.Count("instances.updateNetworkInterface") >= 20, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Aliases()) != 0 {
+		t.Fatal("operations finished before the SIGTERM; nothing was in flight")
+	}
+	stopped := time.Now()
+	leader.Cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-waitDone(leader):
+	case <-time.After(60 * time.Second):
+		t.Fatal("the old leader did not exit within 60s of SIGTERM")
+	}
+	took := time.Since(stopped)
+	// It waited for its operations (8 s) instead of walking away from them.
+	if took < 5*time.Second {
+		t.Errorf("the old leader exited %v after SIGTERM, before its 8 s operations could finish", took)
+	}
+	snap := e.waitConverged(3 * time.Minute)
+	snap.CheckInvariants(t, e.cluster, true)
+	for inst, ps := range snap.Aliases {
+		if len(ps) != 1 {
+			t.Errorf("instance %s holds %v, want exactly one alias", inst, ps)
+		}
+	}
+	if v, _ := standby.metric("aliasip_leader", ""); v != 1 {
+		t.Errorf("standby did not become leader")
+	}
+	t.Logf("old leader exited %v after SIGTERM", took.Round(100*time.Millisecond))
+}
+
+func waitDone(c *ctrlProc) <-chan struct{} {
+	ch := make(chan struct{})
+	go func() { c.Wait(); close(ch) }()
+	return ch
 }
