@@ -458,7 +458,9 @@ var errConfig = errors.New("invalid configuration")
 // errExhausted marks a sync that waits for a free block.
 var errExhausted = errors.New("waiting for a free block")
 
-// sync brings one node to its row of the state table.
+// sync brings one node to its row of the state table: it resolves the
+// node's instance and the aliases from the pod range on its NIC, then
+// dispatches to the row's method.
 func (c *Controller) sync(ctx context.Context, name string) error {
 	node, err := c.nodes.Get(name)
 	if apierrors.IsNotFound(err) {
@@ -467,15 +469,12 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	logger := klog.FromContext(ctx).WithValues("node", name)
-
 	inst, err := c.cloud.InstanceFor(ctx, node.Spec.ProviderID, name)
 	if err != nil {
 		c.recorder.Eventf(node, corev1.EventTypeWarning, EventInstanceNotFound,
 			"Cannot resolve instance of node (providerID %q): %v", node.Spec.ProviderID, err)
 		if errors.Is(err, cloud.ErrInstanceNotFound) {
-			// Not retried hot: the periodic resync looks again.
-			return nil
+			return nil // not retried hot: the periodic resync looks again
 		}
 		return err
 	}
@@ -487,7 +486,6 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("read aliases of %s: %w", inst, err)
 	}
-
 	c.mu.Lock()
 	podRange, rangeName := c.podRange, c.rangeName
 	c.mu.Unlock()
@@ -498,64 +496,41 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 		}
 	}
 
-	if node.Spec.PodCIDR != "" {
-		podCIDR, err := netip.ParsePrefix(node.Spec.PodCIDR)
-		if err != nil || podCIDR.Masked() != podCIDR || !podRange.Contains(podCIDR.Addr()) || podCIDR.Bits() < podRange.Bits() {
-			c.metrics.Mismatches.Inc()
-			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDROutOfRange,
-				"podCIDR %q is not inside the pod range %v; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
-			return nil
+	if node.Spec.PodCIDR == "" {
+		if len(ours) > 0 {
+			return c.adopt(ctx, node, inst, ours) // empty, present
 		}
-		if conflict := c.claim(name, podCIDR, inst); conflict != "" {
-			c.metrics.Mismatches.Inc()
-			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRMismatch,
-				"podCIDR %v is also the podCIDR of node %s; leaving both untouched", podCIDR, conflict)
-			return nil
-		}
-		switch {
-		case len(ours) == 0: // set, missing: repair
-			if err := c.cloud.AddAlias(ctx, inst, podCIDR); err != nil {
-				c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed, "Add alias %v to %s: %v", podCIDR, inst, err)
-				return fmt.Errorf("repair alias %v on %s: %w", podCIDR, inst, err)
-			}
-			c.metrics.Allocations.WithLabelValues("repaired").Inc()
-			c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Repaired alias %v on %s", podCIDR, inst)
-			logger.Info("Repaired missing alias", "cidr", podCIDR, "instance", inst)
-		case containsPrefix(ours, podCIDR) && len(ours) > 1: // set, present, and extra ones
-			c.occupy(ours...)
-			return c.removeExtras(ctx, node, inst, podCIDR, ours)
-		case containsPrefix(ours, podCIDR): // set, present, equal
-			c.occupy(ours...)
-		default: // set, present, different
-			c.occupy(ours...)
-			c.metrics.Mismatches.Inc()
-			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRMismatch,
-				"podCIDR %v differs from alias range(s) %v on %s; leaving both untouched", podCIDR, ours, inst)
-		}
+		return c.assign(ctx, node, inst) // empty, none
+	}
+	podCIDR, err := netip.ParsePrefix(node.Spec.PodCIDR)
+	if err != nil || podCIDR.Masked() != podCIDR || !podRange.Contains(podCIDR.Addr()) || podCIDR.Bits() < podRange.Bits() {
+		c.mismatch(node, EventCIDROutOfRange,
+			"podCIDR %q is not inside the pod range %v; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
 		return nil
 	}
-
-	// podCIDR empty.
-	if len(ours) > 0 { // empty, present: adopt
-		cidr := ours[0]
-		if conflict := c.claim(name, cidr, inst); conflict != "" {
-			c.metrics.Mismatches.Inc()
-			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRMismatch,
-				"Alias %v on %s is the podCIDR of node %s; not adopting it", cidr, inst, conflict)
-			return nil
-		}
-		c.occupy(ours...)
-		if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
-			return err
-		}
-		c.metrics.Allocations.WithLabelValues("adopted").Inc()
-		c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Adopted alias %v from %s as podCIDR", cidr, inst)
-		logger.Info("Adopted alias as podCIDR", "cidr", cidr, "instance", inst)
+	if conflict := c.claim(name, podCIDR, inst); conflict != "" {
+		c.mismatch(node, EventCIDRMismatch, "podCIDR %v is also the podCIDR of node %s; leaving both untouched", podCIDR, conflict)
 		return nil
 	}
+	if len(ours) == 0 {
+		return c.repair(ctx, node, inst, podCIDR) // set, missing
+	}
+	return c.check(ctx, node, inst, podCIDR, ours) // set, present
+}
 
-	// empty, none: reserve, add alias, patch.
-	cidr, err := c.reserve(name, inst)
+// mismatch is the one place a mismatch is reported: a Warning and a metric.
+func (c *Controller) mismatch(node *corev1.Node, reason, format string, args ...any) {
+	c.metrics.Mismatches.Inc()
+	c.recorder.Eventf(node, corev1.EventTypeWarning, reason, format, args...)
+}
+
+// assign is the row "podCIDR empty, no alias": reserve a block, add the
+// alias (waiting for the cloud), then patch the podCIDR.
+func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef) error {
+	c.mu.Lock()
+	podRange := c.podRange
+	c.mu.Unlock()
+	cidr, err := c.reserve(node.Name, inst)
 	if errors.Is(err, allocator.ErrRangeExhausted) {
 		c.metrics.Allocations.WithLabelValues("exhausted").Inc()
 		c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRNotAvailable,
@@ -568,16 +543,15 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 	if err := c.cloud.AddAlias(ctx, inst, cidr); err != nil {
 		switch {
 		case errors.Is(err, cloud.ErrRangeConflict):
-			// Another resource really holds this block: keep it marked used
-			// (never hand it out) but let the node try another.
+			// Another resource really holds this block: keep it out of the
+			// pool, held back for conflictHold (a range GCE was still
+			// moving, or one a leak held, comes back then), and let the
+			// node try another.
 			c.metrics.Allocations.WithLabelValues("conflict").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed,
 				"Block %v is held by another resource; it stays out of the pool and the node gets another: %v", cidr, err)
-			// It is held back for conflictHold, not forever: a range GCE was
-			// still moving, or one a leak held, comes back to the pool then
-			// (and is refused again, once, if it is still taken).
 			c.mu.Lock()
-			delete(c.owned, name)
+			delete(c.owned, node.Name)
 			delete(c.owner, cidr)
 			c.cooling[cidr] = time.Now().Add(max(conflictHold, c.cfg.ReleaseCooldown))
 			c.mu.Unlock()
@@ -590,7 +564,7 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 			c.metrics.Allocations.WithLabelValues("refused").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasRefused,
 				"The cloud refused alias %v on %s (%s); block returned to the pool, retrying with backoff: %v", cidr, inst, cloud.Code(err), err)
-			c.unreserve(name, cidr)
+			c.unreserve(node.Name, cidr)
 		default:
 			// Transient errors keep the reservation so the retry asks the
 			// cloud for the same block; the alias may already be there.
@@ -604,8 +578,58 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 	}
 	c.metrics.Allocations.WithLabelValues("assigned").Inc()
 	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Assigned %v, alias on %s", cidr, inst)
-	logger.V(2).Info("Assigned block", "cidr", cidr, "instance", inst)
+	klog.FromContext(ctx).V(2).Info("Assigned block", "node", node.Name, "cidr", cidr, "instance", inst)
 	return nil
+}
+
+// adopt is the row "podCIDR empty, alias present": the alias (a crash or a
+// failed patch after the alias was added) becomes the podCIDR; any others
+// are removed at the next sync (the extra-alias row).
+func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, ours []netip.Prefix) error {
+	cidr := ours[0]
+	if conflict := c.claim(node.Name, cidr, inst); conflict != "" {
+		c.mismatch(node, EventCIDRMismatch, "Alias %v on %s is the podCIDR of node %s; not adopting it", cidr, inst, conflict)
+		return nil
+	}
+	c.occupy(ours...)
+	if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
+		return err
+	}
+	c.metrics.Allocations.WithLabelValues("adopted").Inc()
+	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Adopted alias %v from %s as podCIDR", cidr, inst)
+	klog.FromContext(ctx).Info("Adopted alias as podCIDR", "node", node.Name, "cidr", cidr, "instance", inst)
+	return nil
+}
+
+// repair is the row "podCIDR set, alias missing": add the alias back.
+func (c *Controller) repair(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, podCIDR netip.Prefix) error {
+	if err := c.cloud.AddAlias(ctx, inst, podCIDR); err != nil {
+		reason := EventCloudAliasFailed
+		if refused(err) {
+			reason = EventCloudAliasRefused
+		}
+		c.recorder.Eventf(node, corev1.EventTypeWarning, reason, "Add alias %v to %s: %v", podCIDR, inst, err)
+		return fmt.Errorf("repair alias %v on %s: %w", podCIDR, inst, err)
+	}
+	c.metrics.Allocations.WithLabelValues("repaired").Inc()
+	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Repaired alias %v on %s", podCIDR, inst)
+	klog.FromContext(ctx).Info("Repaired missing alias", "node", node.Name, "cidr", podCIDR, "instance", inst)
+	return nil
+}
+
+// check covers the rows with podCIDR set and aliases present: equal (in
+// sync), equal plus others (remove the others), or different (report).
+func (c *Controller) check(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, podCIDR netip.Prefix, ours []netip.Prefix) error {
+	c.occupy(ours...)
+	switch {
+	case !containsPrefix(ours, podCIDR):
+		c.mismatch(node, EventCIDRMismatch, "podCIDR %v differs from alias range(s) %v on %s; leaving both untouched", podCIDR, ours, inst)
+		return nil
+	case len(ours) > 1:
+		return c.removeExtras(ctx, node, inst, podCIDR, ours)
+	default:
+		return nil
+	}
 }
 
 // removeExtras removes the aliases from the pod range on the node's NIC
@@ -628,8 +652,7 @@ func (c *Controller) removeExtras(ctx context.Context, node *corev1.Node, inst c
 		c.mu.Unlock()
 		c.saveCooling(ctx)
 		c.wake()
-		c.metrics.Mismatches.Inc()
-		c.recorder.Eventf(node, corev1.EventTypeWarning, EventExtraAliasRemoved,
+		c.mismatch(node, EventExtraAliasRemoved,
 			"Removed alias %v from %s: the node's podCIDR is %v; the block cools down for %v", p, inst, keep, c.cfg.ReleaseCooldown)
 		klog.FromContext(ctx).Info("Removed extra alias", "node", node.Name, "cidr", p, "podCIDR", keep, "instance", inst)
 	}

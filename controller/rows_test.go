@@ -1,0 +1,209 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/fake"
+)
+
+// One sync per row of the state table. The informer's indexer is seeded
+// directly (no informer running, no polling); the test compares the Node
+// writes the client saw, the events recorded and the fake cloud's aliases.
+func TestStateTableRows(t *testing.T) {
+	const podRange = "10.0.0.0/16"
+	node := func(name, podCIDR, providerID string) *corev1.Node {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("uid-" + name)}, Spec: corev1.NodeSpec{PodCIDR: podCIDR, ProviderID: providerID}}
+		if podCIDR != "" {
+			n.Spec.PodCIDRs = []string{podCIDR}
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		name    string
+		nodes   []*corev1.Node
+		aliases map[string][]string // instance -> alias CIDRs before
+		owned   map[string]string   // node -> block held before (deleted nodes)
+		sync    string
+		wantErr error
+		patch   string              // podCIDR patched on the synced node ("" none)
+		after   map[string][]string // instance -> alias CIDRs after
+		events  []string            // "Type Reason", in order
+	}{
+		{
+			name:  "empty, none: assign",
+			nodes: []*corev1.Node{node("n", "", "")},
+			sync:  "n", patch: "10.0.0.0/24",
+			after:  map[string][]string{"n": {"10.0.0.0/24"}},
+			events: []string{"Normal CIDRAssigned"},
+		},
+		{
+			name:    "empty, present: adopt",
+			nodes:   []*corev1.Node{node("n", "", "")},
+			aliases: map[string][]string{"n": {"10.0.7.0/24"}},
+			sync:    "n", patch: "10.0.7.0/24",
+			after:  map[string][]string{"n": {"10.0.7.0/24"}},
+			events: []string{"Normal CIDRAssigned"},
+		},
+		{
+			name:   "set, missing: repair",
+			nodes:  []*corev1.Node{node("n", "10.0.3.0/24", "")},
+			sync:   "n",
+			after:  map[string][]string{"n": {"10.0.3.0/24"}},
+			events: []string{"Normal CIDRAssigned"},
+		},
+		{
+			name:    "set, present, equal: nothing",
+			nodes:   []*corev1.Node{node("n", "10.0.3.0/24", "")},
+			aliases: map[string][]string{"n": {"10.0.3.0/24"}},
+			sync:    "n",
+			after:   map[string][]string{"n": {"10.0.3.0/24"}},
+		},
+		{
+			name:    "set, equal plus another: remove the other",
+			nodes:   []*corev1.Node{node("n", "10.0.3.0/24", "")},
+			aliases: map[string][]string{"n": {"10.0.3.0/24", "10.0.9.0/24"}},
+			sync:    "n",
+			after:   map[string][]string{"n": {"10.0.3.0/24"}},
+			events:  []string{"Warning ExtraAliasRemoved"},
+		},
+		{
+			name:    "set, present, different: report, touch nothing",
+			nodes:   []*corev1.Node{node("n", "10.0.3.0/24", "")},
+			aliases: map[string][]string{"n": {"10.0.4.0/24"}},
+			sync:    "n",
+			after:   map[string][]string{"n": {"10.0.4.0/24"}},
+			events:  []string{"Warning CIDRMismatch"},
+		},
+		{
+			name:   "podCIDR outside the pod range: foreign",
+			nodes:  []*corev1.Node{node("n", "192.168.0.0/24", "")},
+			sync:   "n",
+			after:  map[string][]string{"n": nil},
+			events: []string{"Warning CIDROutOfRange"},
+		},
+		{
+			name:    "podCIDR of another node: report",
+			nodes:   []*corev1.Node{node("a", "10.0.3.0/24", ""), node("b", "10.0.3.0/24", "")},
+			aliases: map[string][]string{"a": {"10.0.3.0/24"}},
+			sync:    "b",
+			after:   map[string][]string{"a": {"10.0.3.0/24"}, "b": nil},
+			events:  []string{"Warning CIDRMismatch"},
+		},
+		{
+			name:   "providerID of another cloud: instance not found",
+			nodes:  []*corev1.Node{node("n", "", "gce://p/z/n")},
+			sync:   "n",
+			events: []string{"Warning InstanceNotFound"},
+		},
+		{
+			name:    "deleted node: release",
+			aliases: map[string][]string{"gone": {"10.0.5.0/24"}},
+			owned:   map[string]string{"gone": "10.0.5.0/24"},
+			sync:    "gone",
+			after:   map[string][]string{"gone": nil},
+			events:  []string{"Normal AliasReleased"},
+		},
+		{
+			name:    "pool exhausted: wait",
+			nodes:   []*corev1.Node{node("full", "", "")},
+			aliases: map[string][]string{"other": {podRange}},
+			sync:    "full", wantErr: errExhausted,
+			events: []string{"Warning CIDRNotAvailable"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			var objs []runtime.Object
+			for _, n := range tc.nodes {
+				objs = append(objs, n)
+			}
+			client := k8sfake.NewClientset(objs...)
+			fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(podRange), AutoRegister: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for inst, cidrs := range tc.aliases {
+				fc.RegisterInstance(inst)
+				for _, c := range cidrs {
+					if err := fc.AddAlias(ctx, cloud.InstanceRef{Name: inst}, netip.MustParsePrefix(c)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			informer := informers.NewSharedInformerFactory(client, 0).Core().V1().Nodes()
+			for _, n := range tc.nodes {
+				informer.Informer().GetIndexer().Add(n)
+			}
+			recorder := record.NewFakeRecorder(10)
+			c := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1e6, CloudBurst: 1e6}, client, informer, fc, recorder, NewMetrics(prometheus.NewRegistry()))
+			if err := c.rebuild(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for n, cidr := range tc.owned {
+				p := netip.MustParsePrefix(cidr)
+				c.owned[n] = assignment{cidr: p, inst: cloud.InstanceRef{Name: n}}
+				c.owner[p] = n
+			}
+			client.ClearActions()
+
+			err = c.sync(ctx, tc.sync)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("sync: %v, want %v", err, tc.wantErr)
+			}
+			var patches []string
+			for _, a := range client.Actions() {
+				if p, ok := a.(k8stesting.PatchAction); ok {
+					patches = append(patches, p.GetName()+" "+string(p.GetPatch()))
+				} else if a.GetVerb() != "get" && a.GetVerb() != "list" && a.GetVerb() != "watch" {
+					t.Errorf("unexpected client action %s %s", a.GetVerb(), a.GetResource().Resource)
+				}
+			}
+			switch {
+			case tc.patch == "" && len(patches) > 0:
+				t.Errorf("Node writes %v, want none", patches)
+			case tc.patch != "" && (len(patches) != 1 || !strings.Contains(patches[0], `"podCIDR":"`+tc.patch+`"`)):
+				t.Errorf("Node writes %v, want one patch to %s", patches, tc.patch)
+			}
+			for inst, want := range tc.after {
+				got, _ := fc.Aliases(ctx, cloud.InstanceRef{Name: inst})
+				var gs []string
+				for _, a := range got {
+					gs = append(gs, a.CIDR.String())
+				}
+				sort.Strings(gs)
+				if strings.Join(gs, ",") != strings.Join(want, ",") {
+					t.Errorf("instance %s holds %v, want %v", inst, gs, want)
+				}
+			}
+			var evs []string
+			for done := false; !done; {
+				select {
+				case e := <-recorder.Events:
+					f := strings.Fields(e)
+					evs = append(evs, f[0]+" "+f[1])
+				default:
+					done = true
+				}
+			}
+			if strings.Join(evs, "; ") != strings.Join(tc.events, "; ") {
+				t.Errorf("events %v, want %v", evs, tc.events)
+			}
+		})
+	}
+}
