@@ -316,7 +316,14 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	}
 	owned := map[string]assignment{}
 	owner := map[netip.Prefix]string{}
-	sort.Slice(nodes, func(i, j int) bool { return nodes[i].CreationTimestamp.Before(&nodes[j].CreationTimestamp) })
+	// The older node keeps a block two nodes claim; ties (timestamps have
+	// one-second resolution) go by name, so every rebuild decides alike.
+	sort.Slice(nodes, func(i, j int) bool {
+		if !nodes[i].CreationTimestamp.Equal(&nodes[j].CreationTimestamp) {
+			return nodes[i].CreationTimestamp.Before(&nodes[j].CreationTimestamp)
+		}
+		return nodes[i].Name < nodes[j].Name
+	})
 	for _, n := range nodes {
 		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
 		if err != nil || !alloc.Contains(p) {

@@ -25,41 +25,26 @@ import (
 	"github.com/aliasip/aliasip/fake"
 )
 
-// faultyCloud wraps the fake cloud and fails chosen calls, recording them.
-type faultyCloud struct {
-	*fake.Cloud
-	mu       sync.Mutex
-	addFails []error // returned by the next AddAlias calls, in order
-	adds     []netip.Prefix
-	panicOn  string
-}
-
-func (f *faultyCloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
-	f.mu.Lock()
-	f.adds = append(f.adds, cidr)
-	if inst.Name == f.panicOn {
-		f.mu.Unlock()
-		panic("injected panic")
+// adds returns the blocks AddAlias was asked for, in order.
+func adds(fc *fake.Cloud) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range fc.Log() {
+		if c.Method == "AddAlias" {
+			out = append(out, c.CIDR)
+		}
 	}
-	var err error
-	if len(f.addFails) > 0 {
-		err, f.addFails = f.addFails[0], f.addFails[1:]
-	}
-	f.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return f.Cloud.AddAlias(ctx, inst, cidr)
+	return out
 }
 
 type harness struct {
 	t        *testing.T
 	ctx      context.Context
 	client   *k8sfake.Clientset
-	cloud    *faultyCloud
+	cloud    *fake.Cloud
 	ctrl     *Controller
 	recorder *record.FakeRecorder
 	metrics  *Metrics
+	informer cache.SharedIndexInformer
 }
 
 func newHarness(t *testing.T, cluster string, nodes ...string) *harness {
@@ -75,10 +60,11 @@ func newHarness(t *testing.T, cluster string, nodes ...string) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, ctx: ctx, client: client, cloud: &faultyCloud{Cloud: fc}, recorder: record.NewFakeRecorder(100)}
+	h := &harness{t: t, ctx: ctx, client: client, cloud: fc, recorder: record.NewFakeRecorder(100)}
 	factory := informers.NewSharedInformerFactory(client, 0)
 	h.metrics = NewMetrics(prometheus.NewRegistry())
 	h.ctrl = New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000}, client, factory.Core().V1().Nodes(), h.cloud, h.recorder, h.metrics)
+	h.informer = factory.Core().V1().Nodes().Informer()
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
 	if err := h.ctrl.rebuild(ctx); err != nil {
@@ -128,18 +114,18 @@ func (h *harness) events() string {
 // the same block, so a write that did land is not doubled elsewhere.
 func TestTransientAddFailureKeepsBlock(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
-	h.cloud.addFails = []error{cloud.ErrUnavailable}
+	h.cloud.Inject("AddAlias", fake.Fault{Err: cloud.ErrUnavailable, Times: 1})
 	if err := h.syncSeen("n1", ""); !errors.Is(err, cloud.ErrUnavailable) {
 		t.Fatalf("first sync: %v, want the cloud error", err)
 	}
 	if err := h.syncSeen("n1", ""); err != nil {
 		t.Fatal(err)
 	}
-	if len(h.cloud.adds) != 2 || h.cloud.adds[0] != h.cloud.adds[1] {
-		t.Fatalf("retry asked for %v, want the same block twice", h.cloud.adds)
+	if a := adds(h.cloud); len(a) != 2 || a[0] != a[1] {
+		t.Fatalf("retry asked for %v, want the same block twice", a)
 	}
-	if got := h.podCIDR("n1"); got != h.cloud.adds[0].String() {
-		t.Fatalf("podCIDR %q, alias %v", got, h.cloud.adds[0])
+	if got := h.podCIDR("n1"); got != adds(h.cloud)[0].String() {
+		t.Fatalf("podCIDR %q, alias %v", got, adds(h.cloud)[0])
 	}
 	if ev := h.events(); !strings.Contains(ev, EventCloudAliasFailed) || !strings.Contains(ev, EventCIDRAssigned) {
 		t.Errorf("events: %s", ev)
@@ -173,8 +159,8 @@ func TestPatchFailureThenAdopt(t *testing.T) {
 	if testutil.ToFloat64(h.metrics.Allocations.WithLabelValues("adopted")) != 1 {
 		t.Error("adoption not counted")
 	}
-	if len(h.cloud.adds) != 1 {
-		t.Errorf("%d alias writes, want 1", len(h.cloud.adds))
+	if a := adds(h.cloud); len(a) != 1 {
+		t.Errorf("%d alias writes, want 1", len(a))
 	}
 }
 
@@ -182,11 +168,11 @@ func TestPatchFailureThenAdopt(t *testing.T) {
 // gets another.
 func TestConflictingBlockNeverReused(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/22", "n1", "n2")
-	h.cloud.addFails = []error{cloud.ErrRangeConflict}
+	h.cloud.Inject("AddAlias", fake.Fault{Err: cloud.ErrRangeConflict, Times: 1})
 	if err := h.syncSeen("n1", ""); !errors.Is(err, cloud.ErrRangeConflict) {
 		t.Fatalf("first sync: %v", err)
 	}
-	bad := h.cloud.adds[0]
+	bad := adds(h.cloud)[0]
 	h.ctrl.mu.Lock()
 	until, held := h.ctrl.cooling[bad]
 	h.ctrl.mu.Unlock()
@@ -224,7 +210,7 @@ func TestExhaustedAndPanicRecovered(t *testing.T) {
 	}
 	// A panic on one node's path is that node's error, not a crash.
 	p := newHarness(t, "10.1.0.0/16", "boom", "fine")
-	p.cloud.panicOn = "boom"
+	p.cloud.Inject("AddAlias", fake.Fault{Panic: true, Instance: "boom"})
 	if err := p.ctrl.safeSync(p.ctx, "boom"); err == nil || !strings.Contains(err.Error(), "panic") {
 		t.Fatalf("panicking sync: %v", err)
 	}
@@ -269,7 +255,7 @@ func TestExtraAliasRemoved(t *testing.T) {
 	}
 	podCIDR := netip.MustParsePrefix(h.podCIDR("n1"))
 	extra := netip.MustParsePrefix("10.0.200.0/24")
-	if err := h.cloud.Cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, extra); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, extra); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.syncSeen("n1", podCIDR.String()); err != nil {
@@ -304,23 +290,16 @@ func TestGhostOwnerReleaseSparesNewHolder(t *testing.T) {
 	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "old", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, &corev1.Node{
-		ObjectMeta: metav1.ObjectMeta{Name: "new"}, Spec: corev1.NodeSpec{ProviderID: "fake://old"},
-	}, metav1.CreateOptions{}); err != nil {
+	newNode := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "new"}, Spec: corev1.NodeSpec{ProviderID: "fake://old"}}
+	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, newNode, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		_, errOld := h.ctrl.nodes.Get("old")
-		_, errNew := h.ctrl.nodes.Get("new")
-		if errOld != nil && errNew == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("informer never showed the switch")
-		}
-		time.Sleep(10 * time.Millisecond)
+	// The controller's view, set directly rather than waited for.
+	indexer := h.informer.GetIndexer()
+	if old, ok, _ := indexer.GetByKey("old"); ok {
+		indexer.Delete(old)
 	}
+	indexer.Add(newNode)
 	if err := h.ctrl.safeSync(h.ctx, "new"); err != nil {
 		t.Fatal(err)
 	}
@@ -336,21 +315,14 @@ func TestGhostOwnerReleaseSparesNewHolder(t *testing.T) {
 	}
 }
 
-// hangingCloud never answers AddAlias until its context ends.
-type hangingCloud struct{ *fake.Cloud }
-
-func (hangingCloud) AddAlias(ctx context.Context, _ cloud.InstanceRef, _ netip.Prefix) error {
-	<-ctx.Done()
-	return ctx.Err()
-}
-
 // A hung cloud call ends at the sync deadline, and shutdown does not cut a
 // sync short: it runs to its own end.
 func TestSyncDeadline(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
 	ctrl := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000, SyncTimeout: 200 * time.Millisecond},
-		h.client, informers.NewSharedInformerFactory(h.client, 0).Core().V1().Nodes(), hangingCloud{h.cloud.Cloud}, h.recorder, NewMetrics(prometheus.NewRegistry()))
+		h.client, informers.NewSharedInformerFactory(h.client, 0).Core().V1().Nodes(), h.cloud, h.recorder, NewMetrics(prometheus.NewRegistry()))
 	ctrl.nodes, ctrl.alloc, ctrl.podRange, ctrl.rangeName = h.ctrl.nodes, h.ctrl.alloc, h.ctrl.podRange, h.ctrl.rangeName
+	h.cloud.Inject("AddAlias", fake.Fault{Delay: time.Hour}) // hangs until the sync's context ends
 	ctrl.queue.Add("n1")
 	ctx, cancel := context.WithCancel(h.ctx)
 	cancel() // already shutting down once the item is taken: not processed
@@ -489,13 +461,13 @@ func TestCoolingSaveRetried(t *testing.T) {
 // instead of returning to the pool at once.
 func TestAdoptAfterReservationCoolsReserved(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
-	h.cloud.addFails = []error{cloud.ErrUnavailable}
+	h.cloud.Inject("AddAlias", fake.Fault{Err: cloud.ErrUnavailable, Times: 1})
 	if err := h.syncSeen("n1", ""); !errors.Is(err, cloud.ErrUnavailable) {
 		t.Fatalf("first sync: %v", err)
 	}
-	reserved := h.cloud.adds[0]
+	reserved := adds(h.cloud)[0]
 	other := netip.MustParsePrefix("10.0.99.0/24")
-	if err := h.cloud.Cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, other); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, other); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.syncSeen("n1", ""); err != nil {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
@@ -28,10 +29,16 @@ import (
 func TestStateTableRows(t *testing.T) {
 	const podRange = "10.0.0.0/16"
 	node := func(name, podCIDR, providerID string) *corev1.Node {
-		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("uid-" + name)}, Spec: corev1.NodeSpec{PodCIDR: podCIDR, ProviderID: providerID}}
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, UID: types.UID("uid-" + name), CreationTimestamp: metav1.NewTime(time.Unix(2, 0))}, Spec: corev1.NodeSpec{PodCIDR: podCIDR, ProviderID: providerID}}
 		if podCIDR != "" {
 			n.Spec.PodCIDRs = []string{podCIDR}
 		}
+		return n
+	}
+	// older makes a node the first registered: the rebuild gives a block
+	// claimed twice to the older node.
+	older := func(n *corev1.Node) *corev1.Node {
+		n.CreationTimestamp = metav1.NewTime(time.Unix(1, 0))
 		return n
 	}
 	for _, tc := range []struct {
@@ -99,7 +106,7 @@ func TestStateTableRows(t *testing.T) {
 		},
 		{
 			name:    "podCIDR of another node: report",
-			nodes:   []*corev1.Node{node("a", "10.0.3.0/24", ""), node("b", "10.0.3.0/24", "")},
+			nodes:   []*corev1.Node{older(node("a", "10.0.3.0/24", "")), node("b", "10.0.3.0/24", "")},
 			aliases: map[string][]string{"a": {"10.0.3.0/24"}},
 			sync:    "b",
 			after:   map[string][]string{"a": {"10.0.3.0/24"}, "b": nil},

@@ -66,6 +66,33 @@ type Options struct {
 	StatePath string
 	// MaxAliases overrides cloud.MaxAliasRangesPerNIC (0: the default).
 	MaxAliases int
+	// Seed, when not zero, makes ErrorRate's failures a deterministic
+	// sequence.
+	Seed uint64
+}
+
+// Fault is a failure injected into one Interface method (see Inject).
+type Fault struct {
+	// Err is returned instead of making the call (nil: the call is made
+	// after Delay).
+	Err error
+	// Delay is waited first, or until the call's context ends (then the
+	// context's error is returned).
+	Delay time.Duration
+	// Panic panics in the call, as a bug on that path would.
+	Panic bool
+	// Instance limits the fault to calls on that instance ("": all).
+	Instance string
+	// Times is how many calls it applies to; 0: every call until ClearFaults.
+	Times int
+}
+
+// Call is one Interface call as the fake saw it (see Log).
+type Call struct {
+	Method   string
+	Instance string
+	CIDR     netip.Prefix
+	Err      error
 }
 
 // Cloud is the fake. It is safe for concurrent use.
@@ -73,9 +100,12 @@ type Cloud struct {
 	opts    Options
 	limiter *rate.Limiter
 
-	mu    sync.Mutex
-	state state
-	calls map[string]int
+	mu     sync.Mutex
+	state  state
+	calls  map[string]int
+	faults map[string][]*Fault
+	log    []Call
+	rnd    *rand.Rand
 }
 
 var _ cloud.Interface = (*Cloud)(nil)
@@ -104,7 +134,10 @@ func New(opts Options) (*Cloud, error) {
 	if opts.ErrorRate < 0 || opts.ErrorRate > 1 {
 		return nil, fmt.Errorf("fake cloud: error rate %v outside [0,1]", opts.ErrorRate)
 	}
-	c := &Cloud{opts: opts, state: state{Instances: map[string]*instance{}}, calls: map[string]int{}}
+	c := &Cloud{opts: opts, state: state{Instances: map[string]*instance{}}, calls: map[string]int{}, faults: map[string][]*Fault{}}
+	if opts.Seed != 0 {
+		c.rnd = rand.New(rand.NewPCG(opts.Seed, opts.Seed))
+	}
 	if opts.RateLimit > 0 {
 		burst := max(opts.RateBurst, 1)
 		c.limiter = rate.NewLimiter(rate.Limit(opts.RateLimit), burst)
@@ -150,6 +183,73 @@ func (c *Cloud) Calls() map[string]int {
 		out[k] = v
 	}
 	return out
+}
+
+// Inject queues a fault for method ("AddAlias", "RemoveAlias", "Aliases"
+// or "ListInstances"); a method's faults apply in the order injected.
+func (c *Cloud) Inject(method string, f Fault) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.faults[method] = append(c.faults[method], &f)
+}
+
+// ClearFaults removes every injected fault.
+func (c *Cloud) ClearFaults() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.faults = map[string][]*Fault{}
+}
+
+// Log returns the Interface calls made so far, in order.
+func (c *Cloud) Log() []Call {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.log)
+}
+
+// fault applies the first injected fault of method that matches inst.
+func (c *Cloud) fault(ctx context.Context, method, inst string) error {
+	c.mu.Lock()
+	var f *Fault
+	list := c.faults[method]
+	for i, cand := range list {
+		if cand.Instance != "" && cand.Instance != inst {
+			continue
+		}
+		f = cand
+		if cand.Times > 0 {
+			if cand.Times--; cand.Times == 0 {
+				c.faults[method] = append(list[:i:i], list[i+1:]...)
+			}
+		}
+		break
+	}
+	c.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	if f.Delay > 0 {
+		t := time.NewTimer(f.Delay)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	if f.Panic {
+		panic(fmt.Sprintf("fake cloud: injected panic in %s on %s", method, inst))
+	}
+	if f.Err != nil {
+		return fmt.Errorf("%s %s: injected: %w", method, inst, f.Err)
+	}
+	return nil
+}
+
+func (c *Cloud) record(method, inst string, cidr netip.Prefix, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.log = append(c.log, Call{Method: method, Instance: inst, CIDR: cidr, Err: err})
 }
 
 // PodRange implements cloud.Interface.
@@ -216,6 +316,9 @@ func describeScheme(scheme string) string {
 
 // Aliases implements cloud.Interface.
 func (c *Cloud) Aliases(ctx context.Context, inst cloud.InstanceRef) ([]cloud.AliasRange, error) {
+	if err := c.fault(ctx, "Aliases", inst.Name); err != nil {
+		return nil, err
+	}
 	aliases, _, err := c.GetInterface(ctx, inst.Name)
 	return aliases, err
 }
@@ -301,7 +404,11 @@ func (c *Cloud) validate(name string, aliases []cloud.AliasRange) error {
 
 // AddAlias implements cloud.Interface: read, append, write with the
 // fingerprint; a stale fingerprint re-reads and retries.
-func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) (err error) {
+	defer func() { c.record("AddAlias", inst.Name, cidr, err) }()
+	if err := c.fault(ctx, "AddAlias", inst.Name); err != nil {
+		return err
+	}
 	return c.modify(ctx, inst.Name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
 		for _, a := range list {
 			if a.CIDR == cidr {
@@ -313,8 +420,12 @@ func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip
 }
 
 // RemoveAlias implements cloud.Interface.
-func (c *Cloud) RemoveAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
-	err := c.modify(ctx, inst.Name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
+func (c *Cloud) RemoveAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) (err error) {
+	defer func() { c.record("RemoveAlias", inst.Name, cidr, err) }()
+	if err := c.fault(ctx, "RemoveAlias", inst.Name); err != nil {
+		return err
+	}
+	err = c.modify(ctx, inst.Name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
 		out := slices.DeleteFunc(slices.Clone(list), func(a cloud.AliasRange) bool { return a.CIDR == cidr })
 		return out, len(out) != len(list)
 	})
@@ -344,6 +455,9 @@ func (c *Cloud) modify(ctx context.Context, name string, change func([]cloud.Ali
 
 // ListInstances implements cloud.Interface. Instances are sorted by name.
 func (c *Cloud) ListInstances(ctx context.Context) ([]cloud.Instance, error) {
+	if err := c.fault(ctx, "ListInstances", ""); err != nil {
+		return nil, err
+	}
 	if err := c.admit(ctx, "list"); err != nil {
 		return nil, err
 	}
@@ -369,10 +483,19 @@ func (c *Cloud) admit(ctx context.Context, method string) error {
 	if c.limiter != nil && !c.limiter.Allow() {
 		return fmt.Errorf("%s: %w", method, cloud.ErrRateLimited)
 	}
-	if c.opts.ErrorRate > 0 && rand.Float64() < c.opts.ErrorRate {
+	if c.opts.ErrorRate > 0 && c.float64() < c.opts.ErrorRate {
 		return fmt.Errorf("%s: injected failure: %w", method, cloud.ErrUnavailable)
 	}
 	return nil
+}
+
+func (c *Cloud) float64() float64 {
+	if c.rnd == nil {
+		return rand.Float64()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rnd.Float64()
 }
 
 // withState runs fn with exclusive access to the current state; fn reports

@@ -229,3 +229,63 @@ func TestStateFileSharedBetweenInstances(t *testing.T) {
 		t.Fatalf("overlap across handles: got %v", err)
 	}
 }
+
+// Injected faults apply in order, to the instance named, for the number of
+// calls given; delays end with the call's context; the log records calls;
+// a seed makes the error rate's failures repeatable.
+func TestInjectedFaultsPerCall(t *testing.T) {
+	c, err := New(Options{PodRange: netip.MustParsePrefix("10.0.0.0/16"), AutoRegister: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		c.RegisterInstance(n)
+	}
+	p := netip.MustParsePrefix("10.0.1.0/24")
+	c.Inject("AddAlias", Fault{Err: cloud.ErrUnavailable, Instance: "a", Times: 2})
+	c.Inject("AddAlias", Fault{Err: cloud.ErrQuotaExceeded, Times: 1})
+	if err := c.AddAlias(ctx, ref("b"), netip.MustParsePrefix("10.0.2.0/24")); !errors.Is(err, cloud.ErrQuotaExceeded) {
+		t.Errorf("b: %v, want the fault not limited to a", err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := c.AddAlias(ctx, ref("a"), p); !errors.Is(err, cloud.ErrUnavailable) {
+			t.Errorf("a, call %d: %v", i, err)
+		}
+	}
+	if err := c.AddAlias(ctx, ref("a"), p); err != nil {
+		t.Errorf("a after its two faults: %v", err)
+	}
+	var log []string
+	for _, call := range c.Log() {
+		log = append(log, fmt.Sprintf("%s %s %v %v", call.Method, call.Instance, call.CIDR, call.Err != nil))
+	}
+	if want := "AddAlias b 10.0.2.0/24 true|AddAlias a 10.0.1.0/24 true|AddAlias a 10.0.1.0/24 true|AddAlias a 10.0.1.0/24 false"; strings.Join(log, "|") != want {
+		t.Errorf("log %q, want %q", strings.Join(log, "|"), want)
+	}
+	c.Inject("Aliases", Fault{Delay: time.Hour})
+	dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := c.Aliases(dctx, ref("a")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("delayed call: %v, want the context's deadline", err)
+	}
+	c.ClearFaults()
+	if _, err := c.Aliases(ctx, ref("a")); err != nil {
+		t.Errorf("after ClearFaults: %v", err)
+	}
+	seq := func() string {
+		s, _ := New(Options{PodRange: netip.MustParsePrefix("10.0.0.0/16"), ErrorRate: 0.5, Seed: 42})
+		s.RegisterInstance("x")
+		var out []byte
+		for i := 0; i < 32; i++ {
+			if _, err := s.Aliases(ctx, ref("x")); err != nil {
+				out = append(out, '1')
+			} else {
+				out = append(out, '0')
+			}
+		}
+		return string(out)
+	}
+	if a, b := seq(), seq(); a != b || !strings.Contains(a, "1") || !strings.Contains(a, "0") {
+		t.Errorf("seeded failures %s and %s: want the same mix twice", a, b)
+	}
+}
