@@ -86,12 +86,6 @@ func (a *Allocator) Used() int { return a.used }
 // Free returns the number of free blocks.
 func (a *Allocator) Free() int { return a.n - a.used }
 
-// MaskSize returns the block mask size.
-func (a *Allocator) MaskSize() int { return a.blockBits }
-
-// Cluster returns the cluster range.
-func (a *Allocator) Cluster() netip.Prefix { return a.cluster }
-
 // Allocate reserves and returns a free block, or ErrRangeExhausted.
 func (a *Allocator) Allocate() (netip.Prefix, error) {
 	i, ok := a.findFree(a.next)
@@ -168,11 +162,6 @@ func (a *Allocator) InUse(p netip.Prefix) bool {
 func (a *Allocator) Contains(p netip.Prefix) bool {
 	_, _, err := a.span(p)
 	return err == nil
-}
-
-// IsBlock reports whether p is exactly one block of the cluster range.
-func (a *Allocator) IsBlock(p netip.Prefix) bool {
-	return p.Bits() == a.blockBits && p.Masked() == p && a.Contains(p)
 }
 
 func (a *Allocator) span(p netip.Prefix) (int, int, error) {

@@ -108,7 +108,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.CloudBurst, "cloud-burst", o.CloudBurst, "Burst of the cloud call budget.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "QPS of the Kubernetes client that reads and writes Nodes.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of that client.")
-	fs.Float32Var(&o.EventsQPS, "events-qps", o.EventsQPS, "QPS of the separate client that writes Events.")
+	fs.Float32Var(&o.EventsQPS, "events-qps", o.EventsQPS, "QPS of the separate client that writes Events, the leader Lease and the cooling ConfigMap (never the Node write budget).")
 	fs.DurationVar(&o.ReleaseCooldown, "release-cooldown", o.ReleaseCooldown, "How long a deleted node's block waits before reuse (default 30s; 60s with --cloud=gce).")
 	fs.DurationVar(&o.LeakGracePeriod, "leak-grace-period", o.LeakGracePeriod, "How long an alias may sit on an instance with no Node before it is removed.")
 	fs.DurationVar(&o.GCInterval, "gc-interval", o.GCInterval, "How often leaked aliases are looked for.")

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -99,9 +98,6 @@ func StartLocalCluster(ctx context.Context, dir string, opts LocalClusterOptions
 }
 
 func (lc *LocalCluster) cloudState() string { return filepath.Join(lc.Dir, "fake-cloud.json") }
-
-// ControllerMetrics is the controller's metrics address.
-func (lc *LocalCluster) ControllerMetrics() string { return lc.controllerAddr }
 
 // StartController starts (or restarts) aliasip-controller.
 func (lc *LocalCluster) StartController() error {
@@ -233,14 +229,4 @@ func (lc *LocalCluster) Close() {
 	if lc.CP != nil {
 		lc.CP.Stop()
 	}
-}
-
-// NodeAddresses returns a node's InternalIP from the API.
-func NodeAddresses(node *corev1.Node) string {
-	for _, a := range node.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
-			return a.Address
-		}
-	}
-	return ""
 }
