@@ -136,11 +136,6 @@ type Config struct {
 }
 
 // assignment is a block the controller holds for a node.
-type assignment struct {
-	cidr netip.Prefix
-	inst cloud.InstanceRef
-}
-
 // Controller is the node IPAM controller. Create it with New, start it with Run.
 type Controller struct {
 	cfg      Config
@@ -152,21 +147,15 @@ type Controller struct {
 	recorder record.EventRecorder
 	metrics  *Metrics
 
+	blocks *blocks // the pool, owners, cooling blocks and waiting nodes
+
 	saveMu    sync.Mutex // serializes saveCooling
-	mu        sync.Mutex
-	alloc     *allocator.Allocator // nil until the state is rebuilt
+	mu        sync.Mutex // guards the fields below
 	podRange  netip.Prefix
 	rangeName string
-	owned     map[string]assignment   // node name -> its block
-	owner     map[netip.Prefix]string // block -> node name
-	cooling   map[netip.Prefix]time.Time
-	waiting   map[string]bool // nodes waiting for a free block
-	// coolingDirty: the last save of the cooling set failed; runCooldown
-	// retries it.
-	coolingDirty bool
-	leakSeen     map[string]time.Time // instance|cidr -> first seen leaked
-	ready        bool
-	wakeCh       chan struct{}
+	leakSeen  map[string]time.Time // instance|cidr -> first seen leaked
+	ready     bool
+	wakeCh    chan struct{}
 }
 
 // New builds a controller. client is used for Node writes only; events go
@@ -196,14 +185,11 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "aliasip-nodes"}),
 		recorder: recorder,
 		metrics:  m,
-		owned:    map[string]assignment{},
-		owner:    map[netip.Prefix]string{},
-		cooling:  map[netip.Prefix]time.Time{},
-		waiting:  map[string]bool{},
+		blocks:   newBlocks(),
 		leakSeen: map[string]time.Time{},
 		wakeCh:   make(chan struct{}, 1),
 	}
-	m.poolGaugeSource = c.poolStats
+	m.poolGaugeSource = c.blocks.stats
 	nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueue,
 		UpdateFunc: func(old, cur any) {
@@ -234,15 +220,6 @@ func (c *Controller) Ready() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.ready
-}
-
-func (c *Controller) poolStats() (used, free, cooling int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.alloc == nil {
-		return 0, 0, 0
-	}
-	return c.alloc.Used(), c.alloc.Free(), len(c.cooling)
 }
 
 // Run waits for the informer caches, rebuilds the allocation state from all
@@ -329,11 +306,19 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		if err != nil || !alloc.Contains(p) {
 			continue
 		}
-		alloc.Occupy(p)
+		if _, err := alloc.Occupy(p); err != nil {
+			return fmt.Errorf("node %s: podCIDR %v: %w", n.Name, p, err)
+		}
 		if _, taken := owner[p]; taken {
 			continue // two nodes claim one block: the node's sync reports it
 		}
-		inst, _ := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+		inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+		if err != nil {
+			// Held without an instance: the node's sync reports it, and a
+			// release has no alias to remove (the leak collector looks).
+			logger.V(2).Info("Node's instance not resolved at rebuild", "node", n.Name, "err", err)
+			inst = cloud.InstanceRef{}
+		}
 		owned[n.Name] = assignment{cidr: p, inst: inst}
 		owner[p] = n.Name
 	}
@@ -341,7 +326,9 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	for _, in := range instances {
 		for _, a := range in.Aliases {
 			if c.ours(a, podRange, rangeName) {
-				alloc.Occupy(a.CIDR)
+				if _, err := alloc.Occupy(a.CIDR); err != nil {
+					return fmt.Errorf("instance %s: alias %v: %w", in.Ref, a.CIDR, err)
+				}
 				aliases++
 			}
 		}
@@ -363,16 +350,17 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			if _, held := owner[cidr]; held || !now.Before(until) || !alloc.Contains(cidr) {
 				continue
 			}
-			alloc.Occupy(cidr)
+			if _, err := alloc.Occupy(cidr); err != nil {
+				return fmt.Errorf("cooling block %v: %w", cidr, err)
+			}
 			cooling[cidr] = until
 		}
 	}
 	// Resume handing out blocks where the previous process stood.
 	alloc.SeekAfterLastUsed()
+	c.blocks.reset(alloc, owned, owner, cooling)
 	c.mu.Lock()
-	c.alloc, c.podRange, c.rangeName = alloc, podRange, rangeName
-	c.owned, c.owner = owned, owner
-	c.cooling = cooling
+	c.podRange, c.rangeName = podRange, rangeName
 	c.ready = true
 	c.mu.Unlock()
 	logger.Info("Rebuilt allocation state", "podRange", podRange, "rangeName", rangeName,
@@ -515,7 +503,11 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 			"podCIDR %q is not inside the pod range %v; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
 		return nil
 	}
-	if conflict := c.claim(name, podCIDR, inst); conflict != "" {
+	conflict, err := c.claim(name, podCIDR, inst)
+	if err != nil {
+		return err
+	}
+	if conflict != "" {
 		c.mismatch(node, EventCIDRMismatch, "podCIDR %v is also the podCIDR of node %s; leaving both untouched", podCIDR, conflict)
 		return nil
 	}
@@ -537,7 +529,7 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 	c.mu.Lock()
 	podRange := c.podRange
 	c.mu.Unlock()
-	cidr, err := c.reserve(node.Name, inst)
+	cidr, err := c.blocks.reserve(node.Name, inst)
 	if errors.Is(err, allocator.ErrRangeExhausted) {
 		c.metrics.Allocations.WithLabelValues("exhausted").Inc()
 		c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRNotAvailable,
@@ -557,11 +549,7 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 			c.metrics.Allocations.WithLabelValues("conflict").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasFailed,
 				"Block %v is held by another resource; it stays out of the pool and the node gets another: %v", cidr, err)
-			c.mu.Lock()
-			delete(c.owned, node.Name)
-			delete(c.owner, cidr)
-			c.cooling[cidr] = time.Now().Add(max(conflictHold, c.cfg.ReleaseCooldown))
-			c.mu.Unlock()
+			c.blocks.holdBack(node.Name, cidr, time.Now().Add(max(conflictHold, c.cfg.ReleaseCooldown)))
 			c.saveCooling(ctx)
 		case refused(err):
 			// The cloud refuses this node's write whatever the block (its
@@ -571,7 +559,9 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 			c.metrics.Allocations.WithLabelValues("refused").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeWarning, EventCloudAliasRefused,
 				"The cloud refused alias %v on %s (%s); block returned to the pool, retrying with backoff: %v", cidr, inst, cloud.Code(err), err)
-			c.unreserve(node.Name, cidr)
+			if uerr := c.blocks.unreserve(node.Name, cidr); uerr != nil {
+				return fmt.Errorf("return %v to the pool: %w (after: %w)", cidr, uerr, err)
+			}
 		default:
 			// Transient errors keep the reservation so the retry asks the
 			// cloud for the same block; the alias may already be there.
@@ -594,11 +584,17 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 // are removed at the next sync (the extra-alias row).
 func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, ours []netip.Prefix) error {
 	cidr := ours[0]
-	if conflict := c.claim(node.Name, cidr, inst); conflict != "" {
+	conflict, err := c.claim(node.Name, cidr, inst)
+	if err != nil {
+		return err
+	}
+	if conflict != "" {
 		c.mismatch(node, EventCIDRMismatch, "Alias %v on %s is the podCIDR of node %s; not adopting it", cidr, inst, conflict)
 		return nil
 	}
-	c.occupy(ours...)
+	if err := c.blocks.occupy(ours...); err != nil {
+		return err
+	}
 	if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
 		return err
 	}
@@ -627,7 +623,9 @@ func (c *Controller) repair(ctx context.Context, node *corev1.Node, inst cloud.I
 // check covers the rows with podCIDR set and aliases present: equal (in
 // sync), equal plus others (remove the others), or different (report).
 func (c *Controller) check(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, podCIDR netip.Prefix, ours []netip.Prefix) error {
-	c.occupy(ours...)
+	if err := c.blocks.occupy(ours...); err != nil {
+		return err
+	}
 	switch {
 	case !containsPrefix(ours, podCIDR):
 		c.mismatch(node, EventCIDRMismatch, "podCIDR %v differs from alias range(s) %v on %s; leaving both untouched", podCIDR, ours, inst)
@@ -650,13 +648,9 @@ func (c *Controller) removeExtras(ctx context.Context, node *corev1.Node, inst c
 		if err := c.cloud.RemoveAlias(ctx, inst, p); err != nil {
 			return fmt.Errorf("remove extra alias %v from %s: %w", p, inst, err)
 		}
-		c.mu.Lock()
-		if holder, held := c.owner[p]; !held || holder == node.Name {
-			delete(c.owner, p)
-			c.alloc.Occupy(p)
-			c.cooling[p] = time.Now().Add(c.cfg.ReleaseCooldown)
+		if err := c.blocks.coolRemoved(node.Name, p, time.Now().Add(c.cfg.ReleaseCooldown)); err != nil {
+			return err
 		}
-		c.mu.Unlock()
 		c.saveCooling(ctx)
 		c.wake()
 		c.mismatch(node, EventExtraAliasRemoved,
@@ -667,81 +661,16 @@ func (c *Controller) removeExtras(ctx context.Context, node *corev1.Node, inst c
 }
 
 // claim records name as the holder of cidr; it returns the name of another
-// node that already holds it ("" when the claim succeeded).
-func (c *Controller) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if other, ok := c.owner[cidr]; ok && other != name {
-		if _, err := c.nodes.Get(other); err == nil {
-			return other
-		}
-		// The holder is gone: its pending release must not remove the
-		// alias from the node that now holds the block.
-		if c.owned[other].cidr == cidr {
-			delete(c.owned, other)
-		}
-	}
-	if prev, ok := c.owned[name]; ok && prev.cidr != cidr && c.owner[prev.cidr] == name {
-		// The node takes another block than the one reserved for it (it
-		// adopts an alias that appeared meanwhile): the reserved one may
-		// have reached the cloud, so it cools down before reuse.
-		delete(c.owner, prev.cidr)
-		c.cooling[prev.cidr] = time.Now().Add(c.cfg.ReleaseCooldown)
-	}
-	c.alloc.Occupy(cidr)
-	delete(c.cooling, cidr)
-	c.owned[name] = assignment{cidr: cidr, inst: inst}
-	c.owner[cidr] = name
-	delete(c.waiting, name)
-	return ""
-}
-
-func (c *Controller) occupy(ps ...netip.Prefix) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, p := range ps {
-		c.alloc.Occupy(p)
-	}
-}
-
-// reserve returns the node's held block, or allocates a new one.
-func (c *Controller) reserve(name string, inst cloud.InstanceRef) (netip.Prefix, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if a, ok := c.owned[name]; ok {
-		a.inst = inst
-		c.owned[name] = a
-		return a.cidr, nil
-	}
-	cidr, err := c.alloc.Allocate()
-	if err != nil {
-		c.waiting[name] = true
-		return netip.Prefix{}, err
-	}
-	delete(c.waiting, name)
-	c.owned[name] = assignment{cidr: cidr, inst: inst}
-	c.owner[cidr] = name
-	return cidr, nil
+// live node that already holds it ("" when the claim succeeded).
+func (c *Controller) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef) (string, error) {
+	alive := func(n string) bool { _, err := c.nodes.Get(n); return err == nil }
+	return c.blocks.claim(name, cidr, inst, alive, time.Now().Add(c.cfg.ReleaseCooldown))
 }
 
 // refused reports whether the cloud refused a write for a reason another
 // block or a retry soon will not change.
 func refused(err error) bool {
 	return errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrQuotaExceeded) || errors.Is(err, cloud.ErrTooManyAliases)
-}
-
-// unreserve returns a block the node reserved, and the cloud never applied,
-// to the pool.
-func (c *Controller) unreserve(name string, cidr netip.Prefix) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if a, ok := c.owned[name]; ok && a.cidr == cidr {
-		delete(c.owned, name)
-	}
-	if c.owner[cidr] == name {
-		delete(c.owner, cidr)
-		c.alloc.Release(cidr)
-	}
 }
 
 // patchPodCIDR writes spec.podCIDR and spec.podCIDRs in one patch.
@@ -758,15 +687,7 @@ func (c *Controller) patchPodCIDR(ctx context.Context, node *corev1.Node, cidr n
 // release handles a deleted node: its alias is removed from the instance if
 // it still holds it, and the block cools down before reuse.
 func (c *Controller) release(ctx context.Context, name string) error {
-	c.mu.Lock()
-	a, ok := c.owned[name]
-	delete(c.waiting, name)
-	if ok && c.owner[a.cidr] != name {
-		// Another node claimed the block since: nothing of ours to remove.
-		delete(c.owned, name)
-		ok = false
-	}
-	c.mu.Unlock()
+	a, ok := c.blocks.releasing(name)
 	if !ok {
 		return nil
 	}
@@ -775,13 +696,7 @@ func (c *Controller) release(ctx context.Context, name string) error {
 			return fmt.Errorf("remove alias %v from %s of deleted node %s: %w", a.cidr, a.inst, name, err)
 		}
 	}
-	c.mu.Lock()
-	delete(c.owned, name)
-	if c.owner[a.cidr] == name {
-		delete(c.owner, a.cidr)
-		c.cooling[a.cidr] = time.Now().Add(c.cfg.ReleaseCooldown)
-	}
-	c.mu.Unlock()
+	c.blocks.released(name, a, time.Now().Add(c.cfg.ReleaseCooldown))
 	c.saveCooling(ctx)
 	c.wake()
 	ref := &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
@@ -789,173 +704,6 @@ func (c *Controller) release(ctx context.Context, name string) error {
 		"Removed alias %v from %s; block reusable after %v", a.cidr, a.inst, c.cfg.ReleaseCooldown)
 	klog.FromContext(ctx).Info("Released block of deleted node", "node", name, "cidr", a.cidr, "instance", a.inst)
 	return nil
-}
-
-// saveCooling persists the cooling set. Writes are serialized so an older
-// set never overwrites a newer one; a failure is logged and retried with
-// the next change.
-func (c *Controller) saveCooling(ctx context.Context) {
-	if c.cfg.Cooling == nil {
-		return
-	}
-	c.saveMu.Lock()
-	defer c.saveMu.Unlock()
-	c.mu.Lock()
-	snapshot := make(map[netip.Prefix]time.Time, len(c.cooling))
-	for k, v := range c.cooling {
-		snapshot[k] = v
-	}
-	c.mu.Unlock()
-	err := c.cfg.Cooling.Save(ctx, snapshot)
-	c.mu.Lock()
-	wasDirty := c.coolingDirty
-	c.coolingDirty = err != nil
-	c.mu.Unlock()
-	if err != nil {
-		klog.FromContext(ctx).Error(err, "Persisting the cooling blocks failed; retrying", "every", coolingRetry)
-		if !wasDirty {
-			c.wake() // runCooldown shortens its timer to the retry interval
-		}
-	}
-}
-
-func (c *Controller) wake() {
-	select {
-	case c.wakeCh <- struct{}{}:
-	default:
-	}
-}
-
-// runCooldown returns cooled-down blocks to the pool and wakes the nodes that
-// wait for one.
-func (c *Controller) runCooldown(ctx context.Context) {
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	for {
-		now := time.Now()
-		next := now.Add(time.Minute)
-		var woken []string
-		expired := false
-		c.mu.Lock()
-		for cidr, at := range c.cooling {
-			if !now.Before(at) {
-				expired = true
-				delete(c.cooling, cidr)
-				if _, held := c.owner[cidr]; !held {
-					c.alloc.Release(cidr)
-					c.metrics.Releases.Inc()
-				}
-			} else if at.Before(next) {
-				next = at
-			}
-		}
-		if c.alloc.Free() > 0 {
-			for n := range c.waiting {
-				woken = append(woken, n)
-			}
-		}
-		dirty := c.coolingDirty
-		if dirty && next.After(now.Add(coolingRetry)) {
-			next = now.Add(coolingRetry)
-		}
-		c.mu.Unlock()
-		if expired || dirty {
-			c.saveCooling(ctx)
-		}
-		for _, n := range woken {
-			c.queue.Add(n)
-		}
-		t.Reset(time.Until(next))
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-c.wakeCh:
-		}
-	}
-}
-
-// collectLeaks removes aliases from the pod range that sit on instances with
-// no Node for longer than the grace period, and cools their blocks down.
-func (c *Controller) collectLeaks(ctx context.Context) {
-	logger := klog.FromContext(ctx)
-	instances, err := c.cloud.ListInstances(ctx)
-	if err != nil {
-		logger.Error(err, "Leak collection: list instances")
-		return
-	}
-	nodes, err := c.nodes.List(everything)
-	if err != nil {
-		return
-	}
-	withNode := map[string]bool{}
-	for _, n := range nodes {
-		if inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name); err == nil {
-			withNode[inst.String()] = true
-		}
-	}
-	c.mu.Lock()
-	podRange, rangeName := c.podRange, c.rangeName
-	c.mu.Unlock()
-	now := time.Now()
-	seen := map[string]bool{}
-	for _, in := range instances {
-		if withNode[in.Ref.String()] {
-			continue
-		}
-		for _, a := range in.Aliases {
-			if !c.ours(a, podRange, rangeName) {
-				continue
-			}
-			key := in.Ref.String() + "|" + a.CIDR.String()
-			seen[key] = true
-			c.mu.Lock()
-			first, ok := c.leakSeen[key]
-			if !ok {
-				c.leakSeen[key] = now
-				first = now
-			}
-			c.mu.Unlock()
-			if now.Sub(first) < c.cfg.LeakGracePeriod {
-				continue
-			}
-			if err := c.cloud.RemoveAlias(ctx, in.Ref, a.CIDR); err != nil {
-				logger.Error(err, "Leak collection: remove alias", "instance", in.Ref, "cidr", a.CIDR)
-				continue
-			}
-			c.metrics.LeakedRemoved.Inc()
-			logger.Info("Removed leaked alias from instance without a Node", "instance", in.Ref, "cidr", a.CIDR)
-			c.mu.Lock()
-			delete(c.leakSeen, key)
-			if holder, held := c.owner[a.CIDR]; held {
-				if _, err := c.nodes.Get(holder); apierrors.IsNotFound(err) {
-					// A deleted node whose release never succeeded: the
-					// block is no longer its.
-					delete(c.owner, a.CIDR)
-					if c.owned[holder].cidr == a.CIDR {
-						delete(c.owned, holder)
-					}
-					held = false
-				}
-				if held {
-					c.mu.Unlock()
-					continue
-				}
-			}
-			c.alloc.Occupy(a.CIDR)
-			c.cooling[a.CIDR] = now.Add(c.cfg.ReleaseCooldown)
-			c.mu.Unlock()
-			c.saveCooling(ctx)
-			c.wake()
-		}
-	}
-	c.mu.Lock()
-	for key := range c.leakSeen {
-		if !seen[key] {
-			delete(c.leakSeen, key)
-		}
-	}
-	c.mu.Unlock()
 }
 
 func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {

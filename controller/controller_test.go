@@ -173,9 +173,7 @@ func TestConflictingBlockNeverReused(t *testing.T) {
 		t.Fatalf("first sync: %v", err)
 	}
 	bad := adds(h.cloud)[0]
-	h.ctrl.mu.Lock()
-	until, held := h.ctrl.cooling[bad]
-	h.ctrl.mu.Unlock()
+	until, held := h.ctrl.blocks.coolingUntil(bad)
 	if !held || time.Until(until) < conflictHold-time.Minute {
 		t.Errorf("the conflicting block is not held back for %v (cooling until %v, %v)", conflictHold, until, held)
 	}
@@ -202,10 +200,7 @@ func TestExhaustedAndPanicRecovered(t *testing.T) {
 	if ev := h.events(); !strings.Contains(ev, "Warning "+EventCIDRNotAvailable) {
 		t.Errorf("no CIDRNotAvailable warning: %s", ev)
 	}
-	h.ctrl.mu.Lock()
-	waiting := h.ctrl.waiting["c"]
-	h.ctrl.mu.Unlock()
-	if !waiting {
+	if !h.ctrl.blocks.isWaiting("c") {
 		t.Error("node c is not marked as waiting for a block")
 	}
 	// A panic on one node's path is that node's error, not a crash.
@@ -265,9 +260,7 @@ func TestExtraAliasRemoved(t *testing.T) {
 	if len(aliases) != 1 || aliases[0].CIDR != podCIDR {
 		t.Fatalf("aliases %v, want only the podCIDR %v", aliases, podCIDR)
 	}
-	h.ctrl.mu.Lock()
-	_, cooling := h.ctrl.cooling[extra]
-	h.ctrl.mu.Unlock()
+	_, cooling := h.ctrl.blocks.coolingUntil(extra)
 	if !cooling {
 		t.Errorf("the extra block %v does not cool down", extra)
 	}
@@ -321,7 +314,7 @@ func TestSyncDeadline(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
 	ctrl := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000, SyncTimeout: 200 * time.Millisecond},
 		h.client, informers.NewSharedInformerFactory(h.client, 0).Core().V1().Nodes(), h.cloud, h.recorder, NewMetrics(prometheus.NewRegistry()))
-	ctrl.nodes, ctrl.alloc, ctrl.podRange, ctrl.rangeName = h.ctrl.nodes, h.ctrl.alloc, h.ctrl.podRange, h.ctrl.rangeName
+	ctrl.nodes, ctrl.blocks, ctrl.podRange, ctrl.rangeName = h.ctrl.nodes, h.ctrl.blocks, h.ctrl.podRange, h.ctrl.rangeName
 	h.cloud.Inject("AddAlias", fake.Fault{Delay: time.Hour}) // hangs until the sync's context ends
 	ctrl.queue.Add("n1")
 	ctx, cancel := context.WithCancel(h.ctx)
@@ -476,10 +469,8 @@ func TestAdoptAfterReservationCoolsReserved(t *testing.T) {
 	if got := h.podCIDR("n1"); got != other.String() {
 		t.Fatalf("podCIDR %q, want the alias %v adopted", got, other)
 	}
-	h.ctrl.mu.Lock()
-	_, cooling := h.ctrl.cooling[reserved]
-	inUse := h.ctrl.alloc.InUse(reserved)
-	h.ctrl.mu.Unlock()
+	_, cooling := h.ctrl.blocks.coolingUntil(reserved)
+	inUse := h.ctrl.blocks.inUse(reserved)
 	if !cooling || !inUse {
 		t.Errorf("the reserved block %v: cooling %v, in use %v; want it held back", reserved, cooling, inUse)
 	}

@@ -164,8 +164,8 @@ func TestStateTableRows(t *testing.T) {
 			}
 			for n, cidr := range tc.owned {
 				p := netip.MustParsePrefix(cidr)
-				c.owned[n] = assignment{cidr: p, inst: cloud.InstanceRef{Name: n}}
-				c.owner[p] = n
+				c.blocks.owned[n] = assignment{cidr: p, inst: cloud.InstanceRef{Name: n}}
+				c.blocks.owner[p] = n
 			}
 			client.ClearActions()
 

@@ -116,7 +116,10 @@ func Run(ctx context.Context, o *Options) error {
 		metrics.Leader.Set(1)
 		return ctrl.Run(ctx)
 	}
-	host, _ := os.Hostname()
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown-host" // the UUID below keeps the identity unique
+	}
 	id := host + "_" + uuid.NewString()
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName},
