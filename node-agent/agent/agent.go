@@ -53,6 +53,9 @@ const (
 	EventPodIPsExhausted = "PodIPsExhausted"
 	// EventPodCIDRChanged: the IPAM state was for another podCIDR.
 	EventPodCIDRChanged = "PodCIDRChanged"
+	// EventIPAMStateRecovered: the IPAM state file was unreadable and was
+	// rebuilt from the host.
+	EventIPAMStateRecovered = "IPAMStateRecovered"
 	// EventDataPathRepaired: the reconciler had to repair routes or sysctls.
 	EventDataPathRepaired = "DataPathRepaired"
 	// EventGuestAgentIPAliases: the GCE guest agent manages routes for alias
@@ -206,10 +209,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	podInf := a.podInf.Core().V1().Pods()
 	a.pods = podInf.Lister()
 	podInf.Informer() // register before Start
-	a.factory.Start(ctx.Done())
-	a.podInf.Start(ctx.Done())
+	// The informers stop when Run returns for any reason, not only on a
+	// signal: an error below (say, the state directory held by another
+	// agent) must end the process so the DaemonSet restarts it, not leave
+	// Shutdown waiting for informers that never stop.
+	informerCtx, stopInformers := context.WithCancel(ctx)
+	a.factory.Start(informerCtx.Done())
+	a.podInf.Start(informerCtx.Done())
 	defer a.factory.Shutdown()
 	defer a.podInf.Shutdown()
+	defer stopInformers() // runs before the Shutdowns above
 	if !cache.WaitForCacheSync(ctx.Done(), nodeInf.Informer().HasSynced, podInf.Informer().HasSynced) {
 		return errors.New("informers never synced")
 	}
@@ -384,6 +393,9 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 		}
 		store, err = ipam.Open(statePath, podCIDR, a.cfg.IPCooldown)
 	}
+	if errors.Is(err, ipam.ErrCorrupt) {
+		store, err = a.recoverState(ctx, statePath, podCIDR, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -391,6 +403,40 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 	a.store, a.podCIDR, a.iface, a.mtu = store, podCIDR, iface, mtu
 	a.mu.Unlock()
 	return nil
+}
+
+// recoverState handles a lost state file (0 bytes after a power loss, or
+// corrupt): it is moved aside, and the allocations are rebuilt from the
+// host — each pod's /32 route through a veth whose alias names its
+// container — so no live pod's address is handed out again. The interface
+// name is eth0: the one Kubernetes runtimes give the pod network
+// (containerd's CRI plugin, pkg/cri/server/sandbox_run.go, defaultIfName).
+func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR netip.Prefix, cause error) (*ipam.Store, error) {
+	aside := fmt.Sprintf("%s.%d.corrupt", statePath, time.Now().Unix())
+	if err := os.Rename(statePath, aside); err != nil {
+		return nil, fmt.Errorf("%w (and moving it aside failed: %v)", cause, err)
+	}
+	var pods []datapath.HostPod
+	if err := a.inHost(func() error {
+		var err error
+		pods, err = datapath.HostPods(podCIDR)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("%w; rebuilding from the host failed: %v", cause, err)
+	}
+	allocs := make([]ipam.Allocation, 0, len(pods))
+	for _, p := range pods {
+		allocs = append(allocs, ipam.Allocation{Key: ipam.Key{ContainerID: p.ContainerID, IfName: "eth0"}, HostVeth: p.HostVeth, IP: p.IP})
+	}
+	store, err := ipam.Recover(statePath, podCIDR, a.cfg.IPCooldown, allocs)
+	if err != nil {
+		return nil, err
+	}
+	klog.FromContext(ctx).Error(cause, "IPAM state lost; rebuilt from the host", "pods", len(allocs), "kept", aside)
+	a.metrics.StateRecovered.Inc()
+	a.event(corev1.EventTypeWarning, EventIPAMStateRecovered,
+		"IPAM state was unreadable (%v); kept aside in %s and rebuilt %d allocations from the host's pod routes", cause, aside, len(allocs))
+	return store, nil
 }
 
 // serveSocket listens on the root-only unix socket.

@@ -10,6 +10,7 @@ type Metrics struct {
 	SysctlsRepaired prometheus.Counter
 	RoutesRemoved   prometheus.Counter
 	GCReleased      *prometheus.CounterVec
+	StateRecovered  prometheus.Counter
 	FabricRoutes    prometheus.Gauge
 	Ready           prometheus.Gauge
 	// ChainedPluginMissing is 1 for a plugin the flags ask to chain but
@@ -41,6 +42,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		RoutesRemoved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_routes_removed_total", Help: "Routes of vanished pods removed by the reconciler.",
 		}),
+		StateRecovered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_ipam_state_recovered_total",
+			Help: "Times the IPAM state file was unreadable and was rebuilt from the host's pod routes.",
+		}),
 		GCReleased: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aliasip_gc_released_total", Help: "Pod addresses released by garbage collection, by reason.",
 		}, []string{"reason"}),
@@ -61,7 +66,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "aliasip_guest_agent_routes_removed_total", Help: "Local routes for the podCIDR added by the GCE guest agent and removed by aliasip.",
 	})
 	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved)
-	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.FabricRoutes, m.Ready)
+	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.StateRecovered, m.FabricRoutes, m.Ready)
 	for _, s := range []string{"used", "free", "cooling"} {
 		state := s
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

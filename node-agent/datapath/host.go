@@ -263,3 +263,45 @@ func prefixOf(ip []byte, mask []byte) (netip.Prefix, bool) {
 	}
 	return netip.PrefixFrom(addr, ones).Masked(), true
 }
+
+// HostPod is a pod found on the host: a /32 route of the podCIDR through a
+// veth whose alias names the pod's container (SetupPod writes it).
+type HostPod struct {
+	IP          netip.Addr
+	HostVeth    string
+	ContainerID string
+}
+
+// HostPods lists the pods the host routes to, for rebuilding the IPAM state
+// when its file was lost: every /32 route of the main table inside podCIDR
+// whose link is a veth with an alias.
+func HostPods(podCIDR netip.Prefix) ([]HostPod, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	byIndex := map[int]netlink.Link{}
+	for _, l := range links {
+		byIndex[l.Attrs().Index] = l
+	}
+	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, err
+	}
+	var out []HostPod
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		p, ok := prefixOf(r.Dst.IP, r.Dst.Mask)
+		if !ok || p.Bits() != 32 || !podCIDR.Contains(p.Addr()) {
+			continue
+		}
+		l, ok := byIndex[r.LinkIndex]
+		if !ok || l.Type() != "veth" || l.Attrs().Alias == "" {
+			continue
+		}
+		out = append(out, HostPod{IP: p.Addr(), HostVeth: l.Attrs().Name, ContainerID: l.Attrs().Alias})
+	}
+	return out, nil
+}

@@ -4,10 +4,15 @@
 // restart of the agent loses nothing.
 //
 // The state is one JSON file, rewritten on every change through a temporary
-// file renamed over the old one: a reader (or a restarted agent) sees the old
-// state or the new one, never a torn one. There is no fsync: the file must
-// survive the agent's death, not the machine's (after a reboot every pod
-// sandbox is gone and start-up GC frees their addresses anyway).
+// file that is fsynced, renamed over the old one, and whose directory is
+// fsynced: a reader (or a restarted agent) sees the old state or the new
+// one, never a torn one, even across a power loss (a rename without the
+// fsyncs can leave a 0-byte file on XFS and ext4 with delalloc). A state
+// file that is empty or corrupt anyway is reported as ErrCorrupt, so the
+// caller can rebuild the allocations from the host (Recover) instead of
+// crash-looping. A failed save rolls the in-memory change back. The state
+// directory is locked (flock) for as long as the Store is open: two agents
+// never share it.
 //
 // Freed addresses cool down before reuse, so a packet for a deleted pod is
 // not delivered to its successor. The podCIDR's network address, its first
@@ -24,6 +29,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -32,6 +38,12 @@ var ErrExhausted = errors.New("pod IP range exhausted")
 
 // ErrPodCIDRChanged: the state file was written for another podCIDR.
 var ErrPodCIDRChanged = errors.New("IPAM state is for another podCIDR")
+
+// ErrCorrupt: the state file is empty or cannot be read as state.
+var ErrCorrupt = errors.New("IPAM state file is corrupt")
+
+// ErrLocked: another process holds the state directory.
+var ErrLocked = errors.New("IPAM state directory is in use by another process")
 
 // Key identifies one attachment.
 type Key struct {
@@ -72,6 +84,8 @@ type Store struct {
 	cooldown time.Duration
 	now      func() time.Time
 
+	lock *os.File // flock held on the state directory's lock file
+
 	mu      sync.Mutex
 	allocs  map[Key]*Allocation
 	byIP    map[netip.Addr]Key
@@ -79,42 +93,108 @@ type Store struct {
 	next    netip.Addr
 }
 
-// Open loads (or creates) the store at path for the node's podCIDR. A
-// state file written for another podCIDR is refused with ErrPodCIDRChanged:
-// the caller decides what becomes of the old allocations.
+// Open loads (or creates) the store at path for the node's podCIDR, and
+// locks its directory. A state file written for another podCIDR is refused
+// with ErrPodCIDRChanged, an empty or unreadable one with ErrCorrupt: the
+// caller decides what becomes of it (see Recover).
 func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
+	s, err := newStore(path, podCIDR, cooldown)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.load(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Recover starts a store at path afresh, with allocations rebuilt from the
+// host (the pods' veths and routes), when the state file was lost. The
+// caller moves the bad file aside first.
+func Recover(path string, podCIDR netip.Prefix, cooldown time.Duration, allocs []Allocation) (*Store, error) {
+	s, err := newStore(path, podCIDR, cooldown)
+	if err != nil {
+		return nil, err
+	}
+	for i := range allocs {
+		a := allocs[i]
+		if !s.cidr.Contains(a.IP) || s.reserved(a.IP) {
+			continue
+		}
+		if _, dup := s.byIP[a.IP]; dup {
+			continue
+		}
+		if a.Created.IsZero() {
+			a.Created = s.now().UTC()
+		}
+		s.allocs[a.Key] = &a
+		s.byIP[a.IP] = a.Key
+	}
+	if err := s.save(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
 	podCIDR = podCIDR.Masked()
 	if !podCIDR.Addr().Is4() || podCIDR.Bits() > 30 {
 		return nil, fmt.Errorf("podCIDR %v: want an IPv4 range of /30 or larger", podCIDR)
 	}
-	s := &Store{
-		path: path, cidr: podCIDR, cooldown: cooldown, now: time.Now,
-		allocs: map[Key]*Allocation{}, byIP: map[netip.Addr]Key{}, cooling: map[netip.Addr]time.Time{},
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
 	}
-	data, err := os.ReadFile(path)
+	lock, err := os.OpenFile(filepath.Join(filepath.Dir(path), ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("IPAM state lock: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("%w: %s: %v", ErrLocked, filepath.Dir(path), err)
+	}
+	return &Store{
+		path: path, cidr: podCIDR, cooldown: cooldown, now: time.Now, lock: lock,
+		allocs: map[Key]*Allocation{}, byIP: map[netip.Addr]Key{}, cooling: map[netip.Addr]time.Time{},
+	}, nil
+}
+
+// Close releases the state directory's lock.
+func (s *Store) Close() error {
+	if s.lock == nil {
+		return nil
+	}
+	err := s.lock.Close() // closing the descriptor drops the flock
+	s.lock = nil
+	return err
+}
+
+func (s *Store) load() error {
+	data, err := os.ReadFile(s.path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-			return nil, err
-		}
-		return s, s.save()
+		return s.save()
 	case err != nil:
-		return nil, fmt.Errorf("read IPAM state: %w", err)
+		return fmt.Errorf("read IPAM state: %w", err)
+	}
+	if len(data) == 0 {
+		return fmt.Errorf("%w: %s is empty", ErrCorrupt, s.path)
 	}
 	var st fileState
 	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("IPAM state %s is corrupt: %w", path, err)
+		return fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, err)
 	}
-	if st.PodCIDR.IsValid() && st.PodCIDR != podCIDR {
-		return nil, fmt.Errorf("%w: %s holds %v, the node now has %v", ErrPodCIDRChanged, path, st.PodCIDR, podCIDR)
+	if st.PodCIDR.IsValid() && st.PodCIDR != s.cidr {
+		return fmt.Errorf("%w: %s holds %v, the node now has %v", ErrPodCIDRChanged, s.path, st.PodCIDR, s.cidr)
 	}
 	for i := range st.Allocations {
 		a := st.Allocations[i]
-		if !podCIDR.Contains(a.IP) {
-			return nil, fmt.Errorf("IPAM state %s: %v (%s) outside %v", path, a.IP, a.Key, podCIDR)
+		if !s.cidr.Contains(a.IP) {
+			return fmt.Errorf("%w: %s: %v (%s) outside %v", ErrCorrupt, s.path, a.IP, a.Key, s.cidr)
 		}
 		if other, dup := s.byIP[a.IP]; dup {
-			return nil, fmt.Errorf("IPAM state %s: %v held by both %s and %s", path, a.IP, other, a.Key)
+			return fmt.Errorf("%w: %s: %v held by both %s and %s", ErrCorrupt, s.path, a.IP, other, a.Key)
 		}
 		s.allocs[a.Key] = &a
 		s.byIP[a.IP] = a.Key
@@ -122,7 +202,7 @@ func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, er
 	for ip, t := range st.Cooling {
 		s.cooling[ip] = t
 	}
-	return s, nil
+	return nil
 }
 
 // PodCIDR returns the range addresses come from.
@@ -165,8 +245,12 @@ func (s *Store) Release(k Key) (Allocation, bool, error) {
 	if !ok {
 		return Allocation{}, false, nil
 	}
-	s.drop(a)
-	return *a, true, s.save()
+	undo := s.drop(a)
+	if err := s.save(); err != nil {
+		undo()
+		return Allocation{}, false, err
+	}
+	return *a, true, nil
 }
 
 // Retain releases every allocation for which keep returns false, and
@@ -175,23 +259,42 @@ func (s *Store) Retain(keep func(Allocation) bool) ([]Allocation, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []Allocation
+	var undos []func()
 	for _, a := range s.allocs {
 		if !keep(*a) {
 			out = append(out, *a)
-			s.drop(a)
+			undos = append(undos, s.drop(a))
 		}
 	}
 	if len(out) == 0 {
 		return nil, nil
 	}
-	return out, s.save()
+	if err := s.save(); err != nil {
+		for _, u := range undos {
+			u()
+		}
+		return nil, err
+	}
+	return out, nil
 }
 
-func (s *Store) drop(a *Allocation) {
+// drop removes an allocation (its address cools down) and returns what
+// puts it back, for a save that fails.
+func (s *Store) drop(a *Allocation) (undo func()) {
 	delete(s.allocs, a.Key)
 	delete(s.byIP, a.IP)
+	prev, wasCooling := s.cooling[a.IP]
 	if s.cooldown > 0 {
 		s.cooling[a.IP] = s.now().Add(s.cooldown).UTC()
+	}
+	return func() {
+		s.allocs[a.Key] = a
+		s.byIP[a.IP] = a.Key
+		if wasCooling {
+			s.cooling[a.IP] = prev
+		} else {
+			delete(s.cooling, a.IP)
+		}
 	}
 }
 
@@ -291,11 +394,37 @@ func (s *Store) save() error {
 		return err
 	}
 	tmp := s.path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+	if err := writeSynced(tmp, data); err != nil {
 		return fmt.Errorf("write IPAM state: %w", err)
 	}
 	if err := os.Rename(tmp, s.path); err != nil {
 		return fmt.Errorf("write IPAM state: %w", err)
 	}
+	// The rename itself is durable only once the directory is synced.
+	dir, err := os.Open(filepath.Dir(s.path))
+	if err != nil {
+		return fmt.Errorf("sync IPAM state directory: %w", err)
+	}
+	defer dir.Close()
+	if err := dir.Sync(); err != nil {
+		return fmt.Errorf("sync IPAM state directory: %w", err)
+	}
 	return nil
+}
+
+// writeSynced writes data to path and fsyncs it before closing.
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -17,6 +17,7 @@ func open(t *testing.T, path, cidr string, cooldown time.Duration) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 
@@ -83,6 +84,12 @@ func TestPersistAcrossReopen(t *testing.T) {
 	a, _ := s.Allocate(req("a"))
 	b, _ := s.Allocate(req("b"))
 	s.Release(b.Key)
+	// The directory is locked while a store is open: a second agent on it
+	// is refused.
+	if _, err := Open(path, netip.MustParsePrefix("10.1.2.0/24"), time.Hour); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second store on a locked directory: %v, want ErrLocked", err)
+	}
+	s.Close()
 	s2 := open(t, path, "10.1.2.0/24", time.Hour)
 	if got, ok := s2.Get(a.Key); !ok || got.IP != a.IP || got.Pod != "a" {
 		t.Fatalf("reopened: %v %v", got, ok)
@@ -93,12 +100,74 @@ func TestPersistAcrossReopen(t *testing.T) {
 	if c, _ := s2.Allocate(req("c")); c.IP == b.IP || c.IP == a.IP {
 		t.Fatalf("reopened store reused %v", c.IP)
 	}
+	s2.Close()
 	if _, err := Open(path, netip.MustParsePrefix("10.9.9.0/24"), 0); !errors.Is(err, ErrPodCIDRChanged) {
 		t.Fatalf("state of another podCIDR: %v, want ErrPodCIDRChanged", err)
 	}
-	os.WriteFile(path, []byte("{not json"), 0o600)
-	if _, err := Open(path, netip.MustParsePrefix("10.1.2.0/24"), 0); err == nil {
-		t.Fatal("corrupt state accepted")
+	for _, bad := range []string{"{not json", ""} {
+		os.WriteFile(path, []byte(bad), 0o600)
+		if _, err := Open(path, netip.MustParsePrefix("10.1.2.0/24"), 0); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("state %q: %v, want ErrCorrupt", bad, err)
+		}
+	}
+	// A refused open does not keep the lock.
+	s3 := open(t, filepath.Join(filepath.Dir(path), "other.json"), "10.1.2.0/24", 0)
+	s3.Close()
+}
+
+// Recover starts afresh from allocations found on the host: they are kept
+// (never handed out again), invalid ones dropped, and the state is saved.
+func TestRecover(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.json")
+	os.WriteFile(path, nil, 0o600) // power loss: 0 bytes
+	live := []Allocation{
+		{Key: Key{ContainerID: "c1", IfName: "eth0"}, HostVeth: "veth1", IP: netip.MustParseAddr("10.1.2.2")},
+		{Key: Key{ContainerID: "c2", IfName: "eth0"}, HostVeth: "veth2", IP: netip.MustParseAddr("10.1.2.3")},
+		{Key: Key{ContainerID: "x", IfName: "eth0"}, IP: netip.MustParseAddr("10.9.9.9")},  // outside
+		{Key: Key{ContainerID: "gw", IfName: "eth0"}, IP: netip.MustParseAddr("10.1.2.1")}, // reserved
+	}
+	s, err := Recover(path, netip.MustParsePrefix("10.1.2.0/24"), time.Minute, live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(s.List()); got != 2 {
+		t.Fatalf("%d allocations recovered, want 2: %v", got, s.List())
+	}
+	for i := 0; i < 250; i++ {
+		a, err := s.Allocate(req(fmt.Sprint("n", i)))
+		if err != nil {
+			break
+		}
+		if a.IP == live[0].IP || a.IP == live[1].IP {
+			t.Fatalf("handed out %v, a live pod's address", a.IP)
+		}
+	}
+	s.Close()
+	s2 := open(t, path, "10.1.2.0/24", time.Minute)
+	if _, ok := s2.Get(live[0].Key); !ok {
+		t.Error("recovered allocation not saved")
+	}
+}
+
+// A save that fails leaves memory as it was: the release did not happen.
+func TestFailedSaveRollsBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.json")
+	s := open(t, path, "10.1.2.0/24", time.Hour)
+	a, _ := s.Allocate(req("a"))
+	if err := os.Mkdir(path+".tmp", 0o700); err != nil { // the temporary file cannot be written
+		t.Fatal(err)
+	}
+	if _, _, err := s.Release(a.Key); err == nil {
+		t.Fatal("release saved through an unwritable temporary file")
+	}
+	if got, ok := s.Get(a.Key); !ok || got.IP != a.IP {
+		t.Fatalf("failed release changed memory: %v %v", got, ok)
+	}
+	if _, err := s.Retain(func(Allocation) bool { return false }); err == nil {
+		t.Fatal("retain saved through an unwritable temporary file")
+	}
+	if used, _, cooling := s.Stats(); used != 1 || cooling != 0 {
+		t.Fatalf("failed retain changed memory: used %d cooling %d", used, cooling)
 	}
 }
 
@@ -142,6 +211,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil {
 			return
 		}
+		defer s.Close()
 		seen := map[netip.Addr]bool{}
 		for _, a := range s.List() {
 			if seen[a.IP] || !s.PodCIDR().Contains(a.IP) {

@@ -802,3 +802,52 @@ func servePod(t *testing.T, p *framework.Pod, reply string) {
 		}
 	}()
 }
+
+// A state file left with 0 bytes (a power loss on XFS) does not
+// crash-loop the agent: it moves the file aside, rebuilds the allocations
+// from the host's pod routes, warns once, and never hands out a live pod's
+// address. A second agent on the same state directory is refused.
+func TestCorruptStateRecoveredFromHost(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.14.0/24")
+	live := map[netip.Addr]string{}
+	for i := 0; i < 3; i++ {
+		p := e.pod(n, fmt.Sprintf("live-%d", i))
+		live[p.IP] = p.Name
+	}
+	// A second agent on the same node directory: refused, the first keeps
+	// serving.
+	second, err := framework.StartProcess(filepath.Join(n.Dir, "agent-2.log"), nil, agentBin,
+		append(n.AgentArgs(cp.Kubeconfig, pluginBin), "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", framework.FreePort()),
+			"--socket", filepath.Join(n.Dir, "agent-2.sock"))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) { return second.Exited(), nil }); err != nil {
+		second.Stop()
+		b, _ := os.ReadFile(second.Log)
+		t.Errorf("a second agent on the same state directory kept running:\n%s", b)
+	} else if b, _ := os.ReadFile(second.Log); !strings.Contains(string(b), "in use by another process") {
+		t.Errorf("second agent exited without saying why:\n%s", b)
+	}
+
+	n.Agent.Stop()
+	state := filepath.Join(n.State, "ipam.json")
+	if err := os.Truncate(state, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.startAgent(n)
+	e.waitNodeEvent(n, "IPAMStateRecovered")
+	if aside, _ := filepath.Glob(state + ".*.corrupt"); len(aside) != 1 {
+		t.Errorf("the empty state was not kept aside: %v", aside)
+	}
+	for i := 0; i < 5; i++ {
+		p := e.pod(n, fmt.Sprintf("new-%d", i))
+		if owner, taken := live[p.IP]; taken {
+			t.Fatalf("new pod got %v, the address of live pod %s", p.IP, owner)
+		}
+	}
+	if v := agentMetric(t, n, "aliasip_ipam_state_recovered_total", ""); v != 1 {
+		t.Errorf("aliasip_ipam_state_recovered_total = %v, want 1", v)
+	}
+}
