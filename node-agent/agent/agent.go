@@ -28,6 +28,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -501,7 +502,7 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		store, mtu, podCIDR := a.store, a.mtu, a.podCIDR
 		a.mu.Unlock()
 		al, err := store.Allocate(ipam.Request{Key: ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
-			Namespace: req.Namespace, Pod: req.Pod, HostVeth: req.HostVeth})
+			Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostVeth: req.HostVeth})
 		switch {
 		case errors.Is(err, ipam.ErrExhausted):
 			logger.Info("Pod IP range exhausted", "pod", req.Namespace+"/"+req.Pod)
@@ -881,41 +882,88 @@ func (a *Agent) gcLoop(ctx context.Context) {
 	}
 }
 
-// collectPods releases allocations whose pod no longer exists on this node
-// in the API, once they are older than the grace period (a pod's ADD may
-// run before the agent's cache has seen the pod). Allocations without a pod
-// name (runtimes other than Kubernetes) are left to CNI GC.
+// collectPods releases allocations of pods that are gone, once they are
+// older than the grace period (a pod's ADD may run before the agent's cache
+// has seen the pod). The cache only nominates: an allocation is released
+// after a live read of its pod finds it deleted, finished, or replaced by a
+// pod of the same name with another UID (K8S_POD_UID, recorded at ADD) —
+// never because a stale cache missed it. An allocation whose host veth now
+// names another container (its name was reused) is dead too. Allocations
+// without a pod name (runtimes other than Kubernetes) are left to CNI GC.
 func (a *Agent) collectPods(ctx context.Context) {
+	logger := klog.FromContext(ctx)
 	store := a.storeOrNil()
 	if store == nil {
 		return
 	}
 	pods, err := a.pods.List(labels.Everything())
 	if err != nil {
+		logger.Error(err, "Pod GC: list cached pods")
 		return
 	}
-	live := map[string]bool{}
+	cached := map[string]*corev1.Pod{}
 	for _, p := range pods {
-		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-			live[p.Namespace+"/"+p.Name] = true
+		cached[p.Namespace+"/"+p.Name] = p
+	}
+	var vethAliases map[string]string
+	if err := a.inHost(func() error {
+		var err error
+		vethAliases, err = datapath.VethAliases()
+		return err
+	}); err != nil {
+		logger.Error(err, "Pod GC: list host veths")
+		return
+	}
+	terminal := func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	}
+	sameUID := func(al ipam.Allocation, p *corev1.Pod) bool { return al.PodUID == "" || string(p.UID) == al.PodUID }
+	cutoff := time.Now().Add(-a.cfg.PodGCGrace)
+	dead := map[ipam.Key]string{}
+	for _, al := range store.List() {
+		if al.Pod == "" || al.Created.After(cutoff) {
+			continue
+		}
+		if alias, ok := vethAliases[al.HostVeth]; ok && alias != "" && alias != al.ContainerID {
+			dead[al.Key] = "veth_reused"
+			continue
+		}
+		if p := cached[al.Namespace+"/"+al.Pod]; p != nil && !terminal(p) && sameUID(al, p) {
+			continue
+		}
+		live, err := a.client.CoreV1().Pods(al.Namespace).Get(ctx, al.Pod, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			dead[al.Key] = "pod_gone"
+		case err != nil:
+			logger.V(2).Info("Pod GC: cannot confirm; kept until the next pass", "pod", al.Namespace+"/"+al.Pod, "err", err)
+		case live.Spec.NodeName != "" && live.Spec.NodeName != a.cfg.NodeName:
+			dead[al.Key] = "pod_replaced" // a same-named pod on another node
+		case !sameUID(al, live):
+			dead[al.Key] = "pod_replaced"
+		case terminal(live):
+			dead[al.Key] = "pod_gone"
 		}
 	}
-	cutoff := time.Now().Add(-a.cfg.PodGCGrace)
-	gone, err := store.Retain(func(al ipam.Allocation) bool {
-		return al.Pod == "" || live[al.Namespace+"/"+al.Pod] || al.Created.After(cutoff)
-	})
-	if err != nil {
-		klog.FromContext(ctx).Error(err, "Pod GC")
+	if len(dead) == 0 {
 		return
 	}
-	a.metrics.GCReleased.WithLabelValues("pod_gone").Add(float64(len(gone)))
+	gone, err := store.Retain(func(al ipam.Allocation) bool { _, d := dead[al.Key]; return !d })
+	if err != nil {
+		logger.Error(err, "Pod GC")
+		return
+	}
 	for _, al := range gone {
-		a.inHost(func() error { return datapath.TeardownPod(al.HostVeth, al.ContainerID) })
-		klog.FromContext(ctx).Info("Released address of a pod gone from the API", "pod", al.Namespace+"/"+al.Pod, "container", al.ContainerID, "ip", al.IP)
+		reason := dead[al.Key]
+		a.metrics.GCReleased.WithLabelValues(reason).Inc()
+		// TeardownPod removes the veth only if its alias still names this
+		// container.
+		if err := a.inHost(func() error { return datapath.TeardownPod(al.HostVeth, al.ContainerID) }); err != nil {
+			logger.Error(err, "Pod GC: tear down", "pod", al.Namespace+"/"+al.Pod, "veth", al.HostVeth)
+		}
+		logger.Info("Released address of a pod gone from the API", "reason", reason, "pod", al.Namespace+"/"+al.Pod, "uid", al.PodUID, "container", al.ContainerID, "ip", al.IP)
 	}
-	if len(gone) > 0 {
-		a.signal(a.kick)
-	}
+	a.signal(a.kick)
 }
 
 // fabricLoop routes other nodes' podCIDRs via their InternalIPs.

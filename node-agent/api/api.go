@@ -35,7 +35,10 @@ type AllocateRequest struct {
 	Attachment
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
-	HostVeth  string `json:"hostVeth"`
+	// PodUID is K8S_POD_UID: pod GC releases an address only once the pod
+	// with this UID is gone, not when a same-named pod replaced it.
+	PodUID   string `json:"podUID,omitempty"`
+	HostVeth string `json:"hostVeth"`
 }
 
 // AllocateResponse is the attachment's address and the node's settings.

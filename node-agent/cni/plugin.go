@@ -94,14 +94,17 @@ func logger(conf *NetConf) (*log.Logger, func()) {
 	return log.New(f, "", log.LstdFlags|log.Lmicroseconds), func() { f.Close() }
 }
 
-type podInfo struct{ namespace, name string }
+type podInfo struct{ namespace, name, uid string }
 
 func podOf(args *skel.CmdArgs) podInfo {
 	var k K8sArgs
 	if err := types.LoadArgs(args.Args, &k); err != nil {
 		return podInfo{}
 	}
-	return podInfo{namespace: string(k.K8S_POD_NAMESPACE), name: string(k.K8S_POD_NAME)}
+	// containerd's CRI plugin passes K8S_POD_NAMESPACE, K8S_POD_NAME,
+	// K8S_POD_INFRA_CONTAINER_ID and K8S_POD_UID (containerd,
+	// pkg/cri/server/helpers.go, toCNILabels).
+	return podInfo{namespace: string(k.K8S_POD_NAMESPACE), name: string(k.K8S_POD_NAME), uid: string(k.K8S_POD_UID)}
 }
 
 // hostVeth names the host end: from the pod's namespace/name, or from the
@@ -142,7 +145,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	defer cancel()
 	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
-	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Namespace: pod.namespace, Pod: pod.name, HostVeth: veth})
+	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Namespace: pod.namespace, Pod: pod.name, PodUID: pod.uid, HostVeth: veth})
 	if err != nil {
 		lg.Printf("ADD %s %s/%s: allocate: %v", args.ContainerID, pod.namespace, pod.name, err)
 		return agentError("allocate pod IP", err)

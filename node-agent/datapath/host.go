@@ -305,3 +305,19 @@ func HostPods(podCIDR netip.Prefix) ([]HostPod, error) {
 	}
 	return out, nil
 }
+
+// VethAliases maps every veth on the host to its alias (the container it
+// was set up for; SetupPod writes it).
+func VethAliases() (map[string]string, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, l := range links {
+		if l.Type() == "veth" {
+			out[l.Attrs().Name] = l.Attrs().Alias
+		}
+	}
+	return out, nil
+}

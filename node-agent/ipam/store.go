@@ -58,6 +58,7 @@ type Allocation struct {
 	Key
 	Namespace string     `json:"namespace,omitempty"`
 	Pod       string     `json:"pod,omitempty"`
+	PodUID    string     `json:"podUID,omitempty"`
 	HostVeth  string     `json:"hostVeth,omitempty"`
 	IP        netip.Addr `json:"ip"`
 	Created   time.Time  `json:"created"`
@@ -68,6 +69,7 @@ type Request struct {
 	Key
 	Namespace string
 	Pod       string
+	PodUID    string
 	HostVeth  string
 }
 
@@ -223,7 +225,7 @@ func (s *Store) Allocate(req Request) (Allocation, error) {
 	if !ok {
 		return Allocation{}, fmt.Errorf("%w: all %d addresses of %v in use or cooling down", ErrExhausted, s.usable(), s.cidr)
 	}
-	a := &Allocation{Key: req.Key, Namespace: req.Namespace, Pod: req.Pod, HostVeth: req.HostVeth, IP: ip, Created: s.now().UTC()}
+	a := &Allocation{Key: req.Key, Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostVeth: req.HostVeth, IP: ip, Created: s.now().UTC()}
 	s.allocs[req.Key] = a
 	s.byIP[ip] = req.Key
 	delete(s.cooling, ip)

@@ -231,7 +231,9 @@ func (n *Node) RegisterNode(ctx context.Context, client kubernetes.Interface, po
 // Pod is a pod sandbox: a network namespace with an attachment.
 type Pod struct {
 	Namespace, Name string
-	ContainerID     string
+	// UID, when set, is passed as K8S_POD_UID, as containerd does.
+	UID         string
+	ContainerID string
 	NS              ns.NetNS
 	IP              netip.Addr
 	Result          *current.Result
@@ -254,7 +256,8 @@ func (p *Pod) runtimeConf(ifName string) *libcni.RuntimeConf {
 	}
 	return &libcni.RuntimeConf{
 		ContainerID: p.ContainerID, NetNS: netnsPath, IfName: ifName,
-		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID}},
+		Args: append([][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID}},
+			podUIDArg(p)...),
 	}
 }
 
@@ -386,10 +389,26 @@ func Ping(from ns.NetNS, dst netip.Addr, timeout time.Duration) (time.Duration, 
 
 // CreatePodObject creates a Pod bound to node, as the scheduler would.
 func CreatePodObject(ctx context.Context, client kubernetes.Interface, namespace, name, node string) error {
+	_, err := CreatePodObjectUID(ctx, client, namespace, name, node)
+	return err
+}
+
+// CreatePodObjectUID is CreatePodObject, returning the pod's UID.
+func CreatePodObjectUID(ctx context.Context, client kubernetes.Interface, namespace, name, node string) (string, error) {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
 		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "registry.k8s.io/pause:3.10"}}},
 	}
-	_, err := client.CoreV1().Pods(namespace).Create(ctx, p, metav1.CreateOptions{})
-	return err
+	created, err := client.CoreV1().Pods(namespace).Create(ctx, p, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	return string(created.UID), nil
+}
+
+func podUIDArg(p *Pod) [][2]string {
+	if p.UID == "" {
+		return nil
+	}
+	return [][2]string{{"K8S_POD_UID", p.UID}}
 }

@@ -547,13 +547,28 @@ func TestPodGoneFromAPICollected(t *testing.T) {
 	n := e.node("10.210.12.0/24", "--pod-gc-grace", "1s", "--pod-gc-interval", "1s")
 	keep := e.pod(n, "keeper")
 	gone := e.pod(n, "vanishing")
+	e.pod(n, "replaced")
 	if err := e.client.CoreV1().Pods("default").Delete(e.ctx, "vanishing", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	// A pod of the same name but another UID (a StatefulSet pod
+	// re-created) does not keep the old pod's address alive.
+	if err := e.client.CoreV1().Pods("default").Delete(e.ctx, "replaced", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		_, err := framework.CreatePodObjectUID(e.ctx, e.client, "default", "replaced", n.Name)
+		return err == nil, nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
 		return len(allocations(t, n)) == 1, nil
 	}); err != nil {
-		t.Fatalf("allocation of the deleted pod not collected: %v", allocations(t, n))
+		t.Fatalf("allocations of the deleted and the replaced pod not collected: %v", allocations(t, n))
+	}
+	if v := agentMetric(t, n, "aliasip_gc_released_total", `reason="pod_replaced"`); v != 1 {
+		t.Errorf("aliasip_gc_released_total{reason=pod_replaced} = %v, want 1", v)
 	}
 	if a := allocations(t, n)[0]; a.Pod != "keeper" || a.IP != keep.IP {
 		t.Fatalf("the wrong allocation survived: %+v", a)

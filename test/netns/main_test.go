@@ -195,13 +195,15 @@ func (e *env) pod(n *framework.Node, name string) *framework.Pod {
 
 func (e *env) newPod(n *framework.Node, name string) *framework.Pod {
 	e.t.Helper()
-	if err := framework.CreatePodObject(e.ctx, e.client, "default", name, n.Name); err != nil {
+	uid, err := framework.CreatePodObjectUID(e.ctx, e.client, "default", name, n.Name)
+	if err != nil {
 		e.t.Fatal(err)
 	}
 	p, err := framework.NewPod("default", name)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	p.UID = uid
 	e.t.Cleanup(p.Close)
 	return p
 }
