@@ -234,9 +234,9 @@ type Pod struct {
 	// UID, when set, is passed as K8S_POD_UID, as containerd does.
 	UID         string
 	ContainerID string
-	NS              ns.NetNS
-	IP              netip.Addr
-	Result          *current.Result
+	NS          ns.NetNS
+	IP          netip.Addr
+	Result      *current.Result
 }
 
 // CNI returns the libcni handle for this node (the node's bin dir, then the
