@@ -88,8 +88,8 @@ func NewOptions() *Options {
 		LeaseDuration:        15 * time.Second,
 		RenewDeadline:        10 * time.Second,
 		RetryPeriod:          2 * time.Second,
-		MetricsAddr:          ":9090",
-		HealthAddr:           ":9091",
+		MetricsAddr:          ":9980",
+		HealthAddr:           ":9981",
 		FakeAutoReg:          true,
 		// kind://docker/CLUSTER/NODE is what kind gives every node.
 		FakeSchemes: []string{"fake", "kind"},

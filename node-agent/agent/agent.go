@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -454,9 +453,38 @@ func (a *Agent) serveSocket(ctx context.Context) (*http.Server, error) {
 		ln.Close()
 		return nil, err
 	}
-	srv := &http.Server{Handler: a.handler(ctx), ReadHeaderTimeout: 5 * time.Second}
+	srv := newSocketServer(a.handler(ctx))
 	go srv.Serve(ln)
 	return srv, nil
+}
+
+// Socket server limits. The socket is root-only, but a stuck or broken
+// plugin process must not hold a connection (and a goroutine) forever, nor
+// make the agent read an unbounded body.
+var (
+	socketHeaderTimeout = 5 * time.Second
+	socketReadTimeout   = 10 * time.Second
+	socketWriteTimeout  = 30 * time.Second
+	socketIdleTimeout   = 30 * time.Second
+)
+
+const (
+	maxRequestBody   = 1 << 20
+	maxRequestHeader = 16 << 10
+)
+
+func newSocketServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+			h.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: socketHeaderTimeout,
+		ReadTimeout:       socketReadTimeout,
+		WriteTimeout:      socketWriteTimeout,
+		IdleTimeout:       socketIdleTimeout,
+		MaxHeaderBytes:    maxRequestHeader,
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -470,7 +498,7 @@ func writeErr(w http.ResponseWriter, code int, c, msg string) {
 }
 
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(v); err != nil {
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil { // bounded by newSocketServer
 		writeErr(w, http.StatusBadRequest, api.CodeInvalid, "bad request: "+err.Error())
 		return false
 	}

@@ -51,7 +51,7 @@ func NewOptions(nodeName, pluginDir string) *Options {
 		PodGCGrace:    2 * time.Minute,
 		PodGCInterval: time.Minute,
 		ResyncPeriod:  30 * time.Second,
-		MetricsAddr:   ":9092",
+		MetricsAddr:   ":9982",
 	}
 }
 

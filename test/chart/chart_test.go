@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,6 +55,13 @@ func TestLintAndRender(t *testing.T) {
 		for _, want := range []string{"kind: Deployment", "kind: DaemonSet", "/aliasip-controller", "/aliasip-agent", "hostNetwork: true"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("rendered chart %v lacks %q", values, want)
+			}
+		}
+		// On the host network, the default ports stay clear of 9090–9100
+		// (Prometheus, Alertmanager, Pushgateway, node exporters).
+		for _, m := range regexp.MustCompile(`(?:containerPort: |addr=:)(\d+)`).FindAllStringSubmatch(out, -1) {
+			if p, _ := strconv.Atoi(m[1]); p >= 9090 && p <= 9100 {
+				t.Errorf("rendered chart %v uses port %d, in the monitoring range 9090-9100", values, p)
 			}
 		}
 	}
