@@ -122,6 +122,11 @@ type Agent struct {
 	iface   string
 	ready   bool
 	reason  string
+	// nodeLost: this node's Node object is gone or lost its podCIDR; ADD
+	// is refused until it is back with the same podCIDR.
+	nodeLost bool
+	// stop ends Run with a cause (set by Run).
+	stop context.CancelCauseFunc
 	// conflistChain is the chained plugin list of the conflist last
 	// written ("" before the first write).
 	conflistChain string
@@ -173,10 +178,21 @@ func (a *Agent) Status() api.Status {
 	return st
 }
 
-// Run runs the agent until ctx is done.
+// ErrPodCIDRChanged ends Run when this node's podCIDR changes under the
+// agent: it exits so that it starts afresh on the new block (the DaemonSet
+// restarts it), never serving an address of the old one.
+var ErrPodCIDRChanged = errors.New("this node's podCIDR changed; restarting on the new block")
+
+// Run runs the agent until ctx is done, or until the node's podCIDR
+// changes (ErrPodCIDRChanged).
 func (a *Agent) Run(ctx context.Context) error {
 	logger := klog.FromContext(ctx).WithValues("node", a.cfg.NodeName)
 	ctx = klog.NewContext(ctx, logger)
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	a.mu.Lock()
+	a.stop = stop
+	a.mu.Unlock()
 	if a.cfg.NetNS != "" {
 		nsh, err := ns.GetNS(a.cfg.NetNS)
 		if err != nil {
@@ -198,9 +214,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	nodeInf := a.factory.Core().V1().Nodes()
 	a.nodes = nodeInf.Lister()
 	nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.signal(a.fabricCh) },
-		UpdateFunc: func(any, any) { a.signal(a.fabricCh) },
-		DeleteFunc: func(any) { a.signal(a.fabricCh) },
+		AddFunc:    func(any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
+		UpdateFunc: func(any, any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
+		DeleteFunc: func(any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
 	})
 	a.podInf = informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -258,7 +274,65 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	wg.Wait()
+	if cause := context.Cause(ctx); errors.Is(cause, ErrPodCIDRChanged) {
+		return cause
+	}
 	return nil
+}
+
+// checkOwnNode follows this node's Node object once the agent serves a
+// block. If it is deleted or loses its podCIDR, ADD is refused at once (a
+// Node deleted and re-registered may get another block, and the controller
+// hands ours to another node after its cooldown). Back with the same
+// podCIDR, the agent serves again. With another podCIDR, it stops serving
+// and ends Run with ErrPodCIDRChanged; on restart the old state is moved
+// aside and the old block's pods torn down.
+func (a *Agent) checkOwnNode(ctx context.Context) {
+	a.mu.Lock()
+	cur, lost := a.podCIDR, a.nodeLost
+	a.mu.Unlock()
+	if !cur.IsValid() {
+		return // not serving yet: waitPodCIDR decides
+	}
+	node, err := a.nodes.Get(a.cfg.NodeName)
+	if err != nil || node.Spec.PodCIDR == "" {
+		if !lost {
+			reason := fmt.Sprintf("this node's Node object is gone or has no podCIDR; not serving addresses of %v", cur)
+			klog.FromContext(ctx).Info("Not ready", "reason", reason)
+			a.mu.Lock()
+			a.nodeLost = true
+			a.mu.Unlock()
+			a.setNotReady(reason)
+		}
+		return
+	}
+	p, err := netip.ParsePrefix(node.Spec.PodCIDR)
+	if err == nil && p.Masked() == cur {
+		if lost {
+			a.mu.Lock()
+			a.nodeLost = false
+			a.ready, a.reason = true, ""
+			a.mu.Unlock()
+			a.metrics.Ready.Set(1)
+			klog.FromContext(ctx).Info("Node back with the same podCIDR: serving again", "podCIDR", cur)
+			go func() {
+				if err := a.markNetworkAvailable(ctx); err != nil {
+					klog.FromContext(ctx).Error(err, "Setting NetworkUnavailable=False")
+				}
+			}()
+		}
+		return
+	}
+	reason := fmt.Sprintf("podCIDR changed from %v to %q", cur, node.Spec.PodCIDR)
+	a.setNotReady(reason)
+	a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "The node's podCIDR changed from %v to %s; the agent stops serving %v and restarts on the new block", cur, node.Spec.PodCIDR, cur)
+	klog.FromContext(ctx).Info("PodCIDR changed; stopping", "old", cur, "new", node.Spec.PodCIDR)
+	a.mu.Lock()
+	stop := a.stop
+	a.mu.Unlock()
+	if stop != nil {
+		stop(ErrPodCIDRChanged)
+	}
 }
 
 // event records an Event on this agent's Node.
@@ -390,6 +464,16 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 		a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "IPAM state was for another podCIDR (%v); kept aside in %s, now serving %v", err, aside, podCIDR)
 		if rerr := os.Rename(statePath, aside); rerr != nil {
 			return fmt.Errorf("%w (and moving it aside failed: %v)", err, rerr)
+		}
+		// The old block's pods cannot be routed any more (the block goes to
+		// another node): their veths and routes go.
+		if old, rerr := ipam.ReadAllocations(aside); rerr == nil {
+			for _, al := range old {
+				if terr := a.inHost(func() error { return datapath.TeardownPod(al.HostVeth, al.ContainerID) }); terr != nil {
+					klog.FromContext(ctx).Error(terr, "Tearing down a pod of the old block", "pod", al.Namespace+"/"+al.Pod, "ip", al.IP)
+				}
+			}
+			klog.FromContext(ctx).Info("Tore down the old block's pods", "count", len(old))
 		}
 		store, err = ipam.Open(statePath, podCIDR, a.cfg.IPCooldown)
 	}

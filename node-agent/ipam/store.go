@@ -207,6 +207,20 @@ func (s *Store) load() error {
 	return nil
 }
 
+// ReadAllocations reads the allocations of a state file without opening a
+// store on it (an old state kept aside).
+func ReadAllocations(path string) ([]Allocation, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var st fileState
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	}
+	return st.Allocations, nil
+}
+
 // PodCIDR returns the range addresses come from.
 func (s *Store) PodCIDR() netip.Prefix { return s.cidr }
 

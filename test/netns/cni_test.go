@@ -866,3 +866,69 @@ func TestCorruptStateRecoveredFromHost(t *testing.T) {
 		t.Errorf("aliasip_ipam_state_recovered_total = %v, want 1", v)
 	}
 }
+
+// The node's podCIDR changes while the agent runs (the Node deleted and
+// re-registered): deleted, the agent refuses ADD at once; back with the
+// same podCIDR it serves again; back with another, it stops and exits,
+// never handing out an address of the old block. Restarted (as the
+// DaemonSet does), it serves the new block and the old block's pods are
+// torn down.
+func TestPodCIDRChangedWhileRunning(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.15.0/24")
+	old := e.pod(n, "old-1")
+	readyz := func() int {
+		resp, err := http.Get("http://" + n.Metrics + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	deleteNode := func() {
+		if err := e.client.CoreV1().Nodes().Delete(e.ctx, n.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleteNode()
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) { return readyz() == http.StatusServiceUnavailable, nil }); err != nil {
+		t.Fatalf("agent still ready after its Node was deleted")
+	}
+	refused := e.newPod(n, "while-gone")
+	if err := n.Add(e.ctx, refused); err == nil {
+		t.Fatalf("ADD served (%v) while the Node was gone", refused.IP)
+	}
+	// Back with the same podCIDR: serving again.
+	if err := n.RegisterNode(e.ctx, e.client, "10.210.15.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) { return readyz() == http.StatusOK, nil }); err != nil {
+		t.Fatalf("agent not ready again with the same podCIDR")
+	}
+	again := e.pod(n, "same-block")
+	if !netip.MustParsePrefix("10.210.15.0/24").Contains(again.IP) {
+		t.Fatalf("pod got %v", again.IP)
+	}
+	// Back with another podCIDR: the agent exits without serving either.
+	deleteNode()
+	if err := n.RegisterNode(e.ctx, e.client, "10.210.16.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) { return n.Agent.Exited(), nil }); err != nil {
+		t.Fatalf("agent kept running after its podCIDR changed")
+	}
+	if b, _ := os.ReadFile(n.Agent.Log); !strings.Contains(string(b), "podCIDR changed") {
+		t.Errorf("agent exited without saying why")
+	}
+	e.startAgent(n)
+	p := e.pod(n, "new-block")
+	if !netip.MustParsePrefix("10.210.16.0/24").Contains(p.IP) {
+		t.Fatalf("pod got %v, outside the new podCIDR", p.IP)
+	}
+	if _, routed := hostRoutes(t, n)[old.IP.String()]; routed {
+		t.Errorf("the old block's pod %v is still routed", old.IP)
+	}
+	if aside, _ := filepath.Glob(filepath.Join(n.State, "ipam.json.*.old")); len(aside) != 1 {
+		t.Errorf("old IPAM state not kept aside: %v", aside)
+	}
+}
