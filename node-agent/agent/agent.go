@@ -86,6 +86,8 @@ type Config struct {
 	Socket        string
 	PluginBinary  string // the aliasip-cni to install
 	PluginLogFile string
+	// ProcSys is where sysctls are read and written (datapath.ProcSys).
+	ProcSys       string
 	ChainPortmap  bool
 	IPCooldown    time.Duration
 	PodGCGrace    time.Duration
@@ -136,6 +138,9 @@ type Agent struct {
 
 // New builds an agent; recorder records Events on the agent's Node.
 func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder, m *Metrics) *Agent {
+	if cfg.ProcSys != "" {
+		datapath.ProcSys = cfg.ProcSys
+	}
 	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting",
 		guestProto: datapath.ProtoGCEGuestAgent}
 	m.ipSource = a.ipStats

@@ -32,6 +32,8 @@ type Options struct {
 	// GuestAgentConfig is the GCE guest agent's configuration file
 	// (default with --cloud=gce: /etc/default/instance_configs.cfg).
 	GuestAgentConfig string
+	// ProcSys is where the agent reads and writes sysctls.
+	ProcSys string
 }
 
 // NewOptions returns the defaults; nodeName comes from $NODE_NAME and
@@ -52,6 +54,7 @@ func NewOptions(nodeName, pluginDir string) *Options {
 		PodGCInterval: time.Minute,
 		ResyncPeriod:  30 * time.Second,
 		MetricsAddr:   ":9982",
+		ProcSys:       "/proc/sys",
 	}
 }
 
@@ -69,7 +72,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Where the IPAM state lives.")
 	fs.StringVar(&o.Socket, "socket", o.Socket, "The agent's unix socket for aliasip-cni.")
 	fs.StringVar(&o.PluginBinary, "plugin-binary", o.PluginBinary, "The aliasip-cni binary to install (empty: do not install).")
-	fs.StringVar(&o.PluginLogFile, "cni-log-file", o.PluginLogFile, "Log file of aliasip-cni, written into the conflist.")
+	fs.StringVar(&o.PluginLogFile, "cni-log-file", o.PluginLogFile, "Log file of aliasip-cni on the host, written into the conflist (the plugin keeps it under 10 MiB, rotating to one .1 file).")
+	fs.StringVar(&o.ProcSys, "proc-sys-dir", o.ProcSys, "Where sysctls are read and written: /proc/sys, or (for an agent that is not privileged) a writable mount of the host's /proc/sys/net at DIR/net.")
 	fs.BoolVar(&o.ChainPortmap, "chain-portmap", o.ChainPortmap, "Chain the portmap plugin (hostPort) after aliasip-cni in the conflist, once --cni-bin-dir holds an executable portmap (checked every --resync-period; a Warning event PortmapMissing while it does not).")
 	fs.DurationVar(&o.IPCooldown, "ip-cooldown", o.IPCooldown, "How long a released pod address waits before reuse.")
 	fs.DurationVar(&o.PodGCGrace, "pod-gc-grace", o.PodGCGrace, "Age before an allocation whose pod is not in the API is released.")
@@ -122,7 +126,7 @@ func (o *Options) Config() Config {
 		CNIConfDir:   o.CNIConfDir, CNIBinDir: o.CNIBinDir, StateDir: o.StateDir, Socket: o.Socket,
 		PluginBinary: o.PluginBinary, PluginLogFile: o.PluginLogFile, ChainPortmap: o.ChainPortmap,
 		IPCooldown: o.IPCooldown, PodGCGrace: o.PodGCGrace, PodGCInterval: o.PodGCInterval, ResyncPeriod: o.ResyncPeriod,
-		GuestAgentConfig: o.GuestAgentConfig,
+		GuestAgentConfig: o.GuestAgentConfig, ProcSys: o.ProcSys,
 	}
 	if o.Cloud == "gce" {
 		c.AliasCheck = GCEAliasCheck

@@ -79,6 +79,9 @@ func parseConf(data []byte) (*NetConf, error) {
 	return conf, nil
 }
 
+// maxLogSize bounds the plugin's log file.
+var maxLogSize int64 = 10 << 20
+
 func logger(conf *NetConf) (*log.Logger, func()) {
 	path := conf.LogFile
 	if path == "" {
@@ -86,6 +89,12 @@ func logger(conf *NetConf) (*log.Logger, func()) {
 	}
 	if path == "-" {
 		return log.New(io.Discard, "", 0), func() {}
+	}
+	// The log is bounded: past maxLogSize it becomes path.1 (replacing the
+	// previous one) and a new file starts. Two plugin processes may race
+	// here; the worst case is one extra rotation.
+	if st, err := os.Stat(path); err == nil && st.Size() > maxLogSize {
+		os.Rename(path, path+".1")
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {

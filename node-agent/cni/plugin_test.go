@@ -2,6 +2,9 @@ package cni
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -48,4 +51,29 @@ func FuzzParseConf(f *testing.F) {
 			t.Fatalf("accepted %+v", conf)
 		}
 	})
+}
+
+// The plugin's log is bounded: past the limit it rotates to one .1 file.
+func TestLogRotates(t *testing.T) {
+	old := maxLogSize
+	maxLogSize = 1000
+	t.Cleanup(func() { maxLogSize = old })
+	path := filepath.Join(t.TempDir(), "cni.log")
+	for i := 0; i < 200; i++ {
+		l, done := logger(&NetConf{LogFile: path})
+		l.Printf("ADD %03d %s", i, strings.Repeat("x", 40))
+		done()
+	}
+	for _, p := range []string{path, path + ".1"} {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if st.Size() > maxLogSize+200 {
+			t.Errorf("%s is %d bytes, over the %d limit", p, st.Size(), maxLogSize)
+		}
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "ADD 199") {
+		t.Error("the last line is not in the current log")
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -180,16 +181,30 @@ func ConfigureHostVeth(name string) (int, error) {
 	return changed, nil
 }
 
+// ProcSys is where sysctls are read and written: /proc/sys, or a writable
+// bind mount of the host's /proc/sys/net for an agent that is not
+// privileged (a container's own /proc/sys is read-only; net.* entries are
+// those of the writer's network namespace, the host's with hostNetwork —
+// see proc(5), /proc/sys/net). Set it before any call.
+var ProcSys = "/proc/sys"
+
 // ensureSysctl sets key to value if it differs; it reports 1 when it wrote.
 func ensureSysctl(key, value string) (int, error) {
-	cur, err := os.ReadFile("/proc/sys/" + key)
+	path := filepath.Join(ProcSys, key)
+	cur, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
 	if strings.TrimSpace(string(cur)) == value {
 		return 0, nil
 	}
-	if _, err := sysctl.Sysctl(key, value); err != nil {
+	if ProcSys == "/proc/sys" {
+		if _, err := sysctl.Sysctl(key, value); err != nil {
+			return 0, err
+		}
+		return 1, nil
+	}
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
 		return 0, err
 	}
 	return 1, nil

@@ -57,6 +57,18 @@ func TestLintAndRender(t *testing.T) {
 				t.Errorf("rendered chart %v lacks %q", values, want)
 			}
 		}
+		// Least privilege for the agent: not privileged, NET_ADMIN only, no
+		// host /var/log (the plugin writes its own bounded log on the host).
+		for _, want := range []string{"privileged: false", "drop: [ALL]", "add: [NET_ADMIN]", "allowPrivilegeEscalation: false"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("rendered chart %v lacks %q", values, want)
+			}
+		}
+		for _, bad := range []string{"privileged: true", "path: /var/log"} {
+			if strings.Contains(out, bad) {
+				t.Errorf("rendered chart %v has %q", values, bad)
+			}
+		}
 		// On the host network, the default ports stay clear of 9090–9100
 		// (Prometheus, Alertmanager, Pushgateway, node exporters).
 		for _, m := range regexp.MustCompile(`(?:containerPort: |addr=:)(\d+)`).FindAllStringSubmatch(out, -1) {
