@@ -16,7 +16,13 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/aliasip/aliasip/test/framework"
 )
@@ -266,6 +272,8 @@ func TestInstallAndFlags(t *testing.T) {
 		}
 	}
 
+	agentCanPatchOnlyItsOwnNode(ctx, t, cp, client)
+
 	// The rendered flags pass each binary's validation: a bad flag exits 2
 	// at once; a good command line starts and keeps running.
 	for _, c := range []struct {
@@ -331,3 +339,62 @@ func TestControllerIdentityAndPlacement(t *testing.T) {
 		t.Errorf("fake controller pinned to control-plane nodes (kind-like clusters may have none to spare):\n%s", out)
 	}
 }
+
+// agentCanPatchOnlyItsOwnNode proves the chart's ValidatingAdmissionPolicy
+// against the real API server: with the token the agent's pod on node A
+// gets (a TokenRequest bound to that pod, as the kubelet asks for it), the
+// agent can patch node A's status and not node B's.
+func agentCanPatchOnlyItsOwnNode(ctx context.Context, t *testing.T, cp *framework.ControlPlane, client kubernetes.Interface) {
+	t.Helper()
+	if err := framework.CreateNodes(ctx, client, []string{"vap-a", "vap-b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := client.CoreV1().Pods("kube-system").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "vap-agent", Namespace: "kube-system"},
+		Spec: corev1.PodSpec{NodeName: "vap-a", ServiceAccountName: "aliasip-agent",
+			Containers: []corev1.Container{{Name: "agent", Image: "aliasip:test"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := client.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "aliasip-agent", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{
+			ExpirationSeconds: ptrTo(int64(600)),
+			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentCfg := rest.AnonymousClientConfig(cp.Config)
+	agentCfg.BearerToken = tr.Status.Token
+	agent := kubernetes.NewForConfigOrDie(agentCfg)
+	patch := []byte(`{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"AliasipReady","message":"test"}]}}`)
+	// The policy may take a moment to be loaded by the API server.
+	var lastB error
+	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+		_, lastB = agent.CoreV1().Nodes().Patch(ctx, "vap-b", types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+		return apierrors.IsInvalid(lastB) || apierrors.IsForbidden(lastB), nil
+	}); err != nil {
+		t.Fatalf("the agent of node vap-a patched node vap-b's status (last error: %v)", lastB)
+	}
+	if !strings.Contains(lastB.Error(), "only its own Node") {
+		t.Errorf("refused, but not by the policy: %v", lastB)
+	}
+	if _, err := agent.CoreV1().Nodes().Patch(ctx, "vap-a", types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
+		t.Errorf("the agent of node vap-a cannot patch its own Node's status: %v", err)
+	}
+	// A token not bound to a pod (no node-name claim) is refused too.
+	unbound, err := client.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "aliasip-agent", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptrTo(int64(600))},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentCfg.BearerToken = unbound.Status.Token
+	if _, err := kubernetes.NewForConfigOrDie(agentCfg).CoreV1().Nodes().Patch(ctx, "vap-a", types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err == nil {
+		t.Error("a token bound to no pod patched a Node's status")
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
