@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -32,6 +33,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -267,9 +269,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	a.metrics.Ready.Set(1)
 	logger.Info("Ready: serving CNI ADD", "podCIDR", podCIDR, "hostInterface", a.iface, "mtu", a.mtu)
-	if err := a.markNetworkAvailable(ctx); err != nil {
-		logger.Error(err, "Setting NetworkUnavailable=False (will retry)")
-	}
+	go a.ensureNetworkAvailable(ctx)
 
 	var wg sync.WaitGroup
 	wg.Go(func() { a.reconcileLoop(ctx) })
@@ -320,11 +320,7 @@ func (a *Agent) checkOwnNode(ctx context.Context) {
 			a.mu.Unlock()
 			a.metrics.Ready.Set(1)
 			klog.FromContext(ctx).Info("Node back with the same podCIDR: serving again", "podCIDR", cur)
-			go func() {
-				if err := a.markNetworkAvailable(ctx); err != nil {
-					klog.FromContext(ctx).Error(err, "Setting NetworkUnavailable=False")
-				}
-			}()
+			go a.ensureNetworkAvailable(ctx)
 		}
 		return
 	}
@@ -835,11 +831,32 @@ func writeAtomic(dst string, data []byte, mode os.FileMode) error {
 }
 
 // markNetworkAvailable sets the Node's NetworkUnavailable condition False.
+// ensureNetworkAvailable sets NetworkUnavailable=False, retrying with
+// backoff (up to 30 s apart) until it lands or ctx ends: until then the
+// scheduler keeps pods off the node.
+func (a *Agent) ensureNetworkAvailable(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	backoff := wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: math.MaxInt32, Cap: 30 * time.Second}
+	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
+		if err := a.markNetworkAvailable(ctx); err != nil {
+			logger.Error(err, "Setting NetworkUnavailable=False; retrying")
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil && ctx.Err() == nil {
+		logger.Error(err, "Gave up setting NetworkUnavailable=False")
+	}
+}
+
 func (a *Agent) markNetworkAvailable(ctx context.Context) error {
+	a.mu.Lock()
+	podCIDR := a.podCIDR
+	a.mu.Unlock()
 	now := metav1.Now()
 	cond := corev1.NodeCondition{
 		Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse,
-		Reason: ConditionReason, Message: "aliasip routes this node's podCIDR " + a.podCIDR.String(),
+		Reason: ConditionReason, Message: "aliasip routes this node's podCIDR " + podCIDR.String(),
 		LastTransitionTime: now, LastHeartbeatTime: now,
 	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})

@@ -189,9 +189,11 @@ func cmdAdd(args *skel.CmdArgs) error {
 	return types.PrintResult(result, conf.CNIVersion)
 }
 
-// cmdDel releases the address and removes the host veth. It succeeds with
-// a missing netns, link or allocation; it fails (try again later) only when
-// the agent cannot be reached, so the runtime retries and the IP is freed.
+// cmdDel releases the address and removes the host veth. A missing netns,
+// link or allocation is success (DEL must be idempotent). It fails — and
+// the runtime calls DEL again — when the host veth cannot be removed or the
+// agent cannot be reached, so the address is freed on a later call rather
+// than leaked.
 func cmdDel(args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
