@@ -1,0 +1,146 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/netip"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/klog/v2"
+)
+
+// checkOwnNode follows this node's Node object once the agent serves a
+// block. If it is deleted or loses its podCIDR, ADD is refused at once (a
+// Node deleted and re-registered may get another block, and the controller
+// hands ours to another node after its cooldown). Back with the same
+// podCIDR, the agent serves again. With another podCIDR, it stops serving
+// and ends Run with ErrPodCIDRChanged; on restart the old state is moved
+// aside and the old block's pods torn down.
+func (a *Agent) checkOwnNode(ctx context.Context) {
+	a.mu.Lock()
+	cur, lost := a.podCIDR, a.nodeLost
+	a.mu.Unlock()
+	if !cur.IsValid() {
+		return // not serving yet: waitPodCIDR decides
+	}
+	node, err := a.nodes.Get(a.cfg.NodeName)
+	if err != nil || node.Spec.PodCIDR == "" {
+		if !lost {
+			reason := fmt.Sprintf("this node's Node object is gone or has no podCIDR; not serving addresses of %v", cur)
+			klog.FromContext(ctx).Info("Not ready", "reason", reason)
+			a.mu.Lock()
+			a.nodeLost = true
+			a.mu.Unlock()
+			a.setNotReady(reason)
+		}
+		return
+	}
+	p, err := netip.ParsePrefix(node.Spec.PodCIDR)
+	if err == nil && p.Masked() == cur {
+		if lost {
+			a.mu.Lock()
+			a.nodeLost = false
+			a.ready, a.reason = true, ""
+			a.mu.Unlock()
+			a.metrics.Ready.Set(1)
+			klog.FromContext(ctx).Info("Node back with the same podCIDR: serving again", "podCIDR", cur)
+			go a.ensureNetworkAvailable(ctx)
+		}
+		return
+	}
+	reason := fmt.Sprintf("podCIDR changed from %v to %q", cur, node.Spec.PodCIDR)
+	a.setNotReady(reason)
+	a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "The node's podCIDR changed from %v to %s; the agent stops serving %v and restarts on the new block", cur, node.Spec.PodCIDR, cur)
+	klog.FromContext(ctx).Info("PodCIDR changed; stopping", "old", cur, "new", node.Spec.PodCIDR)
+	a.mu.Lock()
+	stop := a.stop
+	a.mu.Unlock()
+	if stop != nil {
+		stop(ErrPodCIDRChanged)
+	}
+}
+
+// waitPodCIDR waits until the node has a podCIDR (and, on GCE, it is an
+// alias range of this VM's NIC).
+func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
+	logger := klog.FromContext(ctx)
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	lastReason := ""
+	for {
+		reason := ""
+		node, err := a.nodes.Get(a.cfg.NodeName)
+		switch {
+		case err != nil:
+			reason = fmt.Sprintf("node %s not found: %v", a.cfg.NodeName, err)
+		case node.Spec.PodCIDR == "":
+			reason = "waiting for the node's podCIDR"
+		default:
+			p, err := netip.ParsePrefix(node.Spec.PodCIDR)
+			if err != nil {
+				reason = fmt.Sprintf("podCIDR %q: %v", node.Spec.PodCIDR, err)
+				break
+			}
+			if a.cfg.AliasCheck != nil {
+				ok, err := a.cfg.AliasCheck(ctx, p)
+				if err != nil || !ok {
+					reason = fmt.Sprintf("podCIDR %v is not (yet) an alias range of this VM's NIC (err: %v)", p, err)
+					break
+				}
+			}
+			return p.Masked(), nil
+		}
+		a.setNotReady(reason)
+		if reason != lastReason {
+			logger.Info("Not ready", "reason", reason)
+			lastReason = reason
+		}
+		select {
+		case <-ctx.Done():
+			return netip.Prefix{}, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// markNetworkAvailable sets the Node's NetworkUnavailable condition False.
+// ensureNetworkAvailable sets NetworkUnavailable=False, retrying with
+// backoff (up to 30 s apart) until it lands or ctx ends: until then the
+// scheduler keeps pods off the node.
+func (a *Agent) ensureNetworkAvailable(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	backoff := wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: math.MaxInt32, Cap: 30 * time.Second}
+	err := wait.ExponentialBackoffWithContext(ctx, backoff, func(ctx context.Context) (bool, error) {
+		if err := a.markNetworkAvailable(ctx); err != nil {
+			logger.Error(err, "Setting NetworkUnavailable=False; retrying")
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil && ctx.Err() == nil {
+		logger.Error(err, "Gave up setting NetworkUnavailable=False")
+	}
+}
+
+func (a *Agent) markNetworkAvailable(ctx context.Context) error {
+	a.mu.Lock()
+	podCIDR := a.podCIDR
+	a.mu.Unlock()
+	now := metav1.Now()
+	cond := corev1.NodeCondition{
+		Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse,
+		Reason: ConditionReason, Message: "aliasip routes this node's podCIDR " + podCIDR.String(),
+		LastTransitionTime: now, LastHeartbeatTime: now,
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
+	if err != nil {
+		return err
+	}
+	_, err = a.client.CoreV1().Nodes().PatchStatus(ctx, a.cfg.NodeName, patch)
+	return err
+}

@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/klog/v2"
+
+	"github.com/aliasip/aliasip/node-agent/datapath"
+	"github.com/aliasip/aliasip/node-agent/ipam"
+)
+
+// gcLoop collects allocations of pods gone from the API.
+func (a *Agent) gcLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.PodGCInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.collectPods(ctx)
+		}
+	}
+}
+
+// collectPods releases allocations of pods that are gone, once they are
+// older than the grace period (a pod's ADD may run before the agent's cache
+// has seen the pod). The cache only nominates: an allocation is released
+// after a live read of its pod finds it deleted, finished, or replaced by a
+// pod of the same name with another UID (K8S_POD_UID, recorded at ADD) —
+// never because a stale cache missed it. An allocation whose host veth now
+// names another container (its name was reused) is dead too. Allocations
+// without a pod name (runtimes other than Kubernetes) are left to CNI GC.
+func (a *Agent) collectPods(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	store := a.storeOrNil()
+	if store == nil {
+		return
+	}
+	pods, err := a.pods.List(labels.Everything())
+	if err != nil {
+		logger.Error(err, "Pod GC: list cached pods")
+		return
+	}
+	cached := map[string]*corev1.Pod{}
+	for _, p := range pods {
+		cached[p.Namespace+"/"+p.Name] = p
+	}
+	var vethAliases map[string]string
+	if err := a.inHost(func() error {
+		var err error
+		vethAliases, err = datapath.VethAliases()
+		return err
+	}); err != nil {
+		logger.Error(err, "Pod GC: list host veths")
+		return
+	}
+	terminal := func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+	}
+	sameUID := func(al ipam.Allocation, p *corev1.Pod) bool { return al.PodUID == "" || string(p.UID) == al.PodUID }
+	cutoff := time.Now().Add(-a.cfg.PodGCGrace)
+	dead := map[ipam.Key]string{}
+	for _, al := range store.List() {
+		if al.Pod == "" || al.Created.After(cutoff) {
+			continue
+		}
+		if alias, ok := vethAliases[al.HostVeth]; ok && alias != "" && alias != al.ContainerID {
+			dead[al.Key] = "veth_reused"
+			continue
+		}
+		if p := cached[al.Namespace+"/"+al.Pod]; p != nil && !terminal(p) && sameUID(al, p) {
+			continue
+		}
+		live, err := a.client.CoreV1().Pods(al.Namespace).Get(ctx, al.Pod, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			dead[al.Key] = "pod_gone"
+		case err != nil:
+			logger.V(2).Info("Pod GC: cannot confirm; kept until the next pass", "pod", al.Namespace+"/"+al.Pod, "err", err)
+		case live.Spec.NodeName != "" && live.Spec.NodeName != a.cfg.NodeName:
+			dead[al.Key] = "pod_replaced" // a same-named pod on another node
+		case !sameUID(al, live):
+			dead[al.Key] = "pod_replaced"
+		case terminal(live):
+			dead[al.Key] = "pod_gone"
+		}
+	}
+	if len(dead) == 0 {
+		return
+	}
+	gone, err := store.Retain(func(al ipam.Allocation) bool { _, d := dead[al.Key]; return !d })
+	if err != nil {
+		logger.Error(err, "Pod GC")
+		return
+	}
+	for _, al := range gone {
+		reason := dead[al.Key]
+		a.metrics.GCReleased.WithLabelValues(reason).Inc()
+		// TeardownPod removes the veth only if its alias still names this
+		// container.
+		if err := a.inHost(func() error { return datapath.TeardownPod(al.HostVeth, al.ContainerID) }); err != nil {
+			logger.Error(err, "Pod GC: tear down", "pod", al.Namespace+"/"+al.Pod, "veth", al.HostVeth)
+		}
+		logger.Info("Released address of a pod gone from the API", "reason", reason, "pod", al.Namespace+"/"+al.Pod, "uid", al.PodUID, "container", al.ContainerID, "ip", al.IP)
+	}
+	a.signal(a.kick)
+}

@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/aliasip/aliasip/node-agent/datapath"
+)
+
+// reconcileDelay is how long an event-triggered reconcile waits for more
+// events to coalesce.
+const reconcileDelay = 300 * time.Millisecond
+
+// reconcileLoop repairs the host on netlink events and every resync period.
+func (a *Agent) reconcileLoop(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	done := make(chan struct{})
+	defer close(done)
+	routes := make(chan netlink.RouteUpdate, 256)
+	links := make(chan netlink.LinkUpdate, 256)
+	var nsh *netns.NsHandle
+	if a.cfg.NetNS != "" {
+		h, err := netns.GetFromPath(a.cfg.NetNS)
+		if err == nil {
+			nsh = &h
+			defer h.Close()
+		}
+	}
+	errCB := func(err error) { logger.V(2).Info("netlink subscription", "err", err) }
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{Namespace: nsh, ErrorCallback: errCB}); err != nil {
+		logger.Error(err, "Route subscription failed; relying on periodic resync")
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: nsh, ErrorCallback: errCB}); err != nil {
+		logger.Error(err, "Link subscription failed; relying on periodic resync")
+	}
+	t := time.NewTicker(a.cfg.ResyncPeriod)
+	defer t.Stop()
+	a.reconcile(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.kick:
+		case u := <-routes:
+			if a.isGuestRoute(u) {
+				// Pods are unreachable while it exists: remove it now,
+				// not after the coalescing delay.
+				a.removeGuestRoute(ctx)
+			}
+		case <-links:
+		}
+		// Coalesce a burst of events: every pod start or stop makes
+		// several, and a full pass per event would compete with the
+		// plugin for CPU exactly when pods start. Drift is repaired within
+		// reconcileDelay of the event that revealed it.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(reconcileDelay):
+		}
+		drain(routes, links, a.kick)
+		a.reconcile(ctx)
+	}
+}
+
+// isGuestRoute reports whether u adds a guest-agent local route.
+func (a *Agent) isGuestRoute(u netlink.RouteUpdate) bool {
+	a.mu.Lock()
+	proto := a.guestProto
+	a.mu.Unlock()
+	return u.Type == unix.RTM_NEWROUTE && u.Route.Type == unix.RTN_LOCAL && int(u.Route.Protocol) == proto
+}
+
+func (a *Agent) removeGuestRoute(ctx context.Context) {
+	a.mu.Lock()
+	podCIDR, proto := a.podCIDR, a.guestProto
+	a.mu.Unlock()
+	var removed bool
+	err := a.inHost(func() error {
+		var err error
+		removed, err = datapath.RemoveGuestAgentRoute(podCIDR, proto)
+		return err
+	})
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Removing the guest agent's route")
+	}
+	if removed {
+		a.metrics.GuestRoutesRemoved.Inc()
+		klog.FromContext(ctx).V(2).Info("Removed the guest agent's local route for the podCIDR", "podCIDR", podCIDR)
+	}
+}
+
+func drain(routes chan netlink.RouteUpdate, links chan netlink.LinkUpdate, kick chan struct{}) {
+	for {
+		select {
+		case <-routes:
+		case <-links:
+		case <-kick:
+		default:
+			return
+		}
+	}
+}
+
+func (a *Agent) reconcile(ctx context.Context) {
+	if err := a.writeConflist(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Updating the CNI config")
+	}
+	a.mu.Lock()
+	store, podCIDR, iface, guestProto := a.store, a.podCIDR, a.iface, a.guestProto
+	a.mu.Unlock()
+	var want []datapath.PodRoute
+	for _, al := range store.List() {
+		if al.HostVeth != "" {
+			want = append(want, datapath.PodRoute{IP: al.IP, HostVeth: al.HostVeth})
+		}
+	}
+	var rep datapath.Report
+	err := a.inHost(func() error {
+		var err error
+		rep, err = datapath.Reconcile(podCIDR, iface, want, guestProto)
+		return err
+	})
+	a.metrics.RoutesRepaired.Add(float64(rep.RoutesRepaired))
+	a.metrics.SysctlsRepaired.Add(float64(rep.SysctlsRepaired))
+	a.metrics.RoutesRemoved.Add(float64(rep.RoutesRemoved))
+	a.metrics.GuestRoutesRemoved.Add(float64(rep.GuestRoutes))
+	// The guest agent's route comes back every minute where it manages
+	// alias routes: that is reported once (GuestAgentIPAliases) and
+	// counted, not warned about on every removal.
+	if rep.RoutesRepaired+rep.SysctlsRepaired > 0 {
+		a.event(corev1.EventTypeWarning, EventDataPathRepaired, "Repaired %d pod routes and %d sysctls (something changed the host's network)",
+			rep.RoutesRepaired, rep.SysctlsRepaired)
+	}
+	if rep.RoutesRepaired+rep.SysctlsRepaired+rep.RoutesRemoved+rep.GuestRoutes > 0 {
+		klog.FromContext(ctx).Info("Repaired host data path", "routesRepaired", rep.RoutesRepaired,
+			"sysctlsRepaired", rep.SysctlsRepaired, "routesRemoved", rep.RoutesRemoved, "guestAgentRoutesRemoved", rep.GuestRoutes)
+	}
+	if err != nil {
+		klog.FromContext(ctx).Error(err, "Reconcile")
+	}
+}
