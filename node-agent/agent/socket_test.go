@@ -70,16 +70,3 @@ func TestSocketServerLimits(t *testing.T) {
 		t.Errorf("a small body: %d", resp.StatusCode)
 	}
 }
-
-// The default ports stay clear of 9090–9100 (Prometheus, Alertmanager,
-// Pushgateway, node exporters), since the agent runs on the host network.
-func TestDefaultPortClearOfMonitoring(t *testing.T) {
-	o := NewOptions("", "/bin")
-	_, port, err := net.SplitHostPort(o.MetricsAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if port >= "9090" && port <= "9100" && len(port) == 4 {
-		t.Errorf("default metrics port %s collides with the monitoring range", port)
-	}
-}

@@ -1,4 +1,9 @@
-package agent
+// Package app is the node agent's application layer: flags into Options,
+// Options validated (a pure function, one-line errors), Options turned into
+// the agent's Config, and Run wiring the clients, metrics, events and
+// health endpoints around the agent. The command's main only parses and
+// calls it.
+package app
 
 import (
 	"fmt"
@@ -6,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/aliasip/aliasip/node-agent/agent"
 	"github.com/spf13/pflag"
 )
 
@@ -67,7 +73,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Fabric, "fabric", o.Fabric, "none, or routes: route other nodes' podCIDRs via their InternalIPs, as the VPC does (default: routes with the fake cloud, none on GCE).")
 	fs.StringVar(&o.HostInterface, "host-interface", o.HostInterface, "The node's interface to the VPC (default: the default route's).")
 	fs.StringVar(&o.NetNS, "netns", o.NetNS, "Network namespace to treat as the host (default: the agent's own; for several agents on one machine).")
-	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "Where to write "+ConfListName+".")
+	fs.StringVar(&o.CNIConfDir, "cni-conf-dir", o.CNIConfDir, "Where to write "+agent.ConfListName+".")
 	fs.StringVar(&o.CNIBinDir, "cni-bin-dir", o.CNIBinDir, "Where to install aliasip-cni.")
 	fs.StringVar(&o.StateDir, "state-dir", o.StateDir, "Where the IPAM state lives.")
 	fs.StringVar(&o.Socket, "socket", o.Socket, "The agent's unix socket for aliasip-cni.")
@@ -119,8 +125,8 @@ func (o *Options) Validate() error {
 }
 
 // Config turns the options into the agent's Config.
-func (o *Options) Config() Config {
-	c := Config{
+func (o *Options) Config() agent.Config {
+	c := agent.Config{
 		NodeName: o.NodeName, HostInterface: o.HostInterface, NetNS: o.NetNS, Cloud: o.Cloud,
 		FabricRoutes: o.Fabric == "routes",
 		CNIConfDir:   o.CNIConfDir, CNIBinDir: o.CNIBinDir, StateDir: o.StateDir, Socket: o.Socket,
@@ -129,7 +135,7 @@ func (o *Options) Config() Config {
 		GuestAgentConfig: o.GuestAgentConfig, ProcSys: o.ProcSys,
 	}
 	if o.Cloud == "gce" {
-		c.AliasCheck = GCEAliasCheck
+		c.AliasCheck = agent.GCEAliasCheck
 	}
 	return c
 }
