@@ -4,6 +4,7 @@ package app
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -104,7 +105,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", o.ClusterCIDR, "Pod range (required with --cloud=fake).")
 	fs.IntVar(&o.NodeCIDRMaskSize, "node-cidr-mask-size", o.NodeCIDRMaskSize, "Mask size of each node's block.")
 	fs.IntVar(&o.Workers, "workers", o.Workers, "Nodes synced concurrently.")
-	fs.Float64Var(&o.CloudQPS, "cloud-qps", o.CloudQPS, "Client-side budget of cloud calls per second.")
+	fs.Float64Var(&o.CloudQPS, "cloud-qps", o.CloudQPS, "Client-side budget of cloud calls per second (default 20 with --cloud=gce; unlimited with --cloud=fake unless set).")
 	fs.IntVar(&o.CloudBurst, "cloud-burst", o.CloudBurst, "Burst of the cloud call budget.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "QPS of the Kubernetes client that reads and writes Nodes.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of that client.")
@@ -164,6 +165,11 @@ func (o *Options) Validate() error {
 	// the user chose otherwise.
 	if o.Cloud == "gce" && (o.fs == nil || !o.fs.Changed("release-cooldown")) && o.ReleaseCooldown < time.Minute {
 		o.ReleaseCooldown = time.Minute
+	}
+	// A budget for an in-memory fake only slows allocation down: unlimited
+	// unless asked for (to emulate a cloud's quota).
+	if o.Cloud == "fake" && (o.fs == nil || !o.fs.Changed("cloud-qps")) {
+		o.CloudQPS = math.Inf(1)
 	}
 	for _, sc := range o.FakeSchemes {
 		if !uriScheme.MatchString(sc) {

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -91,6 +92,32 @@ func TestReleaseCooldownDefaults(t *testing.T) {
 		}
 		if o.ReleaseCooldown != tc.want {
 			t.Errorf("%v: release cooldown %v, want %v", tc.args, o.ReleaseCooldown, tc.want)
+		}
+	}
+}
+
+// The fake cloud has no client-side budget unless one is asked for; GCE
+// keeps its 20 calls/s.
+func TestFakeCloudUnbudgetedByDefault(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want float64
+	}{
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16"}, math.Inf(1)},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--cloud-qps=5"}, 5},
+		{[]string{"--cloud=gce"}, 20},
+	} {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		if o.CloudQPS != tc.want {
+			t.Errorf("%v: cloud QPS %v, want %v", tc.args, o.CloudQPS, tc.want)
 		}
 	}
 }

@@ -81,7 +81,7 @@ func BenchmarkNodeAllocation(b *testing.B) {
 				"--kubeconfig", cp.Kubeconfig,
 				"--cloud", "fake", "--cluster-cidr", clusterCIDR, "--node-cidr-mask-size", "24",
 				"--kube-api-qps", apiQPS, "--kube-api-burst", apiBurst,
-				"--cloud-qps", "100000", "--cloud-burst", "100000",
+				// Default cloud flags: the fake cloud has no budget.
 				"--leader-elect=false", "--metrics-addr", metricsAddr, "--health-addr", metricsAddr,
 			},
 			ready: func() bool {
