@@ -6,10 +6,10 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench demo clean
+.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench bench-restart demo clean
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni.
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
@@ -52,6 +52,9 @@ fuzz: ## Run the fuzz targets for a while each.
 bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, CNI ADD/DEL vs ptp, allocator cost.
 	$(GO) test -count=1 -run XXX -bench . -benchtime 1x -timeout 30m ./test/bench/
 	$(GO) test -count=1 -run XXX -bench . ./controller/allocator/
+
+bench-restart: deps build ## Controller restart at 15,000 Nodes (ALIASIP_BENCH_NODES): time to the first new podCIDR and RSS vs the LIST floor; long.
+	ALIASIP_BENCH_RESTART=1 $(GO) test -count=1 -run XXX -bench BenchmarkControllerRestart15k -benchtime 1x -timeout 60m ./test/bench/
 
 demo: deps build ## Local cluster: control plane, controller, 3 node namespaces with agents, pods, ping matrix.
 	$(GO) run ./hack/demo

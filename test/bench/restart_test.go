@@ -1,0 +1,585 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/aliasip/aliasip/test/framework"
+)
+
+const (
+	// restartDefaultNodes is the cluster size of the issue's goal.
+	restartDefaultNodes = 15000
+	// restartGoalSeconds and restartGoalMB are the goals: from process start
+	// to the first new node's podCIDR, and the controller's RSS.
+	restartGoalSeconds = 5.0
+	restartGoalMB      = 250.0
+	// restartImages is how many images each Node's status lists.
+	restartImages  = 50
+	restartWorkers = 32
+	restartNewNode = "restart-new"
+)
+
+// BenchmarkControllerRestart15k: aliasip-controller (re)starting against a
+// cluster of 15,000 Nodes that already have their podCIDRs, each with a
+// realistic status (five conditions, nodeInfo, addresses, capacity and 50
+// images of two names each). Measured: the time from process start until
+// a Node created right after the start has its podCIDR, and the process's
+// RSS (peak and settled), next to the floor: the API server's own time to
+// LIST those Nodes. Goal: at most 5 s and 250 MB.
+//
+// It is long, so it runs only with ALIASIP_BENCH_RESTART=1 (`make
+// bench-restart`); ALIASIP_BENCH_NODES sets the number of Nodes (default
+// 15000).
+//
+// The etcd matters: one without RequestWatchProgress (before 3.4.31 and
+// 3.5.13, such as Debian bookworm's 3.4.23) makes the API server refuse
+// streaming lists, so the controller's informer falls back to one LIST of
+// every Node, decoded whole before it is trimmed; the output says so. Set
+// ALIASIP_ETCD to a newer etcd to measure the streaming path.
+//
+// Where the new Node stands in the controller's queue decides how many
+// syncs of old Nodes run before its own: after a LIST the informer hands
+// the Nodes over in name order ("restart-new" last), after a streaming list
+// in no particular order. The output counts the syncs that ran before it.
+//
+// The controller runs on the in-memory fake cloud (no latency, no client-side
+// budget), which starts empty: every Node with a podCIDR is the row
+// "podCIDR set, alias missing", and its alias is repaired (re-added) on the
+// restart, ahead of the new Node in the queue. The fake checks every alias
+// written against those of all instances, so those repairs cost it time in
+// proportion to N²; the output shows how long they took.
+func BenchmarkControllerRestart15k(b *testing.B) {
+	if os.Getenv("ALIASIP_BENCH_RESTART") != "1" {
+		b.Skip("skipping: long; set ALIASIP_BENCH_RESTART=1 (make bench-restart)")
+	}
+	nodes := restartDefaultNodes
+	if v := os.Getenv("ALIASIP_BENCH_NODES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65536 {
+			b.Fatalf("ALIASIP_BENCH_NODES=%q: want a number of Nodes from 1 to 65536 (one /24 of 10.0.0.0/8 each)", v)
+		}
+		nodes = n
+	}
+	dir := b.TempDir()
+	ctrlBin, err := framework.BuildBinary(dir, "aliasip-controller", "./controller/cmd/aliasip-controller")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	cp := startControlPlane(b, dir)
+	defer cp.Stop()
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.QPS, cfg.Burst = 5000, 5000
+	client := kubernetes.NewForConfigOrDie(cfg)
+
+	// 1. The Nodes as they stand before the restart.
+	setupStart := time.Now()
+	names := framework.NodeNames("restart", nodes)
+	if err := createRealisticNodes(ctx, client, names); err != nil {
+		b.Fatal(err)
+	}
+	setup := time.Since(setupStart)
+	fmt.Printf("\nsetup: %d Nodes created with podCIDRs and status updated in %.1f s (%.0f Nodes/s, %d goroutines)\n",
+		nodes, setup.Seconds(), float64(nodes)/setup.Seconds(), restartWorkers)
+
+	// 2. The floor: the API server listing them, best of three.
+	fl, err := measureListFloor(ctx, client, nodes)
+	if err != nil {
+		b.Fatal(err)
+	}
+	fmt.Printf("LIST of %d Nodes, best of 3: protobuf, not decoded, resourceVersion \"\" %.2f s, \"0\" %.2f s (%.1f MB)\n",
+		nodes, fl.consistent.Seconds(), fl.cache.Seconds(), float64(fl.bytes)/1e6)
+
+	// 3. The restart, and one new Node right after it.
+	addr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort())
+	health := fmt.Sprintf("127.0.0.1:%d", framework.FreePort())
+	logPath := filepath.Join(dir, "aliasip-controller.log")
+	start := time.Now()
+	p, err := framework.StartProcess(logPath, nil, ctrlBin,
+		"--kubeconfig", cp.Kubeconfig,
+		"--cloud", "fake", "--fake-auto-register",
+		"--cluster-cidr", clusterCIDR, "--node-cidr-mask-size", "24",
+		"--leader-elect=false", "--metrics-addr", addr, "--health-addr", health,
+	)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Stop()
+	pid := p.Cmd.Process.Pid
+	newNode := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: restartNewNode},
+		Spec:       corev1.NodeSpec{ProviderID: "fake://" + restartNewNode},
+	}
+	if _, err := client.CoreV1().Nodes().Create(ctx, newNode, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	created := time.Since(start)
+
+	hc := &http.Client{Timeout: time.Second}
+	var synced, rebuilt, toPodCIDR time.Duration
+	var podCIDR string
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		if p.Exited() {
+			b.Fatalf("aliasip-controller exited (see %s): %v", logPath, p.Wait())
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("node %s has no podCIDR %v after the controller started (see %s)", restartNewNode, time.Since(start), logPath)
+		}
+		if rebuilt == 0 {
+			if body, ok := httpGet(hc, "http://"+health+"/readyz"); ok {
+				now := time.Since(start)
+				if synced == 0 && strings.HasPrefix(body, "ok") {
+					synced = now
+				}
+				if strings.Contains(body, "rebuilt") {
+					rebuilt = now
+				}
+			}
+		}
+		n, err := client.CoreV1().Nodes().Get(ctx, restartNewNode, metav1.GetOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n.Spec.PodCIDR != "" {
+			toPodCIDR, podCIDR = time.Since(start), n.Spec.PodCIDR
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	peak, err := procMemory(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// 4. Settled: every old Node's alias repaired, then 10 s more.
+	repaired := 0.0
+	framework.Eventually(ctx, 5*time.Minute, func() (bool, error) {
+		body, ok := httpGet(hc, "http://"+addr+"/metrics")
+		if ok {
+			repaired, _ = framework.ScrapeMetric(body, "aliasip_allocations_total", `result="repaired"`)
+		}
+		return repaired >= float64(nodes), nil
+	})
+	time.Sleep(10 * time.Second)
+	settled, err := procMemory(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	metrics, _ := httpGet(hc, "http://"+addr+"/metrics")
+	promRSS, _ := framework.ScrapeMetric(metrics, "process_resident_memory_bytes", "")
+	heapAlloc, _ := framework.ScrapeMetric(metrics, "go_memstats_heap_alloc_bytes", "")
+	heapGoal, _ := framework.ScrapeMetric(metrics, "go_memstats_next_gc_bytes", "")
+	heapSys, _ := framework.ScrapeMetric(metrics, "go_memstats_heap_sys_bytes", "")
+	heapReleased, _ := framework.ScrapeMetric(metrics, "go_memstats_heap_released_bytes", "")
+	gcs, _ := framework.ScrapeMetric(metrics, "go_gc_duration_seconds_count", "")
+	cpuSecs, _ := framework.ScrapeMetric(metrics, "process_cpu_seconds_total", "")
+	p.Stop()
+
+	secs := toPodCIDR.Seconds()
+	floorD, floorHow := fl.floor()
+	floor := floorD.Seconds()
+	// VmHWM is the high-water mark since the process started.
+	peakMB, settledMB := max(peak.hwm, settled.hwm)/1e6, settled.rss/1e6
+	verdict := func(ok bool) string {
+		if ok {
+			return "PASS"
+		}
+		return "MISS"
+	}
+	fmt.Printf("\naliasip-controller restarted against %d Nodes with realistic status (5 conditions, %d images of 2 names each);\n", nodes, restartImages)
+	fmt.Printf("in-memory fake cloud, empty at start: the %d old Nodes' aliases are repaired (re-added) ahead of the new Node\n", nodes)
+	fmt.Printf("(no cloud latency or budget, but the fake checks each alias written against every instance's: O(N²) over the repairs)\n\n")
+	fmt.Println("| nodes | LIST floor (s) | seconds to first new podCIDR | ratio to floor | RSS peak MB (VmHWM) | RSS settled MB (VmRSS) | goal ≤ 5 s | goal ≤ 250 MB |")
+	fmt.Println("| ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |")
+	fmt.Printf("| %d | %.2f | %.2f | %.1f | %.0f | %.0f | %s | %s |\n\n", nodes, floor, secs, secs/floor, peakMB, settledMB,
+		verdict(secs <= restartGoalSeconds), verdict(peakMB <= restartGoalMB))
+	fmt.Printf("LIST floor: one GET /api/v1/nodes, no limit, in protobuf as the controller's client asks, body read but not decoded (%.1f MB), best of 3, at %s;\n",
+		float64(fl.bytes)/1e6, floorHow)
+	fmt.Printf("  resourceVersion \"\" %.2f s, \"0\" %.2f s; in JSON %.2f s (%.1f MB); protobuf decoded into a NodeList %.2f s; decoded in pages of 500 (as a pager does) %.2f s\n",
+		fl.consistent.Seconds(), fl.cache.Seconds(), fl.json.Seconds(), float64(fl.jsonBytes)/1e6, fl.decoded.Seconds(), fl.paged.Seconds())
+	if watchList := apiserverWatchList(filepath.Join(dir, "cp", "kube-apiserver.log")); watchList != "" {
+		fmt.Println("  " + watchList)
+	}
+	fmt.Printf("timeline from process start: new Node created %.2f s; /readyz (node cache synced) %s; state rebuilt %s; new Node's podCIDR %s at %.2f s\n",
+		created.Seconds(), secondsOrNever(synced), secondsOrNever(rebuilt), podCIDR, secs)
+	fmt.Printf("memory at the new podCIDR: VmHWM %.0f MB, VmRSS %.0f MB; settled (%.0f repairs, +10 s): VmHWM %.0f MB, VmRSS %.0f MB, process_resident_memory_bytes %.0f MB;\n",
+		peak.hwm/1e6, peak.rss/1e6, repaired, settled.hwm/1e6, settled.rss/1e6, promRSS/1e6)
+	fmt.Printf("  Go heap: %.0f MB allocated (live and not yet collected), goal %.0f MB (twice what the last of %.0f GCs left live, at GOGC=100), %.0f MB obtained from the OS, %.0f MB of it released; CPU %.1f s\n",
+		heapAlloc/1e6, heapGoal/1e6, gcs, heapSys/1e6, heapReleased/1e6, cpuSecs)
+	fmt.Print(summarizeControllerLog(logPath, start, secs))
+	fmt.Println()
+
+	b.ReportMetric(float64(nodes), "nodes")
+	b.ReportMetric(floor, "list-floor-s")
+	b.ReportMetric(secs, "first-podcidr-s")
+	b.ReportMetric(secs/floor, "ratio-to-floor")
+	b.ReportMetric(peakMB, "rss-peak-MB")
+	b.ReportMetric(settledMB, "rss-settled-MB")
+}
+
+// createRealisticNodes creates the Nodes with podCIDR i (10.i.0/24 counted
+// from 10.0.0.0/8) and providerID fake://NAME, then writes a kubelet-like
+// status on each, restartWorkers at a time.
+func createRealisticNodes(ctx context.Context, client kubernetes.Interface, names []string) error {
+	images := realisticImages()
+	work := make(chan int)
+	errs := make(chan error, restartWorkers)
+	var wg sync.WaitGroup
+	for range restartWorkers {
+		wg.Go(func() {
+			for i := range work {
+				if err := createRealisticNode(ctx, client, names[i], i, images); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		})
+	}
+	for i := range names {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func createRealisticNode(ctx context.Context, client kubernetes.Interface, name string, i int, images []corev1.ContainerImage) error {
+	cidr := fmt.Sprintf("10.%d.%d.0/24", i>>8, i&0xff)
+	zone := fmt.Sprintf("us-central1-%c", 'a'+i%3)
+	n := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name,
+			Labels: map[string]string{
+				"kubernetes.io/hostname":           name,
+				"kubernetes.io/os":                 "linux",
+				"kubernetes.io/arch":               "amd64",
+				"beta.kubernetes.io/os":            "linux",
+				"beta.kubernetes.io/arch":          "amd64",
+				"node.kubernetes.io/instance-type": "n2-standard-8",
+				"topology.kubernetes.io/region":    "us-central1",
+				"topology.kubernetes.io/zone":      zone,
+			},
+			Annotations: map[string]string{
+				"node.alpha.kubernetes.io/ttl":                           "0",
+				"volumes.kubernetes.io/controller-managed-attach-detach": "true",
+			},
+		},
+		Spec: corev1.NodeSpec{
+			PodCIDR:    cidr,
+			PodCIDRs:   []string{cidr},
+			ProviderID: "fake://" + name,
+		},
+	}
+	created, err := client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create node %s: %w", name, err)
+	}
+	created.Status = realisticStatus(name, i, images)
+	if _, err := client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update status of node %s: %w", name, err)
+	}
+	return nil
+}
+
+// realisticImages are the images every node lists: two names each, the
+// repository by digest and by tag, as the kubelet reports them.
+func realisticImages() []corev1.ContainerImage {
+	out := make([]corev1.ContainerImage, restartImages)
+	for j := range out {
+		repo := fmt.Sprintf("us-central1-docker.pkg.dev/example-platform-prod/team-%02d/service-%02d-server", j%7, j)
+		sum := sha256.Sum256([]byte(repo))
+		out[j] = corev1.ContainerImage{
+			Names: []string{
+				repo + "@sha256:" + hex.EncodeToString(sum[:]),
+				fmt.Sprintf("%s:v1.%d.%d-%s", repo, j%20, j*7%100, hex.EncodeToString(sum[:4])),
+			},
+			SizeBytes: int64(20_000_000 + j*3_511_237),
+		}
+	}
+	return out
+}
+
+func realisticStatus(name string, i int, images []corev1.ContainerImage) corev1.NodeStatus {
+	now := metav1.Now()
+	since := metav1.NewTime(now.Add(-72 * time.Hour))
+	cond := func(t corev1.NodeConditionType, s corev1.ConditionStatus, reason, msg string) corev1.NodeCondition {
+		return corev1.NodeCondition{Type: t, Status: s, LastHeartbeatTime: now, LastTransitionTime: since, Reason: reason, Message: msg}
+	}
+	res := func(cpu, mem, eph, pods string) corev1.ResourceList {
+		return corev1.ResourceList{
+			corev1.ResourceCPU:              resource.MustParse(cpu),
+			corev1.ResourceMemory:           resource.MustParse(mem),
+			corev1.ResourceEphemeralStorage: resource.MustParse(eph),
+			corev1.ResourcePods:             resource.MustParse(pods),
+			"hugepages-1Gi":                 resource.MustParse("0"),
+			"hugepages-2Mi":                 resource.MustParse("0"),
+		}
+	}
+	id := sha256.Sum256([]byte(name))
+	hexID := hex.EncodeToString(id[:])
+	return corev1.NodeStatus{
+		Capacity:    res("8", "32876680Ki", "101430960Ki", "110"),
+		Allocatable: res("7910m", "29565064Ki", "47093746742", "110"),
+		Conditions: []corev1.NodeCondition{
+			cond(corev1.NodeNetworkUnavailable, corev1.ConditionFalse, "RouteCreated", "RouteController created a route"),
+			cond(corev1.NodeMemoryPressure, corev1.ConditionFalse, "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+			cond(corev1.NodeDiskPressure, corev1.ConditionFalse, "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+			cond(corev1.NodePIDPressure, corev1.ConditionFalse, "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+			cond(corev1.NodeReady, corev1.ConditionTrue, "KubeletReady", "kubelet is posting ready status"),
+		},
+		Addresses: []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: fmt.Sprintf("172.16.%d.%d", i>>8&0xff, i&0xff)},
+			{Type: corev1.NodeExternalIP, Address: fmt.Sprintf("34.%d.%d.%d", 100+i>>16&0x3f, i>>8&0xff, i&0xff)},
+			{Type: corev1.NodeInternalDNS, Address: name + ".us-central1-a.c.example-platform-prod.internal"},
+			{Type: corev1.NodeHostName, Address: name},
+		},
+		DaemonEndpoints: corev1.NodeDaemonEndpoints{KubeletEndpoint: corev1.DaemonEndpoint{Port: 10250}},
+		NodeInfo: corev1.NodeSystemInfo{
+			MachineID:               hexID[:32],
+			SystemUUID:              fmt.Sprintf("%s-%s-%s-%s-%s", hexID[32:40], hexID[40:44], hexID[44:48], hexID[48:52], hexID[52:64]),
+			BootID:                  fmt.Sprintf("%s-%s-%s-%s-%s", hexID[:8], hexID[8:12], hexID[12:16], hexID[16:20], hexID[20:32]),
+			KernelVersion:           "6.6.72+",
+			OSImage:                 "Container-Optimized OS from Google",
+			ContainerRuntimeVersion: "containerd://1.7.24",
+			KubeletVersion:          "v1.36.3",
+			KubeProxyVersion:        "v1.36.3",
+			OperatingSystem:         "linux",
+			Architecture:            "amd64",
+		},
+		Images: images,
+	}
+}
+
+type listFloor struct {
+	// consistent: resourceVersion "" (the latest, from etcd unless the
+	// watch cache can serve consistent reads); cache: resourceVersion "0"
+	// (any, from the watch cache), what a reflector's first LIST asks.
+	consistent, cache, json, decoded, paged time.Duration
+	bytes, jsonBytes                        int
+}
+
+// floor is the API server's fastest full LIST of the Nodes.
+func (f listFloor) floor() (time.Duration, string) {
+	if f.cache < f.consistent {
+		return f.cache, `resourceVersion "0" (watch cache)`
+	}
+	return f.consistent, `resourceVersion "" (consistent read)`
+}
+
+// measureListFloor times, best of three each, one LIST of every Node as
+// the controller's client asks for it (protobuf, which generated clients
+// prefer), with the body read but not decoded, at resourceVersion "" and
+// "0": the floor is the faster. Beside them: the same in JSON, the
+// protobuf LIST decoded into a NodeList, and a paged LIST (limit 500).
+func measureListFloor(ctx context.Context, client kubernetes.Interface, want int) (listFloor, error) {
+	var f listFloor
+	best := func(d *time.Duration, fn func() (int, error)) error {
+		for range 3 {
+			t := time.Now()
+			n, err := fn()
+			el := time.Since(t)
+			if err != nil {
+				return err
+			}
+			if n != want {
+				return fmt.Errorf("LIST returned %d Nodes, want %d", n, want)
+			}
+			if *d == 0 || el < *d {
+				*d = el
+			}
+		}
+		return nil
+	}
+	raw := func(accept, rv string, size *int) func() (int, error) {
+		return func() (int, error) {
+			req := client.CoreV1().RESTClient().Get().Resource("nodes").SetHeader("Accept", accept)
+			if rv != "" {
+				req = req.Param("resourceVersion", rv)
+			}
+			body, err := req.DoRaw(ctx)
+			*size = len(body)
+			// Count the items without decoding: every one of these
+			// Nodes has one providerID fake://NAME.
+			return strings.Count(string(body), "fake://"), err
+		}
+	}
+	const proto = "application/vnd.kubernetes.protobuf"
+	if err := best(&f.consistent, raw(proto, "", &f.bytes)); err != nil {
+		return f, err
+	}
+	if err := best(&f.cache, raw(proto, "0", &f.bytes)); err != nil {
+		return f, err
+	}
+	if err := best(&f.json, raw("application/json", "", &f.jsonBytes)); err != nil {
+		return f, err
+	}
+	if err := best(&f.decoded, func() (int, error) {
+		l, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return 0, err
+		}
+		return len(l.Items), nil
+	}); err != nil {
+		return f, err
+	}
+	err := best(&f.paged, func() (int, error) {
+		n, cont := 0, ""
+		for {
+			l, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{Limit: 500, Continue: cont})
+			if err != nil {
+				return 0, err
+			}
+			n += len(l.Items)
+			if cont = l.Continue; cont == "" {
+				return n, nil
+			}
+		}
+	})
+	return f, err
+}
+
+type memory struct{ hwm, rss float64 } // bytes
+
+// procMemory reads VmHWM and VmRSS of a process from /proc.
+func procMemory(pid int) (memory, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return memory{}, err
+	}
+	defer f.Close()
+	var m memory
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		k, v, ok := strings.Cut(s.Text(), ":")
+		if !ok || (k != "VmHWM" && k != "VmRSS") {
+			continue
+		}
+		kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		if err != nil {
+			return memory{}, fmt.Errorf("/proc/%d/status %s: %q", pid, k, v)
+		}
+		if k == "VmHWM" {
+			m.hwm = kb * 1024
+		} else {
+			m.rss = kb * 1024
+		}
+	}
+	return m, s.Err()
+}
+
+// apiserverWatchList reports, from the API server's log, when its etcd
+// lacks RequestWatchProgress (etcd before 3.4.31 and 3.5.13): the API server
+// then refuses streaming lists (WatchList), so an informer's first sync is
+// one LIST, decoded whole before its transform trims the objects, and
+// consistent LISTs are read from etcd rather than the watch cache.
+func apiserverWatchList(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil || !strings.Contains(string(data), "RequestWatchProgress feature is not supported") {
+		return ""
+	}
+	return "this etcd lacks RequestWatchProgress: no streaming list (WatchList), so the controller's informer falls back to one LIST of everything, decoded whole before it is trimmed"
+}
+
+func httpGet(hc *http.Client, url string) (string, bool) {
+	resp, err := hc.Get(url)
+	if err != nil {
+		return "", false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err == nil && resp.StatusCode == http.StatusOK
+}
+
+func secondsOrNever(d time.Duration) string {
+	if d == 0 {
+		return "not seen"
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+// summarizeControllerLog reports, from the controller's klog lines, when
+// (seconds after start) it started, rebuilt its state and started its
+// workers, when the first and last alias repairs were logged, and how many
+// were logged before the new Node got its podCIDR (at newSecs): its place
+// in the queue.
+func summarizeControllerLog(path string, start time.Time, newSecs float64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("controller log: %v\n", err)
+	}
+	defer f.Close()
+	at := func(line string) (float64, bool) {
+		// I0102 15:04:05.000000 ...
+		if len(line) < 21 {
+			return 0, false
+		}
+		t, err := time.ParseInLocation("0102 15:04:05.000000", line[1:21], time.Local)
+		if err != nil {
+			return 0, false
+		}
+		t = t.AddDate(start.Year(), 0, 0)
+		return t.Sub(start).Seconds(), true
+	}
+	var out []string
+	var repairs, before int
+	var firstRepair, lastRepair float64
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		line := s.Text()
+		sec, ok := at(line)
+		if !ok {
+			continue
+		}
+		switch {
+		case strings.Contains(line, `"Repaired missing alias"`):
+			if repairs == 0 {
+				firstRepair = sec
+			}
+			repairs++
+			lastRepair = sec
+			if sec <= newSecs {
+				before++
+			}
+		case strings.Contains(line, `"Starting aliasip-controller"`):
+			out = append(out, fmt.Sprintf("  %6.2f s  Starting aliasip-controller", sec))
+		case strings.Contains(line, `"Rebuilt allocation state"`), strings.Contains(line, `"Controller running"`):
+			msg := line[strings.Index(line, `] `)+2:]
+			out = append(out, fmt.Sprintf("  %6.2f s  %s", sec, msg))
+		case line[0] == 'E' || line[0] == 'W':
+			if len(out) < 40 {
+				out = append(out, fmt.Sprintf("  %6.2f s  %s", sec, line))
+			}
+		}
+	}
+	if repairs > 0 {
+		out = append(out, fmt.Sprintf("  %6.2f s … %.2f s  %d × Repaired missing alias", firstRepair, lastRepair, repairs))
+	}
+	out = append(out, fmt.Sprintf("  %6.2f s  new Node's podCIDR seen, after %d of the repairs (its place in the queue)", newSecs, before))
+	sort.SliceStable(out, func(i, j int) bool { return out[i] < out[j] })
+	return "controller log (seconds after process start):\n" + strings.Join(out, "\n") + "\n"
+}
