@@ -366,8 +366,17 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	logger.Info("Rebuilt allocation state", "podRange", podRange, "rangeName", rangeName,
 		"maskSize", c.cfg.MaskSize, "nodes", len(nodes), "instances", len(instances),
 		"aliases", aliases, "cooling", len(cooling), "blocksUsed", alloc.Used(), "blocksFree", alloc.Free())
+	// Nodes waiting for a block go first: a node that joined during the
+	// restart must not wait behind thousands of in-sync checks.
 	for _, n := range nodes {
-		c.queue.Add(n.Name)
+		if n.Spec.PodCIDR == "" {
+			c.queue.Add(n.Name)
+		}
+	}
+	for _, n := range nodes {
+		if n.Spec.PodCIDR != "" {
+			c.queue.Add(n.Name)
+		}
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -212,5 +213,39 @@ func TestStateTableRows(t *testing.T) {
 				t.Errorf("events %v, want %v", evs, tc.events)
 			}
 		})
+	}
+}
+
+// The Node informer's list reads pages of listPageSize, from one snapshot,
+// and keeps only the trimmed Nodes.
+func TestListNodesTrimmedPages(t *testing.T) {
+	var objs []runtime.Object
+	for i := 0; i < 1203; i++ {
+		objs = append(objs, &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("n-%04d", i), Annotations: map[string]string{"big": "x"}},
+			Spec:       corev1.NodeSpec{PodCIDR: "10.0.0.0/24"},
+			Status:     corev1.NodeStatus{Images: []corev1.ContainerImage{{Names: []string{"img"}}}},
+		})
+	}
+	client := k8sfake.NewClientset(objs...)
+	var limits []int64
+	client.PrependReactor("list", "nodes", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		limits = append(limits, a.(k8stesting.ListActionImpl).GetListOptions().Limit)
+		return false, nil, nil
+	})
+	list, err := listNodesTrimmed(context.Background(), client, metav1.ListOptions{ResourceVersion: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 1203 {
+		t.Fatalf("%d nodes, want 1203", len(list.Items))
+	}
+	if len(limits) == 0 || limits[0] != listPageSize {
+		t.Errorf("list limits %v, want pages of %d", limits, listPageSize)
+	}
+	for _, n := range list.Items {
+		if len(n.Status.Images) != 0 || n.Annotations != nil || n.Spec.PodCIDR == "" {
+			t.Fatalf("node not trimmed as it should be: %+v", n)
+		}
 	}
 }

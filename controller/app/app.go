@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -78,13 +77,8 @@ func Run(ctx context.Context, o *Options) error {
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "aliasip-controller"})
 
-	factory := informers.NewSharedInformerFactory(client, o.ResyncPeriod)
-	nodeInformer := factory.Core().V1().Nodes()
-	// The cache keeps only what the controller reads of a Node: at 15,000
-	// Nodes their status (images, conditions) would be most of the memory.
-	if err := nodeInformer.Informer().SetTransform(controller.TrimNode); err != nil {
-		return fmt.Errorf("node informer transform: %w", err)
-	}
+	// Paged, trimmed lists: see controller.NodeInformer.
+	nodeInformer := controller.NewNodeInformer(client, o.ResyncPeriod)
 	ctrl := controller.New(controller.Config{
 		MaskSize:        o.NodeCIDRMaskSize,
 		Workers:         o.Workers,
@@ -101,8 +95,9 @@ func Run(ctx context.Context, o *Options) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// Informers start before the election: a standby has warm caches.
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	informerDone := make(chan struct{})
+	go func() { nodeInformer.Informer().RunWithContext(ctx); close(informerDone) }()
+	defer func() { cancel(nil); <-informerDone }() // stop the informer, then wait for it
 
 	var electionCheck *leaderelection.HealthzAdaptor
 	if o.LeaderElect {
