@@ -56,6 +56,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -156,6 +157,8 @@ type Controller struct {
 	leakSeen  map[string]time.Time // instance|cidr -> first seen leaked
 	ready     bool
 	wakeCh    chan struct{}
+	// accepting: informer events are queued (from the rebuild's list on).
+	accepting atomic.Bool
 }
 
 // New builds a controller. client is used for Node writes only; events go
@@ -207,6 +210,13 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 }
 
 func (c *Controller) enqueue(obj any) {
+	// Before the rebuild lists the Nodes, events are dropped: the rebuild
+	// queues every node itself, those without a podCIDR first (the queue
+	// is FIFO, and the informer's initial adds would otherwise put a new
+	// node behind thousands of in-sync ones).
+	if !c.accepting.Load() {
+		return
+	}
 	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
 	if err != nil {
 		utilruntime.HandleError(err)
@@ -287,6 +297,7 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list instances: %w", err)
 	}
+	c.accepting.Store(true) // events from here on are queued; the list covers the rest
 	nodes, err := c.nodes.List(everything)
 	if err != nil {
 		return err
