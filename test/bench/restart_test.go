@@ -53,8 +53,9 @@ const (
 //
 // The etcd matters: one without RequestWatchProgress (before 3.4.31 and
 // 3.5.13, such as Debian bookworm's 3.4.23) makes the API server refuse
-// streaming lists, so the controller's informer falls back to one LIST of
-// every Node, decoded whole before it is trimmed; the output says so. Set
+// streaming lists, so the controller's informer falls back to listing (in
+// pages of 500, each trimmed before the next: controller.NodeInformer); the
+// output says so. Set
 // ALIASIP_ETCD to a newer etcd to measure the streaming path.
 //
 // Where the new Node stands in the controller's queue decides how many
@@ -501,7 +502,7 @@ func apiserverWatchList(path string) string {
 	if err != nil || !strings.Contains(string(data), "RequestWatchProgress feature is not supported") {
 		return ""
 	}
-	return "this etcd lacks RequestWatchProgress: no streaming list (WatchList), so the controller's informer falls back to one LIST of everything, decoded whole before it is trimmed"
+	return "this etcd lacks RequestWatchProgress: no streaming list (WatchList), so the controller's informer lists instead (pages of 500, each trimmed before the next)"
 }
 
 func httpGet(hc *http.Client, url string) (string, bool) {
