@@ -57,11 +57,12 @@ func (n *NodeInformer) Lister() corelisters.NodeLister {
 // resourceVersion), trimming each page as it arrives.
 func listNodesTrimmed(ctx context.Context, client kubernetes.Interface, opts metav1.ListOptions) (*corev1.NodeList, error) {
 	opts.Limit = listPageSize
-	// "0" (any cached version) makes the API server ignore the limit; a
-	// paged list reads a consistent snapshot instead.
-	if opts.ResourceVersion == "0" {
-		opts.ResourceVersion = ""
-	}
+	// Always a consistent read of the latest state: "0" (any cached
+	// version) makes the API server ignore the limit, and a specific old
+	// version with a limit means Exact, which fails once compacted. The
+	// latest snapshot is never older than what the reflector asked for.
+	// (https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-get-and-list)
+	opts.ResourceVersion = ""
 	opts.ResourceVersionMatch = ""
 	out := &corev1.NodeList{}
 	for {

@@ -391,7 +391,7 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 // host — each pod's /32 route through a veth whose alias names its
 // container — so no live pod's address is handed out again. The interface
 // name is eth0: the one Kubernetes runtimes give the pod network
-// (containerd's CRI plugin, pkg/cri/server/sandbox_run.go, defaultIfName).
+// (containerd's CRI plugin, pkg/cri/server, the defaultIfName constant).
 func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR netip.Prefix, cause error) (*ipam.Store, error) {
 	aside := fmt.Sprintf("%s.%d.corrupt", statePath, time.Now().Unix())
 	if err := os.Rename(statePath, aside); err != nil {

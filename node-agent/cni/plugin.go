@@ -112,7 +112,7 @@ func podOf(args *skel.CmdArgs) podInfo {
 	}
 	// containerd's CRI plugin passes K8S_POD_NAMESPACE, K8S_POD_NAME,
 	// K8S_POD_INFRA_CONTAINER_ID and K8S_POD_UID (containerd,
-	// pkg/cri/server/helpers.go, toCNILabels).
+	// pkg/cri/server, toCNILabels).
 	return podInfo{namespace: string(k.K8S_POD_NAMESPACE), name: string(k.K8S_POD_NAME), uid: string(k.K8S_POD_UID)}
 }
 

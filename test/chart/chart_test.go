@@ -83,6 +83,17 @@ func TestLintAndRender(t *testing.T) {
 			}
 		}
 	}
+	// The own-Node policy is on by default and can be turned off for
+	// clusters whose tokens carry no node-name claim.
+	for v, want := range map[string]bool{"": true, ",agent.ownNodePolicy=false": false} {
+		out, err := run(t, h, "template", "aliasip", chartDir(), "--set", "cloud=fake,clusterCIDR=10.244.0.0/16"+v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(out, "kind: ValidatingAdmissionPolicy\n"); got != want {
+			t.Errorf("values %q: policy rendered %v, want %v", v, got, want)
+		}
+	}
 	// values.schema.json refuses bad values before anything renders, naming
 	// the field.
 	for _, bad := range []struct {

@@ -236,22 +236,7 @@ func TestLeaderElectionFailover(t *testing.T) {
 	e := newEnv(t, "10.60.0.0/14")
 	a := e.startController("controller-a", "--fake-latency", "20ms")
 	b := e.startController("controller-b", "--fake-latency", "20ms")
-	var leader, standby *ctrlProc
-	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
-		la, _ := a.metric("aliasip_leader", "")
-		lb, _ := b.metric("aliasip_leader", "")
-		switch {
-		case la == 1 && lb == 0:
-			leader, standby = a, b
-		case lb == 1 && la == 0:
-			leader, standby = b, a
-		default:
-			return false, nil
-		}
-		return true, nil
-	}); err != nil {
-		t.Fatalf("no single leader: %v", err)
-	}
+	leader, standby := e.waitSingleLeader(a, b)
 	if err := framework.CreateNodes(e.ctx, e.client, framework.NodeNames("le", 200), nil); err != nil {
 		t.Fatal(err)
 	}

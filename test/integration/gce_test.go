@@ -262,22 +262,7 @@ func TestGCELeaderFailoverSlowOperations(t *testing.T) {
 	flags := []string{"--cloud-qps", "200", "--cloud-burst", "200", "--workers", "20", "--gce-poll-interval", "200ms"}
 	a := e.startController("controller-a", flags...)
 	b := e.startController("controller-b", flags...)
-	var leader, standby *ctrlProc
-	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
-		la, _ := a.metric("aliasip_leader", "")
-		lb, _ := b.metric("aliasip_leader", "")
-		switch {
-		case la == 1 && lb == 0:
-			leader, standby = a, b
-		case lb == 1 && la == 0:
-			leader, standby = b, a
-		default:
-			return false, nil
-		}
-		return true, nil
-	}); err != nil {
-		t.Fatalf("no single leader: %v", err)
-	}
+	leader, standby := e.waitSingleLeader(a, b)
 	gceNodes(t, e, s, framework.NodeNames("lf", 40))
 	// Let the leader start its operations, then stop it while they run.
 	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {

@@ -211,3 +211,26 @@ func (e *env) waitEvent(node, eventType, reason string, timeout time.Duration) {
 		e.t.Fatalf("no %s %s event on node %s: %v; events: %v", eventType, reason, node, err, got)
 	}
 }
+
+// waitSingleLeader waits until exactly one of a and b leads, and returns
+// (leader, standby).
+func (e *env) waitSingleLeader(a, b *ctrlProc) (*ctrlProc, *ctrlProc) {
+	e.t.Helper()
+	var leader, standby *ctrlProc
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+		la, _ := a.metric("aliasip_leader", "")
+		lb, _ := b.metric("aliasip_leader", "")
+		switch {
+		case la == 1 && lb == 0:
+			leader, standby = a, b
+		case lb == 1 && la == 0:
+			leader, standby = b, a
+		default:
+			return false, nil
+		}
+		return true, nil
+	}); err != nil {
+		e.t.Fatalf("no single leader: %v", err)
+	}
+	return leader, standby
+}
