@@ -547,19 +547,24 @@ func TestPodGoneFromAPICollected(t *testing.T) {
 	n := e.node("10.210.12.0/24", "--pod-gc-grace", "1s", "--pod-gc-interval", "1s")
 	keep := e.pod(n, "keeper")
 	gone := e.pod(n, "vanishing")
-	e.pod(n, "replaced")
-	if err := e.client.CoreV1().Pods("default").Delete(e.ctx, "vanishing", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
-		t.Fatal(err)
-	}
 	// A pod of the same name but another UID (a StatefulSet pod
-	// re-created) does not keep the old pod's address alive.
-	if err := e.client.CoreV1().Pods("default").Delete(e.ctx, "replaced", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+	// re-created) does not keep the old pod's address alive. The
+	// allocation is made with the UID of a pod the API has already
+	// replaced, so the GC never sees a moment with no pod of that name
+	// (deleting and re-creating here raced the 1 s GC: pod_gone).
+	if _, err := framework.CreatePodObjectUID(e.ctx, e.client, "default", "replaced", n.Name); err != nil {
 		t.Fatal(err)
 	}
-	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
-		_, err := framework.CreatePodObjectUID(e.ctx, e.client, "default", "replaced", n.Name)
-		return err == nil, nil
-	}); err != nil {
+	old, err := framework.NewPod("default", "replaced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(old.Close)
+	old.UID = "3f0c2a4e-0000-4000-8000-0000000000aa" // the earlier incarnation's UID
+	if err := n.Add(e.ctx, old); err != nil {
+		t.Fatalf("ADD replaced: %v", err)
+	}
+	if err := e.client.CoreV1().Pods("default").Delete(e.ctx, "vanishing", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
