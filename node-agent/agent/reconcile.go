@@ -116,11 +116,18 @@ func (a *Agent) reconcile(ctx context.Context) {
 	a.mu.Lock()
 	store, podCIDR, iface, guestProto := a.store, a.podCIDR, a.iface, a.guestProto
 	a.mu.Unlock()
-	var want []datapath.PodRoute
-	for _, al := range store.List() {
-		if al.HostVeth != "" {
-			want = append(want, datapath.PodRoute{IP: al.IP, HostVeth: al.HostVeth})
+	// The allocations are read after the host's routes (Reconcile calls
+	// want then): a pod whose ADD completes during the pass is either in
+	// both or its route is not in the read, so it is never taken for a
+	// vanished pod.
+	want := func() []datapath.PodRoute {
+		var want []datapath.PodRoute
+		for _, al := range store.List() {
+			if al.HostVeth != "" {
+				want = append(want, datapath.PodRoute{IP: al.IP, HostVeth: al.HostVeth})
+			}
 		}
+		return want
 	}
 	var rep datapath.Report
 	err := a.inHost(func() error {

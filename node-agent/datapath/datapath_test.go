@@ -159,7 +159,7 @@ func TestReconcileStates(t *testing.T) {
 		var rep Report
 		if err := host.Do(func(ns.NetNS) error {
 			var err error
-			rep, err = Reconcile(podCIDR, "eth0", want, ProtoGCEGuestAgent)
+			rep, err = Reconcile(podCIDR, "eth0", func() []PodRoute { return want }, ProtoGCEGuestAgent)
 			return err
 		}); err != nil {
 			t.Fatalf("Reconcile: %v", err)

@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 
@@ -109,10 +110,21 @@ type Report struct {
 }
 
 // Reconcile makes the host match the wanted pod routes: every pod whose
-// veth exists gets its /32 route and sysctls back; /32 routes from the
-// podCIDR to "ali" veths that no pod wants are removed; the guest agent's
-// local route (protocol guestProto) is removed.
-func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute, guestProto int) (Report, error) {
+// veth exists and is up gets its /32 route and sysctls back; /32 routes
+// from the podCIDR to "ali" veths that no pod wants are removed; the guest
+// agent's local route (protocol guestProto) is removed.
+//
+// want is called after the host's links and routes are read, never before:
+// the plugin allocates a pod's address before it creates the pod's route,
+// so every route in those reads whose pod is live is in want. Read before
+// them, want would miss a pod whose ADD completed in between, and its
+// route would be removed as a vanished pod's.
+//
+// A pod whose host veth is down is being set up: SetupPod brings the veth
+// up just before it adds the route. The plugin finishes it; a pass that
+// ran in between would "repair" what the plugin is about to do (and the
+// kernel refuses a route through a link that is down, ENETDOWN).
+func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, guestProto int) (Report, error) {
 	var rep Report
 	var errs []error
 	if n, err := PrepareHost(hostIface); err != nil {
@@ -163,11 +175,14 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want []PodRoute, guestPro
 	}
 
 	wanted := map[netip.Addr]string{}
-	for _, w := range want {
+	for _, w := range want() {
 		wanted[w.IP] = w.HostVeth
 		link, ok := byName[w.HostVeth]
 		if !ok {
-			continue // the pod's veth is gone: nothing to route to
+			continue // the pod's veth is gone (or not made yet): nothing to route to
+		}
+		if link.Attrs().Flags&net.FlagUp == 0 {
+			continue // an ADD in progress
 		}
 		n, err := ConfigureHostVeth(w.HostVeth)
 		rep.SysctlsRepaired += n
