@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench bench-restart demo clean
+.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench bench-restart bench-agent-restart demo clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, CNI ADD/D
 
 bench-restart: deps build ## Controller restart at 15,000 Nodes (ALIASIP_BENCH_NODES): time to the first new podCIDR and RSS vs the LIST floor; long.
 	ALIASIP_BENCH_RESTART=1 $(GO) test -count=1 -run XXX -bench BenchmarkControllerRestart15k -benchtime 1x -timeout 60m ./test/bench/
+
+bench-agent-restart: deps build ## Agent restart with 250 pods, SIGTERM and SIGKILL (also in make bench): time to ready, longest pod gap, idle CPU vs 0 pods (ALIASIP_BENCH_IDLE=10s shortens the 60 s window).
+	$(GO) test -count=1 -run XXX -bench BenchmarkAgentRestart -benchtime 1x -timeout 15m ./test/bench/
 
 demo: deps build ## Local cluster: control plane, controller, 3 node namespaces with agents, pods, ping matrix.
 	$(GO) run ./hack/demo
