@@ -6,17 +6,17 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench bench-restart bench-agent-restart demo clean
+.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench bench-dataplane bench-restart bench-agent-restart demo clean
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni.
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
 
-deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, helm (cached).
+deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, iperf3, helm (cached).
 	./hack/deps.sh
 
 APP_VERSION := $(shell awk -F'"' '/^appVersion:/ {print $$2}' charts/aliasip/Chart.yaml)
@@ -49,9 +49,12 @@ fuzz: ## Run the fuzz targets for a while each.
 	$(GO) test -run XXX -fuzz FuzzOpen -fuzztime 60s ./node-agent/ipam
 	$(GO) test -run XXX -fuzz FuzzParseConf -fuzztime 60s ./node-agent/cni
 
-bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, CNI ADD/DEL vs ptp, allocator cost.
+bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, CNI ADD/DEL vs ptp, data plane vs bridge, allocator cost.
 	$(GO) test -count=1 -run XXX -bench . -benchtime 1x -timeout 30m ./test/bench/
 	$(GO) test -count=1 -run XXX -bench . ./controller/allocator/
+
+bench-dataplane: deps build ## Pod-to-pod iperf3 throughput, ping RTT and first-packet latency, same node and across nodes, vs bridge + host-local.
+	$(GO) test -count=1 -run XXX -bench BenchmarkDataPlane -benchtime 1x -timeout 10m ./test/bench/
 
 bench-restart: deps build ## Controller restart at 15,000 Nodes (ALIASIP_BENCH_NODES): time to the first new podCIDR and RSS vs the LIST floor; long.
 	ALIASIP_BENCH_RESTART=1 $(GO) test -count=1 -run XXX -bench BenchmarkControllerRestart15k -benchtime 1x -timeout 60m ./test/bench/

@@ -2,10 +2,11 @@
 # Installs or builds everything the tests, demo, benchmarks and the
 # real-node cluster need, once: etcd (Debian's etcd-server), iproute2,
 # iptables, containerd + runc (Debian's 1.6.20 / 1.1.5, which kubelet 1.36
-# accepts), Debian's CNI reference plugins (for comparisons), portmap built
-# at CNI 1.1, helm, and kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubelet, kube-proxy and kubectl built from the
-# k8s.io/kubernetes module (hack/k8s) into the cache. Idempotent and cached.
+# accepts), Debian's CNI reference plugins and iperf3 (for comparisons),
+# portmap built at CNI 1.1, helm, and kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl
+# built from the k8s.io/kubernetes module (hack/k8s) into the cache.
+# Idempotent and cached.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,6 +23,7 @@ command -v containerd >/dev/null 2>&1 || need_pkgs+=(containerd)
 command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
 command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v conntrack >/dev/null 2>&1 || need_pkgs+=(conntrack)
+command -v iperf3 >/dev/null 2>&1 || need_pkgs+=(iperf3)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

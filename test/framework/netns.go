@@ -287,8 +287,15 @@ func (n *Node) Add(ctx context.Context, p *Pod) error {
 	if err != nil {
 		return err
 	}
+	return n.AddWith(ctx, cni, list, p)
+}
+
+// AddWith is Add through another network configuration: a contender's
+// plugins on an identical node, in a benchmark.
+func (n *Node) AddWith(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, p *Pod) error {
 	var res types.Result
-	err = n.NS.Do(func(ns.NetNS) error {
+	err := n.NS.Do(func(ns.NetNS) error {
+		var err error
 		res, err = cni.AddNetworkList(ctx, list, p.runtimeConf("eth0"))
 		return err
 	})

@@ -1,0 +1,461 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/aliasip/aliasip/node-agent/datapath"
+	"github.com/aliasip/aliasip/test/framework"
+)
+
+const (
+	dpPings     = 200 // RTT samples per path and contender
+	dpFirst     = 8   // fresh pods per path and contender for the first packet
+	dpRounds    = 3   // iperf3 runs per path and contender, alternating
+	dpIperfSecs = 3   // measured seconds of one iperf3 run (after one omitted)
+)
+
+// dpContender is one CNI set-up on two identical node namespaces.
+type dpContender struct {
+	name  string
+	nodes [2]*framework.Node
+	// add runs CNI ADD for p on nodes[node].
+	add  func(ctx context.Context, node int, p *framework.Pod) error
+	pods []*framework.Pod
+	seq  int
+}
+
+// pod creates a sandbox on nodes[node] and runs ADD.
+func (c *dpContender) pod(ctx context.Context, node int) (*framework.Pod, error) {
+	c.seq++
+	p, err := framework.NewPod("bench", fmt.Sprintf("dp-%d", c.seq))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.add(ctx, node, p); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("%s: ADD on %s: %w", c.name, c.nodes[node].Name, err)
+	}
+	c.pods = append(c.pods, p)
+	return p, nil
+}
+
+func (c *dpContender) close() {
+	for _, p := range c.pods {
+		p.Close()
+	}
+	for _, n := range c.nodes {
+		if n != nil {
+			n.Close()
+		}
+	}
+}
+
+// dpPath is a pod pair: src on node 0, dst on node 0 (same node) or
+// node 1 (across the fabric).
+type dpPath struct {
+	name     string
+	metric   string
+	cni      string
+	src, dst *framework.Pod
+	server   *framework.Process
+	gbps     []float64
+	rtt      []time.Duration
+	first    []time.Duration
+}
+
+// BenchmarkDataPlane: pod-to-pod TCP throughput (iperf3), ping RTT, and the
+// first packet's round trip right after ADD (ARP included), on one node and
+// across two nodes, aliasip (veth + /32 route + proxy-ARP, the agent's
+// --fabric=routes across nodes) side by side with Debian's bridge +
+// host-local set up the way kubenet did (bridge as the pods' gateway, no
+// masquerade, each node routing the other's pod subnet via its fabric
+// address), on identical node namespaces on one emulated VPC fabric, in one
+// run. Goals (issue 12): throughput ≥ 1.0× the bridge's, RTT ≤ 1.0×.
+func BenchmarkDataPlane(b *testing.B) {
+	if reason := framework.RequireRoot(); reason != "" {
+		b.Skip(reason)
+	}
+	for _, p := range []string{"/usr/lib/cni/bridge", "/usr/lib/cni/host-local"} {
+		if _, err := os.Stat(p); err != nil {
+			b.Skipf("skipping: Debian's containernetworking-plugins missing: %v (run make deps)", err)
+		}
+	}
+	for _, bin := range []string{"iperf3", "nsenter"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			b.Skipf("skipping: %s not installed: %v (run make deps)", bin, err)
+		}
+	}
+	dir := b.TempDir()
+	agentBin, err := framework.BuildBinary(dir, "aliasip-agent", "./node-agent/cmd/aliasip-agent")
+	if err != nil {
+		b.Fatal(err)
+	}
+	pluginBin, err := framework.BuildBinary(dir, "aliasip-cni", "./node-agent/cmd/aliasip-cni")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cp := startControlPlane(b, dir)
+	defer cp.Stop()
+	fabric, err := framework.NewFabric()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer fabric.Close()
+
+	alias, err := dpAliasip(ctx, fabric, cp, dir, agentBin, pluginBin)
+	defer alias.close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	mtu, err := dpLinkMTU(alias.nodes[0].NS, "eth0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	bridge, err := dpBridge(fabric, dir, mtu)
+	defer bridge.close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	contenders := []*dpContender{alias, bridge}
+
+	// paths[i][j]: path i of contender j.
+	paths := make([][]*dpPath, 2)
+	for _, c := range contenders {
+		src, err := c.pod(ctx, 0)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i, node := range []int{0, 1} {
+			dst, err := c.pod(ctx, node)
+			if err != nil {
+				b.Fatal(err)
+			}
+			p := &dpPath{name: []string{"same node", "across nodes"}[i], metric: []string{"same", "cross"}[i], cni: c.name, src: src, dst: dst}
+			paths[i] = append(paths[i], p)
+			// The agent's fabric routes come from its Node informer: wait.
+			if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+				_, err := framework.Ping(src.NS, dst.IP, time.Second)
+				return err == nil, err
+			}); err != nil {
+				b.Fatalf("%s, %s: %v -> %v: %v", c.name, p.name, src.IP, dst.IP, err)
+			}
+		}
+	}
+	conditions, err := dpConditions(alias, bridge, paths[0][0].src, paths[0][1].src)
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	// RTT: one ICMP echo at a time from a socket in the source pod (timed
+	// from send to the reply's read, Go's wake-up included), the contenders
+	// interleaved so that load from elsewhere on the machine falls on both
+	// alike.
+	for range dpPings {
+		for _, row := range paths {
+			for _, p := range row {
+				d, err := framework.Ping(p.src.NS, p.dst.IP, 2*time.Second)
+				if err != nil {
+					b.Fatalf("%s, %s: %v", p.cni, p.name, err)
+				}
+				p.rtt = append(p.rtt, d)
+			}
+		}
+	}
+
+	// Throughput: an iperf3 server in each destination pod, one client run
+	// per path and contender a round, the order flipped every round.
+	for _, row := range paths {
+		for _, p := range row {
+			if p.server, err = dpIperfServer(ctx, p.dst, filepath.Join(dir, fmt.Sprintf("iperf3-%s.log", p.dst.ContainerID))); err != nil {
+				b.Fatal(err)
+			}
+			defer p.server.Stop()
+		}
+	}
+	for r := range dpRounds {
+		for _, row := range paths {
+			for k := range row {
+				p := row[k]
+				if r%2 == 1 {
+					p = row[len(row)-1-k]
+				}
+				g, err := dpIperf(ctx, p.src, p.dst.IP)
+				if err != nil {
+					b.Fatalf("%s, %s: %v", p.cni, p.name, err)
+				}
+				p.gbps = append(p.gbps, g)
+			}
+		}
+	}
+
+	// First packet: a fresh pod pings the destination right after its ADD
+	// returns; neither side has a neighbour entry for it yet. A lost ARP
+	// request or reply costs the neighbour retransmit time, 1 s by default
+	// (retrans_time_ms, arp(7)): the last column counts those.
+	for _, row := range paths {
+		for range dpFirst {
+			for j, p := range row {
+				fresh, err := contenders[j].pod(ctx, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				d, err := framework.Ping(fresh.NS, p.dst.IP, 3*time.Second)
+				if err != nil {
+					b.Fatalf("%s, %s: first ping from a fresh pod: %v", p.cni, p.name, err)
+				}
+				p.first = append(p.first, d)
+			}
+		}
+	}
+
+	fmt.Printf("\nPod-to-pod data plane: iperf3 TCP (1 stream, %d s after 1 s omitted, median of %d runs), ping RTT (%d echoes), first ping after ADD (%d fresh pods)\n", dpIperfSecs, dpRounds, dpPings, dpFirst)
+	fmt.Printf("%s\n\n", conditions)
+	fmt.Println("| path | CNI | TCP Gbit/s | runs | RTT p50 | RTT p99 | first packet p50 | first packet max | first packet > 100 ms |")
+	fmt.Println("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+	for _, row := range paths {
+		for _, p := range row {
+			runs := make([]string, len(p.gbps))
+			for k, g := range p.gbps {
+				runs[k] = fmt.Sprintf("%.2f", g)
+			}
+			slow := 0
+			for _, d := range p.first {
+				if d > 100*time.Millisecond {
+					slow++
+				}
+			}
+			fmt.Printf("| %s | %s | %.2f | %s | %s | %s | %s | %s | %d of %d |\n", p.name, p.cni, dpMedian(p.gbps), strings.Join(runs, ", "),
+				dpMicros(pct(p.rtt, 50)), dpMicros(pct(p.rtt, 99)), dpMicros(pct(p.first, 50)), dpMicros(pct(p.first, 100)), slow, len(p.first))
+		}
+	}
+	fmt.Println()
+	for _, row := range paths {
+		a, br := row[0], row[1]
+		tput := dpMedian(a.gbps) / dpMedian(br.gbps)
+		p50, p99, first := ratio(a.rtt, br.rtt, 50), ratio(a.rtt, br.rtt, 99), ratio(a.first, br.first, 50)
+		fmt.Printf("%s: aliasip/bridge throughput %.2f (goal ≥ 1.0: %s), RTT p50 %.2f p99 %.2f (goal ≤ 1.0: %s), first packet p50 %.2f\n",
+			a.name, tput, dpVerdict(tput >= 1), p50, p99, dpVerdict(p50 <= 1 && p99 <= 1), first)
+		b.ReportMetric(tput, a.metric+"-tput-ratio")
+		b.ReportMetric(p50, a.metric+"-rtt-p50-ratio")
+		b.ReportMetric(p99, a.metric+"-rtt-p99-ratio")
+		b.ReportMetric(first, a.metric+"-first-ratio")
+	}
+	fmt.Println()
+}
+
+// dpAliasip starts two aliasip nodes, each with its agent in fabric mode
+// (--fabric=routes: a route to the other node's podCIDR via its
+// InternalIP, as the VPC would route the alias range).
+func dpAliasip(ctx context.Context, fabric *framework.Fabric, cp *framework.ControlPlane, dir, agentBin, pluginBin string) (*dpContender, error) {
+	c := &dpContender{name: "aliasip"}
+	for i := range c.nodes {
+		n, err := fabric.AddNode(fmt.Sprintf("dp-aliasip-%d", i+1), filepath.Join(dir, fmt.Sprintf("aliasip-%d", i+1)))
+		if err != nil {
+			return c, err
+		}
+		c.nodes[i] = n
+		if err := n.RegisterNode(ctx, cp.Client(0), fmt.Sprintf("10.230.%d.0/24", i+1)); err != nil {
+			return c, err
+		}
+		args := append(n.AgentArgs(cp.Kubeconfig, pluginBin), "--fabric", "routes", "--chain-portmap=false", "--pod-gc-grace", "1h")
+		if n.Agent, err = framework.StartProcess(filepath.Join(n.Dir, "agent.log"), nil, agentBin, args...); err != nil {
+			return c, err
+		}
+	}
+	for _, n := range c.nodes {
+		if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+			if n.Agent.Exited() {
+				return false, fmt.Errorf("agent exited (log %s)", n.Agent.Log)
+			}
+			_, err := os.Stat(filepath.Join(n.ConfDir, "10-aliasip.conflist"))
+			return err == nil, nil
+		}); err != nil {
+			return c, fmt.Errorf("agent of %s not ready: %w", n.Name, err)
+		}
+	}
+	c.add = func(ctx context.Context, node int, p *framework.Pod) error { return c.nodes[node].Add(ctx, p) }
+	return c, nil
+}
+
+// dpBridge starts two nodes with Debian's bridge + host-local, configured
+// as kubenet configured them (kubernetes pkg/kubelet/dockershim/network/
+// kubenet/kubenet_linux.go, NET_CONFIG_TEMPLATE, v1.23: "isGateway": true,
+// "ipMasq": false, host-local with a default route): the bridge holds the
+// subnet's gateway address and the plugin turns on IP forwarding
+// (https://www.cni.dev/plugins/current/main/bridge/, isGateway). The pods'
+// MTU is the node interface's, as aliasip sets it. Across nodes each node
+// routes the other's pod subnet via the other's fabric address, with the
+// same route aliasip's --fabric=routes installs (datapath.SyncFabric), as
+// a cloud route or Calico's routed mode would.
+func dpBridge(fabric *framework.Fabric, dir string, mtu int) (*dpContender, error) {
+	c := &dpContender{name: "bridge + host-local (Debian)"}
+	var cnis [2]*libcni.CNIConfig
+	var lists [2]*libcni.NetworkConfigList
+	var routes [2]datapath.FabricRoute
+	for i := range c.nodes {
+		n, err := fabric.AddNode(fmt.Sprintf("dp-bridge-%d", i+1), filepath.Join(dir, fmt.Sprintf("bridge-%d", i+1)))
+		if err != nil {
+			return c, err
+		}
+		c.nodes[i] = n
+		subnet := fmt.Sprintf("10.231.%d.0/24", i+1)
+		conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bridge","plugins":[{"type":"bridge","bridge":"cni0","mtu":%d,
+			"isGateway":true,"ipMasq":false,"hairpinMode":false,
+			"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":%q}}]}`,
+			mtu, subnet, filepath.Join(n.Dir, "host-local"))
+		if lists[i], err = libcni.NetworkConfFromBytes([]byte(conf)); err != nil {
+			return c, err
+		}
+		cnis[i] = libcni.NewCNIConfigWithCacheDir([]string{"/usr/lib/cni"}, filepath.Join(n.Dir, "cni-cache"), nil)
+		routes[i] = datapath.FabricRoute{PodCIDR: netip.MustParsePrefix(subnet), Via: n.IP}
+	}
+	for i, n := range c.nodes {
+		other := routes[1-i]
+		if err := n.NS.Do(func(ns.NetNS) error {
+			_, _, err := datapath.SyncFabric([]datapath.FabricRoute{other})
+			return err
+		}); err != nil {
+			return c, fmt.Errorf("%s: route %v via %v: %w", n.Name, other.PodCIDR, other.Via, err)
+		}
+	}
+	c.add = func(ctx context.Context, node int, p *framework.Pod) error {
+		return c.nodes[node].AddWith(ctx, cnis[node], lists[node], p)
+	}
+	return c, nil
+}
+
+// dpConditions describes what could make the two set-ups differ: the pods'
+// MTU, reverse-path filtering on the node interface, and whether bridged
+// frames go through netfilter.
+func dpConditions(alias, bridge *dpContender, aPod, bPod *framework.Pod) (string, error) {
+	var aMTU, bMTU int
+	var err error
+	if aMTU, err = dpLinkMTU(aPod.NS, "eth0"); err != nil {
+		return "", err
+	}
+	if bMTU, err = dpLinkMTU(bPod.NS, "eth0"); err != nil {
+		return "", err
+	}
+	rp := func(n *framework.Node) string {
+		return dpSysctl(n.NS, "net/ipv4/conf/all/rp_filter") + "/" + dpSysctl(n.NS, "net/ipv4/conf/eth0/rp_filter")
+	}
+	return fmt.Sprintf("pod MTU: aliasip %d, bridge %d; rp_filter all/eth0 on the nodes: aliasip %s, bridge %s; bridge-nf-call-iptables on the bridge nodes: %s",
+		aMTU, bMTU, rp(alias.nodes[0]), rp(bridge.nodes[0]), dpSysctl(bridge.nodes[0].NS, "net/bridge/bridge-nf-call-iptables")), nil
+}
+
+// dpIperfServer runs `iperf3 -s` in the pod's network namespace (nsenter
+// enters it and execs iperf3, so no Go thread changes namespace) and waits
+// until it listens. --forceflush makes it write its "Server listening"
+// line at once into the log file (iperf3(1)).
+func dpIperfServer(ctx context.Context, p *framework.Pod, log string) (*framework.Process, error) {
+	srv, err := framework.StartProcess(log, nil, "nsenter", "--net="+p.NS.Path(), "iperf3", "-s", "--forceflush")
+	if err != nil {
+		return nil, err
+	}
+	err = framework.Eventually(ctx, 10*time.Second, func() (bool, error) {
+		if srv.Exited() {
+			return false, fmt.Errorf("iperf3 -s exited (log %s)", log)
+		}
+		data, _ := os.ReadFile(log)
+		return strings.Contains(string(data), "Server listening"), nil
+	})
+	if err != nil {
+		srv.Stop()
+		return nil, err
+	}
+	return srv, nil
+}
+
+// dpIperf runs one iperf3 client in the pod's namespace and returns the
+// receiver's throughput in Gbit/s. With -O 1 the first second (slow start)
+// is left out of the end sums, and -J prints them as JSON (iperf3(1),
+// https://github.com/esnet/iperf/blob/master/src/iperf3.1); end.sum_received
+// is what the server received.
+func dpIperf(ctx context.Context, p *framework.Pod, dst netip.Addr) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(dpIperfSecs+30)*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nsenter", "--net="+p.NS.Path(), "iperf3", "-c", dst.String(),
+		"-t", fmt.Sprint(dpIperfSecs), "-O", "1", "-J").Output()
+	var rep struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if jerr := json.Unmarshal(out, &rep); jerr != nil || rep.Error != "" || err != nil {
+		return 0, fmt.Errorf("iperf3 -c %v: %w", dst, errors.Join(err, jerr, dpErr(rep.Error)))
+	}
+	return rep.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+func dpErr(s string) error {
+	if s == "" {
+		return nil
+	}
+	return errors.New(s)
+}
+
+func dpLinkMTU(n ns.NetNS, name string) (int, error) {
+	var mtu int
+	err := n.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		mtu = l.Attrs().MTU
+		return nil
+	})
+	return mtu, err
+}
+
+// dpSysctl reads a sysctl as the namespace sees it ("?" if unreadable).
+func dpSysctl(n ns.NetNS, key string) string {
+	v := "?"
+	n.Do(func(ns.NetNS) error {
+		if b, err := os.ReadFile("/proc/sys/" + key); err == nil {
+			v = strings.TrimSpace(string(b))
+		}
+		return nil
+	})
+	return v
+}
+
+func dpMedian(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func dpVerdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "not met"
+}
+
+func dpMicros(d time.Duration) string { return fmt.Sprintf("%d µs", d.Microseconds()) }
