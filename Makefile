@@ -3,18 +3,21 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+# The same flags as the images' binaries (hack/images): static, stripped,
+# so tests and benchmarks run what users deploy.
+LDFLAGS := -s -w -X main.version=$(VERSION)
+GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
 .PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench bench-dataplane bench-restart bench-agent-restart demo clean
 
 help: ## List the targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni.
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
+build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni (static, as in the images).
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
 
 deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, iperf3, helm (cached).
 	./hack/deps.sh

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -359,7 +358,7 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 		aside := fmt.Sprintf("%s.%d.old", statePath, time.Now().Unix())
 		klog.FromContext(ctx).Error(err, "Node podCIDR changed; moving the old IPAM state aside", "podCIDR", podCIDR, "oldState", aside)
 		a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "IPAM state was for another podCIDR (%v); kept aside in %s, now serving %v", err, aside, podCIDR)
-		if rerr := os.Rename(statePath, aside); rerr != nil {
+		if rerr := ipam.MoveAside(statePath, aside); rerr != nil {
 			return fmt.Errorf("%w (and moving it aside failed: %v)", err, rerr)
 		}
 		// The old block's pods cannot be routed any more (the block goes to
@@ -394,7 +393,7 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 // (containerd's CRI plugin, pkg/cri/server, the defaultIfName constant).
 func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR netip.Prefix, cause error) (*ipam.Store, error) {
 	aside := fmt.Sprintf("%s.%d.corrupt", statePath, time.Now().Unix())
-	if err := os.Rename(statePath, aside); err != nil {
+	if err := ipam.MoveAside(statePath, aside); err != nil {
 		return nil, fmt.Errorf("%w (and moving it aside failed: %v)", cause, err)
 	}
 	var pods []datapath.HostPod

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -19,7 +18,7 @@ import (
 )
 
 // serveSocket listens on the root-only unix socket.
-func (a *Agent) serveSocket(ctx context.Context) (*http.Server, error) {
+func (a *Agent) serveSocket(ctx context.Context) (*api.Server, error) {
 	if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o700); err != nil {
 		return nil, err
 	}
@@ -33,136 +32,133 @@ func (a *Agent) serveSocket(ctx context.Context) (*http.Server, error) {
 		return nil, err
 	}
 	srv := newSocketServer(a.handler(ctx))
-	go srv.Serve(ln)
+	go srv.Serve(ctx, ln)
 	return srv, nil
 }
 
 // Socket server limits. The socket is root-only, but a stuck or broken
-// plugin process must not hold a connection (and a goroutine) forever, nor
-// make the agent read an unbounded body.
+// plugin process must not hold a connection (and a goroutine) forever; the
+// request size is bounded by api.MaxMessage.
 var (
-	socketHeaderTimeout = 5 * time.Second
-	socketReadTimeout   = 10 * time.Second
-	socketWriteTimeout  = 30 * time.Second
-	socketIdleTimeout   = 30 * time.Second
+	socketReadTimeout  = 10 * time.Second
+	socketWriteTimeout = 30 * time.Second
 )
 
-const (
-	maxRequestBody   = 1 << 20
-	maxRequestHeader = 16 << 10
-)
+func newSocketServer(h api.Handler) *api.Server {
+	return &api.Server{Handler: h, ReadTimeout: socketReadTimeout, WriteTimeout: socketWriteTimeout}
+}
 
-func newSocketServer(h http.Handler) *http.Server {
-	return &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
-			h.ServeHTTP(w, r)
-		}),
-		ReadHeaderTimeout: socketHeaderTimeout,
-		ReadTimeout:       socketReadTimeout,
-		WriteTimeout:      socketWriteTimeout,
-		IdleTimeout:       socketIdleTimeout,
-		MaxHeaderBytes:    maxRequestHeader,
+// callError is a failed call's answer and its metric label.
+type callError struct {
+	err    *api.Error
+	result string
+}
+
+func fail(result, code, msg string) *callError {
+	return &callError{err: &api.Error{Code: code, Message: msg}, result: result}
+}
+
+func (e *callError) Error() string { return e.err.Error() }
+func (e *callError) Unwrap() error { return e.err }
+
+func decode(body json.RawMessage, v any) error {
+	if err := json.Unmarshal(body, v); err != nil {
+		return fail("invalid", api.CodeInvalid, "bad request: "+err.Error())
 	}
+	return nil
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
-}
+// verbs label the metrics by the CNI verb each call serves.
+var verbs = map[api.Op]string{api.OpAllocate: "ADD", api.OpRelease: "DEL", api.OpGet: "CHECK", api.OpGC: "GC", api.OpStatus: "STATUS"}
 
-func writeErr(w http.ResponseWriter, code int, c, msg string) {
-	writeJSON(w, code, api.ErrorBody{Code: c, Message: msg})
-}
-
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := json.NewDecoder(r.Body).Decode(v); err != nil { // bounded by newSocketServer
-		writeErr(w, http.StatusBadRequest, api.CodeInvalid, "bad request: "+err.Error())
-		return false
-	}
-	return true
-}
-
-func (a *Agent) handler(ctx context.Context) http.Handler {
-	logger := klog.FromContext(ctx)
-	mux := http.NewServeMux()
-	timed := func(verb string, h func(w http.ResponseWriter, r *http.Request) string) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			start := time.Now()
-			result := h(w, r)
-			a.metrics.CNIRequests.WithLabelValues(verb, result).Inc()
-			a.metrics.CNILatency.WithLabelValues(verb).Observe(time.Since(start).Seconds())
+func (a *Agent) handler(ctx context.Context) api.Handler {
+	return func(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+		verb, ok := verbs[op]
+		if !ok {
+			return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("unknown call %q", op)}
 		}
+		start := time.Now()
+		out, err := a.call(ctx, op, body)
+		result := "ok"
+		var ce *callError
+		switch {
+		case errors.As(err, &ce):
+			result = ce.result
+		case err != nil:
+			result = "error"
+		}
+		a.metrics.CNIRequests.WithLabelValues(verb, result).Inc()
+		a.metrics.CNILatency.WithLabelValues(verb).Observe(time.Since(start).Seconds())
+		return out, err
 	}
-	mux.HandleFunc("POST /v1/allocate", timed("ADD", func(w http.ResponseWriter, r *http.Request) string {
+}
+
+func (a *Agent) call(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+	logger := klog.FromContext(ctx)
+	switch op {
+	case api.OpAllocate:
 		var req api.AllocateRequest
-		if !decode(w, r, &req) {
-			return "invalid"
+		if err := decode(body, &req); err != nil {
+			return nil, err
 		}
 		st := a.Status()
 		if !st.Ready {
-			writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, st.Reason)
-			return "not_ready"
+			return nil, fail("not_ready", api.CodeNotReady, st.Reason)
 		}
 		a.mu.Lock()
 		store, mtu, podCIDR := a.store, a.mtu, a.podCIDR
 		a.mu.Unlock()
+		ipamStart := time.Now()
 		al, err := store.Allocate(ipam.Request{Key: ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
 			Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostVeth: req.HostVeth})
 		switch {
 		case errors.Is(err, ipam.ErrExhausted):
 			logger.Info("Pod IP range exhausted", "pod", req.Namespace+"/"+req.Pod)
 			a.event(corev1.EventTypeWarning, EventPodIPsExhausted, "No free address in %v for pod %s/%s", podCIDR, req.Namespace, req.Pod)
-			writeErr(w, http.StatusConflict, api.CodeExhausted, err.Error())
-			return "exhausted"
+			return nil, fail("exhausted", api.CodeExhausted, err.Error())
 		case err != nil:
-			writeErr(w, http.StatusBadRequest, api.CodeInvalid, err.Error())
-			return "error"
+			return nil, fail("error", api.CodeInvalid, err.Error())
 		}
 		logger.V(2).Info("Allocated", "pod", req.Namespace+"/"+req.Pod, "container", req.ContainerID, "ip", al.IP)
-		writeJSON(w, http.StatusOK, api.AllocateResponse{IP: al.IP.String(), PodCIDR: podCIDR.String(), MTU: mtu})
-		return "ok"
-	}))
-	mux.HandleFunc("POST /v1/release", timed("DEL", func(w http.ResponseWriter, r *http.Request) string {
+		return api.AllocateResponse{IP: al.IP.String(), PodCIDR: podCIDR.String(), MTU: mtu,
+			IPAMMicros: time.Since(ipamStart).Microseconds()}, nil
+
+	case api.OpRelease:
 		var att api.Attachment
-		if !decode(w, r, &att) {
-			return "invalid"
+		if err := decode(body, &att); err != nil {
+			return nil, err
 		}
-		store, ok := a.openStore(w)
-		if !ok {
-			return "not_ready"
+		store, err := a.openStore()
+		if err != nil {
+			return nil, err
 		}
 		al, found, err := store.Release(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
 		if err != nil {
-			writeErr(w, http.StatusInternalServerError, api.CodeInternal, err.Error())
-			return "error"
+			return nil, err
 		}
 		a.signal(a.kick)
-		writeJSON(w, http.StatusOK, info(al, found))
-		return "ok"
-	}))
-	mux.HandleFunc("POST /v1/get", timed("CHECK", func(w http.ResponseWriter, r *http.Request) string {
+		return info(al, found), nil
+
+	case api.OpGet:
 		var att api.Attachment
-		if !decode(w, r, &att) {
-			return "invalid"
+		if err := decode(body, &att); err != nil {
+			return nil, err
 		}
-		store, ok := a.openStore(w)
-		if !ok {
-			return "not_ready"
+		store, err := a.openStore()
+		if err != nil {
+			return nil, err
 		}
 		al, found := store.Get(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
-		writeJSON(w, http.StatusOK, info(al, found))
-		return "ok"
-	}))
-	mux.HandleFunc("POST /v1/gc", timed("GC", func(w http.ResponseWriter, r *http.Request) string {
+		return info(al, found), nil
+
+	case api.OpGC:
 		var req api.GCRequest
-		if !decode(w, r, &req) {
-			return "invalid"
+		if err := decode(body, &req); err != nil {
+			return nil, err
 		}
-		store, ok := a.openStore(w)
-		if !ok {
-			return "not_ready"
+		store, err := a.openStore()
+		if err != nil {
+			return nil, err
 		}
 		valid := map[ipam.Key]bool{}
 		for _, v := range req.Valid {
@@ -170,8 +166,7 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		}
 		gone, err := store.Retain(func(al ipam.Allocation) bool { return valid[al.Key] })
 		if err != nil {
-			writeErr(w, http.StatusInternalServerError, api.CodeInternal, err.Error())
-			return "error"
+			return nil, err
 		}
 		resp := api.GCResponse{Released: []api.AllocationInfo{}}
 		for _, al := range gone {
@@ -180,25 +175,21 @@ func (a *Agent) handler(ctx context.Context) http.Handler {
 		}
 		a.metrics.GCReleased.WithLabelValues("cni_gc").Add(float64(len(gone)))
 		a.signal(a.kick)
-		writeJSON(w, http.StatusOK, resp)
-		return "ok"
-	}))
-	mux.HandleFunc("GET /v1/status", timed("STATUS", func(w http.ResponseWriter, r *http.Request) string {
-		writeJSON(w, http.StatusOK, a.Status())
-		return "ok"
-	}))
-	return mux
+		return resp, nil
+
+	default: // api.OpStatus
+		return a.Status(), nil
+	}
 }
 
-// openStore returns the IPAM store, or answers "not ready" when it is not
-// open yet (the agent is still waiting for its podCIDR).
-func (a *Agent) openStore(w http.ResponseWriter) (*ipam.Store, bool) {
+// openStore returns the IPAM store, or "not ready" when it is not open yet
+// (the agent is still waiting for its podCIDR).
+func (a *Agent) openStore() (*ipam.Store, error) {
 	store := a.storeOrNil()
 	if store == nil {
-		writeErr(w, http.StatusServiceUnavailable, api.CodeNotReady, "IPAM not open yet")
-		return nil, false
+		return nil, fail("not_ready", api.CodeNotReady, "IPAM not open yet")
 	}
-	return store, true
+	return store, nil
 }
 
 func (a *Agent) storeOrNil() *ipam.Store {

@@ -1,18 +1,21 @@
-// Package api is the protocol between aliasip-cni and the node agent: JSON
-// over HTTP on a root-only unix socket. The agent owns pod IPAM; the plugin
-// asks it for an address on ADD, hands it back on DEL, and forwards CNI GC
-// and STATUS.
+// Package api is the protocol between aliasip-cni and the node agent: one
+// JSON request and one JSON response per connection on a root-only unix
+// socket. The agent owns pod IPAM; the plugin asks it for an address on ADD,
+// hands it back on DEL, and forwards CNI CHECK, GC and STATUS.
+//
+// It is not HTTP on purpose: the plugin is a new process for every CNI
+// call, and net/http brings TLS, HTTP/2 and x509 into its start-up (their
+// package initialisation alone was a large part of ADD's time outside the
+// plugin's own work; see the ADD breakdown in test/bench/cni_test.go).
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"time"
 )
 
@@ -46,6 +49,9 @@ type AllocateResponse struct {
 	IP      string `json:"ip"`      // the pod address, e.g. 10.4.1.7
 	PodCIDR string `json:"podCIDR"` // the node's block
 	MTU     int    `json:"mtu"`     // of the host interface
+	// IPAMMicros is the agent's time in IPAM for this call (lock, pick,
+	// durable save): the plugin logs it in its ADD breakdown.
+	IPAMMicros int64 `json:"ipamMicros,omitempty"`
 }
 
 // AllocationInfo describes one allocation: the one released, or looked up.
@@ -74,7 +80,7 @@ type Status struct {
 	PodCIDR string `json:"podCIDR,omitempty"`
 }
 
-// ErrorBody is every non-2xx answer.
+// ErrorBody is a failed call's answer.
 type ErrorBody struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
@@ -91,55 +97,81 @@ func (e *Error) Error() string { return e.Message }
 // ErrUnreachable wraps failures to reach the agent at all.
 var ErrUnreachable = errors.New("node agent unreachable")
 
+// Op names a call.
+type Op string
+
+// The calls.
+const (
+	OpAllocate Op = "allocate" // AllocateRequest → AllocateResponse
+	OpRelease  Op = "release"  // Attachment → AllocationInfo
+	OpGet      Op = "get"      // Attachment → AllocationInfo
+	OpGC       Op = "gc"       // GCRequest → GCResponse
+	OpStatus   Op = "status"   // nothing → Status
+)
+
+// Request is what the plugin sends: the call and its argument.
+type Request struct {
+	Op   Op              `json:"op"`
+	Body json.RawMessage `json:"body,omitempty"`
+}
+
+// Response is what the agent answers: an error, or the call's result.
+type Response struct {
+	Error *ErrorBody      `json:"error,omitempty"`
+	Body  json.RawMessage `json:"body,omitempty"`
+}
+
+// MaxMessage bounds a request or a response on the wire.
+const MaxMessage = 1 << 20
+
 // Client talks to the agent's socket.
 type Client struct {
-	hc     *http.Client
-	socket string
+	socket  string
+	timeout time.Duration
 }
 
-// NewClient returns a client for the socket at path.
+// NewClient returns a client for the socket at path; each call takes at
+// most timeout.
 func NewClient(socket string, timeout time.Duration) *Client {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableKeepAlives: true,
-	}
-	return &Client{hc: &http.Client{Transport: tr, Timeout: timeout}, socket: socket}
+	return &Client{socket: socket, timeout: timeout}
 }
 
-func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+func (c *Client) do(ctx context.Context, op Op, in, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.socket)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %v", ErrUnreachable, c.socket, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	req := Request{Op: op}
 	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
+		if req.Body, err = json.Marshal(in); err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://aliasip"+path, body)
-	if err != nil {
-		return err
+	if err := json.NewEncoder(conn).Encode(req); err != nil {
+		return fmt.Errorf("%w at %s: send: %v", ErrUnreachable, c.socket, err)
 	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w at %s: %v", ErrUnreachable, c.socket, err)
+	var resp Response
+	if err := json.NewDecoder(io.LimitReader(conn, MaxMessage)).Decode(&resp); err != nil {
+		return fmt.Errorf("%w at %s: no answer: %v", ErrUnreachable, c.socket, err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("%w at %s: %v", ErrUnreachable, c.socket, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var eb ErrorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Code == "" {
-			eb = ErrorBody{Code: CodeInternal, Message: fmt.Sprintf("agent answered %s: %s", resp.Status, bytes.TrimSpace(data))}
+	if resp.Error != nil {
+		code := resp.Error.Code
+		if code == "" {
+			code = CodeInternal
 		}
-		return &Error{Code: eb.Code, Message: eb.Message}
+		return &Error{Code: code, Message: resp.Error.Message}
 	}
 	if out != nil {
-		return json.Unmarshal(data, out)
+		if err := json.Unmarshal(resp.Body, out); err != nil {
+			return fmt.Errorf("agent answered %s with %q: %w", op, resp.Body, err)
+		}
 	}
 	return nil
 }
@@ -147,30 +179,29 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 // Allocate asks for an address.
 func (c *Client) Allocate(ctx context.Context, r AllocateRequest) (*AllocateResponse, error) {
 	var out AllocateResponse
-	return &out, c.do(ctx, http.MethodPost, "/v1/allocate", r, &out)
+	return &out, c.do(ctx, OpAllocate, r, &out)
 }
 
 // Release frees an attachment's address; unknown attachments are not an error.
 func (c *Client) Release(ctx context.Context, a Attachment) (*AllocationInfo, error) {
 	var out AllocationInfo
-	return &out, c.do(ctx, http.MethodPost, "/v1/release", a, &out)
+	return &out, c.do(ctx, OpRelease, a, &out)
 }
 
 // Get returns the attachment's allocation (Found false: none).
 func (c *Client) Get(ctx context.Context, a Attachment) (*AllocationInfo, error) {
 	var out AllocationInfo
-	return &out, c.do(ctx, http.MethodPost, "/v1/get", a, &out)
+	return &out, c.do(ctx, OpGet, a, &out)
 }
 
 // GC releases every attachment not in valid.
 func (c *Client) GC(ctx context.Context, valid []Attachment) (*GCResponse, error) {
 	var out GCResponse
-	return &out, c.do(ctx, http.MethodPost, "/v1/gc", GCRequest{Valid: valid}, &out)
+	return &out, c.do(ctx, OpGC, GCRequest{Valid: valid}, &out)
 }
 
 // Status asks whether the agent can serve ADD.
 func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var out Status
-	err := c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
-	return &out, err
+	return &out, c.do(ctx, OpStatus, nil, &out)
 }

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -141,24 +142,26 @@ func agentError(what string, err error) error {
 }
 
 func cmdAdd(args *skel.CmdArgs) error {
+	start := time.Now()
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
 		return err
 	}
 	lg, done := logger(conf)
 	defer done()
-	start := time.Now()
 	pod := podOf(args)
 	veth := hostVeth(args, pod)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
 	defer cancel()
 	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	allocStart := time.Now()
 	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Namespace: pod.namespace, Pod: pod.name, PodUID: pod.uid, HostVeth: veth})
 	if err != nil {
 		lg.Printf("ADD %s %s/%s: allocate: %v", args.ContainerID, pod.namespace, pod.name, err)
 		return agentError("allocate pod IP", err)
 	}
+	allocTook := time.Since(allocStart)
 	ip, err := netip.ParseAddr(alloc.IP)
 	if err != nil {
 		return types.NewError(types.ErrInternal, "agent returned a bad address", alloc.IP)
@@ -185,8 +188,23 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}},
 		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: datapath.GatewayIP.AsSlice()}},
 	}
-	lg.Printf("ADD %s %s/%s: %v on %s in %v", args.ContainerID, pod.namespace, pod.name, ip, veth, time.Since(start))
+	lg.Printf("ADD %s %s/%s: %v on %s in %v [%s]", args.ContainerID, pod.namespace, pod.name, ip, veth, time.Since(start), breakdown(start, allocStart, allocTook, alloc.IPAMMicros, res.Phases))
 	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// breakdown is the ADD log's account of where the time went, in µs:
+// "total=… setup=… allocate=… ipam=… netns=… veth=…" — total is from the
+// plugin's main to the result, setup is config and log
+// before the agent is asked, allocate the socket round trip of which ipam is
+// the agent's IPAM (save included), then SetupPod's phases. The benchmark
+// parses it (test/bench/cni_test.go).
+func breakdown(start, allocStart time.Time, allocTook time.Duration, ipamMicros int64, phases []datapath.Phase) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "total=%d setup=%d allocate=%d ipam=%d", time.Since(start).Microseconds(), allocStart.Sub(start).Microseconds(), allocTook.Microseconds(), ipamMicros)
+	for _, p := range phases {
+		fmt.Fprintf(&b, " %s=%d", p.Name, p.Took.Microseconds())
+	}
+	return b.String()
 }
 
 // cmdDel releases the address and removes the host veth. A missing netns,

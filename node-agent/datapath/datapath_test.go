@@ -317,3 +317,42 @@ func TestHostVethName(t *testing.T) {
 		t.Fatal("not deterministic")
 	}
 }
+
+// SetupPod returns only once both veth ends are operationally up: before
+// that the kernel drops the pod's first packets (see waitOperUp).
+func TestSetupPodReturnsWithLinksUp(t *testing.T) {
+	host := newHost(t)
+	for i := 0; i < 20; i++ {
+		pod, err := testutils.NewNS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pod.Close(); testutils.UnmountNS(pod) })
+		p := Pod{NetNS: pod.Path(), IfName: "eth0", HostVeth: HostVethName("up", fmt.Sprint("pod", i)),
+			ContainerID: fmt.Sprint("c", i), IP: netip.MustParseAddr(fmt.Sprintf("10.99.1.%d", i+2)), MTU: 1460}
+		var hostState, podState netlink.LinkOperState
+		if err := host.Do(func(ns.NetNS) error {
+			res, err := SetupPod(p)
+			if err != nil {
+				return err
+			}
+			l, err := netlink.LinkByName(p.HostVeth)
+			if err != nil {
+				return err
+			}
+			hostState = l.Attrs().OperState
+			return pod.Do(func(ns.NetNS) error {
+				l, err := netlink.LinkByIndex(res.PodIfIndex)
+				if err == nil {
+					podState = l.Attrs().OperState
+				}
+				return err
+			})
+		}); err != nil {
+			t.Fatalf("SetupPod: %v", err)
+		}
+		if hostState != netlink.OperUp || podState != netlink.OperUp {
+			t.Errorf("pod %d: SetupPod returned with host end %v, pod end %v; want both up", i, hostState, podState)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -54,12 +55,30 @@ type Pod struct {
 type SetupResult struct {
 	HostMAC, PodMAC net.HardwareAddr
 	PodIfIndex      int
+	// Phases is where SetupPod's time went, in order: the plugin logs it
+	// as its ADD breakdown.
+	Phases []Phase
+}
+
+// Phase is one timed step of SetupPod.
+type Phase struct {
+	Name string
+	Took time.Duration
+}
+
+// mark appends the step that ended now and restarts the clock.
+func (r *SetupResult) mark(name string, since *time.Time) {
+	now := time.Now()
+	r.Phases = append(r.Phases, Phase{name, now.Sub(*since)})
+	*since = now
 }
 
 // SetupPod builds the pod's data path; the calling goroutine's namespace is
 // the host. A stale host veth of the same name and a stale /32 route for the
 // address are replaced.
 func SetupPod(p Pod) (*SetupResult, error) {
+	res := &SetupResult{}
+	clock := time.Now()
 	hostNS, err := ns.GetCurrentNS()
 	if err != nil {
 		return nil, err
@@ -78,7 +97,7 @@ func SetupPod(p Pod) (*SetupResult, error) {
 		}
 	}
 
-	res := &SetupResult{}
+	res.mark("netns", &clock)
 	err = podNS.Do(func(ns.NetNS) error {
 		if old, err := netlinksafe.LinkByName(p.IfName); err == nil {
 			// A repeated ADD: start over.
@@ -98,6 +117,7 @@ func SetupPod(p Pod) (*SetupResult, error) {
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("create veth %s/%s: %w", p.IfName, p.HostVeth, err)
 		}
+		res.mark("veth", &clock)
 		link, err := netlinksafe.LinkByName(p.IfName)
 		if err != nil {
 			return err
@@ -119,6 +139,7 @@ func SetupPod(p Pod) (*SetupResult, error) {
 		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: GatewayIP.AsSlice()}); err != nil {
 			return fmt.Errorf("default route: %w", err)
 		}
+		res.mark("pod-side", &clock)
 		return nil
 	})
 	if err != nil {
@@ -135,9 +156,11 @@ func SetupPod(p Pod) (*SetupResult, error) {
 	if err := netlink.LinkSetAlias(host, p.ContainerID); err != nil {
 		return nil, err
 	}
+	res.mark("host-link", &clock)
 	if _, err := ConfigureHostVeth(p.HostVeth); err != nil {
 		return nil, err
 	}
+	res.mark("sysctls", &clock)
 	if err := netlink.LinkSetUp(host); err != nil {
 		return nil, err
 	}
@@ -146,7 +169,60 @@ func SetupPod(p Pod) (*SetupResult, error) {
 	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: ipNet(netip.PrefixFrom(p.IP, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
 		return nil, fmt.Errorf("route %v dev %s: %w", p.IP, p.HostVeth, err)
 	}
+	res.mark("host-route", &clock)
+	// Return only once both ends are operationally up. Until the kernel's
+	// link watcher has processed the carrier change it leaves the device
+	// on the noop qdisc, which drops every packet (net/core/link_watch.c,
+	// linkwatch_do_dev → dev_activate; net/sched/sch_generic.c,
+	// noop_enqueue), and the watcher may batch that change for up to a
+	// second: the pod's first ARP was lost and retried 1 s later in about
+	// one ADD in eight (BenchmarkDataPlane's first-packet column).
+	if err := waitOperUp(host.Attrs().Index, podNS, res.PodIfIndex, operUpTimeout); err != nil {
+		return nil, err
+	}
+	res.mark("oper-up", &clock)
 	return res, nil
+}
+
+// operUpTimeout bounds the wait for both veth ends to come up; past it the
+// link watcher is stuck and ADD fails rather than hand out a dead pod.
+var operUpTimeout = 3 * time.Second
+
+// waitOperUp polls, in the calling goroutine's namespace and in podNS,
+// until both ends report IF_OPER_UP.
+func waitOperUp(hostIndex int, podNS ns.NetNS, podIndex int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	pause := 100 * time.Microsecond
+	hostUp, podUp := false, false
+	for {
+		if !hostUp {
+			l, err := netlink.LinkByIndex(hostIndex)
+			if err != nil {
+				return fmt.Errorf("host veth: %w", err)
+			}
+			hostUp = l.Attrs().OperState == netlink.OperUp
+		}
+		if hostUp && !podUp {
+			err := podNS.Do(func(ns.NetNS) error {
+				l, err := netlink.LinkByIndex(podIndex)
+				if err == nil {
+					podUp = l.Attrs().OperState == netlink.OperUp
+				}
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("pod interface: %w", err)
+			}
+		}
+		if hostUp && podUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("veth not operationally up after %v (host end up: %v, pod end up: %v)", timeout, hostUp, podUp)
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 10*time.Millisecond)
+	}
 }
 
 // hostVethSysctls are the host end's settings, each with its reason.

@@ -3,16 +3,23 @@
 // namespace/name and host veth recorded, persisted so that a crash or
 // restart of the agent loses nothing.
 //
-// The state is one JSON file, rewritten on every change through a temporary
+// The state is a snapshot (one JSON file) and a journal beside it (one JSON
+// record per line). A change is one record appended to the journal with a
+// single write and made durable with fdatasync before the call returns: one
+// flush on the ADD path, where rewriting the snapshot costs two (file and
+// directory) and a rename. The snapshot is rewritten — through a temporary
 // file that is fsynced, renamed over the old one, and whose directory is
-// fsynced: a reader (or a restarted agent) sees the old state or the new
-// one, never a torn one, even across a power loss (a rename without the
-// fsyncs can leave a 0-byte file on XFS and ext4 with delalloc). A state
-// file that is empty or corrupt anyway is reported as ErrCorrupt, so the
-// caller can rebuild the allocations from the host (Recover) instead of
-// crash-looping. A failed save rolls the in-memory change back. The state
-// directory is locked (flock) for as long as the Store is open: two agents
-// never share it.
+// fsynced, so a reader sees the old snapshot or the new one, never a torn
+// one — when the store opens and when the journal grows past a bound; it
+// carries the sequence number of the last record it holds, so records it
+// already covers are skipped if a crash leaves them behind. A torn last
+// record (a power loss in the middle of a write) is dropped: the call that
+// wrote it never returned. A snapshot that is empty or corrupt, or a journal
+// corrupt before its last record, is reported as ErrCorrupt, so the caller
+// can rebuild the allocations from the host (Recover) instead of
+// crash-looping. A failed write rolls the in-memory change back and takes
+// the record out of the journal again. The state directory is locked
+// (flock) for as long as the Store is open: two agents never share it.
 //
 // Freed addresses cool down before reuse, so a packet for a deleted pod is
 // not delivered to its successor. The podCIDR's network address, its first
@@ -21,6 +28,7 @@
 package ipam
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +39,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrExhausted: every address of the podCIDR is in use or cooling down.
@@ -74,6 +84,8 @@ type Request struct {
 }
 
 type fileState struct {
+	// Seq is the last journal record the snapshot holds.
+	Seq         uint64                   `json:"seq,omitempty"`
 	PodCIDR     netip.Prefix             `json:"podCIDR"`
 	Allocations []Allocation             `json:"allocations"`
 	Cooling     map[netip.Addr]time.Time `json:"cooling,omitempty"`
@@ -89,6 +101,13 @@ type Store struct {
 	lock *os.File // flock held on the state directory's lock file
 
 	mu      sync.Mutex
+	journal *os.File // path + JournalSuffix, opened for appending
+	jsize   int64    // bytes in the journal
+	seq     uint64   // of the last record written (or lost to a failed write)
+	// broken: a failed write may have left a record in the journal that
+	// could not be taken out again; the next change rewrites the snapshot
+	// (which covers it) before anything is appended.
+	broken  bool
 	allocs  map[Key]*Allocation
 	byIP    map[netip.Addr]Key
 	cooling map[netip.Addr]time.Time
@@ -133,11 +152,26 @@ func Recover(path string, podCIDR netip.Prefix, cooldown time.Duration, allocs [
 		s.allocs[a.Key] = &a
 		s.byIP[a.IP] = a.Key
 	}
-	if err := s.save(); err != nil {
+	if err := s.compact(); err != nil {
 		s.Close()
 		return nil, err
 	}
 	return s, nil
+}
+
+// JournalSuffix names the journal: the snapshot's path and this.
+const JournalSuffix = ".journal"
+
+// MoveAside renames the state at path (snapshot and journal) to aside, so
+// that ReadAllocations(aside) still reads it whole.
+func MoveAside(path, aside string) error {
+	if err := os.Rename(path, aside); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Rename(path+JournalSuffix, aside+JournalSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
@@ -156,8 +190,13 @@ func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store
 		lock.Close()
 		return nil, fmt.Errorf("%w: %s: %v", ErrLocked, filepath.Dir(path), err)
 	}
+	journal, err := os.OpenFile(path+JournalSuffix, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("IPAM journal: %w", err)
+	}
 	return &Store{
-		path: path, cidr: podCIDR, cooldown: cooldown, now: time.Now, lock: lock,
+		path: path, cidr: podCIDR, cooldown: cooldown, now: time.Now, lock: lock, journal: journal,
 		allocs: map[Key]*Allocation{}, byIP: map[netip.Addr]Key{}, cooling: map[netip.Addr]time.Time{},
 	}, nil
 }
@@ -167,16 +206,33 @@ func (s *Store) Close() error {
 	if s.lock == nil {
 		return nil
 	}
+	s.journal.Close()
 	err := s.lock.Close() // closing the descriptor drops the flock
 	s.lock = nil
 	return err
 }
 
 func (s *Store) load() error {
+	if err := s.read(); err != nil {
+		return err
+	}
+	// Start with a snapshot of everything and an empty journal.
+	return s.compact()
+}
+
+// read fills the maps from the snapshot and the journal. With no cidr set
+// (ReadAllocations) the snapshot's is taken.
+func (s *Store) read() error {
+	journal, jerr := os.ReadFile(s.path + JournalSuffix)
+	if jerr != nil && !errors.Is(jerr, os.ErrNotExist) {
+		return fmt.Errorf("read IPAM journal: %w", jerr)
+	}
 	data, err := os.ReadFile(s.path)
 	switch {
+	case errors.Is(err, os.ErrNotExist) && len(journal) == 0:
+		return nil // a new store
 	case errors.Is(err, os.ErrNotExist):
-		return s.save()
+		return fmt.Errorf("%w: %s is missing but its journal is not", ErrCorrupt, s.path)
 	case err != nil:
 		return fmt.Errorf("read IPAM state: %w", err)
 	}
@@ -187,38 +243,96 @@ func (s *Store) load() error {
 	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, err)
 	}
+	if !s.cidr.IsValid() {
+		s.cidr = st.PodCIDR
+	}
 	if st.PodCIDR.IsValid() && st.PodCIDR != s.cidr {
 		return fmt.Errorf("%w: %s holds %v, the node now has %v", ErrPodCIDRChanged, s.path, st.PodCIDR, s.cidr)
 	}
 	for i := range st.Allocations {
-		a := st.Allocations[i]
-		if !s.cidr.Contains(a.IP) {
-			return fmt.Errorf("%w: %s: %v (%s) outside %v", ErrCorrupt, s.path, a.IP, a.Key, s.cidr)
+		if err := s.add(&st.Allocations[i]); err != nil {
+			return fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, err)
 		}
-		if other, dup := s.byIP[a.IP]; dup {
-			return fmt.Errorf("%w: %s: %v held by both %s and %s", ErrCorrupt, s.path, a.IP, other, a.Key)
-		}
-		s.allocs[a.Key] = &a
-		s.byIP[a.IP] = a.Key
 	}
 	for ip, t := range st.Cooling {
 		s.cooling[ip] = t
 	}
+	s.seq = st.Seq
+	return s.replay(journal)
+}
+
+// add puts a stored allocation in the maps, refusing what no save writes.
+func (s *Store) add(a *Allocation) error {
+	if !s.cidr.Contains(a.IP) {
+		return fmt.Errorf("%v (%s) outside %v", a.IP, a.Key, s.cidr)
+	}
+	if other, dup := s.byIP[a.IP]; dup && other != a.Key {
+		return fmt.Errorf("%v held by both %s and %s", a.IP, other, a.Key)
+	}
+	if old, ok := s.allocs[a.Key]; ok {
+		delete(s.byIP, old.IP)
+	}
+	s.allocs[a.Key] = a
+	s.byIP[a.IP] = a.Key
+	delete(s.cooling, a.IP)
 	return nil
 }
 
-// ReadAllocations reads the allocations of a state file without opening a
-// store on it (an old state kept aside).
+// record is one journal line: an allocation made, or one released (and
+// when its address may be reused).
+type record struct {
+	Seq       uint64      `json:"seq"`
+	Add       *Allocation `json:"add,omitempty"`
+	Del       *Key        `json:"del,omitempty"`
+	CoolUntil *time.Time  `json:"coolUntil,omitempty"`
+}
+
+// replay applies the journal's records newer than the snapshot.
+func (s *Store) replay(journal []byte) error {
+	for len(journal) > 0 {
+		line, rest, complete := bytes.Cut(journal, []byte("\n"))
+		journal = rest
+		var r record
+		if err := json.Unmarshal(line, &r); err != nil || (r.Add == nil) == (r.Del == nil) {
+			if !complete || len(bytes.TrimSpace(rest)) == 0 {
+				// The last record, torn by a crash in its write: the call
+				// that wrote it never returned, nobody was given its result.
+				return nil
+			}
+			return fmt.Errorf("%w: %s%s: bad record %q", ErrCorrupt, s.path, JournalSuffix, line)
+		}
+		if r.Seq <= s.seq {
+			continue // in the snapshot already
+		}
+		s.seq = r.Seq
+		if r.Add != nil {
+			if err := s.add(r.Add); err != nil {
+				return fmt.Errorf("%w: %s%s: %v", ErrCorrupt, s.path, JournalSuffix, err)
+			}
+			continue
+		}
+		if a, ok := s.allocs[*r.Del]; ok {
+			delete(s.allocs, a.Key)
+			delete(s.byIP, a.IP)
+			if r.CoolUntil != nil {
+				s.cooling[a.IP] = *r.CoolUntil
+			}
+		}
+	}
+	return nil
+}
+
+// ReadAllocations reads the allocations of a state (snapshot and journal)
+// without opening a store on it: an old state kept aside by MoveAside.
 func ReadAllocations(path string) ([]Allocation, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
+	s := &Store{path: path, allocs: map[Key]*Allocation{}, byIP: map[netip.Addr]Key{}, cooling: map[netip.Addr]time.Time{}}
+	if _, err := os.Stat(path); err != nil {
 		return nil, err
 	}
-	var st fileState
-	if err := json.Unmarshal(data, &st); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorrupt, path, err)
+	if err := s.read(); err != nil {
+		return nil, err
 	}
-	return st.Allocations, nil
+	return s.snapshot().Allocations, nil
 }
 
 // PodCIDR returns the range addresses come from.
@@ -244,7 +358,7 @@ func (s *Store) Allocate(req Request) (Allocation, error) {
 	s.byIP[ip] = req.Key
 	delete(s.cooling, ip)
 	s.next = ip.Next()
-	if err := s.save(); err != nil {
+	if err := s.write(record{Add: a}); err != nil {
 		delete(s.allocs, req.Key)
 		delete(s.byIP, ip)
 		return Allocation{}, err
@@ -261,8 +375,8 @@ func (s *Store) Release(k Key) (Allocation, bool, error) {
 	if !ok {
 		return Allocation{}, false, nil
 	}
-	undo := s.drop(a)
-	if err := s.save(); err != nil {
+	undo, rec := s.drop(a)
+	if err := s.write(rec); err != nil {
 		undo()
 		return Allocation{}, false, err
 	}
@@ -276,16 +390,19 @@ func (s *Store) Retain(keep func(Allocation) bool) ([]Allocation, error) {
 	defer s.mu.Unlock()
 	var out []Allocation
 	var undos []func()
+	var recs []record
 	for _, a := range s.allocs {
 		if !keep(*a) {
 			out = append(out, *a)
-			undos = append(undos, s.drop(a))
+			undo, rec := s.drop(a)
+			undos = append(undos, undo)
+			recs = append(recs, rec)
 		}
 	}
 	if len(out) == 0 {
 		return nil, nil
 	}
-	if err := s.save(); err != nil {
+	if err := s.write(recs...); err != nil {
 		for _, u := range undos {
 			u()
 		}
@@ -295,13 +412,17 @@ func (s *Store) Retain(keep func(Allocation) bool) ([]Allocation, error) {
 }
 
 // drop removes an allocation (its address cools down) and returns what
-// puts it back, for a save that fails.
-func (s *Store) drop(a *Allocation) (undo func()) {
+// puts it back, for a write that fails, and the journal record.
+func (s *Store) drop(a *Allocation) (undo func(), rec record) {
 	delete(s.allocs, a.Key)
 	delete(s.byIP, a.IP)
 	prev, wasCooling := s.cooling[a.IP]
+	key := a.Key
+	rec = record{Del: &key}
 	if s.cooldown > 0 {
-		s.cooling[a.IP] = s.now().Add(s.cooldown).UTC()
+		until := s.now().Add(s.cooldown).UTC()
+		s.cooling[a.IP] = until
+		rec.CoolUntil = &until
 	}
 	return func() {
 		s.allocs[a.Key] = a
@@ -311,7 +432,7 @@ func (s *Store) drop(a *Allocation) (undo func()) {
 		} else {
 			delete(s.cooling, a.IP)
 		}
-	}
+	}, rec
 }
 
 // Get returns the attachment's allocation.
@@ -392,20 +513,100 @@ func (s *Store) findFree() (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// save writes the state atomically (temporary file, then rename).
-func (s *Store) save() error {
-	st := fileState{PodCIDR: s.cidr, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
+// maxJournal bounds the journal: past it the next change rewrites the
+// snapshot instead (a /24 of pods churning writes ~250 bytes a change).
+var maxJournal int64 = 256 << 10
+
+// write makes recs durable: appended to the journal in one write and
+// fdatasynced, or — when the journal is full or a failed write may have
+// left a record in it — the whole state in a new snapshot. On error the
+// caller rolls its in-memory change back; no record of it stays behind.
+func (s *Store) write(recs ...record) error {
+	first := s.seq + 1
+	s.seq += uint64(len(recs)) // consumed even on failure: see broken
+	if s.broken || s.jsize >= maxJournal {
+		return s.compact()
+	}
+	var buf bytes.Buffer
+	for i := range recs {
+		recs[i].Seq = first + uint64(i)
+		line, err := json.Marshal(recs[i])
+		if err != nil {
+			return err
+		}
+		buf.Write(line)
+		buf.WriteByte('\n')
+	}
+	n, err := s.journal.Write(buf.Bytes())
+	if err == nil {
+		// fdatasync: the records and the file's new size, not its times.
+		err = unix.Fdatasync(int(s.journal.Fd()))
+	}
+	if err != nil {
+		// Take the record out again, whether or not it reached the disk,
+		// so that it is never replayed. If even that fails, the next
+		// change writes a snapshot first, whose sequence number (the
+		// failed records' were consumed) covers whatever is left.
+		if terr := s.truncateJournal(s.jsize); terr != nil {
+			s.broken = true
+		}
+		return fmt.Errorf("write IPAM journal: %w", err)
+	}
+	s.jsize += int64(n)
+	return nil
+}
+
+// compact writes the whole state as a new snapshot, then empties the
+// journal (the snapshot's sequence number covers every record in it, should
+// a crash come in between).
+func (s *Store) compact() error {
+	if err := s.save(); err != nil {
+		// The rename may have happened before the failure: rewrite the
+		// snapshot from memory (rolled back by the caller) next time.
+		s.broken = true
+		return err
+	}
+	if err := s.truncateJournal(0); err != nil {
+		s.broken = true
+		return nil // the snapshot is durable; the journal is emptied next time
+	}
+	s.broken = false
+	return nil
+}
+
+func (s *Store) truncateJournal(size int64) error {
+	if err := s.journal.Truncate(size); err != nil {
+		return err
+	}
+	if err := unix.Fdatasync(int(s.journal.Fd())); err != nil {
+		return err
+	}
+	s.jsize = size
+	return nil
+}
+
+// snapshot is the state as the snapshot file holds it.
+func (s *Store) snapshot() fileState {
+	st := fileState{Seq: s.seq, PodCIDR: s.cidr, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
 	for _, a := range s.allocs {
 		st.Allocations = append(st.Allocations, *a)
 	}
 	sort.Slice(st.Allocations, func(i, j int) bool { return st.Allocations[i].IP.Less(st.Allocations[j].IP) })
-	now := s.now()
+	now := time.Now()
+	if s.now != nil {
+		now = s.now()
+	}
 	for ip, t := range s.cooling {
 		if now.Before(t) {
 			st.Cooling[ip] = t
 		}
 	}
-	data, err := json.MarshalIndent(st, "", " ")
+	return st
+}
+
+// save writes the snapshot atomically (temporary file, then rename).
+func (s *Store) save() error {
+	data, err := json.MarshalIndent(s.snapshot(), "", " ")
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,16 +150,25 @@ func TestRecover(t *testing.T) {
 	}
 }
 
-// A save that fails leaves memory as it was: the release did not happen.
+// A write that fails leaves memory as it was (the release did not happen),
+// and leaves nothing behind that a restarted agent would replay.
 func TestFailedSaveRollsBack(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.json")
 	s := open(t, path, "10.1.2.0/24", time.Hour)
 	a, _ := s.Allocate(req("a"))
-	if err := os.Mkdir(path+".tmp", 0o700); err != nil { // the temporary file cannot be written
+	// The journal cannot be written (nor truncated), and neither can the
+	// snapshot's temporary file.
+	ro, err := os.Open(path + JournalSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.journal.Close()
+	s.journal = ro
+	if err := os.Mkdir(path+".tmp", 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := s.Release(a.Key); err == nil {
-		t.Fatal("release saved through an unwritable temporary file")
+		t.Fatal("release saved through an unwritable journal")
 	}
 	if got, ok := s.Get(a.Key); !ok || got.IP != a.IP {
 		t.Fatalf("failed release changed memory: %v %v", got, ok)
@@ -168,6 +178,153 @@ func TestFailedSaveRollsBack(t *testing.T) {
 	}
 	if used, _, cooling := s.Stats(); used != 1 || cooling != 0 {
 		t.Fatalf("failed retain changed memory: used %d cooling %d", used, cooling)
+	}
+	// Writable again: the next change rewrites the snapshot first, and a
+	// reopened store holds exactly what memory did.
+	os.Remove(path + ".tmp")
+	b, err := s.Allocate(req("b"))
+	if err != nil {
+		t.Fatalf("allocate once writable again: %v", err)
+	}
+	s.Close()
+	s2 := open(t, path, "10.1.2.0/24", time.Hour)
+	if got, ok := s2.Get(a.Key); !ok || got.IP != a.IP {
+		t.Errorf("a's allocation lost after the failed release: %v %v", got, ok)
+	}
+	if got, ok := s2.Get(b.Key); !ok || got.IP != b.IP {
+		t.Errorf("b's allocation lost: %v %v", got, ok)
+	}
+	if used, _, cooling := s2.Stats(); used != 2 || cooling != 0 {
+		t.Errorf("reopened: used %d cooling %d, want 2 and 0", used, cooling)
+	}
+}
+
+// Changes go to the journal (one record each), and a reopened store replays
+// them; a record torn by a crash in its write is the last one and is
+// dropped; a bad record before others is corruption.
+func TestJournal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.json")
+	s := open(t, path, "10.1.2.0/24", time.Hour)
+	snap, _ := os.ReadFile(path)
+	a, _ := s.Allocate(req("a"))
+	b, _ := s.Allocate(req("b"))
+	s.Release(b.Key)
+	s.Close()
+	if now, _ := os.ReadFile(path); string(now) != string(snap) {
+		t.Error("a change rewrote the snapshot; it should only append to the journal")
+	}
+	journal, _ := os.ReadFile(path + JournalSuffix)
+	if n := strings.Count(string(journal), "\n"); n != 3 {
+		t.Fatalf("journal holds %d records, want 3:\n%s", n, journal)
+	}
+
+	torn := append(append([]byte{}, journal...), []byte(`{"seq":4,"add":{"containerID":"c","ifN`)...)
+	os.WriteFile(path+JournalSuffix, torn, 0o600)
+	s2 := open(t, path, "10.1.2.0/24", time.Hour)
+	if got, ok := s2.Get(a.Key); !ok || got.IP != a.IP {
+		t.Fatalf("replayed: %v %v", got, ok)
+	}
+	if _, ok := s2.Get(b.Key); ok {
+		t.Fatal("the release of b was not replayed")
+	}
+	if used, _, cooling := s2.Stats(); used != 1 || cooling != 1 {
+		t.Fatalf("replayed: used %d cooling %d, want 1 and 1", used, cooling)
+	}
+	if _, ok := s2.Get(Key{ContainerID: "c", IfName: "eth0"}); ok {
+		t.Fatal("a torn record was applied")
+	}
+	if st, _ := os.Stat(path + JournalSuffix); st.Size() != 0 {
+		t.Errorf("journal not emptied into the snapshot on open: %d bytes", st.Size())
+	}
+	s2.Close()
+
+	// Garbage followed by a good record: not a torn write.
+	os.WriteFile(path+JournalSuffix, []byte("garbage\n"+`{"seq":99,"del":{"containerID":"a","ifName":"eth0"}}`+"\n"), 0o600)
+	if _, err := Open(path, netip.MustParsePrefix("10.1.2.0/24"), 0); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("corrupt journal: %v, want ErrCorrupt", err)
+	}
+	// A journal without its snapshot: the state is lost, not empty.
+	os.Remove(path)
+	if _, err := Open(path, netip.MustParsePrefix("10.1.2.0/24"), 0); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("journal without snapshot: %v, want ErrCorrupt", err)
+	}
+}
+
+// A crash between writing a snapshot and emptying the journal leaves
+// records the snapshot already holds: they are skipped, not applied again
+// over newer state.
+func TestSnapshotCoversJournal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.json")
+	s := open(t, path, "10.1.2.0/24", 0)
+	a, _ := s.Allocate(req("a"))
+	old, _ := os.ReadFile(path + JournalSuffix) // "a allocated"
+	s.Release(a.Key)
+	b, _ := s.Allocate(req("b"))
+	s.Close()
+	s2 := open(t, path, "10.1.2.0/24", 0) // compacts: snapshot with b only
+	s2.Close()
+	os.WriteFile(path+JournalSuffix, old, 0o600)
+	s3 := open(t, path, "10.1.2.0/24", 0)
+	if _, ok := s3.Get(a.Key); ok {
+		t.Fatal("a record the snapshot covers was applied again: a released pod holds its address")
+	}
+	if got, ok := s3.Get(b.Key); !ok || got.IP != b.IP {
+		t.Fatalf("b: %v %v", got, ok)
+	}
+}
+
+// The journal is bounded: past maxJournal a change rewrites the snapshot.
+func TestJournalCompaction(t *testing.T) {
+	old := maxJournal
+	maxJournal = 2 << 10
+	t.Cleanup(func() { maxJournal = old })
+	path := filepath.Join(t.TempDir(), "s.json")
+	s := open(t, path, "10.1.0.0/22", time.Hour)
+	want := map[Key]netip.Addr{}
+	for i := 0; i < 300; i++ {
+		a, err := s.Allocate(req(fmt.Sprint("p", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[a.Key] = a.IP
+		if i%3 == 0 {
+			s.Release(a.Key)
+			delete(want, a.Key)
+		}
+		if st, _ := os.Stat(path + JournalSuffix); st.Size() > maxJournal+1024 {
+			t.Fatalf("journal grew to %d bytes, bound %d", st.Size(), maxJournal)
+		}
+	}
+	s.Close()
+	s2 := open(t, path, "10.1.0.0/22", time.Hour)
+	if got := len(s2.List()); got != len(want) {
+		t.Fatalf("%d allocations after reopen, want %d", got, len(want))
+	}
+	for k, ip := range want {
+		if got, ok := s2.Get(k); !ok || got.IP != ip {
+			t.Fatalf("%s: %v %v, want %v", k, got, ok, ip)
+		}
+	}
+	if _, _, cooling := s2.Stats(); cooling != 100 {
+		t.Errorf("%d cooling after reopen, want 100", cooling)
+	}
+}
+
+// A state moved aside is read whole, journal included.
+func TestMoveAsideReadsJournal(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.json")
+	s := open(t, path, "10.1.2.0/24", 0)
+	a, _ := s.Allocate(req("a"))
+	s.Close()
+	if err := MoveAside(path, path+".old"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadAllocations(path + ".old")
+	if err != nil || len(got) != 1 || got[0].IP != a.IP {
+		t.Fatalf("ReadAllocations = %v, %v; want a's %v", got, err, a.IP)
+	}
+	if _, err := os.Stat(path + JournalSuffix); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("journal left behind: %v", err)
 	}
 }
 

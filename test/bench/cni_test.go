@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +32,43 @@ type contender struct {
 }
 
 type latencies struct{ add, del []time.Duration }
+
+// addBreakdown is aliasip-cni's own account of its ADDs (the "[total=…
+// setup=… allocate=…]" part of each ADD line in its log), in µs per phase.
+type addBreakdown struct {
+	order  []string
+	phases map[string][]time.Duration
+}
+
+// readBreakdown parses the plugin log's ADD lines.
+func readBreakdown(path string) (addBreakdown, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return addBreakdown{}, err
+	}
+	bd := addBreakdown{phases: map[string][]time.Duration{}}
+	for _, line := range strings.Split(string(data), "\n") {
+		i, j := strings.LastIndex(line, "[total="), strings.LastIndex(line, "]")
+		if !strings.Contains(line, " ADD ") || i < 0 || j < i {
+			continue
+		}
+		for _, kv := range strings.Fields(line[i+1 : j]) {
+			k, v, ok := strings.Cut(kv, "=")
+			us, err := strconv.ParseInt(v, 10, 64)
+			if !ok || err != nil {
+				return bd, fmt.Errorf("bad breakdown %q in %q", kv, line)
+			}
+			if _, seen := bd.phases[k]; !seen {
+				bd.order = append(bd.order, k)
+			}
+			bd.phases[k] = append(bd.phases[k], time.Duration(us)*time.Microsecond)
+		}
+	}
+	if len(bd.order) == 0 {
+		return bd, fmt.Errorf("no ADD breakdown in %s", path)
+	}
+	return bd, nil
+}
 
 // BenchmarkCNIAddDel: CNI ADD and DEL latency, p50 and p99, for 200 pods one
 // after another and 20 at a time, through libcni: aliasip-cni (with its
@@ -108,16 +147,34 @@ func BenchmarkCNIAddDel(b *testing.B) {
 		l    latencies
 	}
 	var rows []row
+	var seqBreakdown addBreakdown
+	cniLog := filepath.Join(an.Dir, "cni.log")
 	for _, mode := range []struct {
 		name string
 		par  int
 	}{{"one after another", 1}, {fmt.Sprintf("%d at a time", cniConcurrency), cniConcurrency}} {
 		for _, c := range contenders {
+			if c.node == an {
+				os.Truncate(cniLog, 0)
+			}
 			l, err := runCNI(ctx, c, mode.par)
 			if err != nil {
 				b.Fatalf("%s, %s: %v", c.name, mode.name, err)
 			}
 			rows = append(rows, row{mode.name, c, l})
+			if c.node == an && mode.par == 1 {
+				if seqBreakdown, err = readBreakdown(cniLog); err != nil {
+					b.Fatal(err)
+				}
+				// What the plugin cannot see of itself: exec, the Go
+				// runtime's start, reading the config, printing the result.
+				for i, total := range seqBreakdown.phases["total"] {
+					if i < len(l.add) {
+						seqBreakdown.phases["outside"] = append(seqBreakdown.phases["outside"], l.add[i]-total)
+					}
+				}
+				seqBreakdown.order = append(seqBreakdown.order, "outside")
+			}
 		}
 	}
 
@@ -136,7 +193,31 @@ func BenchmarkCNIAddDel(b *testing.B) {
 		b.ReportMetric(ratio(a.add, p.add, 50), fmt.Sprintf("add-p50-ratio-par%d", []int{1, cniConcurrency}[i/2]))
 		b.ReportMetric(ratio(a.add, p.add, 99), fmt.Sprintf("add-p99-ratio-par%d", []int{1, cniConcurrency}[i/2]))
 	}
+	fmt.Printf("\nWhere aliasip-cni's sequential ADD goes (p50 of each phase over %d ADDs; total is the plugin's own\n", cniPods)
+	fmt.Println("view from its main to the result; outside = libcni's wall time minus total: exec, Go start-up, result parsing):")
 	fmt.Println()
+	fmt.Println("| phase | p50 | what |")
+	fmt.Println("| --- | ---: | --- |")
+	for _, k := range seqBreakdown.order {
+		fmt.Printf("| %s | %.2f ms | %s |\n", k, float64(pct(seqBreakdown.phases[k], 50).Microseconds())/1000, phaseDoc[k])
+	}
+	fmt.Println()
+}
+
+// phaseDoc says what each phase of the ADD breakdown covers.
+var phaseDoc = map[string]string{
+	"total":      "plugin main to result (the rows below until outside)",
+	"setup":      "parse config, open the log",
+	"allocate":   "socket round trip to the agent (includes ipam)",
+	"ipam":       "agent: pick the address and persist it",
+	"netns":      "open the host and pod namespaces",
+	"veth":       "create the veth pair (pod end in the pod, host end in the host)",
+	"pod-side":   "pod address, link up, gateway and default routes",
+	"host-link":  "look up the host end, set its alias",
+	"sysctls":    "proxy_arp, proxy_delay, forwarding, accept_ra on the host end",
+	"host-route": "host end up, /32 route",
+	"oper-up":    "wait until both ends are operationally up (the kernel's link watcher)",
+	"outside":    "exec, Go runtime start, result printing (libcni wall - total)",
 }
 
 // runCNI creates cniPods sandboxes, then times ADD for each (par at a time),

@@ -2,13 +2,11 @@ package kubelet
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -25,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/aliasip/aliasip/node-agent/ipam"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -307,20 +306,13 @@ func readDataPath(t *testing.T, e *clusterEnv, node string, podCIDR netip.Prefix
 	t.Helper()
 	dp := nodeDataPath{Allocations: map[string]int{}, Routes: map[string]int{}}
 	// The node's /var/lib/aliasip is a private bind mount of this directory.
-	b, err := os.ReadFile(filepath.Join(e.Dir, "nodes", node, "fs", "var", "lib", "aliasip", "ipam.json"))
+	// Snapshot and journal, as the agent would read them on restart.
+	allocs, err := ipam.ReadAllocations(filepath.Join(e.Dir, "nodes", node, "fs", "var", "lib", "aliasip", "ipam.json"))
 	if err != nil {
 		t.Fatalf("agent state of %s: %v", node, err)
 	}
-	var st struct {
-		Allocations []struct {
-			IP string `json:"ip"`
-		} `json:"allocations"`
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		t.Fatalf("agent state of %s: %v", node, err)
-	}
-	for _, a := range st.Allocations {
-		dp.Allocations[a.IP]++
+	for _, a := range allocs {
+		dp.Allocations[a.IP.String()]++
 	}
 	err = nodeNetNS(t, node).Do(func(ns.NetNS) error {
 		routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
