@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -90,6 +91,13 @@ func copyAtomic(src, dst string, mode os.FileMode) error {
 	data, err := os.ReadFile(src)
 	if err != nil {
 		return err
+	}
+	// The same binary already in place (an agent restart): leave it, rather
+	// than spend a write and an fsync of megabytes on every start.
+	if st, err := os.Stat(dst); err == nil && st.Mode().Perm() == mode.Perm() && st.Size() == int64(len(data)) {
+		if cur, err := os.ReadFile(dst); err == nil && bytes.Equal(cur, data) {
+			return nil
+		}
 	}
 	return writeAtomic(dst, data, mode)
 }

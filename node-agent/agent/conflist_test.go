@@ -152,3 +152,33 @@ func newConflistAgent(t *testing.T, chainPortmap bool) (*Agent, *record.FakeReco
 	rec := record.NewFakeRecorder(10)
 	return New(cfg, nil, rec, NewMetrics(prometheus.NewRegistry())), rec
 }
+
+// The plugin binary is replaced when it differs (an upgrade) and left in
+// place when it is the same (a restart: no write, no fsync of megabytes).
+func TestCopyAtomicSkipsIdentical(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "bin", "aliasip-cni")
+	os.WriteFile(src, []byte("v1"), 0o644)
+	if err := copyAtomic(src, dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.Stat(dst)
+	if err := copyAtomic(src, dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.Stat(dst); !os.SameFile(before, after) {
+		t.Error("an identical binary was rewritten")
+	}
+	os.WriteFile(src, []byte("v2"), 0o644)
+	if err := copyAtomic(src, dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != "v2" {
+		t.Errorf("installed %q after an upgrade, want v2", b)
+	}
+	os.Chmod(dst, 0o644)
+	copyAtomic(src, dst, 0o755)
+	if st, _ := os.Stat(dst); st.Mode().Perm() != 0o755 {
+		t.Errorf("mode %v not restored to 0755", st.Mode().Perm())
+	}
+}
