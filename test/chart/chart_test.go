@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	aliasipv1alpha1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
+	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -239,6 +241,22 @@ func TestInstallAndFlags(t *testing.T) {
 			t.Errorf("ClusterRole %s: %v", name, err)
 		}
 	}
+	// The chart's crds/ are installed first (helm's crds directory) and
+	// served: a PodRange can be created through the generated clientset.
+	prs := versioned.NewForConfigOrDie(cp.Config).AliasipV1alpha1().PodRanges()
+	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+		_, err := prs.List(ctx, metav1.ListOptions{})
+		return err == nil, err
+	}); err != nil {
+		t.Fatalf("PodRanges not served after helm install: %v", err)
+	}
+	if _, err := prs.Create(ctx, &aliasipv1alpha1.PodRange{
+		ObjectMeta: metav1.ObjectMeta{Name: "pool-a"},
+		Spec: aliasipv1alpha1.PodRangeSpec{CIDR: "10.64.0.0/14", MaxPodsPerNode: ptrTo(int32(110)),
+			NodeSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pool": "a"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Errorf("create a PodRange: %v", err)
+	}
 
 	// Least privilege, asked of the real API server as the controller's
 	// ServiceAccount the way an operator would (kubectl auth can-i).
@@ -277,6 +295,11 @@ func TestInstallAndFlags(t *testing.T) {
 		{[]string{"delete", "nodes"}, false},
 		{[]string{"create", "events.events.k8s.io"}, false},
 		{[]string{"list", "pods"}, false},
+		{[]string{"watch", "podranges.aliasip.io"}, true},
+		{[]string{"update", "podranges.aliasip.io/status"}, true},
+		{[]string{"patch", "podranges.aliasip.io"}, true},
+		{[]string{"create", "podranges.aliasip.io"}, false},
+		{[]string{"delete", "podranges.aliasip.io"}, false},
 	} {
 		if got := canI(c.args...); got != c.want {
 			t.Errorf("aliasip-controller can-i %v = %v, want %v", c.args, got, c.want)

@@ -42,6 +42,10 @@ func TestMain(m *testing.M) {
 	if setupErr == nil {
 		cp, setupErr = framework.StartControlPlane(context.Background(), filepath.Join(dir, "cp"))
 	}
+	if setupErr == nil {
+		// The chart's CRDs, as helm installs them.
+		setupErr = framework.InstallCRDs(context.Background(), cp.Config, framework.CRDDir())
+	}
 	code := m.Run()
 	if cp != nil {
 		cp.Stop()

@@ -1,0 +1,79 @@
+package framework
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/yaml"
+)
+
+// CRDDir is the chart's CustomResourceDefinitions directory.
+func CRDDir() string { return filepath.Join(RepoRoot(), "charts", "aliasip", "crds") }
+
+var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+// InstallCRDs creates (or updates) every CRD in dir's *.yaml files, as
+// `helm install` does with a chart's crds/ directory, and waits until the
+// API server serves them (condition Established).
+func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	crds := client.Resource(crdResource)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		obj := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		_, err = crds.Create(ctx, obj, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			cur, gerr := crds.Get(ctx, obj.GetName(), metav1.GetOptions{})
+			if gerr != nil {
+				return gerr
+			}
+			obj.SetResourceVersion(cur.GetResourceVersion())
+			_, err = crds.Update(ctx, obj, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			return fmt.Errorf("install CRD %s: %w", f, err)
+		}
+		name := obj.GetName()
+		if err := Eventually(ctx, 30*time.Second, func() (bool, error) {
+			cur, err := crds.Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			conds, _, _ := unstructured.NestedSlice(cur.Object, "status", "conditions")
+			for _, c := range conds {
+				m, _ := c.(map[string]any)
+				if m["type"] == "Established" && m["status"] == "True" {
+					return true, nil
+				}
+			}
+			return false, nil
+		}); err != nil {
+			return fmt.Errorf("CRD %s not established: %w", name, err)
+		}
+	}
+	return nil
+}
