@@ -52,7 +52,7 @@ fuzz: ## Run the fuzz targets for a while each.
 	$(GO) test -run XXX -fuzz FuzzOpen -fuzztime 60s ./node-agent/ipam
 	$(GO) test -run XXX -fuzz FuzzParseConf -fuzztime 60s ./node-agent/cni
 
-bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, CNI ADD/DEL vs ptp, data plane vs bridge, allocator cost.
+bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, GCE burst, CNI ADD/DEL vs ptp, data plane vs bridge, agent restart, allocator cost.
 	$(GO) test -count=1 -run XXX -bench . -benchtime 1x -timeout 30m ./test/bench/
 	$(GO) test -count=1 -run XXX -bench . ./controller/allocator/
 
