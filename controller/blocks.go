@@ -3,8 +3,11 @@ package controller
 import (
 	"fmt"
 	"net/netip"
+	"sort"
 	"sync"
 	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/allocator"
@@ -16,44 +19,151 @@ type assignment struct {
 	inst cloud.InstanceRef
 }
 
-// blocks is the controller's block bookkeeping: the pool, which node holds
-// which block (and on which instance), the blocks cooling down and the
-// nodes waiting for one. Every method takes its lock; nothing else touches
-// its maps, so each rule about ownership is in one place.
+// blocks is the controller's block bookkeeping: the pools (the default
+// range and the PodRanges' ranges), which node holds which block (and on
+// which instance), the blocks cooling down and the nodes waiting for one.
+// Every method takes its lock; nothing else touches its maps, so each rule
+// about ownership is in one place. Pools never overlap, so a block belongs
+// to at most one pool, and owner and cooling are keyed by the block alone.
 type blocks struct {
 	mu      sync.Mutex
-	alloc   *allocator.Allocator    // nil until reset
+	pools   map[string]*pool        // by name; empty until reset
 	owned   map[string]assignment   // node -> its block
 	owner   map[netip.Prefix]string // block -> node
 	cooling map[netip.Prefix]time.Time
 	waiting map[string]bool // nodes waiting for a free block
 	dirty   bool            // the last save of the cooling set failed
+	changed map[string]bool // pools whose counts changed since takeChanged
+	// unusable are the PodRanges that exist but hand out no block (not
+	// ready: overlapping, invalid, being deleted), by the selector they
+	// have: a node they select waits rather than getting a block elsewhere.
+	unusable map[string]labels.Selector
 }
 
 func newBlocks() *blocks {
 	return &blocks{
-		owned:   map[string]assignment{},
-		owner:   map[netip.Prefix]string{},
-		cooling: map[netip.Prefix]time.Time{},
-		waiting: map[string]bool{},
+		pools:    map[string]*pool{},
+		owned:    map[string]assignment{},
+		owner:    map[netip.Prefix]string{},
+		cooling:  map[netip.Prefix]time.Time{},
+		waiting:  map[string]bool{},
+		changed:  map[string]bool{},
+		unusable: map[string]labels.Selector{},
 	}
 }
 
 // reset installs a rebuilt state.
-func (b *blocks) reset(alloc *allocator.Allocator, owned map[string]assignment, owner map[netip.Prefix]string, cooling map[netip.Prefix]time.Time) {
+func (b *blocks) reset(pools []*pool, unusable map[string]labels.Selector, owned map[string]assignment, owner map[netip.Prefix]string, cooling map[netip.Prefix]time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.alloc, b.owned, b.owner, b.cooling = alloc, owned, owner, cooling
+	b.unusable = unusable
+	b.pools = map[string]*pool{}
+	for _, p := range pools {
+		b.pools[p.name] = p
+		b.changed[p.name] = true
+	}
+	b.owned, b.owner, b.cooling = owned, owner, cooling
 }
 
-// stats is the pool's used, free and cooling block counts.
-func (b *blocks) stats() (used, free, cooling int) {
+// poolOf returns the pool holding the block, or nil. The caller holds the lock.
+func (b *blocks) poolOf(p netip.Prefix) *pool {
+	for _, pl := range b.pools {
+		if pl.contains(p) {
+			return pl
+		}
+	}
+	return nil
+}
+
+// occupyLocked marks p used in its pool. The caller holds the lock.
+func (b *blocks) occupyLocked(p netip.Prefix) error {
+	pl := b.poolOf(p)
+	if pl == nil {
+		return fmt.Errorf("%v: %w", p, allocator.ErrOutOfRange)
+	}
+	if _, err := pl.alloc.Occupy(p); err != nil {
+		return err
+	}
+	b.changed[pl.name] = true
+	return nil
+}
+
+// releaseLocked returns p to its pool's free blocks (a no-op when its pool
+// is gone). The caller holds the lock.
+func (b *blocks) releaseLocked(p netip.Prefix) error {
+	pl := b.poolOf(p)
+	if pl == nil {
+		return nil
+	}
+	b.changed[pl.name] = true
+	return pl.alloc.Release(p)
+}
+
+// stats returns every pool's block counts, by pool name.
+func (b *blocks) stats() map[string]PoolStats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.alloc == nil {
-		return 0, 0, 0
+	out := make(map[string]PoolStats, len(b.pools))
+	for name, pl := range b.pools {
+		out[name] = PoolStats{Total: pl.alloc.Size(), Used: pl.alloc.Used(), Free: pl.alloc.Free()}
 	}
-	return b.alloc.Used(), b.alloc.Free(), len(b.cooling)
+	for p := range b.cooling {
+		if pl := b.poolOf(p); pl != nil {
+			s := out[pl.name]
+			s.Cooling++
+			out[pl.name] = s
+		}
+	}
+	for _, a := range b.owned {
+		if pl := b.poolOf(a.cidr); pl != nil && b.owner[a.cidr] != "" {
+			s := out[pl.name]
+			s.Nodes++
+			out[pl.name] = s
+		}
+	}
+	return out
+}
+
+// poolStats returns one pool's counts; ok is false when there is no such pool.
+func (b *blocks) poolStats(name string) (PoolStats, bool) {
+	s, ok := b.stats()[name]
+	return s, ok
+}
+
+// takeChanged returns the pools whose counts changed since the last call.
+func (b *blocks) takeChanged() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]string, 0, len(b.changed))
+	for n := range b.changed {
+		out = append(out, n)
+	}
+	clear(b.changed)
+	sort.Strings(out)
+	return out
+}
+
+// ours reports whether an alias range comes from one of the pools.
+func (b *blocks) ours(a cloud.AliasRange) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, pl := range b.pools {
+		if pl.holds(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// rangeOf returns the pool (name, its cloud range name) holding the block.
+func (b *blocks) rangeOf(p netip.Prefix) (name, cloudName string, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl := b.poolOf(p)
+	if pl == nil {
+		return "", "", false
+	}
+	return pl.name, pl.cloudName, true
 }
 
 // occupy marks blocks used (aliases seen on a NIC).
@@ -61,32 +171,51 @@ func (b *blocks) occupy(ps ...netip.Prefix) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, p := range ps {
-		if _, err := b.alloc.Occupy(p); err != nil {
+		if err := b.occupyLocked(p); err != nil {
 			return fmt.Errorf("mark %v used: %w", p, err)
 		}
 	}
 	return nil
 }
 
-// reserve returns the node's held block, or allocates a new one; a node
-// that finds none is recorded as waiting.
-func (b *blocks) reserve(name string, inst cloud.InstanceRef) (netip.Prefix, error) {
+// reserve returns the node's held block, or allocates a new one from the
+// first of its candidate pools (see candidates) that has a free block; it
+// also returns the pool's name. A node that finds none is recorded as
+// waiting; the error then names the pools tried.
+func (b *blocks) reserve(name string, inst cloud.InstanceRef, nodeLabels map[string]string) (netip.Prefix, string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if a, ok := b.owned[name]; ok {
 		a.inst = inst
 		b.owned[name] = a
-		return a.cidr, nil
+		pl := b.poolOf(a.cidr)
+		if pl == nil {
+			return netip.Prefix{}, "", fmt.Errorf("block %v held for %s is in no range", a.cidr, name)
+		}
+		return a.cidr, pl.name, nil
 	}
-	cidr, err := b.alloc.Allocate()
-	if err != nil {
-		b.waiting[name] = true
-		return netip.Prefix{}, err
+	cands, blocked := candidates(b.pools, b.unusable, nodeLabels)
+	var tried []string
+	for _, pl := range cands {
+		cidr, err := pl.alloc.Allocate()
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s (/%d of %v)", pl.name, pl.maskSize, pl.cidr))
+			continue
+		}
+		delete(b.waiting, name)
+		b.owned[name] = assignment{cidr: cidr, inst: inst}
+		b.owner[cidr] = name
+		b.changed[pl.name] = true
+		return cidr, pl.name, nil
 	}
-	delete(b.waiting, name)
-	b.owned[name] = assignment{cidr: cidr, inst: inst}
-	b.owner[cidr] = name
-	return cidr, nil
+	b.waiting[name] = true
+	if len(blocked) > 0 {
+		return netip.Prefix{}, "", fmt.Errorf("the PodRanges that select the node are not ready (%v): %w", blocked, allocator.ErrRangeExhausted)
+	}
+	if len(cands) == 0 {
+		return netip.Prefix{}, "", fmt.Errorf("no range for the node: %w", allocator.ErrRangeExhausted)
+	}
+	return netip.Prefix{}, "", fmt.Errorf("no free block in %v: %w", tried, allocator.ErrRangeExhausted)
 }
 
 // unreserve returns a block the node reserved, and the cloud never
@@ -101,7 +230,7 @@ func (b *blocks) unreserve(name string, cidr netip.Prefix) error {
 		return nil
 	}
 	delete(b.owner, cidr)
-	return b.alloc.Release(cidr)
+	return b.releaseLocked(cidr)
 }
 
 // holdBack takes a block from the node and keeps it out of the pool until
@@ -116,6 +245,9 @@ func (b *blocks) holdBack(name string, cidr netip.Prefix, until time.Time) {
 		delete(b.owner, cidr)
 	}
 	b.cooling[cidr] = until
+	if pl := b.poolOf(cidr); pl != nil {
+		b.changed[pl.name] = true
+	}
 }
 
 // claim records name as the holder of cidr on inst; it returns the name of
@@ -139,7 +271,7 @@ func (b *blocks) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef, a
 		delete(b.owner, prev.cidr)
 		b.cooling[prev.cidr] = coolUntil
 	}
-	if _, err := b.alloc.Occupy(cidr); err != nil {
+	if err := b.occupyLocked(cidr); err != nil {
 		return "", fmt.Errorf("claim %v: %w", cidr, err)
 	}
 	delete(b.cooling, cidr)
@@ -158,7 +290,7 @@ func (b *blocks) coolRemoved(name string, p netip.Prefix, until time.Time) error
 		return nil
 	}
 	delete(b.owner, p)
-	if _, err := b.alloc.Occupy(p); err != nil {
+	if err := b.occupyLocked(p); err != nil {
 		return fmt.Errorf("cool %v: %w", p, err)
 	}
 	b.cooling[p] = until
@@ -189,6 +321,9 @@ func (b *blocks) released(name string, a assignment, until time.Time) {
 	if b.owner[a.cidr] == name {
 		delete(b.owner, a.cidr)
 		b.cooling[a.cidr] = until
+		if pl := b.poolOf(a.cidr); pl != nil {
+			b.changed[pl.name] = true
+		}
 	}
 }
 
@@ -208,17 +343,17 @@ func (b *blocks) leaked(p netip.Prefix, until time.Time, alive func(string) bool
 			delete(b.owned, holder)
 		}
 	}
-	if _, err := b.alloc.Occupy(p); err != nil {
+	if err := b.occupyLocked(p); err != nil {
 		return false, fmt.Errorf("cool leaked %v: %w", p, err)
 	}
 	b.cooling[p] = until
 	return true, nil
 }
 
-// expire returns the blocks whose cooldown ended to the pool. It reports
-// how many cooldowns ended and how many blocks went back to the pool, the
-// next time a cooldown ends (at most horizon), and the nodes to wake when
-// the pool has a free block.
+// expire returns the blocks whose cooldown ended to their pools. It
+// reports how many cooldowns ended and how many blocks went back to a
+// pool, the next time a cooldown ends (at most horizon), and the nodes to
+// wake when some pool has a free block.
 func (b *blocks) expire(now, horizon time.Time) (expired, freed int, next time.Time, woken []string, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -233,14 +368,18 @@ func (b *blocks) expire(now, horizon time.Time) (expired, freed int, next time.T
 		expired++
 		delete(b.cooling, cidr)
 		if _, held := b.owner[cidr]; !held {
-			if rerr := b.alloc.Release(cidr); rerr != nil {
+			if rerr := b.releaseLocked(cidr); rerr != nil {
 				err = fmt.Errorf("release cooled block %v: %w", cidr, rerr)
 				continue
 			}
 			freed++
 		}
 	}
-	if b.alloc.Free() > 0 {
+	anyFree := false
+	for _, pl := range b.pools {
+		anyFree = anyFree || pl.alloc.Free() > 0
+	}
+	if anyFree {
 		for n := range b.waiting {
 			woken = append(woken, n)
 		}
@@ -267,11 +406,12 @@ func (b *blocks) coolingUntil(p netip.Prefix) (time.Time, bool) {
 	return t, ok
 }
 
-// inUse reports whether a block is out of the pool.
+// inUse reports whether a block is out of its pool.
 func (b *blocks) inUse(p netip.Prefix) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.alloc.InUse(p)
+	pl := b.poolOf(p)
+	return pl != nil && pl.alloc.InUse(p)
 }
 
 // isWaiting reports whether a node waits for a free block.
@@ -279,6 +419,17 @@ func (b *blocks) isWaiting(name string) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.waiting[name]
+}
+
+// waitingNodes returns the nodes waiting for a free block.
+func (b *blocks) waitingNodes() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]string, 0, len(b.waiting))
+	for n := range b.waiting {
+		out = append(out, n)
+	}
+	return out
 }
 
 // setDirty records whether the last save of the cooling set failed, and
@@ -294,4 +445,133 @@ func (b *blocks) isDirty() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.dirty
+}
+
+// pool returns a copy of the named pool's policy fields (alloc is nil in
+// the copy); ok is false when there is none.
+func (b *blocks) pool(name string) (pool, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl, ok := b.pools[name]
+	if !ok {
+		return pool{}, false
+	}
+	cp := *pl
+	cp.alloc = nil
+	return cp, true
+}
+
+// addPool adds a pool whose blocks in used are marked used (the podCIDRs
+// and aliases already in its range). It refuses, naming it, a pool that
+// overlaps one already there (the older range keeps allocating).
+func (b *blocks) addPool(pl *pool, used []netip.Prefix) (overlaps string, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.pools[pl.name]; ok {
+		return "", fmt.Errorf("range %s already in use", pl.name)
+	}
+	for _, other := range b.pools {
+		if other.cidr.Overlaps(pl.cidr) {
+			return other.name, nil
+		}
+	}
+	for _, p := range used {
+		if _, err := pl.alloc.Occupy(p); err != nil {
+			return "", fmt.Errorf("range %s: mark %v used: %w", pl.name, p, err)
+		}
+	}
+	for p := range b.cooling {
+		if pl.contains(p) {
+			if _, err := pl.alloc.Occupy(p); err != nil {
+				return "", err
+			}
+		}
+	}
+	b.pools[pl.name] = pl
+	b.changed[pl.name] = true
+	return "", nil
+}
+
+// overlapping returns the name of a pool other than name whose range
+// overlaps cidr ("" when none).
+func (b *blocks) overlapping(name string, cidr netip.Prefix) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, other := range b.pools {
+		if other.name != name && other.cidr.Overlaps(cidr) {
+			return other.name
+		}
+	}
+	return ""
+}
+
+// setUnusable records that a PodRange hands out no block (sel nil: it
+// selects nothing, as when its selector cannot be parsed).
+func (b *blocks) setUnusable(name string, sel labels.Selector) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if sel == nil {
+		sel = labels.Nothing()
+	}
+	b.unusable[name] = sel
+}
+
+// clearUnusable forgets a PodRange recorded by setUnusable.
+func (b *blocks) clearUnusable(name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.unusable, name)
+}
+
+// setPolicy updates a pool's priority, selector and deleting mark.
+func (b *blocks) setPolicy(name string, update func(*pool)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if pl, ok := b.pools[name]; ok {
+		update(pl)
+	}
+}
+
+// holders returns the nodes holding a block of the named pool.
+func (b *blocks) holders(name string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.holdersLocked(name)
+}
+
+func (b *blocks) holdersLocked(name string) []string {
+	pl, ok := b.pools[name]
+	if !ok {
+		return nil
+	}
+	var out []string
+	for n, a := range b.owned {
+		if pl.contains(a.cidr) && b.owner[a.cidr] == n {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// removePool removes a pool no node holds a block of; its cooling blocks
+// are forgotten with it. It reports the holders instead when there are
+// some (then nothing changes).
+func (b *blocks) removePool(name string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl, ok := b.pools[name]
+	if !ok {
+		return nil
+	}
+	if h := b.holdersLocked(name); len(h) > 0 {
+		return h
+	}
+	for p := range b.cooling {
+		if pl.contains(p) {
+			delete(b.cooling, p)
+		}
+	}
+	delete(b.pools, name)
+	return nil
 }

@@ -15,8 +15,21 @@
 //	set      present, differs  nothing; Warning CIDRMismatch and a metric
 //	set      equal + others    remove the others, cool their blocks down
 //
-// A podCIDR outside the pod range is foreign: Warning CIDROutOfRange, nothing
+// A podCIDR outside every range is foreign: Warning CIDROutOfRange, nothing
 // else is touched.
+//
+// # Ranges
+//
+// Blocks come from pools (pools.go): the default range given by flags,
+// and one per PodRange object (ranges.go), added and removed while the
+// controller runs. A new node gets its block from the PodRanges whose
+// selector matches its labels, highest priority first, then the one with
+// the most free blocks; from the default range when no PodRange selects
+// it; from none (it waits, with CIDRNotAvailable) when only PodRanges that
+// hand out nothing select it (overlapping, invalid, being deleted). Its
+// podCIDR patch also sets the label aliasip.io/pod-range. A PodRange
+// overlapping an older range is not used, and says so in its status; one
+// being deleted keeps its finalizer until no node holds a block of it.
 //
 // # Where a block could leak, and how it is recovered
 //
@@ -77,6 +90,7 @@ import (
 
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/allocator"
+	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 )
 
 // Event reasons recorded on Nodes.
@@ -141,19 +155,20 @@ type Config struct {
 type Controller struct {
 	cfg      Config
 	client   kubernetes.Interface
-	cloud    cloud.Interface
+	cloud    *budgetCloud
 	nodes    corelisters.NodeLister
 	synced   cache.InformerSynced
 	queue    workqueue.TypedRateLimitingInterface[string]
 	recorder record.EventRecorder
 	metrics  *Metrics
 
-	blocks *blocks // the pool, owners, cooling blocks and waiting nodes
+	blocks *blocks    // the pools, owners, cooling blocks and waiting nodes
+	ranges *podRanges // PodRange objects (nil: only the default range)
 
-	saveMu    sync.Mutex // serializes saveCooling
-	mu        sync.Mutex // guards the fields below
-	podRange  netip.Prefix
-	rangeName string
+	saveMu    sync.Mutex           // serializes saveCooling
+	mu        sync.Mutex           // guards the fields below
+	podRange  netip.Prefix         // the default range
+	rangeName string               // its secondary range name
 	leakSeen  map[string]time.Time // instance|cidr -> first seen leaked
 	ready     bool
 	wakeCh    chan struct{}
@@ -192,7 +207,7 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 		leakSeen: map[string]time.Time{},
 		wakeCh:   make(chan struct{}, 1),
 	}
-	m.poolGaugeSource = c.blocks.stats
+	m.poolSource = c.blocks.stats
 	nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueue,
 		UpdateFunc: func(old, cur any) {
@@ -243,6 +258,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced) {
 		return errors.New("node informer never synced")
 	}
+	// The PodRanges, when their CRD is served, are known before the
+	// rebuild: a node of a PodRange's range must not look foreign.
+	if c.ranges != nil {
+		if err := c.ranges.start(ctx); err != nil {
+			return err
+		}
+	}
 	// The rebuild must succeed before the first allocation; an unreachable
 	// cloud is retried with backoff rather than guessed around.
 	backoff := wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.2, Steps: 1 << 30, Cap: 30 * time.Second}
@@ -269,6 +291,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { c.runCooldown(ctx) })
 	wg.Go(func() { wait.UntilWithContext(ctx, c.collectLeaks, c.cfg.GCInterval) })
+	if c.ranges != nil {
+		wg.Go(func() { c.runRanges(ctx) })
+	}
 	logger.Info("Controller running", "workers", c.cfg.Workers)
 	<-ctx.Done()
 	// Stop taking nodes, and wait for the syncs in flight: they run on a
@@ -293,6 +318,40 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: pod range %v: %w", errConfig, podRange, err)
 	}
+	def := &pool{name: aliasipv1.DefaultRangeName, cidr: podRange.Masked(), cloudName: rangeName, maskSize: c.cfg.MaskSize, alloc: alloc}
+	pools := []*pool{def}
+	unusable := map[string]labels.Selector{}
+	if c.ranges != nil {
+		// In creation order: of two overlapping ranges the older one is
+		// used (the other's status says why it is not).
+		for _, pr := range c.ranges.sorted() {
+			pl, _, _ := c.resolve(ctx, pr)
+			if pl == nil {
+				if sel, err := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector); err == nil {
+					unusable[pr.Name] = sel
+				}
+				continue
+			}
+			pl.deleting = pr.DeletionTimestamp != nil
+			overlaps := false
+			for _, other := range pools {
+				overlaps = overlaps || other.cidr.Overlaps(pl.cidr)
+			}
+			if overlaps {
+				unusable[pr.Name] = pl.selector
+				continue
+			}
+			pools = append(pools, pl)
+		}
+	}
+	poolOf := func(p netip.Prefix) *pool {
+		for _, pl := range pools {
+			if pl.contains(p) {
+				return pl
+			}
+		}
+		return nil
+	}
 	instances, err := c.cloud.ListInstances(ctx)
 	if err != nil {
 		return fmt.Errorf("list instances: %w", err)
@@ -314,10 +373,10 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	})
 	for _, n := range nodes {
 		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
-		if err != nil || !alloc.Contains(p) {
+		if err != nil || poolOf(p) == nil {
 			continue
 		}
-		if _, err := alloc.Occupy(p); err != nil {
+		if _, err := poolOf(p).alloc.Occupy(p); err != nil {
 			return fmt.Errorf("node %s: podCIDR %v: %w", n.Name, p, err)
 		}
 		if _, taken := owner[p]; taken {
@@ -336,8 +395,8 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	aliases := 0
 	for _, in := range instances {
 		for _, a := range in.Aliases {
-			if c.ours(a, podRange, rangeName) {
-				if _, err := alloc.Occupy(a.CIDR); err != nil {
+			if pl := poolOf(a.CIDR); pl != nil && pl.holds(a) {
+				if _, err := pl.alloc.Occupy(a.CIDR); err != nil {
 					return fmt.Errorf("instance %s: alias %v: %w", in.Ref, a.CIDR, err)
 				}
 				aliases++
@@ -358,25 +417,30 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		}
 		now := time.Now()
 		for cidr, until := range saved {
-			if _, held := owner[cidr]; held || !now.Before(until) || !alloc.Contains(cidr) {
+			if _, held := owner[cidr]; held || !now.Before(until) || poolOf(cidr) == nil {
 				continue
 			}
-			if _, err := alloc.Occupy(cidr); err != nil {
+			if _, err := poolOf(cidr).alloc.Occupy(cidr); err != nil {
 				return fmt.Errorf("cooling block %v: %w", cidr, err)
 			}
 			cooling[cidr] = until
 		}
 	}
 	// Resume handing out blocks where the previous process stood.
-	alloc.SeekAfterLastUsed()
-	c.blocks.reset(alloc, owned, owner, cooling)
+	for _, pl := range pools {
+		pl.alloc.SeekAfterLastUsed()
+	}
+	c.blocks.reset(pools, unusable, owned, owner, cooling)
 	c.mu.Lock()
 	c.podRange, c.rangeName = podRange, rangeName
 	c.ready = true
 	c.mu.Unlock()
 	logger.Info("Rebuilt allocation state", "podRange", podRange, "rangeName", rangeName,
 		"maskSize", c.cfg.MaskSize, "nodes", len(nodes), "instances", len(instances),
-		"aliases", aliases, "cooling", len(cooling), "blocksUsed", alloc.Used(), "blocksFree", alloc.Free())
+		"aliases", aliases, "cooling", len(cooling), "blocksUsed", alloc.Used(), "blocksFree", alloc.Free(), "podRanges", len(pools)-1)
+	if c.ranges != nil {
+		c.ranges.enqueueAll()
+	}
 	// Nodes waiting for a block go first: a node that joined during the
 	// restart must not wait behind thousands of in-sync checks.
 	for _, n := range nodes {
@@ -390,11 +454,6 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-// ours reports whether an alias range comes from the pod range.
-func (c *Controller) ours(a cloud.AliasRange, podRange netip.Prefix, rangeName string) bool {
-	return a.RangeName == rangeName && podRange.Bits() <= a.CIDR.Bits() && podRange.Contains(a.CIDR.Addr())
 }
 
 func (c *Controller) processNext(ctx context.Context) bool {
@@ -501,12 +560,9 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("read aliases of %s: %w", inst, err)
 	}
-	c.mu.Lock()
-	podRange, rangeName := c.podRange, c.rangeName
-	c.mu.Unlock()
 	var ours []netip.Prefix
 	for _, a := range aliases {
-		if c.ours(a, podRange, rangeName) {
+		if c.blocks.ours(a) {
 			ours = append(ours, a.CIDR)
 		}
 	}
@@ -518,9 +574,13 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 		return c.assign(ctx, node, inst) // empty, none
 	}
 	podCIDR, err := netip.ParsePrefix(node.Spec.PodCIDR)
-	if err != nil || podCIDR.Masked() != podCIDR || !podRange.Contains(podCIDR.Addr()) || podCIDR.Bits() < podRange.Bits() {
+	_, _, inRange := c.blocks.rangeOf(podCIDR)
+	if err != nil || podCIDR.Masked() != podCIDR || !inRange {
+		c.mu.Lock()
+		podRange := c.podRange
+		c.mu.Unlock()
 		c.mismatch(node, EventCIDROutOfRange,
-			"podCIDR %q is not inside the pod range %v; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
+			"podCIDR %q is not inside the pod range %v nor a PodRange's; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
 		return nil
 	}
 	conflict, err := c.claim(name, podCIDR, inst)
@@ -546,20 +606,17 @@ func (c *Controller) mismatch(node *corev1.Node, reason, format string, args ...
 // assign is the row "podCIDR empty, no alias": reserve a block, add the
 // alias (waiting for the cloud), then patch the podCIDR.
 func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef) error {
-	c.mu.Lock()
-	podRange := c.podRange
-	c.mu.Unlock()
-	cidr, err := c.blocks.reserve(node.Name, inst)
+	cidr, rng, err := c.blocks.reserve(node.Name, inst, node.Labels)
 	if errors.Is(err, allocator.ErrRangeExhausted) {
 		c.metrics.Allocations.WithLabelValues("exhausted").Inc()
 		c.recorder.Eventf(node, corev1.EventTypeWarning, EventCIDRNotAvailable,
-			"No free /%d left in %v for this node; waiting for one to be released", c.cfg.MaskSize, podRange)
+			"No block for this node (%v); waiting for one to be released", err)
 		return errExhausted
 	}
 	if err != nil {
 		return err
 	}
-	if err := c.cloud.AddAlias(ctx, inst, cidr); err != nil {
+	if err := c.addAlias(ctx, inst, cidr); err != nil {
 		switch {
 		case errors.Is(err, cloud.ErrRangeConflict):
 			// Another resource really holds this block: keep it out of the
@@ -590,12 +647,12 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 		}
 		return fmt.Errorf("add alias %v to %s: %w", cidr, inst, err)
 	}
-	if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
+	if err := c.patchPodCIDR(ctx, node, cidr, rng); err != nil {
 		return err
 	}
 	c.metrics.Allocations.WithLabelValues("assigned").Inc()
-	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Assigned %v, alias on %s", cidr, inst)
-	klog.FromContext(ctx).V(2).Info("Assigned block", "node", node.Name, "cidr", cidr, "instance", inst)
+	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRAssigned, "Assigned %v from range %s, alias on %s", cidr, rng, inst)
+	klog.FromContext(ctx).V(2).Info("Assigned block", "node", node.Name, "cidr", cidr, "range", rng, "instance", inst)
 	return nil
 }
 
@@ -615,7 +672,8 @@ func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.In
 	if err := c.blocks.occupy(ours...); err != nil {
 		return err
 	}
-	if err := c.patchPodCIDR(ctx, node, cidr); err != nil {
+	rng, _, _ := c.blocks.rangeOf(cidr)
+	if err := c.patchPodCIDR(ctx, node, cidr, rng); err != nil {
 		return err
 	}
 	c.metrics.Allocations.WithLabelValues("adopted").Inc()
@@ -626,7 +684,7 @@ func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.In
 
 // repair is the row "podCIDR set, alias missing": add the alias back.
 func (c *Controller) repair(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, podCIDR netip.Prefix) error {
-	if err := c.cloud.AddAlias(ctx, inst, podCIDR); err != nil {
+	if err := c.addAlias(ctx, inst, podCIDR); err != nil {
 		reason := EventCloudAliasFailed
 		if refused(err) {
 			reason = EventCloudAliasRefused
@@ -693,9 +751,24 @@ func refused(err error) bool {
 	return errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrQuotaExceeded) || errors.Is(err, cloud.ErrTooManyAliases)
 }
 
-// patchPodCIDR writes spec.podCIDR and spec.podCIDRs in one patch.
-func (c *Controller) patchPodCIDR(ctx context.Context, node *corev1.Node, cidr netip.Prefix) error {
-	patch := fmt.Sprintf(`{"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`, cidr.String(), cidr.String())
+// addAlias adds a block as an alias from its range's secondary range:
+// the default range's through AddAlias, a PodRange's through AddRangeAlias.
+func (c *Controller) addAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+	rng, cloudName, ok := c.blocks.rangeOf(cidr)
+	if !ok {
+		return fmt.Errorf("block %v is in no range", cidr)
+	}
+	if rng == aliasipv1.DefaultRangeName {
+		return c.cloud.AddAlias(ctx, inst, cidr)
+	}
+	return c.cloud.AddRangeAlias(ctx, inst, cloud.AliasRange{CIDR: cidr, RangeName: cloudName})
+}
+
+// patchPodCIDR writes spec.podCIDR, spec.podCIDRs and the label naming the
+// block's range (aliasipv1.NodeLabel) in one patch.
+func (c *Controller) patchPodCIDR(ctx context.Context, node *corev1.Node, cidr netip.Prefix, rng string) error {
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}},"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`,
+		aliasipv1.NodeLabel, rng, cidr.String(), cidr.String())
 	c.metrics.NodeWrites.Inc()
 	_, err := c.client.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, []byte(patch), metav1PatchOptions)
 	if err != nil {

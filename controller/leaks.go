@@ -28,9 +28,6 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 			withNode[inst.String()] = true
 		}
 	}
-	c.mu.Lock()
-	podRange, rangeName := c.podRange, c.rangeName
-	c.mu.Unlock()
 	now := time.Now()
 	seen := map[string]bool{}
 	for _, in := range instances {
@@ -38,7 +35,7 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 			continue
 		}
 		for _, a := range in.Aliases {
-			if !c.ours(a, podRange, rangeName) {
+			if !c.blocks.ours(a) {
 				continue
 			}
 			key := in.Ref.String() + "|" + a.CIDR.String()

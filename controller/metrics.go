@@ -9,20 +9,40 @@ import (
 
 // Metrics are the controller's Prometheus metrics, all prefixed aliasip_.
 type Metrics struct {
-	Allocations     *prometheus.CounterVec
-	CloudCalls      *prometheus.CounterVec
-	CloudCallTime   *prometheus.HistogramVec
-	CloudRequests   *prometheus.CounterVec
-	CloudLatency    *prometheus.HistogramVec
-	SyncLatency     *prometheus.HistogramVec
-	Mismatches      prometheus.Counter
-	Dropped         prometheus.Counter
-	Panics          prometheus.Counter
-	LeakedRemoved   prometheus.Counter
-	Releases        prometheus.Counter
-	NodeWrites      prometheus.Counter
-	Leader          prometheus.Gauge
-	poolGaugeSource func() (used, free, cooling int)
+	Allocations   *prometheus.CounterVec
+	CloudCalls    *prometheus.CounterVec
+	CloudCallTime *prometheus.HistogramVec
+	CloudRequests *prometheus.CounterVec
+	CloudLatency  *prometheus.HistogramVec
+	SyncLatency   *prometheus.HistogramVec
+	Mismatches    prometheus.Counter
+	Dropped       prometheus.Counter
+	Panics        prometheus.Counter
+	LeakedRemoved prometheus.Counter
+	Releases      prometheus.Counter
+	NodeWrites    prometheus.Counter
+	Leader        prometheus.Gauge
+	poolSource    func() map[string]PoolStats
+}
+
+// poolCollector reports aliasip_pool_blocks{range,state} from the pools
+// at scrape time: ranges come and go with PodRanges.
+type poolCollector struct {
+	m    *Metrics
+	desc *prometheus.Desc
+}
+
+func (p *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- p.desc }
+
+func (p *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	if p.m.poolSource == nil {
+		return
+	}
+	for name, s := range p.m.poolSource() {
+		for state, v := range map[string]int{"used": s.Used, "free": s.Free, "cooling": s.Cooling} {
+			ch <- prometheus.MustNewConstMetric(p.desc, prometheus.GaugeValue, float64(v), name, state)
+		}
+	}
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -86,27 +106,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	reg.MustRegister(m.Allocations, m.CloudCalls, m.CloudCallTime, m.CloudRequests, m.CloudLatency, m.SyncLatency, m.Mismatches,
 		m.Dropped, m.Panics, m.LeakedRemoved, m.Releases, m.NodeWrites, m.Leader)
-	for _, s := range []string{"used", "free", "cooling"} {
-		state := s
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "aliasip_pool_blocks",
-			Help:        "Blocks of the pod range by state (cooling blocks count as used too).",
-			ConstLabels: prometheus.Labels{"state": state},
-		}, func() float64 {
-			if m.poolGaugeSource == nil {
-				return 0
-			}
-			used, free, cooling := m.poolGaugeSource()
-			switch state {
-			case "used":
-				return float64(used)
-			case "free":
-				return float64(free)
-			default:
-				return float64(cooling)
-			}
-		}))
-	}
+	reg.MustRegister(&poolCollector{m: m, desc: prometheus.NewDesc("aliasip_pool_blocks",
+		"Blocks of each pod range (range: a PodRange's name, or \"default\" for the flags' range) by state: used, free, cooling (cooling blocks count as used too).",
+		[]string{"range", "state"}, nil)})
 	return m
 }
 

@@ -409,13 +409,33 @@ func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip
 	if err := c.fault(ctx, "AddAlias", inst.Name); err != nil {
 		return err
 	}
-	return c.modify(ctx, inst.Name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
-		for _, a := range list {
-			if a.CIDR == cidr {
+	return c.add(ctx, inst.Name, cloud.AliasRange{CIDR: cidr, RangeName: c.opts.RangeName})
+}
+
+// AddRangeAlias adds a.CIDR from the secondary range a.RangeName, keeping
+// the others; with the pod range's name it is AddAlias. The fake's
+// subnetwork has every other secondary range it is asked for (a PodRange's
+// cidr declares one), so only the rules of validate apply: no overlap with
+// the pod range or with any range on any instance.
+func (c *Cloud) AddRangeAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) (err error) {
+	defer func() { c.record("AddAlias", inst.Name, a.CIDR, err) }()
+	if err := c.fault(ctx, "AddAlias", inst.Name); err != nil {
+		return err
+	}
+	if a.RangeName == "" {
+		return fmt.Errorf("instance %q: %v names no secondary range: %w", inst.Name, a.CIDR, cloud.ErrInvalid)
+	}
+	return c.add(ctx, inst.Name, a)
+}
+
+func (c *Cloud) add(ctx context.Context, name string, a cloud.AliasRange) error {
+	return c.modify(ctx, name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
+		for _, b := range list {
+			if b.CIDR == a.CIDR {
 				return nil, false
 			}
 		}
-		return append(list, cloud.AliasRange{CIDR: cidr, RangeName: c.opts.RangeName}), true
+		return append(list, a), true
 	})
 }
 

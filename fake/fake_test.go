@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -287,5 +288,59 @@ func TestInjectedFaultsPerCall(t *testing.T) {
 	}
 	if a, b := seq(), seq(); a != b || !strings.Contains(a, "1") || !strings.Contains(a, "0") {
 		t.Errorf("seeded failures %s and %s: want the same mix twice", a, b)
+	}
+}
+
+// AddRangeAlias adds ranges of other secondary ranges beside the pod
+// range's, with the same rules: never inside the pod range under another
+// name, never overlapping a range anywhere, idempotent; RemoveAlias takes
+// them off by CIDR.
+func TestAddRangeAlias(t *testing.T) {
+	c, err := New(Options{PodRange: netip.MustParsePrefix("10.0.0.0/16"), AutoRegister: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if err := c.RegisterInstance(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := cloud.InstanceRef{Name: "a"}, cloud.InstanceRef{Name: "b"}
+	pool := func(cidr string) cloud.AliasRange {
+		return cloud.AliasRange{CIDR: netip.MustParsePrefix(cidr), RangeName: "pool-b"}
+	}
+	if err := c.AddAlias(ctx, a, netip.MustParsePrefix("10.0.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		inst cloud.InstanceRef
+		a    cloud.AliasRange
+		want error
+	}{
+		{a, pool("10.1.0.0/26"), nil},
+		{a, pool("10.1.0.0/26"), nil}, // idempotent
+		{b, pool("10.1.0.0/26"), cloud.ErrRangeConflict},
+		{b, pool("10.0.2.0/24"), cloud.ErrInvalid}, // inside the pod range under another name
+		{b, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.1.1.0/26")}, cloud.ErrInvalid},
+		{b, pool("10.1.0.64/26"), nil},
+	} {
+		err := c.AddRangeAlias(ctx, step.inst, step.a)
+		if (step.want == nil) != (err == nil) || (step.want != nil && !errors.Is(err, step.want)) {
+			t.Errorf("AddRangeAlias(%s, %v) = %v, want %v", step.inst, step.a, err, step.want)
+		}
+	}
+	got, err := c.Aliases(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []cloud.AliasRange{{CIDR: netip.MustParsePrefix("10.0.1.0/24"), RangeName: "pods"}, pool("10.1.0.0/26")}
+	if !slices.Equal(want, got) {
+		t.Errorf("aliases of a: %v, want %v", got, want)
+	}
+	if err := c.RemoveAlias(ctx, a, netip.MustParsePrefix("10.1.0.0/26")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := c.Aliases(ctx, a); len(got) != 1 {
+		t.Errorf("after RemoveAlias: %v", got)
 	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/cloud/gce"
 	"github.com/aliasip/aliasip/controller"
+	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
 	"github.com/aliasip/aliasip/fake"
 )
 
@@ -91,6 +92,14 @@ func Run(ctx context.Context, o *Options) error {
 		SyncTimeout:     o.SyncTimeout,
 		Cooling:         &controller.ConfigMapCooling{Client: evClient, Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName + "-cooling"},
 	}, client, nodeInformer, cl, recorder, metrics)
+	// PodRanges: their status and finalizer writes share the Node client's
+	// budget (a few a second at most: status follows the counts once a
+	// second); discovery tells whether the CRD is installed.
+	rangeClient, err := versioned.NewForConfig(nodeCfg)
+	if err != nil {
+		return err
+	}
+	ctrl.UsePodRanges(rangeClient, client.Discovery(), o.ResyncPeriod)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

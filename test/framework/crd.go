@@ -77,3 +77,38 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 	}
 	return nil
 }
+
+// UninstallCRDs deletes the CRDs in dir's *.yaml files (and with them
+// every object of theirs) and waits until they are gone.
+func UninstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	crds := client.Resource(crdResource)
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		obj := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		name := obj.GetName()
+		if err := crds.Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete CRD %s: %w", name, err)
+		}
+		if err := Eventually(ctx, 60*time.Second, func() (bool, error) {
+			_, err := crds.Get(ctx, name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		}); err != nil {
+			return fmt.Errorf("CRD %s not gone: %w", name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package controller
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/aliasip/aliasip/controller/allocator"
+)
+
+// The choice of range for a node: PodRanges that select it, highest
+// priority first, then the most free blocks; the default range only when
+// no PodRange selects it; none when only ranges that hand out nothing do.
+func TestCandidates(t *testing.T) {
+	mk := func(name, cidr string, prio int32, sel string, used int, deleting bool) *pool {
+		p := netip.MustParsePrefix(cidr)
+		a, err := allocator.New(p, 28)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < used; i++ {
+			if _, err := a.Allocate(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		pl := &pool{name: name, cidr: p, maskSize: 28, priority: prio, alloc: a, deleting: deleting}
+		if sel != "-" {
+			s, err := labels.Parse(sel)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pl.selector = s
+		}
+		return pl
+	}
+	pools := map[string]*pool{}
+	for _, p := range []*pool{
+		mk("default", "10.0.0.0/16", 0, "-", 0, false),
+		mk("hi", "10.1.0.0/26", 10, "pool=a", 3, false),       // 4 blocks, 1 free
+		mk("big", "10.2.0.0/24", 0, "pool=a", 0, false),       // 16 free
+		mk("small", "10.3.0.0/26", 0, "pool=a", 0, false),     // 4 free
+		mk("tied", "10.4.0.0/24", 0, "pool=b", 0, false),      // 16 free
+		mk("tied2", "10.5.0.0/24", 0, "pool=b", 0, false),     // 16 free
+		mk("going", "10.6.0.0/24", 5, "pool=c", 0, true),      // being deleted
+		mk("everyone", "10.7.0.0/24", -1, "zone=z", 0, false), // another label
+	} {
+		pools[p.name] = p
+	}
+	unusable := map[string]labels.Selector{"overlapping": labels.SelectorFromSet(labels.Set{"pool": "d"})}
+	for _, c := range []struct {
+		labels      map[string]string
+		want, block string
+	}{
+		{map[string]string{"pool": "a"}, "hi big small", ""},
+		{map[string]string{"pool": "b"}, "tied tied2", ""},
+		{map[string]string{"pool": "a", "zone": "z"}, "hi big small everyone", ""},
+		{map[string]string{}, "default", ""},
+		{map[string]string{"pool": "c"}, "", "going"},
+		{map[string]string{"pool": "d"}, "", "overlapping"},
+		{map[string]string{"pool": "d", "zone": "z"}, "everyone", ""},
+	} {
+		got, blocked := candidates(pools, unusable, c.labels)
+		var names []string
+		for _, p := range got {
+			names = append(names, p.name)
+		}
+		if strings.Join(names, " ") != c.want || strings.Join(blocked, " ") != c.block {
+			t.Errorf("labels %v: candidates %v blocked %v, want %q blocked %q", c.labels, names, blocked, c.want, c.block)
+		}
+	}
+}
+
+// The Exhausted condition's levels: 80 % used is nearly exhausted, no
+// free block is exhausted.
+func TestExhaustion(t *testing.T) {
+	for _, c := range []struct {
+		s      PoolStats
+		level  int
+		reason string
+	}{
+		{PoolStats{Total: 8, Used: 6, Free: 2}, 0, "BlocksAvailable"},
+		{PoolStats{Total: 8, Used: 7, Free: 1}, 1, "NearlyExhausted"},
+		{PoolStats{Total: 5, Used: 4, Free: 1}, 1, "NearlyExhausted"},
+		{PoolStats{Total: 8, Used: 8, Free: 0, Cooling: 1}, 2, "Exhausted"},
+	} {
+		level, cond := exhaustion(c.s)
+		if level != c.level || cond.Reason != c.reason || (level == 2) != (cond.Status == "True") {
+			t.Errorf("%+v: level %d %s/%s, want %d %s", c.s, level, cond.Status, cond.Reason, c.level, c.reason)
+		}
+	}
+}

@@ -1,0 +1,455 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/aliasip/aliasip/controller/allocator"
+	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
+	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
+	aliasipinformers "github.com/aliasip/aliasip/controller/generated/informers/externalversions"
+	aliasiplisters "github.com/aliasip/aliasip/controller/generated/listers/aliasip/v1alpha1"
+)
+
+// Event reasons recorded on PodRanges.
+const (
+	// EventPodRangeNearlyExhausted: at least 80 % of the range's blocks are used.
+	EventPodRangeNearlyExhausted = "PodRangeNearlyExhausted"
+	// EventPodRangeExhausted: the range has no free block.
+	EventPodRangeExhausted = "PodRangeExhausted"
+	// EventPodRangeNotReady: the controller does not allocate from the
+	// range; the Ready condition says why.
+	EventPodRangeNotReady = "PodRangeNotReady"
+)
+
+// nearlyExhaustedPercent is the share of used blocks from which a range
+// is reported as nearly exhausted.
+const nearlyExhaustedPercent = 80
+
+// crdPollInterval is how often the controller looks for the PodRange CRD
+// when it was not installed at start.
+var crdPollInterval = 30 * time.Second
+
+// podRanges is the controller's view of the PodRange objects: their
+// informer (started once the API serves the CRD), the client that writes
+// their status and finalizer, and the queue of ranges to sync.
+type podRanges struct {
+	client   versioned.Interface
+	disc     discovery.DiscoveryInterface
+	informer cache.SharedIndexInformer
+	lister   aliasiplisters.PodRangeLister
+	queue    workqueue.TypedRateLimitingInterface[string]
+	once     sync.Once
+}
+
+// UsePodRanges makes the controller allocate from PodRange objects as
+// well as from the default range. Call it before Run. Without the CRD
+// installed the controller runs with the default range only and starts
+// using PodRanges when the CRD appears.
+func (c *Controller) UsePodRanges(client versioned.Interface, disc discovery.DiscoveryInterface, resync time.Duration) {
+	inf := aliasipinformers.NewSharedInformerFactory(client, resync).Aliasip().V1alpha1().PodRanges()
+	r := &podRanges{
+		client:   client,
+		disc:     disc,
+		informer: inf.Informer(),
+		lister:   inf.Lister(),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "aliasip-podranges"}),
+	}
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			r.queue.Add(key)
+		}
+	}
+	inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, cur any) { enqueue(cur) },
+		DeleteFunc: enqueue,
+	})
+	c.ranges = r
+}
+
+// served reports whether the API server serves PodRanges.
+func (r *podRanges) served() (bool, error) {
+	list, err := r.disc.ServerResourcesForGroupVersion(aliasipv1.SchemeGroupVersion.String())
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, res := range list.APIResources {
+		if res.Name == "podranges" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// start runs the informer and waits for its cache when the CRD is served;
+// otherwise it looks again every crdPollInterval in the background and
+// returns at once.
+func (r *podRanges) start(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	ok, err := r.served()
+	if err != nil {
+		return fmt.Errorf("discover PodRanges: %w", err)
+	}
+	if ok {
+		r.run(ctx)
+		if !cache.WaitForCacheSync(ctx.Done(), r.informer.HasSynced) {
+			return errors.New("PodRange informer never synced")
+		}
+		return nil
+	}
+	logger.Info("PodRange CRD not installed: allocating from the default range only until it is", "lookEvery", crdPollInterval)
+	go wait.UntilWithContext(ctx, func(ctx context.Context) {
+		if ok, _ := r.served(); ok {
+			logger.Info("PodRange CRD installed: watching PodRanges")
+			r.run(ctx)
+		}
+	}, crdPollInterval)
+	return nil
+}
+
+func (r *podRanges) run(ctx context.Context) {
+	r.once.Do(func() { go r.informer.RunWithContext(ctx) })
+}
+
+// sorted returns the PodRanges oldest first (then by name).
+func (r *podRanges) sorted() []*aliasipv1.PodRange {
+	if !r.informer.HasSynced() {
+		return nil
+	}
+	list, err := r.lister.List(everything)
+	if err != nil {
+		return nil
+	}
+	sort.Slice(list, func(i, j int) bool {
+		a, b := list[i], list[j]
+		if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+			return a.CreationTimestamp.Before(&b.CreationTimestamp)
+		}
+		return a.Name < b.Name
+	})
+	return list
+}
+
+// enqueueAll queues every PodRange.
+func (r *podRanges) enqueueAll() {
+	for _, pr := range r.sorted() {
+		r.queue.Add(pr.Name)
+	}
+}
+
+// runRanges syncs PodRanges (one worker: ranges are few) and queues the
+// ranges whose block counts changed, at most once a second, so their
+// status follows the allocations without a write per node.
+func (c *Controller) runRanges(ctx context.Context) {
+	r := c.ranges
+	go func() {
+		<-ctx.Done()
+		r.queue.ShutDown()
+	}()
+	go wait.UntilWithContext(ctx, func(context.Context) {
+		for _, name := range c.blocks.takeChanged() {
+			if name != aliasipv1.DefaultRangeName {
+				r.queue.Add(name)
+			}
+		}
+	}, time.Second)
+	for {
+		key, quit := r.queue.Get()
+		if quit {
+			return
+		}
+		err := c.syncRange(ctx, key)
+		if err == nil {
+			r.queue.Forget(key)
+		} else {
+			klog.FromContext(ctx).V(2).Info("PodRange sync failed, will retry", "podRange", key, "err", err)
+			r.queue.AddRateLimited(key)
+		}
+		r.queue.Done(key)
+	}
+}
+
+// resolve turns a PodRange into a pool, or says why it cannot be one.
+func (c *Controller) resolve(ctx context.Context, pr *aliasipv1.PodRange) (*pool, string, string) {
+	sel, err := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
+	if err != nil {
+		return nil, aliasipv1.ReasonInvalidSelector, fmt.Sprintf("nodeSelector: %v", err)
+	}
+	if pr.Spec.SecondaryRangeName != "" {
+		return nil, aliasipv1.ReasonUnsupported,
+			"secondaryRangeName (GCE) is not supported by this controller version yet; nothing is allocated from this range"
+	}
+	if !c.cloud.rangeAliases() {
+		return nil, aliasipv1.ReasonUnsupported,
+			"a cidr range needs the fake cloud; on GCE name the subnetwork's secondary range (secondaryRangeName)"
+	}
+	cidr, err := netip.ParsePrefix(pr.Spec.CIDR)
+	if err != nil || cidr != cidr.Masked() {
+		return nil, aliasipv1.ReasonUnsupported, fmt.Sprintf("cidr %q is not a network in CIDR notation", pr.Spec.CIDR)
+	}
+	mask, err := pr.Spec.BlockMaskSize(cidr.Addr().BitLen())
+	if err != nil {
+		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, err.Error()
+	}
+	alloc, err := allocator.New(cidr, mask)
+	if err != nil {
+		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, fmt.Sprintf("/%d blocks in %v: %v", mask, cidr, err)
+	}
+	return &pool{name: pr.Name, cidr: cidr, cloudName: "podrange-" + pr.Name, maskSize: mask,
+		priority: pr.Spec.Priority, selector: sel, alloc: alloc}, "", ""
+}
+
+// syncRange brings one PodRange's pool, finalizer and status up to date.
+func (c *Controller) syncRange(ctx context.Context, name string) error {
+	logger := klog.FromContext(ctx)
+	pr, err := c.ranges.lister.Get(name)
+	if apierrors.IsNotFound(err) {
+		// Gone without our finalizer's consent (removed by hand): nodes
+		// keep their blocks; the pool goes once none does.
+		c.blocks.clearUnusable(name)
+		c.wakeWaiting()
+		if _, active := c.blocks.pool(name); active {
+			if holders := c.blocks.removePool(name); len(holders) > 0 {
+				logger.Info("PodRange deleted while nodes hold blocks of it", "podRange", name, "nodes", len(holders))
+				return nil
+			}
+			c.ranges.enqueueAll() // a range it overlapped may be used now
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if pr.DeletionTimestamp != nil {
+		return c.deleteRange(ctx, pr)
+	}
+	if !slices.Contains(pr.Finalizers, aliasipv1.Finalizer) {
+		pr = pr.DeepCopy()
+		pr.Finalizers = append(pr.Finalizers, aliasipv1.Finalizer)
+		if pr, err = c.ranges.client.AliasipV1alpha1().PodRanges().Update(ctx, pr, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+			return fmt.Errorf("add finalizer to PodRange %s: %w", name, err)
+		}
+	}
+	pl, reason, msg := c.resolve(ctx, pr)
+	_, active := c.blocks.pool(name)
+	switch {
+	case pl == nil:
+		// The range and block size are immutable, so an active pool only
+		// meets this with a selector that no longer parses: it keeps the
+		// selector it had.
+		if !active {
+			sel, _ := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
+			c.blocks.setUnusable(name, sel)
+		}
+		return c.writeRangeStatus(ctx, pr, active, metav1.ConditionFalse, reason, msg)
+	case active:
+		c.blocks.setPolicy(name, func(p *pool) { p.priority, p.selector, p.deleting = pl.priority, pl.selector, false })
+	default:
+		if other := c.blocks.overlapping(name, pl.cidr); other != "" {
+			c.blocks.setUnusable(name, pl.selector)
+			return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, aliasipv1.ReasonOverlaps, c.overlapMessage(pl, other))
+		}
+		used, err := c.usedIn(ctx, pl)
+		if err != nil {
+			return err
+		}
+		other, err := c.blocks.addPool(pl, used)
+		if err != nil {
+			return err
+		}
+		if other != "" {
+			c.blocks.setUnusable(name, pl.selector)
+			return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, aliasipv1.ReasonOverlaps, c.overlapMessage(pl, other))
+		}
+		c.blocks.clearUnusable(name)
+		logger.Info("Allocating from PodRange", "podRange", name, "cidr", pl.cidr, "maskSize", pl.maskSize,
+			"priority", pl.priority, "selector", pl.selector.String(), "blocksUsed", len(used))
+		// Nodes waiting for a block may get one here; nodes whose podCIDR
+		// lies in the range claim it.
+		c.wakeWaiting()
+		nodes, _ := c.nodes.List(everything)
+		for _, n := range nodes {
+			if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.contains(p) {
+				c.queue.Add(n.Name)
+			}
+		}
+	}
+	return c.writeRangeStatus(ctx, pr, true, metav1.ConditionTrue, aliasipv1.ReasonValid,
+		fmt.Sprintf("allocating /%d blocks of %v to the nodes it selects", pl.maskSize, pl.cidr))
+}
+
+// wakeWaiting queues the nodes waiting for a block: the ranges changed.
+func (c *Controller) wakeWaiting() {
+	for _, n := range c.blocks.waitingNodes() {
+		c.queue.Add(n)
+	}
+}
+
+func (c *Controller) overlapMessage(pl *pool, other string) string {
+	desc := other
+	if o, ok := c.blocks.pool(other); ok {
+		desc = fmt.Sprintf("%s (%v)", other, o.cidr)
+	}
+	return fmt.Sprintf("%v overlaps range %s, which was there first; nothing is allocated from this range", pl.cidr, desc)
+}
+
+// usedIn returns the blocks of a new pool already in use: nodes' podCIDRs
+// and aliases of its secondary range on the instances.
+func (c *Controller) usedIn(ctx context.Context, pl *pool) ([]netip.Prefix, error) {
+	var used []netip.Prefix
+	nodes, err := c.nodes.List(everything)
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.contains(p) {
+			used = append(used, p)
+		}
+	}
+	instances, err := c.cloud.ListInstances(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list instances: %w", err)
+	}
+	for _, in := range instances {
+		for _, a := range in.Aliases {
+			if pl.holds(a) {
+				used = append(used, a.CIDR)
+			}
+		}
+	}
+	return used, nil
+}
+
+// deleteRange handles a PodRange being deleted: it hands out no new
+// block, and its finalizer goes once no node holds a block of it.
+func (c *Controller) deleteRange(ctx context.Context, pr *aliasipv1.PodRange) error {
+	_, active := c.blocks.pool(pr.Name)
+	c.blocks.setPolicy(pr.Name, func(p *pool) { p.deleting = true })
+	if !active {
+		sel, _ := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
+		c.blocks.setUnusable(pr.Name, sel)
+	}
+	if holders := c.blocks.removePool(pr.Name); len(holders) > 0 {
+		shown := holders
+		if len(shown) > 5 {
+			shown = shown[:5]
+		}
+		return c.writeRangeStatus(ctx, pr, true, metav1.ConditionFalse, aliasipv1.ReasonInUse,
+			fmt.Sprintf("being deleted: %d node(s) still hold blocks of it (%s); no new block is handed out, and the range goes once they are gone",
+				len(holders), strings.Join(shown, ", ")))
+	}
+	if active {
+		klog.FromContext(ctx).Info("PodRange removed: no node holds a block of it", "podRange", pr.Name)
+		c.ranges.enqueueAll() // a range it overlapped may be used now
+	}
+	c.blocks.clearUnusable(pr.Name)
+	c.wakeWaiting() // nodes it selected get a block from another range
+	if i := slices.Index(pr.Finalizers, aliasipv1.Finalizer); i >= 0 {
+		pr = pr.DeepCopy()
+		pr.Finalizers = slices.Delete(pr.Finalizers, i, i+1)
+		if _, err := c.ranges.client.AliasipV1alpha1().PodRanges().Update(ctx, pr, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("remove finalizer from PodRange %s: %w", pr.Name, err)
+		}
+	}
+	return nil
+}
+
+// writeRangeStatus writes the PodRange's status when it changed: the
+// Ready condition given, and (for an active pool) the block counts and the
+// Exhausted condition. Crossing 80 % or 100 % used, or becoming not ready,
+// records a Warning event on the PodRange.
+func (c *Controller) writeRangeStatus(ctx context.Context, pr *aliasipv1.PodRange, active bool, ready metav1.ConditionStatus, reason, msg string) error {
+	st := pr.Status.DeepCopy()
+	st.ObservedGeneration = pr.Generation
+	ref := &corev1.ObjectReference{APIVersion: aliasipv1.SchemeGroupVersion.String(), Kind: "PodRange", Name: pr.Name, UID: pr.UID}
+	prevReady := meta.FindStatusCondition(pr.Status.Conditions, aliasipv1.ConditionReady)
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: aliasipv1.ConditionReady, Status: ready, Reason: reason,
+		Message: msg, ObservedGeneration: pr.Generation})
+	if ready == metav1.ConditionFalse && (prevReady == nil || prevReady.Reason != reason) {
+		c.recorder.Eventf(ref, corev1.EventTypeWarning, EventPodRangeNotReady, "%s: %s", reason, msg)
+	}
+	stats, ok := c.blocks.poolStats(pr.Name)
+	if active && ok {
+		pl, _ := c.blocks.pool(pr.Name)
+		st.CIDR, st.MaskSize = pl.cidr.String(), int32(pl.maskSize)
+		st.BlocksTotal, st.BlocksUsed, st.BlocksFree, st.Nodes = int64(stats.Total), int64(stats.Used), int64(stats.Free), int64(stats.Nodes)
+		level, cond := exhaustion(stats)
+		prev := meta.FindStatusCondition(pr.Status.Conditions, aliasipv1.ConditionExhausted)
+		prevLevel := 0
+		if prev != nil {
+			prevLevel = map[string]int{aliasipv1.ReasonNearlyExhausted: 1, aliasipv1.ReasonExhausted: 2}[prev.Reason]
+		}
+		cond.ObservedGeneration = pr.Generation
+		meta.SetStatusCondition(&st.Conditions, cond)
+		switch {
+		case level == 2 && prevLevel < 2:
+			c.recorder.Eventf(ref, corev1.EventTypeWarning, EventPodRangeExhausted, "%s", cond.Message)
+		case level == 1 && prevLevel < 1:
+			c.recorder.Eventf(ref, corev1.EventTypeWarning, EventPodRangeNearlyExhausted, "%s", cond.Message)
+		}
+	} else {
+		st.CIDR, st.MaskSize = pr.Spec.CIDR, 0
+		st.BlocksTotal, st.BlocksUsed, st.BlocksFree, st.Nodes = 0, 0, 0, 0
+		meta.RemoveStatusCondition(&st.Conditions, aliasipv1.ConditionExhausted)
+	}
+	if equality.Semantic.DeepEqual(&pr.Status, st) {
+		return nil
+	}
+	pr = pr.DeepCopy()
+	pr.Status = *st
+	if _, err := c.ranges.client.AliasipV1alpha1().PodRanges().UpdateStatus(ctx, pr, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
+		return fmt.Errorf("update status of PodRange %s: %w", pr.Name, err)
+	}
+	return nil
+}
+
+// exhaustion returns the Exhausted condition for a pool's counts and its
+// level: 0 blocks available, 1 nearly exhausted (≥ 80 % used), 2 exhausted.
+func exhaustion(s PoolStats) (int, metav1.Condition) {
+	c := metav1.Condition{Type: aliasipv1.ConditionExhausted}
+	pct := 0
+	if s.Total > 0 {
+		pct = s.Used * 100 / s.Total
+	}
+	switch {
+	case s.Free == 0:
+		c.Status, c.Reason = metav1.ConditionTrue, aliasipv1.ReasonExhausted
+		c.Message = fmt.Sprintf("all %d blocks are used (%d cooling down); nodes it selects wait for one to be released", s.Total, s.Cooling)
+		return 2, c
+	case pct >= nearlyExhaustedPercent:
+		c.Status, c.Reason = metav1.ConditionFalse, aliasipv1.ReasonNearlyExhausted
+		c.Message = fmt.Sprintf("%d of %d blocks used (%d%%), %d free", s.Used, s.Total, pct, s.Free)
+		return 1, c
+	default:
+		c.Status, c.Reason = metav1.ConditionFalse, aliasipv1.ReasonBlocksAvailable
+		c.Message = fmt.Sprintf("%d of %d blocks used (%d%%), %d free", s.Used, s.Total, pct, s.Free)
+		return 0, c
+	}
+}
+
+// fieldManager names the controller's writes.
+const fieldManager = "aliasip-controller"
