@@ -247,7 +247,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
+	defer func() {
+		srv.Close() // calls in progress answer first
+		if store := a.storeOrNil(); store != nil {
+			store.Close() // folds the journal into the snapshot
+		}
+	}()
 	// Collect leftovers from before a restart before serving new pods.
 	a.collectPods(ctx)
 	if err := a.installCNI(ctx); err != nil {
@@ -393,8 +398,11 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 // (containerd's CRI plugin, pkg/cri/server, the defaultIfName constant).
 func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR netip.Prefix, cause error) (*ipam.Store, error) {
 	aside := fmt.Sprintf("%s.%d.corrupt", statePath, time.Now().Unix())
-	if err := ipam.MoveAside(statePath, aside); err != nil {
-		return nil, fmt.Errorf("%w (and moving it aside failed: %v)", cause, err)
+	// Linked, not moved: the bad state stays in place until Recover has
+	// written its replacement, so an agent killed in between recovers
+	// again rather than start from an empty state.
+	if err := ipam.KeepAside(statePath, aside); err != nil {
+		return nil, fmt.Errorf("%w (and keeping it aside failed: %v)", cause, err)
 	}
 	var pods []datapath.HostPod
 	if err := a.inHost(func() error {

@@ -32,6 +32,7 @@ func (a *Agent) serveSocket(ctx context.Context) (*api.Server, error) {
 		return nil, err
 	}
 	srv := newSocketServer(a.handler(ctx))
+	srv.OnPanic = func(err error) { klog.FromContext(ctx).Error(err, "CNI call panicked; answered as an internal error") }
 	go srv.Serve(ctx, ln)
 	return srv, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 )
@@ -21,9 +22,14 @@ type Handler func(ctx context.Context, op Op, body json.RawMessage) (any, error)
 // refused without being read further, so a stuck or broken plugin holds
 // neither a goroutine nor memory for long.
 type Server struct {
-	Handler      Handler
+	Handler Handler
+	// ReadTimeout bounds reading the request, WriteTimeout writing the
+	// answer; zero means no limit.
 	ReadTimeout  time.Duration
 	WriteTimeout time.Duration
+	// OnPanic, if set, is told of a handler's panic (with its stack); the
+	// client gets CodeInternal.
+	OnPanic func(error)
 
 	mu     sync.Mutex
 	ln     net.Listener
@@ -64,7 +70,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		// Counted under mu, so that Close either sees this call (and
+		// waits for it) or this connection sees Close.
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			conn.Close()
+			return ErrServerClosed
+		}
 		s.wg.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			s.serveConn(ctx, conn)
@@ -86,9 +101,17 @@ func (s *Server) Close() error {
 	return err
 }
 
+// deadline is now+d, or none for d <= 0 (as net/http's zero timeouts).
+func deadline(d time.Duration) time.Time {
+	if d <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(d)
+}
+
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(s.ReadTimeout))
+	conn.SetReadDeadline(deadline(s.ReadTimeout))
 	lr := &io.LimitedReader{R: conn, N: MaxMessage + 1}
 	var req Request
 	var resp Response
@@ -100,7 +123,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		resp.Error = &ErrorBody{Code: CodeInvalid, Message: msg}
 	} else {
 		conn.SetReadDeadline(time.Time{})
-		out, err := s.Handler(ctx, req.Op, req.Body)
+		out, err := s.call(ctx, req)
 		var ae *Error
 		switch {
 		case errors.As(err, &ae):
@@ -113,6 +136,20 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 			}
 		}
 	}
-	conn.SetWriteDeadline(time.Now().Add(s.WriteTimeout))
+	conn.SetWriteDeadline(deadline(s.WriteTimeout))
 	json.NewEncoder(conn).Encode(resp)
+}
+
+// call runs the handler; a panic is this call's internal error, not the
+// end of the agent (net/http's Server recovers a handler's panic too).
+func (s *Server) call(ctx context.Context, req Request) (out any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic serving %s: %v\n%s", req.Op, r, debug.Stack())
+			if s.OnPanic != nil {
+				s.OnPanic(err)
+			}
+		}
+	}()
+	return s.Handler(ctx, req.Op, req.Body)
 }

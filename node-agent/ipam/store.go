@@ -10,9 +10,13 @@
 // directory) and a rename. The snapshot is rewritten — through a temporary
 // file that is fsynced, renamed over the old one, and whose directory is
 // fsynced, so a reader sees the old snapshot or the new one, never a torn
-// one — when the store opens and when the journal grows past a bound; it
-// carries the sequence number of the last record it holds, so records it
-// already covers are skipped if a crash leaves them behind. A torn last
+// one — when the store opens, when it closes, and when the journal grows
+// past a bound. Each snapshot starts a new generation: the journal's first
+// line names the generation it continues, and a journal of another
+// generation (a crash between a snapshot and emptying the journal, or a
+// snapshot written by an older release that knows no journal) is ignored,
+// since every snapshot holds everything before it. Within a generation,
+// records carry sequence numbers and those the snapshot covers are skipped. A torn last
 // record (a power loss in the middle of a write) is dropped: the call that
 // wrote it never returned. A snapshot that is empty or corrupt, or a journal
 // corrupt before its last record, is reported as ErrCorrupt, so the caller
@@ -29,6 +33,8 @@ package ipam
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -84,6 +90,9 @@ type Request struct {
 }
 
 type fileState struct {
+	// Generation names this snapshot; only a journal that starts with it
+	// continues it.
+	Generation string `json:"generation,omitempty"`
 	// Seq is the last journal record the snapshot holds.
 	Seq         uint64                   `json:"seq,omitempty"`
 	PodCIDR     netip.Prefix             `json:"podCIDR"`
@@ -103,6 +112,7 @@ type Store struct {
 	mu      sync.Mutex
 	journal *os.File // path + JournalSuffix, opened for appending
 	jsize   int64    // bytes in the journal
+	gen     string   // the snapshot's generation, which the journal continues
 	seq     uint64   // of the last record written (or lost to a failed write)
 	// broken: a failed write may have left a record in the journal that
 	// could not be taken out again; the next change rewrites the snapshot
@@ -124,7 +134,7 @@ func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, er
 		return nil, err
 	}
 	if err := s.load(); err != nil {
-		s.Close()
+		s.release() // no compaction: the state on disk stays as it was
 		return nil, err
 	}
 	return s, nil
@@ -153,7 +163,7 @@ func Recover(path string, podCIDR netip.Prefix, cooldown time.Duration, allocs [
 		s.byIP[a.IP] = a.Key
 	}
 	if err := s.compact(); err != nil {
-		s.Close()
+		s.release()
 		return nil, err
 	}
 	return s, nil
@@ -161,6 +171,19 @@ func Recover(path string, podCIDR netip.Prefix, cooldown time.Duration, allocs [
 
 // JournalSuffix names the journal: the snapshot's path and this.
 const JournalSuffix = ".journal"
+
+// KeepAside links the state at path (snapshot and journal) to aside as
+// well, so that ReadAllocations(aside) reads it whole, without taking it
+// from path: until a replacement is written there (Recover), a restarted
+// agent still finds the bad state, not an empty one.
+func KeepAside(path, aside string) error {
+	for _, suffix := range []string{"", JournalSuffix} {
+		if err := os.Link(path+suffix, aside+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
 
 // MoveAside renames the state at path (snapshot and journal) to aside, so
 // that ReadAllocations(aside) still reads it whole.
@@ -203,6 +226,23 @@ func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store
 
 // Close releases the state directory's lock.
 func (s *Store) Close() error {
+	if s.lock == nil {
+		return nil
+	}
+	// Leave the whole state in the snapshot: what a reader of the snapshot
+	// alone (a release before the journal, after a rollback) needs.
+	s.mu.Lock()
+	cerr := s.compact()
+	s.mu.Unlock()
+	if err := s.release(); err != nil {
+		return err
+	}
+	return cerr
+}
+
+// release closes the files and drops the lock, leaving the state on disk
+// as it is.
+func (s *Store) release() error {
 	if s.lock == nil {
 		return nil
 	}
@@ -258,7 +298,23 @@ func (s *Store) read() error {
 		s.cooling[ip] = t
 	}
 	s.seq = st.Seq
-	return s.replay(journal)
+	s.gen = st.Generation
+	head, rest, _ := bytes.Cut(journal, []byte("\n"))
+	var h journalHeader
+	if json.Unmarshal(head, &h) != nil || h.Generation == "" || h.Generation != st.Generation {
+		// Not this snapshot's journal: one the snapshot already covers
+		// (a crash between the two steps of compact), one whose header
+		// write was torn, or one left from before an older release wrote
+		// this snapshot. Everything it could hold is in the snapshot or
+		// was never answered.
+		return nil
+	}
+	return s.replay(rest)
+}
+
+// journalHeader is the journal's first line.
+type journalHeader struct {
+	Generation string `json:"generation"`
 }
 
 // add puts a stored allocation in the maps, refusing what no save writes.
@@ -560,15 +616,38 @@ func (s *Store) write(recs ...record) error {
 // journal (the snapshot's sequence number covers every record in it, should
 // a crash come in between).
 func (s *Store) compact() error {
+	var g [8]byte
+	if _, err := rand.Read(g[:]); err != nil {
+		return err
+	}
+	s.gen = hex.EncodeToString(g[:])
 	if err := s.save(); err != nil {
 		// The rename may have happened before the failure: rewrite the
 		// snapshot from memory (rolled back by the caller) next time.
 		s.broken = true
 		return err
 	}
+	// The old journal is of another generation now: ignored if a crash
+	// comes before it is replaced.
+	header, err := json.Marshal(journalHeader{Generation: s.gen})
+	if err != nil {
+		return err
+	}
+	header = append(header, '\n')
 	if err := s.truncateJournal(0); err != nil {
 		s.broken = true
-		return nil // the snapshot is durable; the journal is emptied next time
+		return nil // the snapshot is durable; the journal is replaced next time
+	}
+	n, err := s.journal.Write(header)
+	if err == nil {
+		err = unix.Fdatasync(int(s.journal.Fd()))
+	}
+	s.jsize = int64(n)
+	if err != nil {
+		// Records appended to a journal without its header would be
+		// ignored on load: start over at the next change.
+		s.broken = true
+		return nil
 	}
 	s.broken = false
 	return nil
@@ -587,7 +666,7 @@ func (s *Store) truncateJournal(size int64) error {
 
 // snapshot is the state as the snapshot file holds it.
 func (s *Store) snapshot() fileState {
-	st := fileState{Seq: s.seq, PodCIDR: s.cidr, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
+	st := fileState{Generation: s.gen, Seq: s.seq, PodCIDR: s.cidr, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
 	for _, a := range s.allocs {
 		st.Allocations = append(st.Allocations, *a)
 	}

@@ -209,14 +209,17 @@ func TestJournal(t *testing.T) {
 	a, _ := s.Allocate(req("a"))
 	b, _ := s.Allocate(req("b"))
 	s.Release(b.Key)
-	s.Close()
 	if now, _ := os.ReadFile(path); string(now) != string(snap) {
 		t.Error("a change rewrote the snapshot; it should only append to the journal")
 	}
 	journal, _ := os.ReadFile(path + JournalSuffix)
-	if n := strings.Count(string(journal), "\n"); n != 3 {
-		t.Fatalf("journal holds %d records, want 3:\n%s", n, journal)
+	if n := strings.Count(string(journal), "\n"); n != 4 {
+		t.Fatalf("journal holds %d lines, want a header and 3 records:\n%s", n, journal)
 	}
+	// As if the agent were killed: no Close, the journal stays.
+	s.journal.Close()
+	s.lock.Close()
+	s.lock = nil
 
 	torn := append(append([]byte{}, journal...), []byte(`{"seq":4,"add":{"containerID":"c","ifN`)...)
 	os.WriteFile(path+JournalSuffix, torn, 0o600)
@@ -233,13 +236,18 @@ func TestJournal(t *testing.T) {
 	if _, ok := s2.Get(Key{ContainerID: "c", IfName: "eth0"}); ok {
 		t.Fatal("a torn record was applied")
 	}
-	if st, _ := os.Stat(path + JournalSuffix); st.Size() != 0 {
-		t.Errorf("journal not emptied into the snapshot on open: %d bytes", st.Size())
+	if j, _ := os.ReadFile(path + JournalSuffix); strings.Count(string(j), "\n") != 1 {
+		t.Errorf("journal not folded into the snapshot on open: %q", j)
 	}
+	header, _ := os.ReadFile(path + JournalSuffix)
 	s2.Close()
+	header2, _ := os.ReadFile(path + JournalSuffix)
+	if string(header2) == string(header) {
+		t.Error("Close did not start a new generation")
+	}
 
 	// Garbage followed by a good record: not a torn write.
-	os.WriteFile(path+JournalSuffix, []byte("garbage\n"+`{"seq":99,"del":{"containerID":"a","ifName":"eth0"}}`+"\n"), 0o600)
+	os.WriteFile(path+JournalSuffix, []byte(string(header2)+"garbage\n"+`{"seq":99,"del":{"containerID":"a","ifName":"eth0"}}`+"\n"), 0o600)
 	if _, err := Open(path, netip.MustParsePrefix("10.1.2.0/24"), 0); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("corrupt journal: %v, want ErrCorrupt", err)
 	}
