@@ -56,6 +56,9 @@ const (
 	// EventPortmapMissing: --chain-portmap is set but --cni-bin-dir has no
 	// portmap, so the conflist does not chain it (hostPorts do not work).
 	EventPortmapMissing = "PortmapMissing"
+	// EventMaxPodsExceedBlock: the kubelet's maxPods (the Node's pods
+	// capacity) is more than the node's block can address.
+	EventMaxPodsExceedBlock = "MaxPodsExceedBlock"
 )
 
 // ConfListName is the file the agent writes into the CNI config dir.
@@ -118,6 +121,8 @@ type Agent struct {
 	// nodeLost: this node's Node object is gone or lost its podCIDR; ADD
 	// is refused until it is back with the same podCIDR.
 	nodeLost bool
+	// maxPodsWarned is the maxPods/block pair last checked (one Event each).
+	maxPodsWarned string
 	// stop ends Run with a cause (set by Run).
 	stop context.CancelCauseFunc
 	// conflistChain is the chained plugin list of the conflist last

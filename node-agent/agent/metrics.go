@@ -20,6 +20,7 @@ type Metrics struct {
 	// routes on this VM; GuestRoutesRemoved counts its routes removed.
 	GuestAgentIPAliases prometheus.Gauge
 	GuestRoutesRemoved  prometheus.Counter
+	MaxPodsOverBlock    prometheus.Gauge
 	ipSource            func() (used, free, cooling int)
 }
 
@@ -65,7 +66,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.GuestRoutesRemoved = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "aliasip_guest_agent_routes_removed_total", Help: "Local routes for the podCIDR added by the GCE guest agent and removed by aliasip.",
 	})
-	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved)
+	m.MaxPodsOverBlock = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "aliasip_max_pods_over_block", Help: "1 when the kubelet's maxPods (the Node's pods capacity) exceeds the pod addresses of the node's block.",
+	})
+	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved, m.MaxPodsOverBlock)
 	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.StateRecovered, m.FabricRoutes, m.Ready)
 	for _, s := range []string{"used", "free", "cooling"} {
 		state := s

@@ -42,6 +42,7 @@ func (a *Agent) checkOwnNode(ctx context.Context) {
 	}
 	p, err := netip.ParsePrefix(node.Spec.PodCIDR)
 	if err == nil && p.Masked() == cur {
+		a.checkMaxPods(ctx, node, cur)
 		if lost {
 			a.mu.Lock()
 			a.nodeLost = false
@@ -63,6 +64,34 @@ func (a *Agent) checkOwnNode(ctx context.Context) {
 	if stop != nil {
 		stop(ErrPodCIDRChanged)
 	}
+}
+
+// checkMaxPods warns when the kubelet may run more pods than the node's
+// block has addresses: the extra pods would wait in ContainerCreating with
+// "pod IP range exhausted". The kubelet reports its --max-pods (maxPods in
+// its config) as the Node's capacity "pods" (kubernetes,
+// pkg/kubelet/nodestatus/setters.go, MachineInfo). One Event per value; the
+// gauge aliasip_max_pods_over_block says whether it holds now.
+func (a *Agent) checkMaxPods(ctx context.Context, node *corev1.Node, block netip.Prefix) {
+	q, ok := node.Status.Capacity[corev1.ResourcePods]
+	if !ok {
+		return
+	}
+	maxPods := q.Value()
+	usable := int64(1)<<(32-block.Bits()) - 3 // network, gateway, broadcast
+	over := maxPods > usable
+	a.metrics.MaxPodsOverBlock.Set(map[bool]float64{true: 1}[over])
+	key := fmt.Sprintf("%d/%v", maxPods, block)
+	a.mu.Lock()
+	seen := a.maxPodsWarned == key
+	a.maxPodsWarned = key
+	a.mu.Unlock()
+	if !over || seen {
+		return
+	}
+	klog.FromContext(ctx).Info("The kubelet's maxPods exceeds the node's block", "maxPods", maxPods, "podCIDR", block, "usable", usable)
+	a.event(corev1.EventTypeWarning, EventMaxPodsExceedBlock,
+		"The kubelet may run %d pods but the node's block %v has %d pod addresses: pods past that fail in ContainerCreating (pod IP range exhausted). Lower the kubelet's maxPods or give the node pool a larger block (about twice maxPods, as GKE sizes them).", maxPods, block, usable)
 }
 
 // waitPodCIDR waits until the node has a podCIDR (and, on GCE, it is an

@@ -934,3 +934,28 @@ func TestPodCIDRChangedWhileRunning(t *testing.T) {
 		t.Errorf("old IPAM state not kept aside: %v", aside)
 	}
 }
+
+// The kubelet's maxPods (the Node's pods capacity) above what the block can
+// address: a Warning event and a gauge, which clears once it fits.
+func TestMaxPodsOverBlockWarned(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.14.0/24")
+	setPods := func(v string) {
+		t.Helper()
+		patch := fmt.Sprintf(`{"status":{"capacity":{"pods":%q}}}`, v)
+		if _, err := e.client.CoreV1().Nodes().Patch(e.ctx, n.Name, k8stypes.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setPods("300") // a /24 has 253 pod addresses
+	e.waitNodeEvent(n, agent.EventMaxPodsExceedBlock)
+	if v := agentMetric(t, n, "aliasip_max_pods_over_block", ""); v != 1 {
+		t.Errorf("aliasip_max_pods_over_block = %v, want 1", v)
+	}
+	setPods("110")
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		return agentMetric(t, n, "aliasip_max_pods_over_block", "") == 0, nil
+	}); err != nil {
+		t.Error("aliasip_max_pods_over_block stays 1 with maxPods 110 on a /24")
+	}
+}
