@@ -137,7 +137,6 @@ func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
 	}
 }
 
-// markNetworkAvailable sets the Node's NetworkUnavailable condition False.
 // ensureNetworkAvailable sets NetworkUnavailable=False, retrying with
 // backoff (up to 30 s apart) until it lands or ctx ends: until then the
 // scheduler keeps pods off the node.
@@ -156,6 +155,9 @@ func (a *Agent) ensureNetworkAvailable(ctx context.Context) {
 	}
 }
 
+// markNetworkAvailable sets the Node's NetworkUnavailable condition False.
+// Already so (an agent restart): nothing is written, and the condition's
+// lastTransitionTime keeps the time it really changed.
 func (a *Agent) markNetworkAvailable(ctx context.Context) error {
 	a.mu.Lock()
 	podCIDR := a.podCIDR
@@ -165,6 +167,17 @@ func (a *Agent) markNetworkAvailable(ctx context.Context) error {
 		Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse,
 		Reason: ConditionReason, Message: "aliasip routes this node's podCIDR " + podCIDR.String(),
 		LastTransitionTime: now, LastHeartbeatTime: now,
+	}
+	if node, err := a.nodes.Get(a.cfg.NodeName); err == nil {
+		for _, c := range node.Status.Conditions {
+			if c.Type != corev1.NodeNetworkUnavailable || c.Status != corev1.ConditionFalse {
+				continue
+			}
+			if c.Reason == cond.Reason && c.Message == cond.Message {
+				return nil
+			}
+			cond.LastTransitionTime = c.LastTransitionTime // False already
+		}
 	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{cond}}})
 	if err != nil {

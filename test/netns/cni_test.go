@@ -455,6 +455,42 @@ func TestAgentWaitsForPodCIDR(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(n.BinDir, "aliasip-cni")); err != nil {
 		t.Errorf("plugin not installed: %v", err)
 	}
+	// A restarted agent leaves the condition as it is: its
+	// lastTransitionTime is when the network became available, not the
+	// last restart.
+	transition := func() metav1.Time {
+		node, err := e.client.CoreV1().Nodes().Get(e.ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range node.Status.Conditions {
+			if c.Type == corev1.NodeNetworkUnavailable {
+				return c.LastTransitionTime
+			}
+		}
+		return metav1.Time{}
+	}
+	before := transition()
+	time.Sleep(1100 * time.Millisecond) // condition times have 1 s resolution
+	n.Agent.Stop()
+	n.Agent, err = framework.StartProcess(filepath.Join(n.Dir, "agent2.log"), nil, agentBin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
+		resp, err := http.Get("http://" + n.Metrics + "/readyz")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		t.Fatalf("restarted agent not ready: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond) // ensureNetworkAvailable runs right after ready
+	if after := transition(); !after.Equal(&before) {
+		t.Errorf("NetworkUnavailable lastTransitionTime moved from %v to %v on an agent restart", before, after)
+	}
 	p := e.pod(n, "late")
 	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
 		t.Errorf("ping: %v", err)
