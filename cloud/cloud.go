@@ -37,6 +37,8 @@ var (
 	ErrRateLimited = errors.New("cloud rate limit exceeded")
 	// ErrUnavailable: a transient server-side failure (5xx).
 	ErrUnavailable = errors.New("cloud unavailable")
+	// ErrNoSecondaryRange: the subnetwork has no secondary range of that name.
+	ErrNoSecondaryRange = errors.New("no such secondary range")
 )
 
 // MaxAliasRangesPerNIC is GCE's limit of alias IP ranges on one interface.

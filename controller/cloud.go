@@ -76,6 +76,29 @@ type RangeAliaser interface {
 	AddRangeAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error
 }
 
+// SecondaryRanger is a cloud whose ranges are a subnetwork's named
+// secondary ranges, as PodRanges with a secondaryRangeName need (GCE).
+type SecondaryRanger interface {
+	SecondaryRange(ctx context.Context, name string) (netip.Prefix, error)
+}
+
+// secondaryRanges reports whether the cloud's ranges are named secondary ranges.
+func (b *budgetCloud) secondaryRanges() bool {
+	_, ok := b.inner.(SecondaryRanger)
+	return ok
+}
+
+// SecondaryRange returns the CIDR of a named secondary range, when the
+// cloud has them.
+func (b *budgetCloud) SecondaryRange(ctx context.Context, name string) (p netip.Prefix, err error) {
+	sr, ok := b.inner.(SecondaryRanger)
+	if !ok {
+		return netip.Prefix{}, fmt.Errorf("secondary range %s: this cloud has none: %w", name, cloud.ErrNoSecondaryRange)
+	}
+	err = b.call(ctx, "SecondaryRange", func() error { p, err = sr.SecondaryRange(ctx, name); return err })
+	return p, err
+}
+
 // rangeAliases reports whether the cloud adds aliases from other ranges.
 func (b *budgetCloud) rangeAliases() bool {
 	_, ok := b.inner.(RangeAliaser)

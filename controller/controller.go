@@ -325,7 +325,10 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		// In creation order: of two overlapping ranges the older one is
 		// used (the other's status says why it is not).
 		for _, pr := range c.ranges.sorted() {
-			pl, _, _ := c.resolve(ctx, pr)
+			pl, _, _, err := c.resolve(ctx, pr)
+			if err != nil {
+				return err
+			}
 			if pl == nil {
 				if sel, err := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector); err == nil {
 					unusable[pr.Name] = sel

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"fmt"
 	"net/netip"
 	"sort"
 
@@ -97,4 +98,136 @@ func candidates(pools map[string]*pool, unusable map[string]labels.Selector, nod
 		return nil, blocked
 	}
 	return []*pool{def}, nil
+}
+
+// The blocks methods below manage the pools themselves (adding,
+// removing, policy); those above in blocks.go move blocks between them.
+
+// pool returns a copy of the named pool's policy fields (alloc is nil in
+// the copy); ok is false when there is none.
+func (b *blocks) pool(name string) (pool, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl, ok := b.pools[name]
+	if !ok {
+		return pool{}, false
+	}
+	cp := *pl
+	cp.alloc = nil
+	return cp, true
+}
+
+// addPool adds a pool whose blocks in used are marked used (the podCIDRs
+// and aliases already in its range). It refuses, naming it, a pool that
+// overlaps one already there (the older range keeps allocating).
+func (b *blocks) addPool(pl *pool, used []netip.Prefix) (overlaps string, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.pools[pl.name]; ok {
+		return "", fmt.Errorf("range %s already in use", pl.name)
+	}
+	for _, other := range b.pools {
+		if other.cidr.Overlaps(pl.cidr) {
+			return other.name, nil
+		}
+	}
+	for _, p := range used {
+		if _, err := pl.alloc.Occupy(p); err != nil {
+			return "", fmt.Errorf("range %s: mark %v used: %w", pl.name, p, err)
+		}
+	}
+	for p := range b.cooling {
+		if pl.contains(p) {
+			if _, err := pl.alloc.Occupy(p); err != nil {
+				return "", err
+			}
+		}
+	}
+	b.pools[pl.name] = pl
+	b.changed[pl.name] = true
+	return "", nil
+}
+
+// overlapping returns the name of a pool other than name whose range
+// overlaps cidr ("" when none).
+func (b *blocks) overlapping(name string, cidr netip.Prefix) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, other := range b.pools {
+		if other.name != name && other.cidr.Overlaps(cidr) {
+			return other.name
+		}
+	}
+	return ""
+}
+
+// setUnusable records that a PodRange hands out no block (sel nil: it
+// selects nothing, as when its selector cannot be parsed).
+func (b *blocks) setUnusable(name string, sel labels.Selector) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if sel == nil {
+		sel = labels.Nothing()
+	}
+	b.unusable[name] = sel
+}
+
+// clearUnusable forgets a PodRange recorded by setUnusable.
+func (b *blocks) clearUnusable(name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.unusable, name)
+}
+
+// setPolicy updates a pool's priority, selector and deleting mark.
+func (b *blocks) setPolicy(name string, update func(*pool)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if pl, ok := b.pools[name]; ok {
+		update(pl)
+	}
+}
+
+// holders returns the nodes holding a block of the named pool.
+func (b *blocks) holders(name string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.holdersLocked(name)
+}
+
+func (b *blocks) holdersLocked(name string) []string {
+	pl, ok := b.pools[name]
+	if !ok {
+		return nil
+	}
+	var out []string
+	for n, a := range b.owned {
+		if pl.contains(a.cidr) && b.owner[a.cidr] == n {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// removePool removes a pool no node holds a block of; its cooling blocks
+// are forgotten with it. It reports the holders instead when there are
+// some (then nothing changes).
+func (b *blocks) removePool(name string) []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl, ok := b.pools[name]
+	if !ok {
+		return nil
+	}
+	if h := b.holdersLocked(name); len(h) > 0 {
+		return h
+	}
+	for p := range b.cooling {
+		if pl.contains(p) {
+			delete(b.cooling, p)
+		}
+	}
+	delete(b.pools, name)
+	return nil
 }

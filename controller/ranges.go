@@ -11,10 +11,7 @@ import (
 	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/discovery"
@@ -22,6 +19,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/allocator"
 	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
@@ -193,34 +191,60 @@ func (c *Controller) runRanges(ctx context.Context) {
 	}
 }
 
-// resolve turns a PodRange into a pool, or says why it cannot be one.
-func (c *Controller) resolve(ctx context.Context, pr *aliasipv1.PodRange) (*pool, string, string) {
+// resolve turns a PodRange into a pool, or says why it cannot be one
+// (reason and message for its Ready condition). An error is a failure to
+// find out (the subnetwork could not be read), to retry.
+//
+// With GCE a range is a secondary range of the nodes' subnetwork, its CIDR
+// read from the subnetwork and its aliases named after it (alias IP
+// ranges name the secondary range they come from:
+// https://cloud.google.com/vpc/docs/alias-ip, "Subnet secondary CIDR ranges").
+// The fake cloud has no subnetwork: a range is a cidr, its aliases named
+// podrange-<name>.
+func (c *Controller) resolve(ctx context.Context, pr *aliasipv1.PodRange) (*pool, string, string, error) {
 	sel, err := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
 	if err != nil {
-		return nil, aliasipv1.ReasonInvalidSelector, fmt.Sprintf("nodeSelector: %v", err)
+		return nil, aliasipv1.ReasonInvalidSelector, fmt.Sprintf("nodeSelector: %v", err), nil
 	}
-	if pr.Spec.SecondaryRangeName != "" {
-		return nil, aliasipv1.ReasonUnsupported,
-			"secondaryRangeName (GCE) is not supported by this controller version yet; nothing is allocated from this range"
-	}
+	subnetRanges := c.cloud.secondaryRanges()
 	if !c.cloud.rangeAliases() {
-		return nil, aliasipv1.ReasonUnsupported,
-			"a cidr range needs the fake cloud; on GCE name the subnetwork's secondary range (secondaryRangeName)"
+		return nil, aliasipv1.ReasonUnsupported, "this cloud adds aliases of its pod range only", nil
 	}
-	cidr, err := netip.ParsePrefix(pr.Spec.CIDR)
-	if err != nil || cidr != cidr.Masked() {
-		return nil, aliasipv1.ReasonUnsupported, fmt.Sprintf("cidr %q is not a network in CIDR notation", pr.Spec.CIDR)
+	var cidr netip.Prefix
+	var cloudName string
+	switch {
+	case pr.Spec.SecondaryRangeName != "" && !subnetRanges:
+		return nil, aliasipv1.ReasonUnsupported,
+			"secondaryRangeName needs GCE; with the fake cloud give the range as cidr", nil
+	case pr.Spec.SecondaryRangeName != "":
+		cidr, err = c.cloud.SecondaryRange(ctx, pr.Spec.SecondaryRangeName)
+		if errors.Is(err, cloud.ErrNoSecondaryRange) {
+			return nil, aliasipv1.ReasonSecondaryRangeNotFound, err.Error(), nil
+		}
+		if err != nil {
+			return nil, "", "", fmt.Errorf("PodRange %s: %w", pr.Name, err)
+		}
+		cloudName = pr.Spec.SecondaryRangeName
+	case subnetRanges:
+		return nil, aliasipv1.ReasonUnsupported,
+			"a cidr range needs the fake cloud; on GCE name the subnetwork's secondary range (secondaryRangeName)", nil
+	default:
+		cidr, err = netip.ParsePrefix(pr.Spec.CIDR)
+		if err != nil || cidr != cidr.Masked() {
+			return nil, aliasipv1.ReasonUnsupported, fmt.Sprintf("cidr %q is not a network in CIDR notation", pr.Spec.CIDR), nil
+		}
+		cloudName = "podrange-" + pr.Name
 	}
 	mask, err := pr.Spec.BlockMaskSize(cidr.Addr().BitLen())
 	if err != nil {
-		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, err.Error()
+		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, err.Error(), nil
 	}
 	alloc, err := allocator.New(cidr, mask)
 	if err != nil {
-		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, fmt.Sprintf("/%d blocks in %v: %v", mask, cidr, err)
+		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, fmt.Sprintf("/%d blocks in %v: %v", mask, cidr, err), nil
 	}
-	return &pool{name: pr.Name, cidr: cidr, cloudName: "podrange-" + pr.Name, maskSize: mask,
-		priority: pr.Spec.Priority, selector: sel, alloc: alloc}, "", ""
+	return &pool{name: pr.Name, cidr: cidr, cloudName: cloudName, maskSize: mask,
+		priority: pr.Spec.Priority, selector: sel, alloc: alloc}, "", "", nil
 }
 
 // syncRange brings one PodRange's pool, finalizer and status up to date.
@@ -254,7 +278,10 @@ func (c *Controller) syncRange(ctx context.Context, name string) error {
 			return fmt.Errorf("add finalizer to PodRange %s: %w", name, err)
 		}
 	}
-	pl, reason, msg := c.resolve(ctx, pr)
+	pl, reason, msg, err := c.resolve(ctx, pr)
+	if err != nil {
+		return err
+	}
 	_, active := c.blocks.pool(name)
 	switch {
 	case pl == nil:
@@ -376,79 +403,6 @@ func (c *Controller) deleteRange(ctx context.Context, pr *aliasipv1.PodRange) er
 		}
 	}
 	return nil
-}
-
-// writeRangeStatus writes the PodRange's status when it changed: the
-// Ready condition given, and (for an active pool) the block counts and the
-// Exhausted condition. Crossing 80 % or 100 % used, or becoming not ready,
-// records a Warning event on the PodRange.
-func (c *Controller) writeRangeStatus(ctx context.Context, pr *aliasipv1.PodRange, active bool, ready metav1.ConditionStatus, reason, msg string) error {
-	st := pr.Status.DeepCopy()
-	st.ObservedGeneration = pr.Generation
-	ref := &corev1.ObjectReference{APIVersion: aliasipv1.SchemeGroupVersion.String(), Kind: "PodRange", Name: pr.Name, UID: pr.UID}
-	prevReady := meta.FindStatusCondition(pr.Status.Conditions, aliasipv1.ConditionReady)
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: aliasipv1.ConditionReady, Status: ready, Reason: reason,
-		Message: msg, ObservedGeneration: pr.Generation})
-	if ready == metav1.ConditionFalse && (prevReady == nil || prevReady.Reason != reason) {
-		c.recorder.Eventf(ref, corev1.EventTypeWarning, EventPodRangeNotReady, "%s: %s", reason, msg)
-	}
-	stats, ok := c.blocks.poolStats(pr.Name)
-	if active && ok {
-		pl, _ := c.blocks.pool(pr.Name)
-		st.CIDR, st.MaskSize = pl.cidr.String(), int32(pl.maskSize)
-		st.BlocksTotal, st.BlocksUsed, st.BlocksFree, st.Nodes = int64(stats.Total), int64(stats.Used), int64(stats.Free), int64(stats.Nodes)
-		level, cond := exhaustion(stats)
-		prev := meta.FindStatusCondition(pr.Status.Conditions, aliasipv1.ConditionExhausted)
-		prevLevel := 0
-		if prev != nil {
-			prevLevel = map[string]int{aliasipv1.ReasonNearlyExhausted: 1, aliasipv1.ReasonExhausted: 2}[prev.Reason]
-		}
-		cond.ObservedGeneration = pr.Generation
-		meta.SetStatusCondition(&st.Conditions, cond)
-		switch {
-		case level == 2 && prevLevel < 2:
-			c.recorder.Eventf(ref, corev1.EventTypeWarning, EventPodRangeExhausted, "%s", cond.Message)
-		case level == 1 && prevLevel < 1:
-			c.recorder.Eventf(ref, corev1.EventTypeWarning, EventPodRangeNearlyExhausted, "%s", cond.Message)
-		}
-	} else {
-		st.CIDR, st.MaskSize = pr.Spec.CIDR, 0
-		st.BlocksTotal, st.BlocksUsed, st.BlocksFree, st.Nodes = 0, 0, 0, 0
-		meta.RemoveStatusCondition(&st.Conditions, aliasipv1.ConditionExhausted)
-	}
-	if equality.Semantic.DeepEqual(&pr.Status, st) {
-		return nil
-	}
-	pr = pr.DeepCopy()
-	pr.Status = *st
-	if _, err := c.ranges.client.AliasipV1alpha1().PodRanges().UpdateStatus(ctx, pr, metav1.UpdateOptions{FieldManager: fieldManager}); err != nil {
-		return fmt.Errorf("update status of PodRange %s: %w", pr.Name, err)
-	}
-	return nil
-}
-
-// exhaustion returns the Exhausted condition for a pool's counts and its
-// level: 0 blocks available, 1 nearly exhausted (≥ 80 % used), 2 exhausted.
-func exhaustion(s PoolStats) (int, metav1.Condition) {
-	c := metav1.Condition{Type: aliasipv1.ConditionExhausted}
-	pct := 0
-	if s.Total > 0 {
-		pct = s.Used * 100 / s.Total
-	}
-	switch {
-	case s.Free == 0:
-		c.Status, c.Reason = metav1.ConditionTrue, aliasipv1.ReasonExhausted
-		c.Message = fmt.Sprintf("all %d blocks are used (%d cooling down); nodes it selects wait for one to be released", s.Total, s.Cooling)
-		return 2, c
-	case pct >= nearlyExhaustedPercent:
-		c.Status, c.Reason = metav1.ConditionFalse, aliasipv1.ReasonNearlyExhausted
-		c.Message = fmt.Sprintf("%d of %d blocks used (%d%%), %d free", s.Used, s.Total, pct, s.Free)
-		return 1, c
-	default:
-		c.Status, c.Reason = metav1.ConditionFalse, aliasipv1.ReasonBlocksAvailable
-		c.Message = fmt.Sprintf("%d of %d blocks used (%d%%), %d free", s.Used, s.Total, pct, s.Free)
-		return 0, c
-	}
 }
 
 // fieldManager names the controller's writes.

@@ -244,29 +244,40 @@ func (c *Cloud) PodRange(ctx context.Context) (netip.Prefix, string, error) {
 	if pr.IsValid() {
 		return pr, c.cfg.SecondaryRange, nil
 	}
+	p, err := c.SecondaryRange(ctx, c.cfg.SecondaryRange)
+	if err != nil {
+		return netip.Prefix{}, "", err
+	}
+	c.mu.Lock()
+	c.podRange = p
+	c.mu.Unlock()
+	return p, c.cfg.SecondaryRange, nil
+}
+
+// SecondaryRange returns the CIDR of the nodes' subnetwork's secondary
+// range name, read from the subnetwork each time (a PodRange naming it is
+// resolved rarely). An unknown name wraps cloud.ErrNoSecondaryRange.
+func (c *Cloud) SecondaryRange(ctx context.Context, name string) (netip.Prefix, error) {
 	var sub *compute.Subnetwork
 	err := c.retry(ctx, "subnetworks.get", func() (err error) {
 		sub, err = c.svc.Subnetworks.Get(c.subnet.Project, c.subnet.Region, c.subnet.Name).Context(ctx).Do()
 		return err
 	})
 	if err != nil {
-		return netip.Prefix{}, "", fmt.Errorf("read subnetwork %s: %w", c.subnet.Path(), err)
+		return netip.Prefix{}, fmt.Errorf("read subnetwork %s: %w", c.subnet.Path(), err)
 	}
 	var names []string
 	for _, r := range sub.SecondaryIpRanges {
 		names = append(names, r.RangeName)
-		if r.RangeName == c.cfg.SecondaryRange {
+		if r.RangeName == name {
 			p, err := netip.ParsePrefix(r.IpCidrRange)
 			if err != nil {
-				return netip.Prefix{}, "", fmt.Errorf("subnetwork %s: secondary range %s: %w", c.cfg.Subnetwork, r.RangeName, err)
+				return netip.Prefix{}, fmt.Errorf("subnetwork %s: secondary range %s: %w", c.cfg.Subnetwork, r.RangeName, err)
 			}
-			c.mu.Lock()
-			c.podRange = p.Masked()
-			c.mu.Unlock()
-			return p.Masked(), r.RangeName, nil
+			return p.Masked(), nil
 		}
 	}
-	return netip.Prefix{}, "", fmt.Errorf("subnetwork %s has no secondary range %q (it has %v)", c.cfg.Subnetwork, c.cfg.SecondaryRange, names)
+	return netip.Prefix{}, fmt.Errorf("subnetwork %s has no secondary range %q (it has %v): %w", c.cfg.Subnetwork, name, names, cloud.ErrNoSecondaryRange)
 }
 
 // InstanceFor implements cloud.Interface: the providerID
@@ -364,6 +375,19 @@ func toAliases(in []*compute.AliasIpRange) []cloud.AliasRange {
 // operation finished meanwhile — nothing is added: the error wraps
 // cloud.ErrStaleFingerprint so the caller decides again on the NIC as it is.
 func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+	return c.addAlias(ctx, inst, cidr, c.cfg.SecondaryRange)
+}
+
+// AddRangeAlias adds a.CIDR from the subnetwork's secondary range
+// a.RangeName (a PodRange's), as AddAlias does from the pod range.
+func (c *Cloud) AddRangeAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error {
+	if a.RangeName == "" {
+		return fmt.Errorf("add %v to %s: no secondary range named: %w", a.CIDR, inst, cloud.ErrInvalid)
+	}
+	return c.addAlias(ctx, inst, a.CIDR, a.RangeName)
+}
+
+func (c *Cloud) addAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix, rangeName string) error {
 	var before map[netip.Prefix]bool
 	var appeared netip.Prefix
 	err := c.modify(ctx, inst, func(list []*compute.AliasIpRange) ([]*compute.AliasIpRange, bool) {
@@ -372,7 +396,7 @@ func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip
 			if a.CIDR == cidr {
 				return nil, false
 			}
-			if a.RangeName == c.cfg.SecondaryRange {
+			if a.RangeName == rangeName {
 				ours[a.CIDR] = true
 			}
 		}
@@ -386,11 +410,11 @@ func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip
 				}
 			}
 		}
-		return append(slices.Clone(list), &compute.AliasIpRange{IpCidrRange: cidr.String(), SubnetworkRangeName: c.cfg.SecondaryRange}), true
+		return append(slices.Clone(list), &compute.AliasIpRange{IpCidrRange: cidr.String(), SubnetworkRangeName: rangeName}), true
 	})
 	if err == nil && appeared.IsValid() {
 		return fmt.Errorf("add %v to %s: the NIC gained %v of range %s meanwhile; not adding a second: %w",
-			cidr, inst, appeared, c.cfg.SecondaryRange, cloud.ErrStaleFingerprint)
+			cidr, inst, appeared, rangeName, cloud.ErrStaleFingerprint)
 	}
 	return err
 }

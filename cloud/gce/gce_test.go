@@ -479,3 +479,39 @@ func TestSharedVPC(t *testing.T) {
 		}
 	}
 }
+
+// A PodRange's secondary range: its CIDR read from the subnetwork, an
+// unknown name reported as such, and its aliases added under its name
+// beside the pod range's (the server refuses a CIDR outside the range).
+func TestSecondaryRangeAndRangeAlias(t *testing.T) {
+	s := newServer(t, gcetest.Options{SecondaryRanges: map[string]netip.Prefix{
+		"pods":   netip.MustParsePrefix("10.64.0.0/14"),
+		"pods-b": netip.MustParsePrefix("10.80.0.0/20"),
+	}})
+	s.AddInstance(zone, "vm-1")
+	c := newCloud(t, s, nil)
+	if p, err := c.SecondaryRange(ctx, "pods-b"); err != nil || p.String() != "10.80.0.0/20" {
+		t.Fatalf("SecondaryRange(pods-b) = %v, %v", p, err)
+	}
+	if _, err := c.SecondaryRange(ctx, "nope"); !errors.Is(err, cloud.ErrNoSecondaryRange) {
+		t.Fatalf("SecondaryRange(nope) = %v, want ErrNoSecondaryRange", err)
+	}
+	if err := c.AddAlias(ctx, ref("vm-1"), netip.MustParsePrefix("10.64.1.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddRangeAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.80.0.64/26"), RangeName: "pods-b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddRangeAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.81.0.0/26"), RangeName: "pods-b"}); !errors.Is(err, cloud.ErrInvalid) {
+		t.Errorf("alias outside its secondary range: %v, want ErrInvalid", err)
+	}
+	if got, want := serverPrefixes(s, "vm-1"), "pods-b:10.80.0.64/26 pods:10.64.1.0/24"; got != want {
+		t.Errorf("NIC holds %q, want %q", got, want)
+	}
+	if err := c.RemoveAlias(ctx, ref("vm-1"), netip.MustParsePrefix("10.80.0.64/26")); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := serverPrefixes(s, "vm-1"), "pods:10.64.1.0/24"; got != want {
+		t.Errorf("after removal the NIC holds %q, want %q", got, want)
+	}
+}

@@ -50,10 +50,14 @@ func (r serverReader) ListInstances(context.Context) ([]cloud.Instance, error) {
 func newGCEEnv(t *testing.T, cluster string, o gcetest.Options) (*env, *gcetest.Server) {
 	e := newEnv(t, cluster)
 	o.Project, o.Region, o.Subnetwork = gceProject, "us-central1", "nodes"
-	o.SecondaryRanges = map[string]netip.Prefix{
+	ranges := map[string]netip.Prefix{
 		"pods":     e.cluster,
 		"services": netip.MustParsePrefix("172.20.0.0/20"),
 	}
+	for name, p := range o.SecondaryRanges { // the caller's, beside those
+		ranges[name] = p
+	}
+	o.SecondaryRanges = ranges
 	s := gcetest.NewServer(o)
 	t.Cleanup(s.Close)
 	e.reader = serverReader{s: s, cluster: e.cluster}

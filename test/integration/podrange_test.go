@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/cloud/gce/gcetest"
 	"github.com/aliasip/aliasip/controller"
 	"github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/test/framework"
@@ -481,5 +482,84 @@ func TestControllerWithoutPodRangeCRD(t *testing.T) {
 	_, label, _ = e.waitAssigned("w-2")
 	if label["w-2"] != "later" {
 		t.Errorf("w-2 from %q, want later", label["w-2"])
+	}
+}
+
+// With GCE a PodRange names a secondary range of the nodes' subnetwork:
+// its CIDR comes from the subnetwork, its blocks are alias ranges of that
+// secondary range (maxPodsPerNode 32 → /26). A name the subnetwork does
+// not have, a block larger than the range, or a cidr on GCE are reported
+// in the status, and a node only such a range selects waits.
+func TestPodRangesOnGCE(t *testing.T) {
+	ge, s := newGCEEnv(t, "10.64.0.0/16", gcetest.Options{SecondaryRanges: map[string]netip.Prefix{
+		"pods-b": netip.MustParsePrefix("10.80.0.0/20"),
+		"tiny":   netip.MustParsePrefix("10.90.0.0/28"),
+	}})
+	e := &rangeEnv{env: ge, prs: podRangeClient(t).AliasipV1alpha1().PodRanges()}
+	e.deleteAllRanges()
+	t.Cleanup(e.deleteAllRanges)
+	e.startController("controller")
+	create := func(name, secondary string, maxPods int32, pool string) {
+		t.Helper()
+		if _, err := e.prs.Create(e.ctx, &v1alpha1.PodRange{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.PodRangeSpec{
+			SecondaryRangeName: secondary, MaxPodsPerNode: i32(maxPods),
+			NodeSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pool": pool}}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	create("pool-b", "pods-b", 32, "b")
+	create("missing", "nope", 32, "m")
+	create("too-small", "tiny", 110, "t")
+	e.createRange("cidr-on-gce", "10.99.0.0/16", 24, 0, 0, map[string]string{"pool": "c"})
+	pr := e.waitRange("pool-b", "Ready", ready)
+	if pr.Status.CIDR != "10.80.0.0/20" || pr.Status.MaskSize != 26 || pr.Status.BlocksTotal != 64 {
+		t.Errorf("pool-b status %+v", pr.Status)
+	}
+	for name, want := range map[string]struct{ reason, msg string }{
+		"missing":     {v1alpha1.ReasonSecondaryRangeNotFound, `subnetwork nodes has no secondary range "nope"`},
+		"too-small":   {v1alpha1.ReasonBlockSizeDoesNotFit, "/24 blocks in 10.90.0.0/28"},
+		"cidr-on-gce": {v1alpha1.ReasonUnsupported, "a cidr range needs the fake cloud"},
+	} {
+		pr := e.waitRange(name, "reported "+want.reason, func(pr *v1alpha1.PodRange) bool {
+			return condition(pr, v1alpha1.ConditionReady).Reason == want.reason
+		})
+		if c := condition(pr, v1alpha1.ConditionReady); c.Status != metav1.ConditionFalse || !strings.Contains(c.Message, want.msg) {
+			t.Errorf("%s: Ready %s %q, want False with %q", name, c.Status, c.Message, want.msg)
+		}
+	}
+	for _, n := range []string{"b-1", "b-2", "t-1", "d-1"} {
+		s.AddInstance(gceZone, n)
+	}
+	pools := map[string]string{"b-1": "b", "b-2": "b", "t-1": "t"}
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"b-1", "b-2", "t-1", "d-1"}, func(n *corev1.Node) {
+		n.Spec.ProviderID = fmt.Sprintf("gce://%s/%s/%s", gceProject, gceZone, n.Name)
+		if p, ok := pools[n.Name]; ok {
+			n.Labels = map[string]string{"pool": p}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	podCIDR, label, _ := e.waitAssigned("b-1", "b-2", "d-1")
+	nics := s.Aliases()
+	for n, want := range map[string]struct {
+		rng, secondary string
+		within         string
+		bits           int
+	}{
+		"b-1": {"pool-b", "pods-b", "10.80.0.0/20", 26},
+		"b-2": {"pool-b", "pods-b", "10.80.0.0/20", 26},
+		"d-1": {"default", "pods", "10.64.0.0/16", 24},
+	} {
+		p := netip.MustParsePrefix(podCIDR[n])
+		if label[n] != want.rng || p.Bits() != want.bits || !netip.MustParsePrefix(want.within).Contains(p.Addr()) {
+			t.Errorf("node %s: %v from %q, want a /%d of %s from %s", n, p, label[n], want.bits, want.within, want.rng)
+		}
+		if a := nics[n]; len(a) != 1 || a[0].IpCidrRange != p.String() || a[0].SubnetworkRangeName != want.secondary {
+			t.Errorf("node %s: NIC aliases %+v, want %v from %s", n, a, p, want.secondary)
+		}
+	}
+	e.waitEvent("t-1", corev1.EventTypeWarning, controller.EventCIDRNotAvailable, 30*time.Second)
+	if podCIDR, _, _ := e.nodesState(); podCIDR["t-1"] != "" || len(s.Aliases()["t-1"]) != 0 {
+		t.Errorf("t-1, selected only by a range that does not fit, got %q", podCIDR["t-1"])
 	}
 }
