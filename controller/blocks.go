@@ -114,8 +114,8 @@ func (b *blocks) stats() map[string]PoolStats {
 			out[pl.name] = s
 		}
 	}
-	for _, a := range b.owned {
-		if pl := b.poolOf(a.cidr); pl != nil && b.owner[a.cidr] != "" {
+	for n, a := range b.owned {
+		if pl := b.poolOf(a.cidr); pl != nil && b.owner[a.cidr] == n {
 			s := out[pl.name]
 			s.Nodes++
 			out[pl.name] = s

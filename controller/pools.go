@@ -60,6 +60,10 @@ type PoolStats struct {
 // that hand out no block (unusable) select it, there is no candidate and
 // blocked names them: the node waits rather than getting a block from a
 // range it was not meant for. The caller holds the blocks lock.
+//
+// Selectors are metav1.LabelSelectorAsSelector's: an empty selector ({})
+// matches every node (k8s.io/apimachinery pkg/apis/meta/v1/helpers.go;
+// https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#label-selectors).
 func candidates(pools map[string]*pool, unusable map[string]labels.Selector, nodeLabels map[string]string) (cands []*pool, blocked []string) {
 	set := labels.Set(nodeLabels)
 	var def *pool

@@ -1,12 +1,15 @@
 package controller
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/allocator"
 )
 
@@ -89,5 +92,67 @@ func TestExhaustion(t *testing.T) {
 		if level != c.level || cond.Reason != c.reason || (level == 2) != (cond.Status == "True") {
 			t.Errorf("%+v: level %d %s/%s, want %d %s", c.s, level, cond.Status, cond.Reason, c.level, c.reason)
 		}
+	}
+}
+
+// The pool bookkeeping: a pool overlapping another is refused, blocks in
+// use are marked when a pool is added, reservations follow the
+// candidates, a pool held by a node is not removed, and the counts say
+// who holds what.
+func TestBlocksPools(t *testing.T) {
+	newPool := func(name, cidr, sel string) *pool {
+		p := netip.MustParsePrefix(cidr)
+		a, err := allocator.New(p, 26)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl := &pool{name: name, cidr: p, cloudName: "podrange-" + name, maskSize: 26, alloc: a}
+		if sel != "" {
+			pl.selector = labels.SelectorFromSet(labels.Set{"pool": sel})
+		}
+		return pl
+	}
+	b := newBlocks()
+	b.reset([]*pool{newPool("default", "10.0.0.0/24", "")}, map[string]labels.Selector{}, map[string]assignment{}, map[netip.Prefix]string{}, map[netip.Prefix]time.Time{})
+	if other, err := b.addPool(newPool("inside", "10.0.0.128/25", "x"), nil); err != nil || other != "default" {
+		t.Fatalf("overlapping pool: %q, %v; want refused naming default", other, err)
+	}
+	used := netip.MustParsePrefix("10.1.0.0/26")
+	if other, err := b.addPool(newPool("a", "10.1.0.0/25", "a"), []netip.Prefix{used}); err != nil || other != "" {
+		t.Fatalf("addPool a: %q, %v", other, err)
+	}
+	cidr, rng, err := b.reserve("n1", cloud.InstanceRef{Name: "n1"}, map[string]string{"pool": "a"})
+	if err != nil || rng != "a" || cidr.String() != "10.1.0.64/26" {
+		t.Fatalf("reserve n1: %v from %q, %v; want the free 10.1.0.64/26 of a", cidr, rng, err)
+	}
+	if _, _, err := b.reserve("n2", cloud.InstanceRef{Name: "n2"}, map[string]string{"pool": "a"}); !errors.Is(err, allocator.ErrRangeExhausted) || !b.isWaiting("n2") {
+		t.Fatalf("reserve n2 from a full pool: %v, waiting %v", err, b.isWaiting("n2"))
+	}
+	if _, rng, err := b.reserve("n3", cloud.InstanceRef{Name: "n3"}, nil); err != nil || rng != "default" {
+		t.Fatalf("reserve n3 (no PodRange selects it): %q, %v", rng, err)
+	}
+	st := b.stats()
+	if got := st["a"]; got != (PoolStats{Total: 2, Used: 2, Free: 0, Nodes: 1}) {
+		t.Errorf("stats a = %+v", got)
+	}
+	if got := st["default"]; got != (PoolStats{Total: 4, Used: 1, Free: 3, Nodes: 1}) {
+		t.Errorf("stats default = %+v", got)
+	}
+	if h := b.removePool("a"); len(h) != 1 || h[0] != "n1" {
+		t.Fatalf("removePool a while n1 holds a block: %v", h)
+	}
+	if a, ok := b.releasing("n1"); !ok {
+		t.Fatal("n1 holds nothing")
+	} else {
+		b.released("n1", a, time.Now().Add(time.Hour))
+	}
+	if h := b.removePool("a"); len(h) != 0 {
+		t.Fatalf("removePool a with no holder: %v", h)
+	}
+	if _, ok := b.pool("a"); ok || b.inUse(cidr) {
+		t.Errorf("pool a still there, or its cooling block still counted")
+	}
+	if len(b.coolingSnapshot()) != 0 {
+		t.Errorf("cooling blocks of a removed pool kept: %v", b.coolingSnapshot())
 	}
 }

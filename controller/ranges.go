@@ -278,51 +278,54 @@ func (c *Controller) syncRange(ctx context.Context, name string) error {
 			return fmt.Errorf("add finalizer to PodRange %s: %w", name, err)
 		}
 	}
+	if cur, active := c.blocks.pool(name); active {
+		// The range and block size are immutable (the CRD's rules), so an
+		// active pool is resolved once: a status refresh costs no cloud
+		// call. Only the selector and the priority may change.
+		sel, err := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
+		if err != nil {
+			// It keeps the selector it had.
+			return c.writeRangeStatus(ctx, pr, true, metav1.ConditionFalse, aliasipv1.ReasonInvalidSelector, fmt.Sprintf("nodeSelector: %v", err))
+		}
+		c.blocks.setPolicy(name, func(p *pool) { p.priority, p.selector, p.deleting = pr.Spec.Priority, sel, false })
+		return c.writeRangeStatus(ctx, pr, true, metav1.ConditionTrue, aliasipv1.ReasonValid,
+			fmt.Sprintf("allocating /%d blocks of %v to the nodes it selects", cur.maskSize, cur.cidr))
+	}
 	pl, reason, msg, err := c.resolve(ctx, pr)
 	if err != nil {
 		return err
 	}
-	_, active := c.blocks.pool(name)
-	switch {
-	case pl == nil:
-		// The range and block size are immutable, so an active pool only
-		// meets this with a selector that no longer parses: it keeps the
-		// selector it had.
-		if !active {
-			sel, _ := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
-			c.blocks.setUnusable(name, sel)
-		}
-		return c.writeRangeStatus(ctx, pr, active, metav1.ConditionFalse, reason, msg)
-	case active:
-		c.blocks.setPolicy(name, func(p *pool) { p.priority, p.selector, p.deleting = pl.priority, pl.selector, false })
-	default:
-		if other := c.blocks.overlapping(name, pl.cidr); other != "" {
-			c.blocks.setUnusable(name, pl.selector)
-			return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, aliasipv1.ReasonOverlaps, c.overlapMessage(pl, other))
-		}
-		used, err := c.usedIn(ctx, pl)
-		if err != nil {
-			return err
-		}
-		other, err := c.blocks.addPool(pl, used)
-		if err != nil {
-			return err
-		}
-		if other != "" {
-			c.blocks.setUnusable(name, pl.selector)
-			return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, aliasipv1.ReasonOverlaps, c.overlapMessage(pl, other))
-		}
-		c.blocks.clearUnusable(name)
-		logger.Info("Allocating from PodRange", "podRange", name, "cidr", pl.cidr, "maskSize", pl.maskSize,
-			"priority", pl.priority, "selector", pl.selector.String(), "blocksUsed", len(used))
-		// Nodes waiting for a block may get one here; nodes whose podCIDR
-		// lies in the range claim it.
-		c.wakeWaiting()
-		nodes, _ := c.nodes.List(everything)
-		for _, n := range nodes {
-			if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.contains(p) {
-				c.queue.Add(n.Name)
-			}
+	if pl == nil {
+		sel, _ := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
+		c.blocks.setUnusable(name, sel)
+		return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, reason, msg)
+	}
+	if other := c.blocks.overlapping(name, pl.cidr); other != "" {
+		c.blocks.setUnusable(name, pl.selector)
+		return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, aliasipv1.ReasonOverlaps, c.overlapMessage(pl, other))
+	}
+	used, err := c.usedIn(ctx, pl)
+	if err != nil {
+		return err
+	}
+	other, err := c.blocks.addPool(pl, used)
+	if err != nil {
+		return err
+	}
+	if other != "" {
+		c.blocks.setUnusable(name, pl.selector)
+		return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, aliasipv1.ReasonOverlaps, c.overlapMessage(pl, other))
+	}
+	c.blocks.clearUnusable(name)
+	logger.Info("Allocating from PodRange", "podRange", name, "cidr", pl.cidr, "maskSize", pl.maskSize,
+		"priority", pl.priority, "selector", pl.selector.String(), "blocksUsed", len(used))
+	// Nodes waiting for a block may get one here; nodes whose podCIDR
+	// lies in the range claim it.
+	c.wakeWaiting()
+	nodes, _ := c.nodes.List(everything)
+	for _, n := range nodes {
+		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.contains(p) {
+			c.queue.Add(n.Name)
 		}
 	}
 	return c.writeRangeStatus(ctx, pr, true, metav1.ConditionTrue, aliasipv1.ReasonValid,

@@ -19,6 +19,8 @@ import (
 func (c *Controller) writeRangeStatus(ctx context.Context, pr *aliasipv1.PodRange, active bool, ready metav1.ConditionStatus, reason, msg string) error {
 	st := pr.Status.DeepCopy()
 	st.ObservedGeneration = pr.Generation
+	// Events about a cluster-scoped object go to the "default" namespace
+	// (client-go tools/record: an empty namespace is metav1.NamespaceDefault).
 	ref := &corev1.ObjectReference{APIVersion: aliasipv1.SchemeGroupVersion.String(), Kind: "PodRange", Name: pr.Name, UID: pr.UID}
 	prevReady := meta.FindStatusCondition(pr.Status.Conditions, aliasipv1.ConditionReady)
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: aliasipv1.ConditionReady, Status: ready, Reason: reason,

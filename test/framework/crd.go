@@ -23,8 +23,11 @@ func CRDDir() string { return filepath.Join(RepoRoot(), "charts", "aliasip", "cr
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // InstallCRDs creates (or updates) every CRD in dir's *.yaml files, as
-// `helm install` does with a chart's crds/ directory, and waits until the
-// API server serves them (condition Established).
+// `helm install` does with a chart's crds/ directory (installed before the
+// templates, never upgraded or deleted by helm:
+// https://helm.sh/docs/chart_best_practices/custom_resource_definitions/),
+// and waits until the API server serves them (condition Established:
+// https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#create-a-customresourcedefinition).
 func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 	client, err := dynamic.NewForConfig(cfg)
 	if err != nil {

@@ -562,4 +562,20 @@ func TestPodRangesOnGCE(t *testing.T) {
 	if podCIDR, _, _ := e.nodesState(); podCIDR["t-1"] != "" || len(s.Aliases()["t-1"]) != 0 {
 		t.Errorf("t-1, selected only by a range that does not fit, got %q", podCIDR["t-1"])
 	}
+
+	// A range in use is resolved once: its status follows new nodes
+	// without reading the subnetwork again.
+	e.waitRange("pool-b", "counting 2", func(pr *v1alpha1.PodRange) bool { return pr.Status.BlocksUsed == 2 })
+	reads := s.Count("subnetworks.get")
+	s.AddInstance(gceZone, "b-3")
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"b-3"}, func(n *corev1.Node) {
+		n.Spec.ProviderID = fmt.Sprintf("gce://%s/%s/%s", gceProject, gceZone, n.Name)
+		n.Labels = map[string]string{"pool": "b"}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRange("pool-b", "counting 3", func(pr *v1alpha1.PodRange) bool { return pr.Status.BlocksUsed == 3 })
+	if got := s.Count("subnetworks.get"); got != reads {
+		t.Errorf("subnetworks.get went from %d to %d while pool-b's status followed a new node", reads, got)
+	}
 }
