@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build deps images cluster cluster-down test unit integration vet lint fuzz bench bench-dataplane bench-restart bench-agent-restart demo clean
+.PHONY: help build codegen verify-codegen deps images cluster cluster-down test unit integration vet lint fuzz bench bench-dataplane bench-restart bench-agent-restart demo clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -18,6 +18,12 @@ build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni (stat
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
+
+codegen: ## Regenerate the PodRange deepcopy, clientset, listers, informers and CRD.
+	./hack/update-codegen.sh
+
+verify-codegen: ## Fail when the generated PodRange code or CRD is stale (also run by make test).
+	./hack/verify-codegen.sh
 
 deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, iperf3, helm (cached).
 	./hack/deps.sh
