@@ -81,14 +81,7 @@ func BenchmarkCNIAddDel(b *testing.B) {
 		b.Skipf("skipping: Debian's containernetworking-plugins missing: %v (run make deps)", err)
 	}
 	dir := b.TempDir()
-	agentBin, err := framework.BuildBinary(dir, "aliasip-agent", "./node-agent/cmd/aliasip-agent")
-	if err != nil {
-		b.Fatal(err)
-	}
-	pluginBin, err := framework.BuildBinary(dir, "aliasip-cni", "./node-agent/cmd/aliasip-cni")
-	if err != nil {
-		b.Fatal(err)
-	}
+	agentBin, pluginBin := nodeBinaries(b, dir)
 	ctx := context.Background()
 	cp := startControlPlane(b, dir)
 	defer cp.Stop()

@@ -101,14 +101,7 @@ func BenchmarkDataPlane(b *testing.B) {
 		}
 	}
 	dir := b.TempDir()
-	agentBin, err := framework.BuildBinary(dir, "aliasip-agent", "./node-agent/cmd/aliasip-agent")
-	if err != nil {
-		b.Fatal(err)
-	}
-	pluginBin, err := framework.BuildBinary(dir, "aliasip-cni", "./node-agent/cmd/aliasip-cni")
-	if err != nil {
-		b.Fatal(err)
-	}
+	agentBin, pluginBin := nodeBinaries(b, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cp := startControlPlane(b, dir)

@@ -220,6 +220,21 @@ func label(line, name string) string {
 
 // startControlPlane starts etcd and kube-apiserver under dir, or skips the
 // benchmark when hack/deps.sh has not installed them.
+// nodeBinaries returns aliasip-agent and aliasip-cni, from `make build` or
+// built into dir.
+func nodeBinaries(b *testing.B, dir string) (agent, plugin string) {
+	b.Helper()
+	agent, err := framework.BuildBinary(dir, "aliasip-agent", "./node-agent/cmd/aliasip-agent")
+	if err != nil {
+		b.Fatal(err)
+	}
+	plugin, err = framework.BuildBinary(dir, "aliasip-cni", "./node-agent/cmd/aliasip-cni")
+	if err != nil {
+		b.Fatal(err)
+	}
+	return agent, plugin
+}
+
 func startControlPlane(b *testing.B, dir string) *framework.ControlPlane {
 	b.Helper()
 	cp, err := framework.StartControlPlane(context.Background(), filepath.Join(dir, "cp"))
