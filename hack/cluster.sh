@@ -2,7 +2,7 @@
 # A Kubernetes cluster of real nodes on one machine, with no Docker and no
 # registry, that installs charts/aliasip the way a kind user does:
 #
-#   hack/cluster.sh up      (make cluster; NODES=3)   last line: KUBECONFIG=<path>
+#   hack/cluster.sh up      (make cluster; NODES=3 POOL_B_NODES=1)   last line: KUBECONFIG=<path>
 #   hack/cluster.sh down    (make cluster-down)       safe to run twice
 #   hack/cluster.sh load-images                       after make images
 #   hack/cluster.sh remove-node NAME                  the node's "VM" goes away
@@ -13,6 +13,15 @@
 # kubelet and kube-proxy. The nodes' eth0s sit on a bridge in a hub
 # namespace that plays the VPC; the API server listens on a veth into that
 # bridge, so pod traffic never crosses the host's FORWARD chain.
+#
+# Two node pools, labelled as GKE labels its pools
+# (cloud.google.com/gke-nodepool, as in the README's PodRange example):
+# pool-a, NODES nodes (node-1..), get their blocks from the chart's
+# clusterCIDR (the implicit range "default"); pool-b, POOL_B_NODES nodes
+# after them, from the PodRange pool-b with its own CIDR and a smaller
+# block (maxPodsPerNode 32 -> /26, kubelet maxPods 32). The pool-b range is
+# created once the chart has installed the CRD and the pool's kubelets
+# start after it is Ready, as a node pool is added to a running cluster.
 #
 # Nodes register with kind's providerID (kind://docker/aliasip/<node>), the
 # form kind's kubeadm config gives every node (kubernetes-sigs/kind
@@ -28,9 +37,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${ALIASIP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aliasip}
 dir=${ALIASIP_CLUSTER_DIR:-/var/lib/aliasip-cluster}
 run=/run/aliasip-cluster # unix sockets: short paths
-nodes=${NODES:-3}
+nodes=${NODES:-3}               # pool-a
+pool_b_nodes=${POOL_B_NODES:-1} # pool-b, numbered after pool-a
+total=$((nodes + pool_b_nodes))
 images=${ALIASIP_IMAGES:-$root/bin/images}
-cluster_cidr=10.244.0.0/16 # the README's kind section
+cluster_cidr=10.244.0.0/16 # the README's kind section; the range "default", pool-a
+pool_b_range=pool-b        # the PodRange of pool-b
+pool_b_cidr=10.64.0.0/16   # disjoint from cluster_cidr and service_cidr
+pool_b_max_pods=32         # PodRange maxPodsPerNode and the pool's kubelet maxPods: /26 blocks
 service_cidr=10.96.0.0/16
 net=192.168.90 # the emulated VPC subnet: .1 hub bridge, .2 API server, .11+ nodes
 api_ip=$net.2
@@ -45,6 +59,7 @@ die() {
 bin() { echo "$cache/bin/$1"; }
 node_name() { echo "node-$1"; }
 node_ip() { echo "$net.$((10 + $1))"; }
+node_pool() { if [ "$1" -le "$nodes" ]; then echo pool-a; else echo pool-b; fi; }
 
 # start NAME CMD... runs CMD in its own session, logging to $dir/logs/NAME.log.
 start() {
@@ -129,7 +144,7 @@ credentials() {
 	kubeconfig "$dir/kcm.kubeconfig" "$kcm"
 	kubeconfig "$dir/scheduler.kubeconfig" "$sched"
 	kubeconfig "$dir/kube-proxy.kubeconfig" "$proxy"
-	for i in $(seq 1 "$nodes"); do
+	for i in $(seq 1 "$total"); do
 		local n t
 		n=$(node_name "$i") t=$(token)
 		# The kubelet's identity as the Node authorizer and NodeRestriction know it.
@@ -157,7 +172,9 @@ hub() {
 	# own addresses. On GCE the VPC delivers a pod address to the VM that
 	# holds its alias range; here the host finds it on the VPC link by ARP,
 	# and the node that has the pod's /32 answers (proxy_arp on its eth0).
+	# The same for every pod range: the default and pool-b's.
 	ip route replace "$cluster_cidr" dev vpchost0
+	ip route replace "$pool_b_cidr" dev vpchost0
 }
 
 node_net() {
@@ -330,9 +347,21 @@ serializeImagePulls: false
 evictionHard: {memory.available: "100Mi", nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%"}
 imageGCHighThresholdPercent: 100
 EOF
+	if [ "$(node_pool "$i")" = pool-b ]; then
+		# As GKE sets a pool's max pods per node on its kubelets, to what
+		# the pool's blocks hold (KubeletConfiguration maxPods, default
+		# 110: k8s.io/kubelet config/v1beta1 types.go).
+		echo "maxPods: $pool_b_max_pods" >>"$nd/kubelet.yaml"
+	fi
+	# The pool label is set by the kubelet when it registers (kubelet
+	# --node-labels, https://kubernetes.io/docs/reference/command-line-tools-reference/kubelet/);
+	# NodeRestriction lets a kubelet set labels outside the kubernetes.io
+	# and k8s.io namespaces on its own Node
+	# (https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#noderestriction).
 	start "kubelet-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
 		"$(bin kubelet)" --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
-		--hostname-override "$n" --node-ip "$(node_ip "$i")" --v 1
+		--hostname-override "$n" --node-ip "$(node_ip "$i")" \
+		--node-labels "cloud.google.com/gke-nodepool=$(node_pool "$i")" --v 1
 }
 
 kube_proxy_up() {
@@ -342,7 +371,16 @@ kube_proxy_up() {
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 mode: iptables
-clusterCIDR: $cluster_cidr
+# Pod traffic is told from other traffic by the interface it comes in on
+# (aliasip's host veths are ali<hash>), not by one clusterCIDR, which cannot
+# name both pod ranges: with clusterCIDR, pool-b's pods would be SNATed to
+# their node's address on the way to a Service. kube-proxy then matches
+# "-i ali+" (KubeProxyConfiguration detectLocalMode InterfaceNamePrefix:
+# k8s.io/kube-proxy config/v1alpha1 types.go DetectLocalConfiguration;
+# k8s.io/kubernetes pkg/proxy/util/localdetector.go
+# NewDetectLocalByInterfaceNamePrefix), as Calico's users set it to "cali".
+detectLocalMode: InterfaceNamePrefix
+detectLocal: {interfaceNamePrefix: ali}
 hostnameOverride: $n
 bindAddress: $(node_ip "$i")
 metricsBindAddress: 127.0.0.1:10249
@@ -419,21 +457,20 @@ up() {
 	# private mount.
 	mount --bind "$dir/mnt" "$dir/mnt"
 	mount --make-private "$dir/mnt"
-	log "Kubernetes $k8s_version, $nodes nodes, state in $dir"
+	log "Kubernetes $k8s_version, $nodes nodes in pool-a and $pool_b_nodes in pool-b, state in $dir"
 	sysctls_up
 	pki
 	credentials
 	hub
 	control_plane_up
 	log "control plane up at https://$api_ip:$api_port"
-	for i in $(seq 1 "$nodes"); do
+	for i in $(seq 1 "$total"); do
 		node_net "$i"
 		node_mounts "$i"
 		node_cgroups "$i"
 		containerd_up "$i"
-		kubelet_up "$i"
-		kube_proxy_up "$i"
-		log "$(node_name "$i"): containerd, kubelet, kube-proxy started at $(node_ip "$i")"
+		[ "$(node_pool "$i")" = pool-a ] || continue
+		node_daemons_up "$i"
 	done
 	for i in $(seq 1 "$nodes"); do
 		wait_for 120 "node $(node_name "$i") to register" kubectl_ get node "$(node_name "$i")"
@@ -442,9 +479,46 @@ up() {
 	"$(bin helm)" --kubeconfig "$dir/kubeconfig" install aliasip "$root/charts/aliasip" -n kube-system \
 		--set cloud=fake --set clusterCIDR="$cluster_cidr" --set image.pullPolicy=Never --wait --timeout 3m >&2 ||
 		{ diagnose; die "helm install failed (logs in $dir/logs)"; }
+	if [ "$pool_b_nodes" -gt 0 ]; then
+		pool_b_up
+	fi
 	kubectl_ wait --for=condition=Ready nodes --all --timeout=120s >&2 || { diagnose; die "nodes not Ready"; }
-	kubectl_ get nodes -o custom-columns=NAME:.metadata.name,STATUS:.status.conditions[-1].type,PODCIDR:.spec.podCIDR,PROVIDERID:.spec.providerID >&2
+	kubectl_ get nodes -o custom-columns='NAME:.metadata.name,STATUS:.status.conditions[-1].type,POOL:.metadata.labels.cloud\.google\.com/gke-nodepool,RANGE:.metadata.labels.aliasip\.io/pod-range,PODCIDR:.spec.podCIDR,PROVIDERID:.spec.providerID' >&2
+	kubectl_ get podranges >&2
 	echo "KUBECONFIG=$dir/kubeconfig"
+}
+
+node_daemons_up() {
+	kubelet_up "$1"
+	kube_proxy_up "$1"
+	log "$(node_name "$1") ($(node_pool "$1")): containerd, kubelet, kube-proxy started at $(node_ip "$1")"
+}
+
+# pool_b_up adds the second node pool the way one is added to a running
+# cluster: its PodRange first (the chart has installed the CRD), then, once
+# the controller reports the range Ready, the pool's kubelets. A node
+# registering before the controller knew the range would get a block of
+# the default range, and keep it.
+pool_b_up() {
+	kubectl_ wait --for=condition=Established crd/podranges.aliasip.io --timeout=60s >&2 ||
+		die "the chart's PodRange CRD is not established"
+	kubectl_ apply -f - >&2 <<EOF
+apiVersion: aliasip.io/v1alpha1
+kind: PodRange
+metadata: {name: $pool_b_range}
+spec:
+  cidr: $pool_b_cidr
+  nodeSelector: {matchLabels: {cloud.google.com/gke-nodepool: pool-b}}
+  maxPodsPerNode: $pool_b_max_pods
+EOF
+	kubectl_ wait --for=condition=Ready "podrange/$pool_b_range" --timeout=60s >&2 ||
+		{ kubectl_ get podrange "$pool_b_range" -o yaml >&2; die "PodRange $pool_b_range not Ready"; }
+	for i in $(seq $((nodes + 1)) "$total"); do
+		node_daemons_up "$i"
+	done
+	for i in $(seq $((nodes + 1)) "$total"); do
+		wait_for 120 "node $(node_name "$i") to register" kubectl_ get node "$(node_name "$i")"
+	done
 }
 
 diagnose() {
@@ -573,7 +647,7 @@ remove-node)
 	log "$2 removed"
 	;;
 *)
-	echo "usage: $0 up|down|load-images|remove-node NAME   (NODES=3, ALIASIP_CLUSTER_DIR=/var/lib/aliasip-cluster)" >&2
+	echo "usage: $0 up|down|load-images|remove-node NAME   (NODES=3 POOL_B_NODES=1, ALIASIP_CLUSTER_DIR=/var/lib/aliasip-cluster)" >&2
 	exit 2
 	;;
 esac
