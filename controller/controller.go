@@ -11,7 +11,8 @@
 //	empty    none              reserve a block, add the alias (wait), patch podCIDR
 //	set      missing           add the alias for the podCIDR (repair)
 //	empty    present           adopt: patch podCIDR from the alias
-//	set      present, equal    nothing (in sync)
+//	set      present, equal    nothing (in sync); the label below set if
+//	                           missing or naming another range
 //	set      present, differs  nothing; Warning CIDRMismatch and a metric
 //	set      equal + others    remove the others, cool their blocks down
 //
@@ -712,10 +713,36 @@ func (c *Controller) check(ctx context.Context, node *corev1.Node, inst cloud.In
 		c.mismatch(node, EventCIDRMismatch, "podCIDR %v differs from alias range(s) %v on %s; leaving both untouched", podCIDR, ours, inst)
 		return nil
 	case len(ours) > 1:
-		return c.removeExtras(ctx, node, inst, podCIDR, ours)
+		if err := c.removeExtras(ctx, node, inst, podCIDR, ours); err != nil {
+			return err
+		}
+		return c.ensureLabel(ctx, node, podCIDR)
 	default:
+		return c.ensureLabel(ctx, node, podCIDR)
+	}
+}
+
+// ensureLabel gives an in-sync node the label naming the range that holds
+// its podCIDR (aliasipv1.NodeLabel: a PodRange's name, or "default") when
+// the label is missing or names another range: nodes that got their block
+// before the label existed, or whose label was edited or removed. One
+// patch, only when the label differs.
+func (c *Controller) ensureLabel(ctx context.Context, node *corev1.Node, podCIDR netip.Prefix) error {
+	rng, _, ok := c.blocks.rangeOf(podCIDR)
+	if !ok || node.Labels[aliasipv1.NodeLabel] == rng {
 		return nil
 	}
+	// A strategic merge patch of metadata.labels sets this key and leaves
+	// the node's other labels as they are (maps are merged key by key:
+	// https://kubernetes.io/docs/tasks/manage-kubernetes-objects/update-api-object-kubectl-patch/#notes-on-the-strategic-merge-patch).
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, aliasipv1.NodeLabel, rng)
+	c.metrics.NodeWrites.Inc()
+	if _, err := c.client.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, []byte(patch), metav1PatchOptions); err != nil {
+		return fmt.Errorf("label node %s with range %s: %w", node.Name, rng, err)
+	}
+	klog.FromContext(ctx).V(2).Info("Labelled node with the range of its block", "node", node.Name, "cidr", podCIDR,
+		"range", rng, "was", node.Labels[aliasipv1.NodeLabel])
+	return nil
 }
 
 // removeExtras removes the aliases from the pod range on the node's NIC

@@ -579,3 +579,92 @@ func TestPodRangesOnGCE(t *testing.T) {
 		t.Errorf("subnetworks.get went from %d to %d while pool-b's status followed a new node", reads, got)
 	}
 }
+
+// Nodes in sync (podCIDR set, the alias on the NIC equal) whose
+// aliasip.io/pod-range label is missing — they got their block before the
+// label existed — or names another range get the label of the range that
+// holds their podCIDR, in one patch each; a node labelled right, or not
+// in sync, is not written, and later syncs write nothing more.
+func TestInSyncNodesLabelled(t *testing.T) {
+	e := newRangeEnv(t, "10.160.0.0/16")
+	e.createRange("legacy", "10.161.0.0/24", 28, 0, 0, map[string]string{"pool": "l"})
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes := map[string]struct {
+		podCIDR, alias, rangeName string
+		labels                    map[string]string
+	}{
+		"old-default": {"10.160.3.0/24", "10.160.3.0/24", "pods", nil},
+		"old-legacy":  {"10.161.0.16/28", "10.161.0.16/28", "podrange-legacy", map[string]string{"pool": "l"}},
+		"wrong":       {"10.160.4.0/24", "10.160.4.0/24", "pods", map[string]string{v1alpha1.NodeLabel: "legacy"}},
+		"right":       {"10.160.5.0/24", "10.160.5.0/24", "pods", map[string]string{v1alpha1.NodeLabel: "default"}},
+		"mismatch":    {"10.160.6.0/24", "10.160.7.0/24", "pods", nil},
+	}
+	var names []string
+	for n, s := range nodes {
+		names = append(names, n)
+		must(e.cloud.RegisterInstance(n))
+		must(e.cloud.AddRangeAlias(e.ctx, cloud.InstanceRef{Name: n}, cloud.AliasRange{CIDR: netip.MustParsePrefix(s.alias), RangeName: s.rangeName}))
+	}
+	must(framework.CreateNodes(e.ctx, e.client, names, func(n *corev1.Node) {
+		s := nodes[n.Name]
+		n.Spec.PodCIDR, n.Spec.PodCIDRs, n.Labels = s.podCIDR, []string{s.podCIDR}, s.labels
+	}))
+	rv := map[string]string{}
+	for _, n := range []string{"right", "mismatch"} {
+		node, err := e.client.CoreV1().Nodes().Get(e.ctx, n, metav1.GetOptions{})
+		must(err)
+		rv[n] = node.ResourceVersion
+	}
+	c := e.startController("controller", "--resync-period", "1s")
+
+	want := map[string]string{"old-default": "default", "old-legacy": "legacy", "wrong": "default", "right": "default", "mismatch": ""}
+	var label map[string]string
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+		_, label, _ = e.nodesState()
+		for n, l := range want {
+			if label[n] != l {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("labels %v, want %v: %v", label, want, err)
+	}
+	e.waitEvent("mismatch", corev1.EventTypeWarning, controller.EventCIDRMismatch, 30*time.Second)
+	// Every node is synced again (the resync is 1 s) a few times over:
+	// nothing more is written.
+	syncs := func() float64 {
+		v, _ := c.metric("aliasip_node_sync_duration_seconds_count", `result="ok"`)
+		return v
+	}
+	from := syncs()
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+		return syncs() >= from+3*float64(len(nodes)), nil
+	}); err != nil {
+		t.Fatalf("nodes not synced again: %v", err)
+	}
+	if v, ok := c.metric("aliasip_node_writes_total", ""); !ok || v != 3 {
+		t.Errorf("aliasip_node_writes_total = %v (%v), want 3: one label patch for each of old-default, old-legacy, wrong", v, ok)
+	}
+	for n, was := range rv {
+		node, err := e.client.CoreV1().Nodes().Get(e.ctx, n, metav1.GetOptions{})
+		must(err)
+		if node.ResourceVersion != was {
+			t.Errorf("node %s was written (resourceVersion %s → %s): labels %v", n, was, node.ResourceVersion, node.Labels)
+		}
+	}
+	// The labels were added to the ones the nodes had.
+	node, err := e.client.CoreV1().Nodes().Get(e.ctx, "old-legacy", metav1.GetOptions{})
+	must(err)
+	if node.Labels["pool"] != "l" {
+		t.Errorf("old-legacy lost its label pool=l: %v", node.Labels)
+	}
+	if podCIDR, _, _ := e.nodesState(); podCIDR["old-legacy"] != "10.161.0.16/28" || podCIDR["wrong"] != "10.160.4.0/24" {
+		t.Errorf("podCIDRs changed: %v", podCIDR)
+	}
+}
