@@ -329,12 +329,23 @@ func TestHelmUpgradeUninstallInstall(t *testing.T) {
 
 // TestNodeDrainDelete: a node drained, its VM gone and its Node deleted:
 // the controller removes its alias from the fake cloud (AliasReleased) and
-// the other nodes' routes to its podCIDR disappear.
+// the other nodes' routes to its podCIDR disappear. The node is pool-a's
+// last: pool-b keeps its node for TestSecondNodePool.
 func TestNodeDrainDelete(t *testing.T) {
 	e, ctx := setup(t, 8*time.Minute)
 	ensureNetcheck(t, ctx, e, int32(2*len(e.Nodes)))
-	victim := e.Nodes[len(e.Nodes)-1]
-	rest := e.Nodes[:len(e.Nodes)-1]
+	var victim string
+	var rest []string
+	for _, n := range e.Nodes {
+		if !e.inPoolB(n) {
+			victim = n
+		}
+	}
+	for _, n := range e.Nodes {
+		if n != victim {
+			rest = append(rest, n)
+		}
+	}
 	cidr := nodePodCIDR(t, ctx, e, victim)
 	for _, n := range rest {
 		if !hasRouteTo(t, n, cidr) {

@@ -6,6 +6,10 @@
 // says. The kubelet runs the chart's pods and the container runtime calls
 // aliasip-cni for every pod.
 //
+// The cluster has two node pools (hack/cluster.sh): pool-a (node-1 to
+// node-3) gets blocks from the chart's clusterCIDR, pool-b (node-4) from
+// the PodRange pool-b.
+//
 // The suite brings the cluster up once (make cluster) and down at the end
 // (make cluster-down). Root only. ALIASIP_KUBELET_REUSE=1 runs the tests on
 // a cluster that is already up and leaves it up.
@@ -25,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	aliasipclient "github.com/aliasip/aliasip/controller/generated/clientset/versioned"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -38,7 +43,32 @@ type clusterEnv struct {
 	Dir        string // hack/cluster.sh's state directory
 	Kubeconfig string
 	Client     kubernetes.Interface
-	Nodes      []string
+	Ranges     aliasipclient.Interface
+	Nodes      []string // every node, pool-a's first
+	PoolB      []string // the nodes of pool-b (hack/cluster.sh POOL_B_NODES)
+}
+
+// The second node pool as hack/cluster.sh makes it.
+const (
+	poolLabel    = "cloud.google.com/gke-nodepool"
+	poolBRange   = "pool-b"
+	poolBCIDR    = "10.64.0.0/16"
+	poolBMask    = 26 // maxPodsPerNode 32: the smallest block with twice as many addresses
+	poolBMaxPods = 32
+	defaultCIDR  = "10.244.0.0/16" // the chart's clusterCIDR, the range "default"
+	defaultMask  = 24              // the controller's --node-cidr-mask-size default
+	nodesPoolA   = 3
+	nodesPoolB   = 1
+)
+
+// inPoolB reports whether node is one of pool-b's.
+func (e *clusterEnv) inPoolB(node string) bool {
+	for _, n := range e.PoolB {
+		if n == node {
+			return true
+		}
+	}
+	return false
 }
 
 func TestMain(m *testing.M) {
@@ -56,10 +86,13 @@ func run(m *testing.M) int {
 		dir = "/var/lib/aliasip-cluster"
 	}
 	reuse := os.Getenv("ALIASIP_KUBELET_REUSE") == "1"
-	nodes := 3
+	nodes := nodesPoolA + nodesPoolB
 	e := &clusterEnv{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig")}
 	for i := 1; i <= nodes; i++ {
 		e.Nodes = append(e.Nodes, fmt.Sprintf("node-%d", i))
+		if i > nodesPoolA {
+			e.PoolB = append(e.PoolB, fmt.Sprintf("node-%d", i))
+		}
 	}
 	if !reuse {
 		if _, err := os.Stat(filepath.Join(dir, "up")); err == nil {
@@ -71,13 +104,13 @@ func run(m *testing.M) int {
 			return 1
 		}
 		start := time.Now()
-		kc, err := clusterUp(root, dir, nodes)
+		kc, err := clusterUp(root, dir, nodesPoolA, nodesPoolB)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "kubelet suite:", err)
 			clusterDown(root)
 			return 1
 		}
-		fmt.Printf("kubelet suite: cluster of %d nodes up in %v (%s)\n", nodes, time.Since(start).Round(time.Second), kc)
+		fmt.Printf("kubelet suite: cluster of %d nodes (%d in pool-b) up in %v (%s)\n", nodes, nodesPoolB, time.Since(start).Round(time.Second), kc)
 		defer clusterDown(root)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", e.Kubeconfig)
@@ -87,6 +120,7 @@ func run(m *testing.M) int {
 	}
 	cfg.QPS, cfg.Burst = 50, 100
 	e.Client = kubernetes.NewForConfigOrDie(cfg)
+	e.Ranges = aliasipclient.NewForConfigOrDie(cfg)
 	env = e
 	return m.Run()
 }
@@ -123,7 +157,7 @@ func chartAppVersion(root string) (string, error) {
 
 // clusterUp runs `make cluster`'s script and returns the KUBECONFIG= path
 // from its last line.
-func clusterUp(root, dir string, nodes int) (string, error) {
+func clusterUp(root, dir string, poolA, poolB int) (string, error) {
 	logPath := filepath.Join(os.TempDir(), "aliasip-cluster-up.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -132,7 +166,7 @@ func clusterUp(root, dir string, nodes int) (string, error) {
 	defer logf.Close()
 	var out strings.Builder
 	cmd := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "up")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("NODES=%d", nodes), "ALIASIP_CLUSTER_DIR="+dir)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NODES=%d", poolA), fmt.Sprintf("POOL_B_NODES=%d", poolB), "ALIASIP_CLUSTER_DIR="+dir)
 	cmd.Stdout, cmd.Stderr = &out, logf
 	if err := cmd.Run(); err != nil {
 		b, _ := os.ReadFile(logPath)
