@@ -14,10 +14,11 @@ export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
-build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni (static, as in the images).
+build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni (static, as in the images) and the kubectl plugin bin/kubectl-aliasip.
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/kubectl-aliasip ./controller/cmd/kubectl-aliasip
 
 codegen: ## Regenerate the PodRange deepcopy, clientset, listers, informers and CRD.
 	./hack/update-codegen.sh

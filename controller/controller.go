@@ -171,8 +171,10 @@ type Controller struct {
 	podRange  netip.Prefix         // the default range
 	rangeName string               // its secondary range name
 	leakSeen  map[string]time.Time // instance|cidr -> first seen leaked
-	ready     bool
-	wakeCh    chan struct{}
+	// adminMu: one administrative listing or release at a time.
+	adminMu sync.Mutex
+	ready   bool
+	wakeCh  chan struct{}
 	// accepting: informer events are queued (from the rebuild's list on).
 	accepting atomic.Bool
 }

@@ -2,10 +2,14 @@ package controller
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/klog/v2"
+
+	"github.com/aliasip/aliasip/cloud"
 )
 
 // collectLeaks removes aliases from the pod range that sit on instances with
@@ -17,21 +21,15 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 		logger.Error(err, "Leak collection: list instances")
 		return
 	}
-	nodes, err := c.nodes.List(everything)
+	nodeOf, err := c.instanceNodes(ctx)
 	if err != nil {
 		logger.Error(err, "Leak collection: list nodes")
 		return
 	}
-	withNode := map[string]bool{}
-	for _, n := range nodes {
-		if inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name); err == nil {
-			withNode[inst.String()] = true
-		}
-	}
 	now := time.Now()
 	seen := map[string]bool{}
 	for _, in := range instances {
-		if withNode[in.Ref.String()] {
+		if nodeOf[in.Ref.String()] != "" {
 			continue
 		}
 		for _, a := range in.Aliases {
@@ -50,26 +48,8 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 			if now.Sub(first) < c.cfg.LeakGracePeriod {
 				continue
 			}
-			if err := c.cloud.RemoveAlias(ctx, in.Ref, a.CIDR); err != nil {
-				logger.Error(err, "Leak collection: remove alias", "instance", in.Ref, "cidr", a.CIDR)
-				continue
-			}
-			c.metrics.LeakedRemoved.Inc()
-			logger.Info("Removed leaked alias from instance without a Node", "instance", in.Ref, "cidr", a.CIDR)
-			c.mu.Lock()
-			delete(c.leakSeen, key)
-			c.mu.Unlock()
-			// A block held by a deleted node whose release never succeeded
-			// is no longer its; one a live node holds stays its.
-			alive := func(n string) bool { _, err := c.nodes.Get(n); return !apierrors.IsNotFound(err) }
-			cooled, err := c.blocks.leaked(a.CIDR, now.Add(c.cfg.ReleaseCooldown), alive)
-			if err != nil {
+			if err := c.removeLeak(ctx, in.Ref, a.CIDR, now); err != nil {
 				logger.Error(err, "Leak collection", "instance", in.Ref, "cidr", a.CIDR)
-				continue
-			}
-			if cooled {
-				c.saveCooling(ctx)
-				c.wake()
 			}
 		}
 	}
@@ -80,4 +60,45 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 		}
 	}
 	c.mu.Unlock()
+}
+
+// removeLeak removes a leaked alias from an instance without a Node, frees
+// its block from a deleted node's ownership and cools it down.
+func (c *Controller) removeLeak(ctx context.Context, ref cloud.InstanceRef, cidr netip.Prefix, now time.Time) error {
+	if err := c.cloud.RemoveAlias(ctx, ref, cidr); err != nil {
+		return fmt.Errorf("remove alias: %w", err)
+	}
+	c.metrics.LeakedRemoved.Inc()
+	klog.FromContext(ctx).Info("Removed leaked alias from instance without a Node", "instance", ref, "cidr", cidr)
+	c.mu.Lock()
+	delete(c.leakSeen, ref.String()+"|"+cidr.String())
+	c.mu.Unlock()
+	// A block held by a deleted node whose release never succeeded is no
+	// longer its; one a live node holds stays its.
+	alive := func(n string) bool { _, err := c.nodes.Get(n); return !apierrors.IsNotFound(err) }
+	cooled, err := c.blocks.leaked(cidr, now.Add(c.cfg.ReleaseCooldown), alive)
+	if err != nil {
+		return err
+	}
+	if cooled {
+		c.saveCooling(ctx)
+		c.wake()
+	}
+	return nil
+}
+
+// instanceNodes maps each instance (by InstanceRef.String) that a Node
+// resolves to, to that Node's name.
+func (c *Controller) instanceNodes(ctx context.Context) (map[string]string, error) {
+	nodes, err := c.nodes.List(everything)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(nodes))
+	for _, n := range nodes {
+		if inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name); err == nil {
+			out[inst.String()] = n.Name
+		}
+	}
+	return out, nil
 }

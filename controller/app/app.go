@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,7 @@ import (
 	"github.com/aliasip/aliasip/controller"
 	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
 	"github.com/aliasip/aliasip/fake"
+	"github.com/aliasip/aliasip/node-agent/api"
 )
 
 // ErrLostLease is returned by Run when the leader lease was lost; the
@@ -114,6 +116,13 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	if err := serve(ctx, o, reg, ctrl, nodeInformer.Informer().HasSynced, electionCheck); err != nil {
 		return err
+	}
+	if o.AdminSocket != "" {
+		srv, err := serveAdmin(ctx, o.AdminSocket, ctrl.AdminHandler())
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
 	}
 
 	if !o.LeaderElect {
@@ -314,4 +323,27 @@ func serve(ctx context.Context, o *Options, reg *prometheus.Registry, ctrl *cont
 		return err
 	}
 	return listen(o.HealthAddr, hm)
+}
+
+// serveAdmin serves the administrative socket, readable and writable by
+// this process's user only.
+func serveAdmin(ctx context.Context, path string, h api.Handler) (*api.Server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	os.Remove(path) // a previous process's socket
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	// A listing of a large cloud may take a while; the client's own
+	// timeout bounds it.
+	srv := &api.Server{Handler: h, ReadTimeout: 10 * time.Second, WriteTimeout: 5 * time.Minute}
+	srv.OnPanic = func(err error) { klog.FromContext(ctx).Error(err, "Admin call panicked") }
+	go srv.Serve(ctx, ln)
+	return srv, nil
 }

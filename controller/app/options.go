@@ -46,6 +46,9 @@ type Options struct {
 
 	MetricsAddr string
 	HealthAddr  string
+	// AdminSocket is the unix socket kubectl aliasip reaches through
+	// kubectl exec (aliasip-controller admin); empty: off.
+	AdminSocket string
 
 	GCEProject        string
 	GCERegion         string
@@ -120,6 +123,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.LeaseDuration, "leader-elect-lease-duration", o.LeaseDuration, "Leader lease duration.")
 	fs.DurationVar(&o.RenewDeadline, "leader-elect-renew-deadline", o.RenewDeadline, "Leader renew deadline.")
 	fs.DurationVar(&o.RetryPeriod, "leader-elect-retry-period", o.RetryPeriod, "Leader election retry period.")
+	fs.StringVar(&o.AdminSocket, "admin-socket", o.AdminSocket, "Unix socket (mode 0600) for kubectl aliasip check/release, reached by kubectl exec running \"aliasip-controller admin\" in this pod (empty: off).")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of the Prometheus /metrics endpoint (empty: off).")
 	fs.StringVar(&o.HealthAddr, "health-addr", o.HealthAddr, "Address of /healthz and /readyz (empty: off).")
 	fs.StringVar(&o.GCEProject, "gce-project", o.GCEProject, "GCE project (default: from the metadata server).")

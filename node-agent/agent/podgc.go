@@ -60,35 +60,14 @@ func (a *Agent) collectPods(ctx context.Context) {
 		logger.Error(err, "Pod GC: list host veths")
 		return
 	}
-	terminal := func(p *corev1.Pod) bool {
-		return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
-	}
-	sameUID := func(al ipam.Allocation, p *corev1.Pod) bool { return al.PodUID == "" || string(p.UID) == al.PodUID }
 	cutoff := time.Now().Add(-a.cfg.PodGCGrace)
 	dead := map[ipam.Key]string{}
 	for _, al := range store.List() {
 		if al.Pod == "" || al.Created.After(cutoff) {
 			continue
 		}
-		if alias, ok := vethAliases[al.HostVeth]; ok && alias != "" && alias != al.ContainerID {
-			dead[al.Key] = "veth_reused"
-			continue
-		}
-		if p := cached[al.Namespace+"/"+al.Pod]; p != nil && !terminal(p) && sameUID(al, p) {
-			continue
-		}
-		live, err := a.client.CoreV1().Pods(al.Namespace).Get(ctx, al.Pod, metav1.GetOptions{})
-		switch {
-		case apierrors.IsNotFound(err):
-			dead[al.Key] = "pod_gone"
-		case err != nil:
-			logger.V(2).Info("Pod GC: cannot confirm; kept until the next pass", "pod", al.Namespace+"/"+al.Pod, "err", err)
-		case live.Spec.NodeName != "" && live.Spec.NodeName != a.cfg.NodeName:
-			dead[al.Key] = "pod_replaced" // a same-named pod on another node
-		case !sameUID(al, live):
-			dead[al.Key] = "pod_replaced"
-		case terminal(live):
-			dead[al.Key] = "pod_gone"
+		if reason := a.deadReason(ctx, al, cached[al.Namespace+"/"+al.Pod], vethAliases); reason != "" {
+			dead[al.Key] = reason
 		}
 	}
 	if len(dead) == 0 {
@@ -99,8 +78,15 @@ func (a *Agent) collectPods(ctx context.Context) {
 		logger.Error(err, "Pod GC")
 		return
 	}
+	a.tearDownReleased(ctx, gone, func(al ipam.Allocation) string { return dead[al.Key] })
+}
+
+// tearDownReleased counts, logs and tears down the data path of
+// allocations pod GC (or a leak release) took back.
+func (a *Agent) tearDownReleased(ctx context.Context, gone []ipam.Allocation, reason func(ipam.Allocation) string) {
+	logger := klog.FromContext(ctx)
 	for _, al := range gone {
-		reason := dead[al.Key]
+		reason := reason(al)
 		a.metrics.GCReleased.WithLabelValues(reason).Inc()
 		// TeardownPod removes the veth only if its alias still names this
 		// container.
@@ -110,4 +96,37 @@ func (a *Agent) collectPods(ctx context.Context) {
 		logger.Info("Released address of a pod gone from the API", "reason", reason, "pod", al.Namespace+"/"+al.Pod, "uid", al.PodUID, "container", al.ContainerID, "ip", al.IP)
 	}
 	a.signal(a.kick)
+}
+
+func terminal(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+}
+
+// deadReason says why al's pod is gone ("veth_reused", "pod_gone",
+// "pod_replaced"), or "" when it is alive or cannot be confirmed gone.
+// cached, the informer's copy of the pod (nil: none), can only keep an
+// allocation: one is declared dead only after a live read of its pod.
+func (a *Agent) deadReason(ctx context.Context, al ipam.Allocation, cached *corev1.Pod, vethAliases map[string]string) string {
+	sameUID := func(p *corev1.Pod) bool { return al.PodUID == "" || string(p.UID) == al.PodUID }
+	if alias, ok := vethAliases[al.HostVeth]; ok && alias != "" && alias != al.ContainerID {
+		return "veth_reused"
+	}
+	if cached != nil && !terminal(cached) && sameUID(cached) {
+		return ""
+	}
+	live, err := a.client.CoreV1().Pods(al.Namespace).Get(ctx, al.Pod, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return "pod_gone"
+	case err != nil:
+		klog.FromContext(ctx).V(2).Info("Pod GC: cannot confirm; kept until the next pass", "pod", al.Namespace+"/"+al.Pod, "err", err)
+		return ""
+	case live.Spec.NodeName != "" && live.Spec.NodeName != a.cfg.NodeName:
+		return "pod_replaced" // a same-named pod on another node
+	case !sameUID(live):
+		return "pod_replaced"
+	case terminal(live):
+		return "pod_gone"
+	}
+	return ""
 }

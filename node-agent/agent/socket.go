@@ -74,6 +74,9 @@ var verbs = map[api.Op]string{api.OpAllocate: "ADD", api.OpRelease: "DEL", api.O
 
 func (a *Agent) handler(ctx context.Context) api.Handler {
 	return func(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+		if isAdmin(op) {
+			return a.admin(ctx, op, body)
+		}
 		verb, ok := verbs[op]
 		if !ok {
 			return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("unknown call %q", op)}

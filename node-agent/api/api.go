@@ -107,7 +107,48 @@ const (
 	OpGet      Op = "get"      // Attachment → AllocationInfo
 	OpGC       Op = "gc"       // GCRequest → GCResponse
 	OpStatus   Op = "status"   // nothing → Status
+
+	// Administration (kubectl aliasip, run in the agent's pod by kubectl
+	// exec; see node-agent/agent/admin.go). The socket is root-only, like
+	// the CNI calls, which can already release any address.
+	OpList        Op = "list"         // nothing → Allocations
+	OpReleaseLeak Op = "release-leak" // LeakRequest → LeakResult
 )
+
+// Allocations is the agent's view of its node: every address it has handed
+// out.
+type Allocations struct {
+	Node        string            `json:"node"`
+	PodCIDR     string            `json:"podCIDR,omitempty"`
+	Ready       bool              `json:"ready"`
+	Allocations []AllocationEntry `json:"allocations"`
+}
+
+// AllocationEntry is one allocation as the agent persisted it.
+type AllocationEntry struct {
+	IP          string    `json:"ip"`
+	ContainerID string    `json:"containerID"`
+	IfName      string    `json:"ifName"`
+	Namespace   string    `json:"namespace,omitempty"`
+	Pod         string    `json:"pod,omitempty"`
+	PodUID      string    `json:"podUID,omitempty"`
+	HostVeth    string    `json:"hostVeth,omitempty"`
+	Created     time.Time `json:"created"`
+}
+
+// LeakRequest asks the agent to release one allocation that a check found
+// leaked. The agent releases it only if it still holds exactly this
+// allocation and confirms, by a live read of the API, that its pod is gone.
+type LeakRequest struct {
+	Attachment
+	IP string `json:"ip"`
+}
+
+// LeakResult says whether the allocation was released, and why (not).
+type LeakResult struct {
+	Released bool   `json:"released"`
+	Reason   string `json:"reason"`
+}
 
 // Request is what the plugin sends: the call and its argument.
 type Request struct {
@@ -128,6 +169,9 @@ const MaxMessage = 1 << 20
 type Client struct {
 	socket  string
 	timeout time.Duration
+	// MaxResponse bounds an answer (0: MaxMessage). Administrative
+	// listings of a large node or cloud may need more.
+	MaxResponse int64
 }
 
 // NewClient returns a client for the socket at path; each call takes at
@@ -157,8 +201,12 @@ func (c *Client) do(ctx context.Context, op Op, in, out any) error {
 	if err := json.NewEncoder(conn).Encode(req); err != nil {
 		return fmt.Errorf("%w at %s: send: %v", ErrUnreachable, c.socket, err)
 	}
+	limit := c.MaxResponse
+	if limit <= 0 {
+		limit = MaxMessage
+	}
 	var resp Response
-	if err := json.NewDecoder(io.LimitReader(conn, MaxMessage)).Decode(&resp); err != nil {
+	if err := json.NewDecoder(io.LimitReader(conn, limit)).Decode(&resp); err != nil {
 		return fmt.Errorf("%w at %s: no answer: %v", ErrUnreachable, c.socket, err)
 	}
 	if resp.Error != nil {
@@ -204,4 +252,11 @@ func (c *Client) GC(ctx context.Context, valid []Attachment) (*GCResponse, error
 func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var out Status
 	return &out, c.do(ctx, OpStatus, nil, &out)
+}
+
+// Call makes any call: in is sent as the body (nil: none), the answer's
+// body is decoded into out (nil: ignored). It serves the administrative
+// calls, whose types belong to each server.
+func (c *Client) Call(ctx context.Context, op Op, in, out any) error {
+	return c.do(ctx, op, in, out)
 }

@@ -15,6 +15,9 @@ var version = "dev"
 
 func main() {
 	opts := app.NewOptions()
+	if len(os.Args) > 1 && os.Args[1] == "admin" {
+		os.Exit(daemon.Admin("aliasip-controller", os.Args[2:], opts.AdminSocket))
+	}
 	os.Exit(daemon.Main("aliasip-controller", version, os.Args[1:], opts,
 		func(ctx context.Context) error { return app.Run(ctx, opts) }))
 }

@@ -16,6 +16,9 @@ var version = "dev"
 func main() {
 	exe, _ := os.Executable()
 	opts := app.NewOptions(os.Getenv("NODE_NAME"), filepath.Dir(exe))
+	if len(os.Args) > 1 && os.Args[1] == "admin" {
+		os.Exit(daemon.Admin("aliasip-agent", os.Args[2:], opts.Socket))
+	}
 	os.Exit(daemon.Main("aliasip-agent", version, os.Args[1:], opts,
 		func(ctx context.Context) error { return app.Run(ctx, opts) }))
 }

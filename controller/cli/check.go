@@ -1,0 +1,419 @@
+// Package cli is kubectl aliasip: status, check and release --from-report.
+//
+// check cross-checks three views that must agree: the Nodes' podCIDRs (the
+// API), the alias ranges on the instances (the cloud, as the controller
+// sees it), and the addresses each node's agent has handed out. It reads
+// the last two by running the daemons' "admin" subcommand in their pods
+// with kubectl exec, so it needs no network path to the nodes and no new
+// port: who may run it is who may exec into those pods (RBAC pods/exec in
+// the release namespace). Its findings are what calicoctl ipam check
+// reports for Calico: addresses or blocks held twice, resources leaked,
+// and views that disagree.
+package cli
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/aliasip/aliasip/controller/adminapi"
+	"github.com/aliasip/aliasip/node-agent/api"
+)
+
+// Finding classes.
+const (
+	ClassDuplicate = "duplicate" // something held twice: traffic goes to the wrong pod or node
+	ClassLeak      = "leak"      // held for nobody; release --from-report takes it back
+	ClassMismatch  = "mismatch"  // two views disagree; a person must look
+)
+
+// Finding kinds.
+const (
+	KindDuplicatePodCIDR   = "duplicate-podcidr"    // two Nodes' podCIDRs overlap
+	KindDuplicateAlias     = "duplicate-alias"      // two instances carry overlapping aliases of our ranges
+	KindDuplicateIP        = "duplicate-ip"         // one address allocated, or used by running pods, twice
+	KindAliasLeak          = "alias-leak"           // an alias of our ranges on an instance without a Node
+	KindAllocationLeak     = "allocation-leak"      // an agent's address whose pod is gone
+	KindAliasMissing       = "alias-missing"        // a Node's podCIDR is not on its instance
+	KindAliasMismatch      = "alias-mismatch"       // its instance carries another block of ours
+	KindAliasExtra         = "alias-extra"          // its instance carries a block besides its podCIDR
+	KindInstanceMissing    = "instance-missing"     // no instance belongs to a Node with a podCIDR
+	KindPodCIDRInvalid     = "podcidr-invalid"      // a podCIDR that does not parse
+	KindPodCIDROutOfRange  = "podcidr-out-of-range" // a podCIDR in none of our ranges
+	KindLabelMismatch      = "label-mismatch"       // aliasip.io/pod-range names another range
+	KindAgentPodCIDR       = "agent-podcidr"        // the agent works on another block than its Node's
+	KindAllocationOutside  = "allocation-outside"   // an agent's address outside its node's podCIDR
+	KindPodIPUntracked     = "pod-ip-untracked"     // a running pod's address its agent does not hold
+	KindAllocationMismatch = "allocation-mismatch"  // the agent holds another address for a running pod
+)
+
+var listAll = metav1.ListOptions{}
+
+// RangeLabel is the node label the controller sets (controller/ranges.go).
+const RangeLabel = "aliasip.io/pod-range"
+
+// Finding is one problem. The fields that identify it depend on its kind;
+// for leaks they are what release needs.
+type Finding struct {
+	Kind        string `json:"kind"`
+	Class       string `json:"class"`
+	Node        string `json:"node,omitempty"`
+	Instance    string `json:"instance,omitempty"`
+	CIDR        string `json:"cidr,omitempty"`
+	IP          string `json:"ip,omitempty"`
+	Namespace   string `json:"namespace,omitempty"`
+	Pod         string `json:"pod,omitempty"`
+	ContainerID string `json:"containerID,omitempty"`
+	IfName      string `json:"ifName,omitempty"`
+	Message     string `json:"message"`
+}
+
+// key identifies a leak across two checks.
+func (f Finding) key() string {
+	return strings.Join([]string{f.Kind, f.Node, f.Instance, f.CIDR, f.IP, f.ContainerID, f.IfName}, "|")
+}
+
+// Report is check's result, and release's input.
+type Report struct {
+	Time     time.Time `json:"time"`
+	Findings []Finding `json:"findings"`
+	// Incomplete lists the views check could not read (the controller, a
+	// node's agent): what they would have shown is not checked.
+	Incomplete []string `json:"incomplete,omitempty"`
+}
+
+// Snapshot is what check reads.
+type Snapshot struct {
+	Time  time.Time
+	Nodes []corev1.Node
+	Pods  []corev1.Pod
+	// Cloud is the controller's view; nil when it could not be read.
+	Cloud *adminapi.CloudView
+	// Agents are the agents' allocations by node; a node missing here was
+	// not read (Unread says why).
+	Agents map[string]*api.Allocations
+	Unread map[string]string
+	// MinAge: allocations younger than this are not judged leaked (the
+	// pod may not be in the API's answer yet).
+	MinAge time.Duration
+}
+
+// span is an address interval [lo, hi] with what holds it.
+type span struct {
+	lo, hi netip.Addr
+	p      netip.Prefix
+	who    string
+}
+
+// overlaps returns each pair of overlapping spans (sorted sweep).
+func overlaps(spans []span) [][2]span {
+	slices.SortFunc(spans, func(a, b span) int {
+		return cmp.Or(a.lo.Compare(b.lo), b.hi.Compare(a.hi), strings.Compare(a.who, b.who))
+	})
+	var out [][2]span
+	var open []span // spans that may still overlap the next, by hi
+	for _, s := range spans {
+		kept := open[:0]
+		for _, o := range open {
+			if o.hi.Compare(s.lo) >= 0 {
+				kept = append(kept, o)
+				out = append(out, [2]span{o, s})
+			}
+		}
+		open = append(kept, s)
+	}
+	return out
+}
+
+func spanOf(p netip.Prefix, who string) span {
+	p = p.Masked()
+	return span{lo: p.Addr(), hi: lastAddr(p), p: p, who: who}
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Addr().As16()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	for i := bits; i < 128; i++ {
+		a[i/8] |= 1 << (7 - uint(i%8))
+	}
+	out := netip.AddrFrom16(a)
+	if p.Addr().Is4() {
+		return out.Unmap()
+	}
+	return out
+}
+
+// Check compares the views in s.
+func Check(s Snapshot) Report {
+	r := Report{Time: s.Time, Findings: []Finding{}}
+	add := func(f Finding) { r.Findings = append(r.Findings, f) }
+
+	// Nodes' podCIDRs: parse, and no two may overlap.
+	podCIDR := map[string]netip.Prefix{}
+	var nodeSpans []span
+	for _, n := range s.Nodes {
+		if n.Spec.PodCIDR == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
+		if err != nil {
+			add(Finding{Kind: KindPodCIDRInvalid, Class: ClassMismatch, Node: n.Name, CIDR: n.Spec.PodCIDR,
+				Message: fmt.Sprintf("Node %s: podCIDR %q does not parse", n.Name, n.Spec.PodCIDR)})
+			continue
+		}
+		podCIDR[n.Name] = p
+		nodeSpans = append(nodeSpans, spanOf(p, n.Name))
+	}
+	for _, o := range overlaps(nodeSpans) {
+		add(Finding{Kind: KindDuplicatePodCIDR, Class: ClassDuplicate, Node: o[0].who, CIDR: o[0].p.String(),
+			Message: fmt.Sprintf("Nodes %s (%v) and %s (%v) hold overlapping podCIDRs", o[0].who, o[0].p, o[1].who, o[1].p)})
+	}
+
+	if s.Cloud == nil || !s.Cloud.Ready {
+		r.Incomplete = append(r.Incomplete, "cloud: the controller's view could not be read (its aliases, leaks and ranges are not checked)")
+	} else {
+		checkCloud(s, podCIDR, add)
+	}
+	checkAgents(s, podCIDR, add, &r)
+
+	sort.SliceStable(r.Findings, func(i, j int) bool {
+		a, b := r.Findings[i], r.Findings[j]
+		return cmp.Or(strings.Compare(classOrder(a.Class), classOrder(b.Class)), strings.Compare(a.Kind, b.Kind),
+			strings.Compare(a.Node, b.Node), strings.Compare(a.Instance, b.Instance), strings.Compare(a.CIDR, b.CIDR), strings.Compare(a.IP, b.IP)) < 0
+	})
+	sort.Strings(r.Incomplete)
+	return r
+}
+
+func classOrder(c string) string {
+	switch c {
+	case ClassDuplicate:
+		return "0"
+	case ClassLeak:
+		return "1"
+	}
+	return "2"
+}
+
+func checkCloud(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding)) {
+	type rng struct {
+		name string
+		cidr netip.Prefix
+	}
+	var ranges []rng
+	for _, rg := range s.Cloud.Ranges {
+		if p, err := netip.ParsePrefix(rg.CIDR); err == nil {
+			ranges = append(ranges, rng{rg.Name, p})
+		}
+	}
+	rangeOf := func(p netip.Prefix) string {
+		for _, rg := range ranges {
+			if rg.cidr.Bits() <= p.Bits() && rg.cidr.Contains(p.Addr()) {
+				return rg.name
+			}
+		}
+		return ""
+	}
+	byNode := map[string]adminapi.Instance{}
+	var aliasSpans []span
+	for _, in := range s.Cloud.Instances {
+		if in.Node != "" {
+			byNode[in.Node] = in
+		}
+		for _, a := range in.Aliases {
+			if a.Range == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(a.CIDR)
+			if err != nil {
+				continue
+			}
+			aliasSpans = append(aliasSpans, spanOf(p, in.Ref))
+			if in.Node == "" {
+				add(Finding{Kind: KindAliasLeak, Class: ClassLeak, Instance: in.Ref, CIDR: p.String(),
+					Message: fmt.Sprintf("instance %s carries %v of range %s but no Node belongs to it", in.Ref, p, a.Range)})
+			}
+		}
+	}
+	for _, o := range overlaps(aliasSpans) {
+		add(Finding{Kind: KindDuplicateAlias, Class: ClassDuplicate, Instance: o[0].who, CIDR: o[0].p.String(),
+			Message: fmt.Sprintf("instances %s (%v) and %s (%v) carry overlapping aliases", o[0].who, o[0].p, o[1].who, o[1].p)})
+	}
+	for _, n := range s.Nodes {
+		p, ok := podCIDR[n.Name]
+		if !ok {
+			continue
+		}
+		rg := rangeOf(p)
+		if rg == "" {
+			add(Finding{Kind: KindPodCIDROutOfRange, Class: ClassMismatch, Node: n.Name, CIDR: p.String(),
+				Message: fmt.Sprintf("Node %s: podCIDR %v is in none of the ranges", n.Name, p)})
+		} else if l, ok := n.Labels[RangeLabel]; ok && l != rg {
+			add(Finding{Kind: KindLabelMismatch, Class: ClassMismatch, Node: n.Name, CIDR: p.String(),
+				Message: fmt.Sprintf("Node %s: label %s=%s but its podCIDR %v is in range %s", n.Name, RangeLabel, l, p, rg)})
+		}
+		in, ok := byNode[n.Name]
+		if !ok {
+			add(Finding{Kind: KindInstanceMissing, Class: ClassMismatch, Node: n.Name, CIDR: p.String(),
+				Message: fmt.Sprintf("Node %s: podCIDR %v but no instance of the cloud belongs to it", n.Name, p)})
+			continue
+		}
+		var ours []netip.Prefix
+		has := false
+		for _, a := range in.Aliases {
+			q, err := netip.ParsePrefix(a.CIDR)
+			if err != nil || a.Range == "" {
+				continue
+			}
+			if q == p {
+				has = true
+			} else {
+				ours = append(ours, q)
+			}
+		}
+		switch {
+		case !has && len(ours) == 0:
+			add(Finding{Kind: KindAliasMissing, Class: ClassMismatch, Node: n.Name, Instance: in.Ref, CIDR: p.String(),
+				Message: fmt.Sprintf("Node %s: podCIDR %v is not an alias of instance %s", n.Name, p, in.Ref)})
+		case !has:
+			add(Finding{Kind: KindAliasMismatch, Class: ClassMismatch, Node: n.Name, Instance: in.Ref, CIDR: p.String(),
+				Message: fmt.Sprintf("Node %s: podCIDR %v but instance %s carries %v", n.Name, p, in.Ref, ours)})
+		case len(ours) > 0:
+			add(Finding{Kind: KindAliasExtra, Class: ClassMismatch, Node: n.Name, Instance: in.Ref, CIDR: p.String(),
+				Message: fmt.Sprintf("Node %s: instance %s carries %v besides its podCIDR %v", n.Name, in.Ref, ours, p)})
+		}
+	}
+}
+
+func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding), r *Report) {
+	pods := map[string]*corev1.Pod{}
+	for i := range s.Pods {
+		p := &s.Pods[i]
+		pods[p.Namespace+"/"+p.Name] = p
+	}
+	live := func(p *corev1.Pod) bool {
+		return p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+	}
+	type holder struct{ node, what string }
+	holders := map[netip.Addr][]holder{}
+	for _, n := range s.Nodes {
+		if _, ok := podCIDR[n.Name]; !ok {
+			continue
+		}
+		ag := s.Agents[n.Name]
+		if ag == nil {
+			why := s.Unread[n.Name]
+			if why == "" {
+				why = "no agent pod"
+			}
+			r.Incomplete = append(r.Incomplete, fmt.Sprintf("node %s: agent not read (%s)", n.Name, why))
+			continue
+		}
+		block := podCIDR[n.Name]
+		if ag.PodCIDR != "" && ag.PodCIDR != block.String() {
+			add(Finding{Kind: KindAgentPodCIDR, Class: ClassMismatch, Node: n.Name, CIDR: ag.PodCIDR,
+				Message: fmt.Sprintf("node %s: the agent works on %s, the Node's podCIDR is %v", n.Name, ag.PodCIDR, block)})
+		}
+		for _, al := range ag.Allocations {
+			ip, err := netip.ParseAddr(al.IP)
+			if err != nil {
+				continue
+			}
+			holders[ip] = append(holders[ip], holder{n.Name, "allocation of " + podName(al.Namespace, al.Pod, al.ContainerID)})
+			if !block.Contains(ip) {
+				add(Finding{Kind: KindAllocationOutside, Class: ClassMismatch, Node: n.Name, IP: al.IP, Namespace: al.Namespace, Pod: al.Pod,
+					Message: fmt.Sprintf("node %s: %s holds %s, outside the podCIDR %v", n.Name, podName(al.Namespace, al.Pod, al.ContainerID), al.IP, block)})
+			}
+			if al.Pod == "" || s.Time.Sub(al.Created) < s.MinAge {
+				continue
+			}
+			p := pods[al.Namespace+"/"+al.Pod]
+			var why string
+			switch {
+			case p == nil:
+				why = "is gone"
+			case al.PodUID != "" && string(p.UID) != al.PodUID:
+				why = "was replaced by another pod of that name"
+			case p.Spec.NodeName != "" && p.Spec.NodeName != n.Name:
+				why = "now runs on node " + p.Spec.NodeName
+			case !live(p):
+				why = "has finished"
+			}
+			if why != "" {
+				add(Finding{Kind: KindAllocationLeak, Class: ClassLeak, Node: n.Name, IP: al.IP, Namespace: al.Namespace, Pod: al.Pod,
+					ContainerID: al.ContainerID, IfName: al.IfName,
+					Message: fmt.Sprintf("node %s: %s is held for pod %s/%s, which %s", n.Name, al.IP, al.Namespace, al.Pod, why)})
+			}
+		}
+	}
+	// Running pods on nodes whose agent answered: each address must be
+	// one its agent holds for it, and no two pods may share one.
+	byPod := map[string][]api.AllocationEntry{}
+	for node, ag := range s.Agents {
+		for _, al := range ag.Allocations {
+			byPod[node+"|"+al.Namespace+"/"+al.Pod] = append(byPod[node+"|"+al.Namespace+"/"+al.Pod], al)
+		}
+	}
+	for i := range s.Pods {
+		p := &s.Pods[i]
+		if p.Spec.HostNetwork || !live(p) || p.Spec.NodeName == "" || p.Status.PodIP == "" || s.Agents[p.Spec.NodeName] == nil {
+			continue
+		}
+		als := byPod[p.Spec.NodeName+"|"+p.Namespace+"/"+p.Name]
+		for _, pip := range p.Status.PodIPs {
+			ip, err := netip.ParseAddr(pip.IP)
+			if err != nil {
+				continue
+			}
+			holders[ip] = append(holders[ip], holder{p.Spec.NodeName, "running pod " + p.Namespace + "/" + p.Name})
+			if !slices.ContainsFunc(als, func(a api.AllocationEntry) bool { return a.IP == pip.IP }) {
+				kind, msg := KindPodIPUntracked, "the agent holds no such address for it: it may be handed out again"
+				if len(als) > 0 {
+					kind, msg = KindAllocationMismatch, fmt.Sprintf("the agent holds %s for it", als[0].IP)
+				}
+				add(Finding{Kind: kind, Class: ClassMismatch, Node: p.Spec.NodeName, IP: pip.IP, Namespace: p.Namespace, Pod: p.Name,
+					Message: fmt.Sprintf("pod %s/%s on %s runs with %s; %s", p.Namespace, p.Name, p.Spec.NodeName, pip.IP, msg)})
+			}
+		}
+	}
+	ips := make([]netip.Addr, 0, len(holders))
+	for ip := range holders {
+		ips = append(ips, ip)
+	}
+	slices.SortFunc(ips, netip.Addr.Compare)
+	for _, ip := range ips {
+		hs := holders[ip]
+		// An allocation and the running pod it is for are one holder.
+		allocs, running := 0, 0
+		var names []string
+		for _, h := range hs {
+			if strings.HasPrefix(h.what, "allocation") {
+				allocs++
+			} else {
+				running++
+			}
+			names = append(names, h.what+" on "+h.node)
+		}
+		if allocs > 1 || running > 1 {
+			add(Finding{Kind: KindDuplicateIP, Class: ClassDuplicate, Node: hs[0].node, IP: ip.String(),
+				Message: fmt.Sprintf("%v is held twice: %s", ip, strings.Join(names, "; "))})
+		}
+	}
+}
+
+func podName(ns, pod, container string) string {
+	if pod == "" {
+		return "container " + container
+	}
+	return "pod " + ns + "/" + pod
+}

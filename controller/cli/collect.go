@@ -1,0 +1,253 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/remotecommand"
+
+	"github.com/aliasip/aliasip/controller/adminapi"
+	"github.com/aliasip/aliasip/node-agent/api"
+)
+
+// Execer runs a command in a pod's container and returns its stdout.
+type Execer interface {
+	Exec(ctx context.Context, namespace, pod, container string, cmd []string) ([]byte, error)
+}
+
+// PodExec is kubectl exec: the pods/exec subresource over WebSocket, with
+// SPDY when the server cannot upgrade to it — the fallback kubectl exec
+// itself makes (kubernetes/kubectl, pkg/cmd/exec/exec.go, createExecutor;
+// client-go tools/remotecommand/fallback.go).
+type PodExec struct {
+	Config *rest.Config
+	Client kubernetes.Interface
+}
+
+// Exec implements Execer.
+func (e PodExec) Exec(ctx context.Context, namespace, pod, container string, cmd []string) ([]byte, error) {
+	req := e.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(namespace).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: container, Command: cmd, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	spdy, err := remotecommand.NewSPDYExecutor(e.Config, "POST", req.URL())
+	if err != nil {
+		return nil, err
+	}
+	ws, err := remotecommand.NewWebSocketExecutor(e.Config, "GET", req.URL().String())
+	if err != nil {
+		return nil, err
+	}
+	ex, err := remotecommand.NewFallbackExecutor(ws, spdy, func(err error) bool {
+		return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	var stdout, stderr bytes.Buffer
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return nil, fmt.Errorf("%s: %w", msg, err)
+		}
+		return nil, err
+	}
+	return stdout.Bytes(), nil
+}
+
+// Source is where check reads from: the cluster (client), the release's
+// namespace and name (as helm installed it), and how to run commands in
+// its pods.
+type Source struct {
+	Client    kubernetes.Interface
+	Exec      Execer
+	Namespace string
+	Release   string
+	// Parallel is how many agents are read at once.
+	Parallel int
+	// Timeout bounds each exec.
+	Timeout time.Duration
+}
+
+// target is a daemon's pod: the container to exec in, its binary and the
+// socket its admin subcommand should call.
+type target struct {
+	pod, container, binary, socket string
+}
+
+// targetIn finds the container running binary (by its command) in pod and
+// the value of socketFlag in its arguments.
+func targetIn(pod *corev1.Pod, binary, socketFlag string) (target, error) {
+	for _, c := range pod.Spec.Containers {
+		if len(c.Command) == 0 || !strings.HasSuffix(c.Command[0], binary) {
+			continue
+		}
+		t := target{pod: pod.Name, container: c.Name, binary: c.Command[0]}
+		for _, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, "--"+socketFlag+"="); ok {
+				t.socket = v
+			}
+		}
+		if t.socket == "" {
+			return t, fmt.Errorf("pod %s: container %s runs without --%s (a release before kubectl aliasip support?)", pod.Name, c.Name, socketFlag)
+		}
+		return t, nil
+	}
+	return target{}, fmt.Errorf("pod %s runs no %s container", pod.Name, binary)
+}
+
+// call runs "BINARY admin --socket S OP [BODY]" in t and decodes stdout.
+func (s Source) call(ctx context.Context, t target, op api.Op, in, out any) error {
+	cmd := []string{t.binary, "admin", "--socket", t.socket, string(op)}
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		cmd = append(cmd, string(b))
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout())
+	defer cancel()
+	stdout, err := s.Exec.Exec(ctx, s.Namespace, t.pod, t.container, cmd)
+	if err != nil {
+		return fmt.Errorf("exec in pod %s: %w", t.pod, err)
+	}
+	if err := json.Unmarshal(stdout, out); err != nil {
+		return fmt.Errorf("pod %s answered %s with %q: %w", t.pod, op, bytes.TrimSpace(stdout), err)
+	}
+	return nil
+}
+
+func (s Source) timeout() time.Duration {
+	if s.Timeout <= 0 {
+		return 2 * time.Minute
+	}
+	return s.Timeout
+}
+
+// leader finds the controller that holds the lease: the chart runs it with
+// --leader-elect-name=RELEASE-controller in the release namespace, and
+// its identity is the pod's hostname (its name) and "_" and a UUID
+// (controller/app/app.go).
+func (s Source) leader(ctx context.Context) (target, error) {
+	name := s.Release + "-controller"
+	lease, err := s.Client.CoordinationV1().Leases(s.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return target{}, fmt.Errorf("controller lease %s/%s: %w", s.Namespace, name, err)
+	}
+	id := holder(lease)
+	i := strings.LastIndex(id, "_")
+	if i <= 0 {
+		return target{}, fmt.Errorf("controller lease %s/%s has no holder (%q): no controller leads", s.Namespace, name, id)
+	}
+	pod, err := s.Client.CoreV1().Pods(s.Namespace).Get(ctx, id[:i], metav1.GetOptions{})
+	if err != nil {
+		return target{}, fmt.Errorf("leading controller's pod: %w", err)
+	}
+	return targetIn(pod, "aliasip-controller", "admin-socket")
+}
+
+func holder(l *coordinationv1.Lease) string {
+	if l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
+}
+
+// agents finds each node's agent pod.
+func (s Source) agents(ctx context.Context) (map[string]target, map[string]string, error) {
+	pods, err := s.Client.CoreV1().Pods(s.Namespace).List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/component=agent,app.kubernetes.io/instance=" + s.Release})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list agent pods: %w", err)
+	}
+	out, bad := map[string]target{}, map[string]string{}
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.Spec.NodeName == "" || p.Status.Phase != corev1.PodRunning {
+			continue
+		}
+		t, err := targetIn(p, "aliasip-agent", "socket")
+		if err != nil {
+			bad[p.Spec.NodeName] = err.Error()
+			continue
+		}
+		out[p.Spec.NodeName] = t
+	}
+	return out, bad, nil
+}
+
+// Read takes a snapshot of the three views. It fails only when the API
+// cannot be read; a controller or agent that cannot be read is recorded in
+// the snapshot (check then reports itself incomplete).
+func (s Source) Read(ctx context.Context, minAge time.Duration) (Snapshot, error) {
+	snap := Snapshot{Time: time.Now(), Agents: map[string]*api.Allocations{}, Unread: map[string]string{}, MinAge: minAge}
+	// The agents and the controller are read first and the API last: an
+	// allocation made meanwhile has its pod in the API's answer, so it is
+	// not mistaken for a leak.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t, err := s.leader(ctx)
+		var v adminapi.CloudView
+		if err == nil {
+			err = s.call(ctx, t, adminapi.OpCloud, nil, &v)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			snap.Unread["controller"] = err.Error()
+			return
+		}
+		snap.Cloud = &v
+	}()
+	targets, bad, err := s.agents(ctx)
+	if err != nil {
+		wg.Wait()
+		return snap, err
+	}
+	for n, why := range bad {
+		snap.Unread[n] = why
+	}
+	sem := make(chan struct{}, max(s.Parallel, 1))
+	for node, t := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			var al api.Allocations
+			err := s.call(ctx, t, api.OpList, nil, &al)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				snap.Unread[node] = err.Error()
+				return
+			}
+			snap.Agents[node] = &al
+		}()
+	}
+	wg.Wait()
+	nodes, err := s.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return snap, fmt.Errorf("list nodes: %w", err)
+	}
+	snap.Nodes = nodes.Items
+	pods, err := s.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return snap, fmt.Errorf("list pods: %w", err)
+	}
+	snap.Pods = pods.Items
+	return snap, nil
+}

@@ -1,0 +1,218 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aliasip/aliasip/controller/adminapi"
+	"github.com/aliasip/aliasip/node-agent/api"
+)
+
+// Exit codes of check (and release).
+const (
+	ExitClean      = 0
+	ExitFindings   = 1 // check found problems; release failed to release some
+	ExitUsage      = 2
+	ExitIncomplete = 3 // nothing found, but some views could not be read
+)
+
+// Status prints the ranges with their utilization, and the nodes of each.
+func Status(ctx context.Context, s Source, w io.Writer) error {
+	t, err := s.leader(ctx)
+	if err != nil {
+		return err
+	}
+	var v adminapi.CloudView
+	if err := s.call(ctx, t, adminapi.OpCloud, nil, &v); err != nil {
+		return err
+	}
+	if !v.Ready {
+		return fmt.Errorf("the leading controller has not rebuilt its state yet; try again")
+	}
+	nodes, err := s.Client.CoreV1().Nodes().List(ctx, listAll)
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RANGE\tCIDR\tMASK\tBLOCKS\tUSED\tFREE\tCOOLING\tUSED%\tNODES")
+	ranges := map[string]netip.Prefix{}
+	for _, r := range v.Ranges {
+		name := r.Name
+		if r.Default {
+			name += " (flags)"
+		}
+		pct := 0.0
+		if r.Total > 0 {
+			pct = 100 * float64(r.Used) / float64(r.Total)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t/%d\t%d\t%d\t%d\t%d\t%.0f%%\t%d\n", name, r.CIDR, r.MaskSize, r.Total, r.Used, r.Free, r.Cooling, pct, r.Nodes)
+		if p, err := netip.ParsePrefix(r.CIDR); err == nil {
+			ranges[r.Name] = p
+		}
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "RANGE\tNODE\tPODCIDR")
+	type row struct{ rng, node, cidr string }
+	var rows []row
+	for _, n := range nodes.Items {
+		rng := "-"
+		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil {
+			for name, r := range ranges {
+				if r.Bits() <= p.Bits() && r.Contains(p.Addr()) {
+					rng = name
+				}
+			}
+		}
+		cidr := n.Spec.PodCIDR
+		if cidr == "" {
+			cidr = "(none yet)"
+		}
+		rows = append(rows, row{rng, n.Name, cidr})
+	}
+	sort.Slice(rows, func(i, j int) bool {
+		if rows[i].rng != rows[j].rng {
+			return rows[i].rng < rows[j].rng
+		}
+		return rows[i].node < rows[j].node
+	})
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.rng, r.node, r.cidr)
+	}
+	return tw.Flush()
+}
+
+// RunCheck reads, checks and prints the report (text or JSON), writes it
+// to reportFile when set, and returns the exit code.
+func RunCheck(ctx context.Context, s Source, minAge time.Duration, format, reportFile string, w io.Writer) (int, error) {
+	snap, err := s.Read(ctx, minAge)
+	if err != nil {
+		return ExitIncomplete, err
+	}
+	r := Check(snap)
+	for who, why := range snap.Unread {
+		if who == "controller" {
+			r.Incomplete = append(r.Incomplete, "controller: "+why)
+		}
+	}
+	if reportFile != "" {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		if err := os.WriteFile(reportFile, append(b, '\n'), 0o644); err != nil {
+			return ExitIncomplete, err
+		}
+	}
+	if format == "json" {
+		b, _ := json.MarshalIndent(r, "", "  ")
+		fmt.Fprintln(w, string(b))
+	} else {
+		printReport(w, r, len(snap.Nodes), len(snap.Agents))
+	}
+	switch {
+	case len(r.Findings) > 0:
+		return ExitFindings, nil
+	case len(r.Incomplete) > 0:
+		return ExitIncomplete, nil
+	}
+	return ExitClean, nil
+}
+
+func printReport(w io.Writer, r Report, nodes, agents int) {
+	counts := map[string]int{}
+	for _, f := range r.Findings {
+		counts[f.Class]++
+		fmt.Fprintf(w, "%-9s %-20s %s\n", f.Class, f.Kind, f.Message)
+	}
+	for _, i := range r.Incomplete {
+		fmt.Fprintf(w, "%-9s %-20s %s\n", "unread", "", i)
+	}
+	fmt.Fprintf(w, "%d nodes, %d agents read: %d duplicates, %d leaks, %d mismatches\n",
+		nodes, agents, counts[ClassDuplicate], counts[ClassLeak], counts[ClassMismatch])
+}
+
+// Release takes back the leaks of a report that a new check still finds
+// leaked, each through the component that owns it, which checks once more
+// before it releases: the controller for an alias, the node's agent for an
+// address. Nothing else in the report is touched. With dryRun it only
+// says what it would release.
+func Release(ctx context.Context, s Source, report Report, minAge time.Duration, dryRun bool, w io.Writer) (int, error) {
+	var leaks []Finding
+	for _, f := range report.Findings {
+		if f.Class == ClassLeak {
+			leaks = append(leaks, f)
+		}
+	}
+	if len(leaks) == 0 {
+		fmt.Fprintln(w, "the report lists no leaks")
+		return ExitClean, nil
+	}
+	snap, err := s.Read(ctx, minAge)
+	if err != nil {
+		return ExitIncomplete, err
+	}
+	still := map[string]bool{}
+	for _, f := range Check(snap).Findings {
+		still[f.key()] = true
+	}
+	code := ExitClean
+	var leader *target
+	agents, _, err := s.agents(ctx)
+	if err != nil {
+		return ExitIncomplete, err
+	}
+	for _, f := range leaks {
+		what := f.Message
+		if !still[f.key()] {
+			fmt.Fprintf(w, "skipped   %s: no longer leaked\n", what)
+			continue
+		}
+		if dryRun {
+			fmt.Fprintf(w, "would release %s\n", what)
+			continue
+		}
+		var released bool
+		var reason string
+		var err error
+		switch f.Kind {
+		case KindAliasLeak:
+			if leader == nil {
+				t, err := s.leader(ctx)
+				if err != nil {
+					fmt.Fprintf(w, "failed    %s: %v\n", what, err)
+					code = ExitFindings
+					continue
+				}
+				leader = &t
+			}
+			var res adminapi.LeakResult
+			err = s.call(ctx, *leader, adminapi.OpReleaseAlias, adminapi.AliasLeak{Instance: f.Instance, CIDR: f.CIDR}, &res)
+			released, reason = res.Released, res.Reason
+		case KindAllocationLeak:
+			t, ok := agents[f.Node]
+			if !ok {
+				err = fmt.Errorf("no running agent on node %s", f.Node)
+				break
+			}
+			var res api.LeakResult
+			err = s.call(ctx, t, api.OpReleaseLeak, api.LeakRequest{Attachment: api.Attachment{ContainerID: f.ContainerID, IfName: f.IfName}, IP: f.IP}, &res)
+			released, reason = res.Released, res.Reason
+		default:
+			err = fmt.Errorf("unknown leak kind %q", f.Kind)
+		}
+		switch {
+		case err != nil:
+			fmt.Fprintf(w, "failed    %s: %v\n", what, err)
+			code = ExitFindings
+		case released:
+			fmt.Fprintf(w, "released  %s (%s)\n", what, reason)
+		default:
+			fmt.Fprintf(w, "skipped   %s: %s\n", what, reason)
+		}
+	}
+	return code, nil
+}
