@@ -62,7 +62,7 @@ func healthy() Snapshot {
 			"a": {Node: "a", PodCIDR: "10.0.1.0/24", Ready: true, Allocations: []api.AllocationEntry{alloc("10.0.1.5", "default", "web", "u1", "c1", time.Hour)}},
 			"b": {Node: "b", PodCIDR: "10.1.0.0/26", Ready: true, Allocations: []api.AllocationEntry{
 				alloc("10.1.0.7", "default", "db", "u2", "c2", time.Hour),
-				alloc("10.1.0.9", "default", "starting", "u9", "c9", time.Second), // ADD in flight: its pod not in the list yet
+				alloc("10.1.0.9", "default", "starting", "u9", "c9", time.Second),                   // ADD in flight: its pod not in the list yet
 				{IP: "10.1.0.10", ContainerID: "raw", IfName: "eth0", Created: now.Add(-time.Hour)}, // no pod: not a kubelet's
 			}},
 		},
