@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/aliasip/aliasip/cloud"
+	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/fake"
 )
 
@@ -42,6 +43,11 @@ func TestStateTableRows(t *testing.T) {
 		n.CreationTimestamp = metav1.NewTime(time.Unix(1, 0))
 		return n
 	}
+	// ranged gives a node the pod-range label.
+	ranged := func(rng string, n *corev1.Node) *corev1.Node {
+		n.Labels = map[string]string{aliasipv1.NodeLabel: rng}
+		return n
+	}
 	for _, tc := range []struct {
 		name    string
 		nodes   []*corev1.Node
@@ -50,6 +56,7 @@ func TestStateTableRows(t *testing.T) {
 		sync    string
 		wantErr error
 		patch   string              // podCIDR patched on the synced node ("" none)
+		label   string              // pod-range label patched alone ("" none)
 		after   map[string][]string // instance -> alias CIDRs after
 		events  []string            // "Type Reason", in order
 	}{
@@ -77,14 +84,28 @@ func TestStateTableRows(t *testing.T) {
 		},
 		{
 			name:    "set, present, equal: nothing",
-			nodes:   []*corev1.Node{node("n", "10.0.3.0/24", "")},
+			nodes:   []*corev1.Node{ranged("default", node("n", "10.0.3.0/24", ""))},
 			aliases: map[string][]string{"n": {"10.0.3.0/24"}},
 			sync:    "n",
 			after:   map[string][]string{"n": {"10.0.3.0/24"}},
 		},
 		{
-			name:    "set, equal plus another: remove the other",
+			name:    "set, present, equal, no pod-range label: label it",
 			nodes:   []*corev1.Node{node("n", "10.0.3.0/24", "")},
+			aliases: map[string][]string{"n": {"10.0.3.0/24"}},
+			sync:    "n", label: "default",
+			after: map[string][]string{"n": {"10.0.3.0/24"}},
+		},
+		{
+			name:    "set, present, equal, label names another range: relabel",
+			nodes:   []*corev1.Node{ranged("pool-b", node("n", "10.0.3.0/24", ""))},
+			aliases: map[string][]string{"n": {"10.0.3.0/24"}},
+			sync:    "n", label: "default",
+			after: map[string][]string{"n": {"10.0.3.0/24"}},
+		},
+		{
+			name:    "set, equal plus another: remove the other",
+			nodes:   []*corev1.Node{ranged("default", node("n", "10.0.3.0/24", ""))},
 			aliases: map[string][]string{"n": {"10.0.3.0/24", "10.0.9.0/24"}},
 			sync:    "n",
 			after:   map[string][]string{"n": {"10.0.3.0/24"}},
@@ -183,10 +204,15 @@ func TestStateTableRows(t *testing.T) {
 				}
 			}
 			switch {
-			case tc.patch == "" && len(patches) > 0:
+			case tc.patch == "" && tc.label == "" && len(patches) > 0:
 				t.Errorf("Node writes %v, want none", patches)
 			case tc.patch != "" && (len(patches) != 1 || !strings.Contains(patches[0], `"podCIDR":"`+tc.patch+`"`)):
 				t.Errorf("Node writes %v, want one patch to %s", patches, tc.patch)
+			case tc.label != "":
+				want := fmt.Sprintf(`%s {"metadata":{"labels":{%q:%q}}}`, tc.sync, aliasipv1.NodeLabel, tc.label)
+				if len(patches) != 1 || patches[0] != want {
+					t.Errorf("Node writes %v, want only %s", patches, want)
+				}
 			}
 			for inst, want := range tc.after {
 				got, _ := fc.Aliases(ctx, cloud.InstanceRef{Name: inst})
