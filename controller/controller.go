@@ -66,6 +66,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"runtime/debug"
 	"sort"
@@ -216,9 +217,11 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 		UpdateFunc: func(old, cur any) {
 			o, n := old.(*corev1.Node), cur.(*corev1.Node)
 			// Status heartbeats change nothing we look at; resyncs (same
-			// resourceVersion) and spec changes are worth a sync.
+			// resourceVersion), spec changes and label changes are worth a
+			// sync: labels pick a waiting node's PodRange, and an in-sync
+			// node's pod-range label is put back if edited.
 			if o.ResourceVersion == n.ResourceVersion || o.Spec.PodCIDR != n.Spec.PodCIDR ||
-				o.Spec.ProviderID != n.Spec.ProviderID {
+				o.Spec.ProviderID != n.Spec.ProviderID || !maps.Equal(o.Labels, n.Labels) {
 				c.enqueue(cur)
 			}
 		},

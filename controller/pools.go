@@ -166,14 +166,17 @@ func (b *blocks) overlapping(name string, cidr netip.Prefix) string {
 }
 
 // setUnusable records that a PodRange hands out no block (sel nil: it
-// selects nothing, as when its selector cannot be parsed).
-func (b *blocks) setUnusable(name string, sel labels.Selector) {
+// selects nothing, as when its selector cannot be parsed). It reports
+// whether that changed which nodes it holds back.
+func (b *blocks) setUnusable(name string, sel labels.Selector) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if sel == nil {
 		sel = labels.Nothing()
 	}
+	prev, ok := b.unusable[name]
 	b.unusable[name] = sel
+	return !ok || prev.String() != sel.String() || prev.Empty() != sel.Empty()
 }
 
 // clearUnusable forgets a PodRange recorded by setUnusable.

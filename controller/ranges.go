@@ -288,6 +288,9 @@ func (c *Controller) syncRange(ctx context.Context, name string) error {
 			return c.writeRangeStatus(ctx, pr, true, metav1.ConditionFalse, aliasipv1.ReasonInvalidSelector, fmt.Sprintf("nodeSelector: %v", err))
 		}
 		c.blocks.setPolicy(name, func(p *pool) { p.priority, p.selector, p.deleting = pr.Spec.Priority, sel, false })
+		if cur.priority != pr.Spec.Priority || cur.selector.String() != sel.String() || cur.deleting {
+			c.wakeWaiting() // a waiting node may get a block now, or from another range
+		}
 		return c.writeRangeStatus(ctx, pr, true, metav1.ConditionTrue, aliasipv1.ReasonValid,
 			fmt.Sprintf("allocating /%d blocks of %v to the nodes it selects", cur.maskSize, cur.cidr))
 	}
@@ -297,7 +300,9 @@ func (c *Controller) syncRange(ctx context.Context, name string) error {
 	}
 	if pl == nil {
 		sel, _ := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
-		c.blocks.setUnusable(name, sel)
+		if c.blocks.setUnusable(name, sel) {
+			c.wakeWaiting() // a node its old selector held back may use another range now
+		}
 		return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, reason, msg)
 	}
 	if other := c.blocks.overlapping(name, pl.cidr); other != "" {
