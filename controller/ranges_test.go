@@ -1,0 +1,211 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/informers"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
+	rangefake "github.com/aliasip/aliasip/controller/generated/clientset/versioned/fake"
+	"github.com/aliasip/aliasip/fake"
+)
+
+// rangeHarness is a harness whose controller uses PodRanges (a fake
+// clientset for them); the PodRange informer is synced before the rebuild,
+// as Run does.
+type rangeHarness struct {
+	*harness
+	prs *rangefake.Clientset
+}
+
+func newRangeHarness(t *testing.T, cluster string, nodes []*corev1.Node, ranges ...*aliasipv1.PodRange) *rangeHarness {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	var objs []runtime.Object
+	for _, n := range nodes {
+		objs = append(objs, n)
+	}
+	client := k8sfake.NewClientset(objs...)
+	fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(cluster), AutoRegister: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, ctx: ctx, client: client, cloud: fc, recorder: record.NewFakeRecorder(1000)}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	h.metrics = NewMetrics(prometheus.NewRegistry())
+	h.ctrl = New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000}, client, factory.Core().V1().Nodes(), h.cloud, h.recorder, h.metrics)
+	h.informer = factory.Core().V1().Nodes().Informer()
+	var robjs []runtime.Object
+	for _, pr := range ranges {
+		robjs = append(robjs, pr)
+	}
+	prs := rangefake.NewSimpleClientset(robjs...)
+	h.ctrl.UsePodRanges(prs, client.Discovery(), 0)
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	h.ctrl.ranges.run(ctx)
+	if !cache.WaitForCacheSync(ctx.Done(), h.ctrl.ranges.informer.HasSynced) {
+		t.Fatal("PodRange informer never synced")
+	}
+	if err := h.ctrl.rebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return &rangeHarness{harness: h, prs: prs}
+}
+
+func podRange(name, cidr string, mask int32, selector map[string]string) *aliasipv1.PodRange {
+	return &aliasipv1.PodRange{
+		ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.Now()},
+		Spec: aliasipv1.PodRangeSpec{CIDR: cidr, MaskSize: &mask,
+			NodeSelector: metav1.LabelSelector{MatchLabels: selector}},
+	}
+}
+
+func labelledNode(name string, l map[string]string) *corev1.Node {
+	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
+}
+
+// drain empties the node queue and returns what it held.
+func (h *harness) drain() []string {
+	var out []string
+	for h.ctrl.queue.Len() > 0 {
+		k, _ := h.ctrl.queue.Get()
+		h.ctrl.queue.Done(k)
+		h.ctrl.queue.Forget(k)
+		out = append(out, k)
+	}
+	return out
+}
+
+// waitQueued waits until the node queue holds node (the informer's
+// handlers run after its cache is updated, so this polls).
+func (h *harness) waitQueued(node string) bool {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	var seen []string
+	for time.Now().Before(deadline) {
+		seen = append(seen, h.drain()...)
+		if slices.Contains(seen, node) {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
+// A node's labels decide which PodRange it gets a block from: a change of
+// labels alone (same spec) queues the node, so a node waiting for a block
+// is synced again at once, not at the next resync.
+func TestLabelChangeQueuesNode(t *testing.T) {
+	n1 := labelledNode("n1", nil)
+	n1.ResourceVersion = "1"
+	h := newRangeHarness(t, "10.0.0.0/16", []*corev1.Node{n1})
+	h.drain()
+	n, err := h.client.CoreV1().Nodes().Get(h.ctx, "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fake clientset keeps resourceVersions as given: a new one, as
+	// the API server would write, so the update is not taken for a resync.
+	n.Labels, n.ResourceVersion = map[string]string{"pool": "b"}, "2"
+	if _, err := h.client.CoreV1().Nodes().Update(h.ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !h.waitQueued("n1") {
+		t.Fatal("a label change did not queue the node")
+	}
+}
+
+// A PodRange's selector change wakes the nodes waiting for a block: one
+// whose only range is exhausted and that the other range now selects, and
+// one an unusable (overlapping) range held back and no longer selects.
+func TestSelectorChangeWakesWaitingNodes(t *testing.T) {
+	h := newRangeHarness(t, "10.0.0.0/16",
+		[]*corev1.Node{
+			labelledNode("a1", map[string]string{"pool": "a"}),
+			labelledNode("a2", map[string]string{"pool": "a"}),
+			labelledNode("c1", map[string]string{"pool": "c"}),
+		},
+		podRange("a", "10.1.0.0/28", 28, map[string]string{"pool": "a"}), // one block
+		podRange("b", "10.2.0.0/28", 28, map[string]string{"pool": "b"}),
+		podRange("c", "10.0.4.0/24", 28, map[string]string{"pool": "c"}), // inside default
+	)
+	for _, r := range []string{"a", "b", "c"} {
+		if err := h.ctrl.syncRange(h.ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.syncSeen("a1", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a2", "c1"} {
+		if err := h.syncSeen(n, ""); !errors.Is(err, errExhausted) {
+			t.Fatalf("%s: %v, want it waiting", n, err)
+		}
+	}
+	h.drain()
+	for name, sel := range map[string]*metav1.LabelSelector{
+		"b": {MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "pool", Operator: metav1.LabelSelectorOpIn, Values: []string{"a", "b"}}}},
+		"c": {MatchLabels: map[string]string{"pool": "nobody"}},
+	} {
+		pr, err := h.prs.AliasipV1alpha1().PodRanges().Get(h.ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr.Spec.NodeSelector = *sel
+		if _, err := h.prs.AliasipV1alpha1().PodRanges().Update(h.ctx, pr, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := wait5s(func() bool {
+			got, err := h.ctrl.ranges.lister.Get(name)
+			return err == nil && got.Spec.NodeSelector.String() == sel.String()
+		}); err != nil {
+			t.Fatalf("informer never showed %s's new selector", name)
+		}
+		if err := h.ctrl.syncRange(h.ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	queued := h.drain()
+	for _, n := range []string{"a2", "c1"} {
+		if !slices.Contains(queued, n) {
+			t.Errorf("%s waits on after the selectors changed (queued: %v)", n, queued)
+		}
+	}
+	for n, want := range map[string]string{"a2": "b", "c1": "default"} {
+		if err := h.syncSeen(n, ""); err != nil {
+			t.Fatal(err)
+		}
+		nd, err := h.client.CoreV1().Nodes().Get(h.ctx, n, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := nd.Labels[aliasipv1.NodeLabel]; got != want || nd.Spec.PodCIDR == "" {
+			t.Errorf("%s: %q from %q, want a block of %s", n, nd.Spec.PodCIDR, got, want)
+		}
+	}
+}
+
+func wait5s(cond func() bool) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return errors.New("timed out")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
