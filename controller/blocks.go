@@ -52,16 +52,22 @@ func newBlocks() *blocks {
 	}
 }
 
-// reset installs a rebuilt state.
+// reset installs a rebuilt state. PodRanges recorded as pending
+// (setPending) since the rebuild listed them stay unusable.
 func (b *blocks) reset(pools []*pool, unusable map[string]labels.Selector, owned map[string]assignment, owner map[netip.Prefix]string, cooling map[netip.Prefix]time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.unusable = unusable
 	b.pools = map[string]*pool{}
 	for _, p := range pools {
 		b.pools[p.name] = p
 		b.changed[p.name] = true
 	}
+	for name, sel := range b.unusable {
+		if _, listed := unusable[name]; !listed && b.pools[name] == nil {
+			unusable[name] = sel
+		}
+	}
+	b.unusable = unusable
 	b.owned, b.owner, b.cooling = owned, owner, cooling
 }
 

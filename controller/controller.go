@@ -27,7 +27,8 @@
 // selector matches its labels, highest priority first, then the one with
 // the most free blocks; from the default range when no PodRange selects
 // it; from none (it waits, with CIDRNotAvailable) when only PodRanges that
-// hand out nothing select it (overlapping, invalid, being deleted). Its
+// hand out nothing select it (overlapping, invalid, being deleted, not
+// made a pool yet: just created, or its resolution is retried). Its
 // podCIDR patch also sets the label aliasip.io/pod-range. A PodRange
 // overlapping an older range is not used, and says so in its status; one
 // being deleted keeps its finalizer until no node holds a block of it.

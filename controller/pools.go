@@ -179,6 +179,21 @@ func (b *blocks) setUnusable(name string, sel labels.Selector) bool {
 	return !ok || prev.String() != sel.String() || prev.Empty() != sel.Empty()
 }
 
+// setPending records a PodRange that is not a pool (yet) as unusable,
+// with the selector it has (nil: it selects nothing); a PodRange that is
+// a pool is left alone.
+func (b *blocks) setPending(name string, sel labels.Selector) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.pools[name]; ok {
+		return
+	}
+	if sel == nil {
+		sel = labels.Nothing()
+	}
+	b.unusable[name] = sel
+}
+
 // clearUnusable forgets a PodRange recorded by setUnusable.
 func (b *blocks) clearUnusable(name string) {
 	b.mu.Lock()

@@ -78,9 +78,22 @@ func (c *Controller) UsePodRanges(client versioned.Interface, disc discovery.Dis
 			r.queue.Add(key)
 		}
 	}
+	// A PodRange the range worker has not made a pool of yet (just
+	// created, or its resolution failed and is retried) already holds
+	// back the nodes it selects: they wait for it rather than take a
+	// block of the default range, which they would keep.
+	pending := func(obj any) {
+		if pr, ok := obj.(*aliasipv1.PodRange); ok {
+			sel, err := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
+			if err != nil {
+				sel = nil
+			}
+			c.blocks.setPending(pr.Name, sel)
+		}
+	}
 	inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    enqueue,
-		UpdateFunc: func(_, cur any) { enqueue(cur) },
+		AddFunc:    func(obj any) { pending(obj); enqueue(obj) },
+		UpdateFunc: func(_, cur any) { pending(cur); enqueue(cur) },
 		DeleteFunc: enqueue,
 	})
 	c.ranges = r

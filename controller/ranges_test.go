@@ -209,3 +209,35 @@ func wait5s(cond func() bool) error {
 	}
 	return nil
 }
+
+// A PodRange the range worker has not made a pool of yet (just created;
+// on GCE, its subnetwork read failing) holds back the nodes it selects:
+// they wait for it instead of taking — and keeping — a default block,
+// and get a block of it once it is a pool.
+func TestPendingPodRangeHoldsBackItsNodes(t *testing.T) {
+	h := newRangeHarness(t, "10.0.0.0/16", []*corev1.Node{labelledNode("p1", map[string]string{"pool": "p"})})
+	if _, err := h.prs.AliasipV1alpha1().PodRanges().Create(h.ctx,
+		podRange("late", "10.3.0.0/24", 28, map[string]string{"pool": "p"}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait5s(func() bool { _, err := h.ctrl.ranges.lister.Get("late"); return err == nil }); err != nil {
+		t.Fatal("informer never showed the PodRange")
+	}
+	// The informer's handler runs after its cache is updated: wait until
+	// it queued the range for the range worker (which is not running).
+	if err := wait5s(func() bool { return h.ctrl.ranges.queue.Len() > 0 }); err != nil {
+		t.Fatal("the new PodRange was never queued")
+	}
+	if err := h.syncSeen("p1", ""); !errors.Is(err, errExhausted) {
+		t.Fatalf("p1, selected only by a PodRange not synced yet: %v (podCIDR %q), want it waiting", err, h.podCIDR("p1"))
+	}
+	if err := h.ctrl.syncRange(h.ctx, "late"); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.syncSeen("p1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.podCIDR("p1"); !netip.MustParsePrefix("10.3.0.0/24").Contains(netip.MustParsePrefix(got).Addr()) {
+		t.Errorf("p1 got %q, want a block of late (10.3.0.0/24)", got)
+	}
+}
