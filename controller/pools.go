@@ -232,23 +232,19 @@ func (b *blocks) holdersLocked(name string) []string {
 	return out
 }
 
-// removePool removes a pool no node holds a block of; its cooling blocks
-// are forgotten with it. It reports the holders instead when there are
-// some (then nothing changes).
+// removePool removes a pool no node holds a block of. Its cooling blocks
+// cool on (they are keyed by block, not pool): a range re-created over the
+// same addresses before they are cool does not hand out at once the block
+// of a node deleted moments ago (addPool marks them used). It reports the
+// holders instead when there are some (then nothing changes).
 func (b *blocks) removePool(name string) []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	pl, ok := b.pools[name]
-	if !ok {
+	if _, ok := b.pools[name]; !ok {
 		return nil
 	}
 	if h := b.holdersLocked(name); len(h) > 0 {
 		return h
-	}
-	for p := range b.cooling {
-		if pl.contains(p) {
-			delete(b.cooling, p)
-		}
 	}
 	delete(b.pools, name)
 	return nil

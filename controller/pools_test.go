@@ -152,7 +152,18 @@ func TestBlocksPools(t *testing.T) {
 	if _, ok := b.pool("a"); ok || b.inUse(cidr) {
 		t.Errorf("pool a still there, or its cooling block still counted")
 	}
-	if len(b.coolingSnapshot()) != 0 {
-		t.Errorf("cooling blocks of a removed pool kept: %v", b.coolingSnapshot())
+	// n1's block cools on: a range re-created over a's addresses does
+	// not hand it out before its cooldown ends.
+	if _, cooling := b.coolingUntil(cidr); !cooling {
+		t.Fatalf("the cooling block %v of a removed pool was forgotten", cidr)
+	}
+	if other, err := b.addPool(newPool("a-again", "10.1.0.0/25", "a"), nil); err != nil || other != "" {
+		t.Fatalf("addPool a-again: %q, %v", other, err)
+	}
+	if got, _, err := b.reserve("n4", cloud.InstanceRef{Name: "n4"}, map[string]string{"pool": "a"}); err != nil || got == cidr {
+		t.Errorf("reserve n4 from the re-created range: %v, %v; want a block other than the cooling %v", got, err, cidr)
+	}
+	if _, _, _, _, err := b.expire(time.Now().Add(2*time.Hour), time.Now().Add(3*time.Hour)); err != nil || b.inUse(cidr) {
+		t.Errorf("the block did not go back to the re-created pool when cool: in use %v, %v", b.inUse(cidr), err)
 	}
 }
