@@ -313,6 +313,27 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
+// rangesHeld returns the names of the pools some node holds a block of:
+// its pod-range label names the pool and its podCIDR lies inside it.
+func (c *Controller) rangesHeld(pools []*pool) map[string]bool {
+	held := map[string]bool{}
+	nodes, err := c.nodes.List(everything)
+	if err != nil {
+		return held
+	}
+	byName := map[string]*pool{}
+	for _, pl := range pools {
+		byName[pl.name] = pl
+	}
+	for _, n := range nodes {
+		pl := byName[n.Labels[aliasipv1.NodeLabel]]
+		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl != nil && pl.contains(p) {
+			held[pl.name] = true
+		}
+	}
+	return held
+}
+
 // rebuild marks every block in use by a Node's podCIDR or by an alias on a
 // known instance, so no block is handed out twice across restarts.
 func (c *Controller) rebuild(ctx context.Context) error {
@@ -329,8 +350,15 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	pools := []*pool{def}
 	unusable := map[string]labels.Selector{}
 	if c.ranges != nil {
-		// In creation order: of two overlapping ranges the older one is
-		// used (the other's status says why it is not).
+		// Of two overlapping ranges the one that was in use stays in use
+		// (the other's status says why it is not). At run time that is
+		// the one made a pool first, not always the older one: a range
+		// created while an older one was unusable (it overlapped a third,
+		// since gone) is used, and the older one is then refused. So the
+		// ranges some node holds a block of — labelled with the range,
+		// its podCIDR inside it — come first, then the rest, each in
+		// creation order.
+		var resolved []*pool
 		for _, pr := range c.ranges.sorted() {
 			pl, _, _, err := c.resolve(ctx, pr)
 			if err != nil {
@@ -343,12 +371,17 @@ func (c *Controller) rebuild(ctx context.Context) error {
 				continue
 			}
 			pl.deleting = pr.DeletionTimestamp != nil
+			resolved = append(resolved, pl)
+		}
+		held := c.rangesHeld(resolved)
+		sort.SliceStable(resolved, func(i, j int) bool { return held[resolved[i].name] && !held[resolved[j].name] })
+		for _, pl := range resolved {
 			overlaps := false
 			for _, other := range pools {
 				overlaps = overlaps || other.cidr.Overlaps(pl.cidr)
 			}
 			if overlaps {
-				unusable[pr.Name] = pl.selector
+				unusable[pl.name] = pl.selector
 				continue
 			}
 			pools = append(pools, pl)

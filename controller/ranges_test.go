@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/aliasip/aliasip/cloud"
 	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	rangefake "github.com/aliasip/aliasip/controller/generated/clientset/versioned/fake"
 	"github.com/aliasip/aliasip/fake"
@@ -32,6 +34,13 @@ type rangeHarness struct {
 
 func newRangeHarness(t *testing.T, cluster string, nodes []*corev1.Node, ranges ...*aliasipv1.PodRange) *rangeHarness {
 	t.Helper()
+	return newRangeHarnessCloud(t, cluster, nil, nodes, ranges...)
+}
+
+// newRangeHarnessCloud is newRangeHarness with prep run on the fake cloud
+// before the rebuild.
+func newRangeHarnessCloud(t *testing.T, cluster string, prep func(*fake.Cloud), nodes []*corev1.Node, ranges ...*aliasipv1.PodRange) *rangeHarness {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	var objs []runtime.Object
@@ -42,6 +51,9 @@ func newRangeHarness(t *testing.T, cluster string, nodes []*corev1.Node, ranges 
 	fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(cluster), AutoRegister: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prep != nil {
+		prep(fc)
 	}
 	h := &harness{t: t, ctx: ctx, client: client, cloud: fc, recorder: record.NewFakeRecorder(1000)}
 	factory := informers.NewSharedInformerFactory(client, 0)
@@ -239,5 +251,61 @@ func TestPendingPodRangeHoldsBackItsNodes(t *testing.T) {
 	}
 	if got := h.podCIDR("p1"); !netip.MustParsePrefix("10.3.0.0/24").Contains(netip.MustParsePrefix(got).Addr()) {
 		t.Errorf("p1 got %q, want a block of late (10.3.0.0/24)", got)
+	}
+}
+
+// The rebuild keeps in use the range nodes hold blocks of. At run time a
+// range created while an older overlapping one was unusable (it overlapped
+// a third, since deleted) is used, and the older one is then refused; a
+// restart that took the older one first by creation time made it a pool
+// over the newer one's nodes: their aliases (of the newer range) no longer
+// theirs, the newer range's finalizer free to go while they held its blocks.
+func TestRebuildKeepsTheRangeInUse(t *testing.T) {
+	wide := podRange("a-wide", "10.4.0.0/15", 28, map[string]string{"pool": "a"})
+	wide.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Hour))
+	fix := podRange("b-fix", "10.4.0.0/16", 28, map[string]string{"pool": "b"})
+	n := labelledNode("n", map[string]string{"pool": "b", aliasipv1.NodeLabel: "b-fix"})
+	n.Spec.PodCIDR, n.Spec.PodCIDRs = "10.4.1.0/28", []string{"10.4.1.0/28"}
+	h := newRangeHarnessCloud(t, "10.0.0.0/16", func(fc *fake.Cloud) {
+		if err := fc.RegisterInstance("n"); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.AddRangeAlias(context.Background(), cloud.InstanceRef{Name: "n"},
+			cloud.AliasRange{CIDR: netip.MustParsePrefix("10.4.1.0/28"), RangeName: "podrange-b-fix"}); err != nil {
+			t.Fatal(err)
+		}
+	}, []*corev1.Node{n}, wide, fix)
+	if _, ok := h.ctrl.blocks.pool("b-fix"); !ok {
+		t.Fatal("b-fix, whose block node n holds, is not a pool after the rebuild")
+	}
+	if _, ok := h.ctrl.blocks.pool("a-wide"); ok {
+		t.Fatal("a-wide, overlapping b-fix, which is in use, is a pool after the rebuild")
+	}
+	writes := len(adds(h.cloud))
+	h.client.ClearActions()
+	if err := h.syncSeen("n", "10.4.1.0/28"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range h.client.Actions() {
+		if a.GetVerb() == "patch" || a.GetVerb() == "update" {
+			t.Errorf("node n written: %v", a)
+		}
+	}
+	if got := len(adds(h.cloud)); got != writes {
+		t.Errorf("%d alias writes for n, which was in sync", got-writes)
+	}
+	if ev := h.events(); ev != "" {
+		t.Errorf("events for an in-sync node: %s", ev)
+	}
+	// The overlapping older range is held back: a node it selects waits.
+	if err := h.ctrl.syncRange(h.ctx, "a-wide"); err != nil {
+		t.Fatal(err)
+	}
+	pr, err := h.prs.AliasipV1alpha1().PodRanges().Get(h.ctx, "a-wide", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := meta.FindStatusCondition(pr.Status.Conditions, aliasipv1.ConditionReady); c == nil || c.Reason != aliasipv1.ReasonOverlaps {
+		t.Errorf("a-wide Ready condition %+v, want Overlaps", c)
 	}
 }
