@@ -500,6 +500,10 @@ node_daemons_up() {
 # registering before the controller knew the range would get a block of
 # the default range, and keep it.
 pool_b_up() {
+	# A CRD serves its kind once its Established condition is True
+	# (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#create-a-customresourcedefinition);
+	# kubectl wait --for=condition=X polls an object's status.conditions
+	# (https://kubernetes.io/docs/reference/kubectl/generated/kubectl_wait/).
 	kubectl_ wait --for=condition=Established crd/podranges.aliasip.io --timeout=60s >&2 ||
 		die "the chart's PodRange CRD is not established"
 	kubectl_ apply -f - >&2 <<EOF
