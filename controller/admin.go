@@ -8,6 +8,8 @@ import (
 	"sort"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/aliasip/aliasip/controller/adminapi"
 	"github.com/aliasip/aliasip/node-agent/api"
 )
@@ -90,7 +92,10 @@ func (c *Controller) releaseAlias(ctx context.Context, req adminapi.AliasLeak) (
 	if err != nil {
 		return adminapi.LeakResult{}, fmt.Errorf("list instances: %w", err)
 	}
-	nodeOf, err := c.instanceNodes(ctx)
+	// The Nodes are read from the API, not the informer's cache: the leak
+	// collector's grace period covers a Node the cache has not seen yet
+	// (a VM that registers as the alias is reported), this call has none.
+	nodeOf, unresolved, err := c.liveInstanceNodes(ctx)
 	if err != nil {
 		return adminapi.LeakResult{}, err
 	}
@@ -100,6 +105,11 @@ func (c *Controller) releaseAlias(ctx context.Context, req adminapi.AliasLeak) (
 		}
 		if n := nodeOf[req.Instance]; n != "" {
 			return adminapi.LeakResult{Reason: "Node " + n + " now belongs to the instance"}, nil
+		}
+		for n, p := range unresolved {
+			if p.IsValid() && p.Overlaps(cidr) {
+				return adminapi.LeakResult{Reason: fmt.Sprintf("Node %s holds %v and its instance cannot be resolved: it may be this one", n, p)}, nil
+			}
 		}
 		for _, a := range in.Aliases {
 			if a.CIDR != cidr {
@@ -116,4 +126,26 @@ func (c *Controller) releaseAlias(ctx context.Context, req adminapi.AliasLeak) (
 		return adminapi.LeakResult{Reason: "the instance no longer carries it"}, nil
 	}
 	return adminapi.LeakResult{Reason: "no such instance any more"}, nil
+}
+
+// liveInstanceNodes maps each instance a Node resolves to (by
+// InstanceRef.String) to that Node's name, from a live list of the Nodes;
+// unresolved holds the podCIDR (invalid when none) of each Node whose
+// instance cannot be resolved.
+func (c *Controller) liveInstanceNodes(ctx context.Context) (map[string]string, map[string]netip.Prefix, error) {
+	nodes, err := listNodesTrimmed(ctx, c.client, metav1.ListOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list nodes: %w", err)
+	}
+	nodeOf, unresolved := map[string]string{}, map[string]netip.Prefix{}
+	for _, n := range nodes.Items {
+		inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+		if err != nil {
+			p, _ := netip.ParsePrefix(n.Spec.PodCIDR)
+			unresolved[n.Name] = p.Masked()
+			continue
+		}
+		nodeOf[inst.String()] = n.Name
+	}
+	return nodeOf, unresolved, nil
 }
