@@ -171,6 +171,9 @@ func Check(s Snapshot) Report {
 				Message: fmt.Sprintf("Node %s: podCIDR %q does not parse", n.Name, n.Spec.PodCIDR)})
 			continue
 		}
+		// The API accepts a podCIDR with host bits set and means its
+		// network, as Kubernetes parses it (net.ParseCIDR).
+		p = p.Masked()
 		podCIDR[n.Name] = p
 		nodeSpans = append(nodeSpans, spanOf(p, n.Name))
 	}
@@ -225,11 +228,25 @@ func checkCloud(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding)) 
 		return ""
 	}
 	byNode := map[string]adminapi.Instance{}
-	var aliasSpans []span
 	for _, in := range s.Cloud.Instances {
 		if in.Node != "" {
 			byNode[in.Node] = in
 		}
+	}
+	// A Node no instance resolves to (an odd providerID) may be the one
+	// on an instance "without a Node": its block there is no leak.
+	unresolved := func(p netip.Prefix) string {
+		for _, n := range s.Nodes {
+			if q, ok := podCIDR[n.Name]; ok && q.Overlaps(p) {
+				if _, ok := byNode[n.Name]; !ok {
+					return n.Name
+				}
+			}
+		}
+		return ""
+	}
+	var aliasSpans []span
+	for _, in := range s.Cloud.Instances {
 		for _, a := range in.Aliases {
 			if a.Range == "" {
 				continue
@@ -239,7 +256,7 @@ func checkCloud(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding)) 
 				continue
 			}
 			aliasSpans = append(aliasSpans, spanOf(p, in.Ref))
-			if in.Node == "" {
+			if in.Node == "" && unresolved(p) == "" {
 				add(Finding{Kind: KindAliasLeak, Class: ClassLeak, Instance: in.Ref, CIDR: p.String(),
 					Message: fmt.Sprintf("instance %s carries %v of range %s but no Node belongs to it", in.Ref, p, a.Range)})
 			}
@@ -295,6 +312,41 @@ func checkCloud(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding)) 
 	}
 }
 
+// Pod annotations of a static pod's mirror (kubelet's
+// pkg/kubelet/types: ConfigMirrorAnnotationKey, ConfigHashAnnotationKey):
+// the kubelet runs a static pod under a UID of its own (the config hash,
+// what the runtime passes as K8S_POD_UID) and the API server gives its
+// mirror pod another; the mirror's annotation names the kubelet's.
+const (
+	mirrorAnnotation = "kubernetes.io/config.mirror"
+	hashAnnotation   = "kubernetes.io/config.hash"
+)
+
+// SamePod reports whether p is the pod an allocation recorded with podUID
+// was made for: the same UID, no UID recorded, or p is the mirror of the
+// static pod with that UID.
+func SamePod(p *corev1.Pod, podUID string) bool {
+	if podUID == "" || string(p.UID) == podUID {
+		return true
+	}
+	if m, ok := p.Annotations[mirrorAnnotation]; ok {
+		return m == podUID || p.Annotations[hashAnnotation] == podUID
+	}
+	return false
+}
+
+// addressedSince returns when p's sandbox last got its network (the
+// PodReadyToStartContainers condition), or its creation when the kubelet
+// does not report that condition.
+func addressedSince(p *corev1.Pod) time.Time {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReadyToStartContainers && !c.LastTransitionTime.IsZero() {
+			return c.LastTransitionTime.Time
+		}
+	}
+	return p.CreationTimestamp.Time
+}
+
 func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding), r *Report) {
 	pods := map[string]*corev1.Pod{}
 	for i := range s.Pods {
@@ -304,8 +356,16 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 	live := func(p *corev1.Pod) bool {
 		return p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
 	}
-	type holder struct{ node, what string }
+	// A holder of an address is one pod on one node (its allocation and
+	// its running copy are the same holder), or an allocation that names
+	// no pod.
+	type holder struct{ node, id, what string }
 	holders := map[netip.Addr][]holder{}
+	hold := func(ip netip.Addr, h holder) {
+		if !slices.ContainsFunc(holders[ip], func(o holder) bool { return o.node == h.node && o.id == h.id }) {
+			holders[ip] = append(holders[ip], h)
+		}
+	}
 	for _, n := range s.Nodes {
 		if _, ok := podCIDR[n.Name]; !ok {
 			continue
@@ -324,12 +384,26 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 			add(Finding{Kind: KindAgentPodCIDR, Class: ClassMismatch, Node: n.Name, CIDR: ag.PodCIDR,
 				Message: fmt.Sprintf("node %s: the agent works on %s, the Node's podCIDR is %v", n.Name, ag.PodCIDR, block)})
 		}
+		// The newest sandbox of a pod per interface: the kubelet runs one
+		// at a time, so an older allocation for the same pod and
+		// interface is one whose DEL never came.
+		newest := map[string]api.AllocationEntry{}
+		for _, al := range ag.Allocations {
+			k := al.Namespace + "/" + al.Pod + "|" + al.PodUID + "|" + al.IfName
+			if cur, ok := newest[k]; al.Pod != "" && (!ok || al.Created.After(cur.Created)) {
+				newest[k] = al
+			}
+		}
 		for _, al := range ag.Allocations {
 			ip, err := netip.ParseAddr(al.IP)
 			if err != nil {
 				continue
 			}
-			holders[ip] = append(holders[ip], holder{n.Name, "allocation of " + podName(al.Namespace, al.Pod, al.ContainerID)})
+			id := "container " + al.ContainerID
+			if al.Pod != "" {
+				id = "pod " + al.Namespace + "/" + al.Pod
+			}
+			hold(ip, holder{n.Name, id, "allocation of " + podName(al.Namespace, al.Pod, al.ContainerID)})
 			if !block.Contains(ip) {
 				add(Finding{Kind: KindAllocationOutside, Class: ClassMismatch, Node: n.Name, IP: al.IP, Namespace: al.Namespace, Pod: al.Pod,
 					Message: fmt.Sprintf("node %s: %s holds %s, outside the podCIDR %v", n.Name, podName(al.Namespace, al.Pod, al.ContainerID), al.IP, block)})
@@ -342,12 +416,17 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 			switch {
 			case p == nil:
 				why = "is gone"
-			case al.PodUID != "" && string(p.UID) != al.PodUID:
+			case !SamePod(p, al.PodUID):
 				why = "was replaced by another pod of that name"
 			case p.Spec.NodeName != "" && p.Spec.NodeName != n.Name:
 				why = "now runs on node " + p.Spec.NodeName
 			case !live(p):
 				why = "has finished"
+			default:
+				nw := newest[al.Namespace+"/"+al.Pod+"|"+al.PodUID+"|"+al.IfName]
+				if nw.ContainerID != al.ContainerID && s.Time.Sub(nw.Created) >= s.MinAge {
+					why = "runs in a newer sandbox (" + nw.ContainerID + ", " + nw.IP + ")"
+				}
 			}
 			if why != "" {
 				add(Finding{Kind: KindAllocationLeak, Class: ClassLeak, Node: n.Name, IP: al.IP, Namespace: al.Namespace, Pod: al.Pod,
@@ -356,27 +435,44 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 			}
 		}
 	}
-	// Running pods on nodes whose agent answered: each address must be
-	// one its agent holds for it, and no two pods may share one.
+	// Running pods: no two may share an address, and on nodes whose agent
+	// answered each address in the node's block must be one its agent
+	// holds for it. Not judged: host-network pods (the node's address),
+	// terminating pods (their DEL may have come before the API forgets
+	// them; their allocation, while held, is a holder above), and pods
+	// that got their address after the snapshot began or less than
+	// MinAge before (the agent was read before them; status.podIP lags a
+	// re-created sandbox).
 	byPod := map[string][]api.AllocationEntry{}
 	for node, ag := range s.Agents {
+		if ag == nil {
+			continue
+		}
 		for _, al := range ag.Allocations {
 			byPod[node+"|"+al.Namespace+"/"+al.Pod] = append(byPod[node+"|"+al.Namespace+"/"+al.Pod], al)
 		}
 	}
 	for i := range s.Pods {
 		p := &s.Pods[i]
-		if p.Spec.HostNetwork || !live(p) || p.Spec.NodeName == "" || p.Status.PodIP == "" || s.Agents[p.Spec.NodeName] == nil {
+		if p.Spec.HostNetwork || !live(p) || p.DeletionTimestamp != nil || p.Spec.NodeName == "" {
 			continue
 		}
 		als := byPod[p.Spec.NodeName+"|"+p.Namespace+"/"+p.Name]
+		block, judged := podCIDR[p.Spec.NodeName]
+		judged = judged && s.Agents[p.Spec.NodeName] != nil && s.Time.Sub(addressedSince(p)) >= s.MinAge &&
+			!slices.ContainsFunc(als, func(a api.AllocationEntry) bool { return s.Time.Sub(a.Created) < s.MinAge })
 		for _, pip := range p.Status.PodIPs {
 			ip, err := netip.ParseAddr(pip.IP)
 			if err != nil {
 				continue
 			}
-			holders[ip] = append(holders[ip], holder{p.Spec.NodeName, "running pod " + p.Namespace + "/" + p.Name})
-			if !slices.ContainsFunc(als, func(a api.AllocationEntry) bool { return a.IP == pip.IP }) {
+			hold(ip, holder{p.Spec.NodeName, "pod " + p.Namespace + "/" + p.Name, "running pod " + p.Namespace + "/" + p.Name})
+			// An address outside the node's block is none of the agent's
+			// (another family, another IPAM): only the duplicates above.
+			if !judged || !block.Contains(ip) {
+				continue
+			}
+			if !slices.ContainsFunc(als, func(a api.AllocationEntry) bool { return a.IP == ip.String() }) {
 				kind, msg := KindPodIPUntracked, "the agent holds no such address for it: it may be handed out again"
 				if len(als) > 0 {
 					kind, msg = KindAllocationMismatch, fmt.Sprintf("the agent holds %s for it", als[0].IP)
@@ -393,21 +489,15 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 	slices.SortFunc(ips, netip.Addr.Compare)
 	for _, ip := range ips {
 		hs := holders[ip]
-		// An allocation and the running pod it is for are one holder.
-		allocs, running := 0, 0
+		if len(hs) < 2 {
+			continue
+		}
 		var names []string
 		for _, h := range hs {
-			if strings.HasPrefix(h.what, "allocation") {
-				allocs++
-			} else {
-				running++
-			}
 			names = append(names, h.what+" on "+h.node)
 		}
-		if allocs > 1 || running > 1 {
-			add(Finding{Kind: KindDuplicateIP, Class: ClassDuplicate, Node: hs[0].node, IP: ip.String(),
-				Message: fmt.Sprintf("%v is held twice: %s", ip, strings.Join(names, "; "))})
-		}
+		add(Finding{Kind: KindDuplicateIP, Class: ClassDuplicate, Node: hs[0].node, IP: ip.String(),
+			Message: fmt.Sprintf("%v is held twice: %s", ip, strings.Join(names, "; "))})
 	}
 }
 
