@@ -54,14 +54,35 @@ func (e PodExec) Exec(ctx context.Context, namespace, pod, container string, cmd
 	if err != nil {
 		return nil, err
 	}
-	var stdout, stderr bytes.Buffer
+	// When ctx ends, StreamWithContext returns while its stream copiers
+	// may still write: the buffers are read under their lock.
+	var stdout, stderr lockedBuffer
 	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}); err != nil {
-		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+		if msg := strings.TrimSpace(string(stderr.Bytes())); msg != "" {
 			return nil, fmt.Errorf("%s: %w", msg, err)
 		}
 		return nil, err
 	}
 	return stdout.Bytes(), nil
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and one reader.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// Bytes returns a copy of what was written so far.
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
 }
 
 // Source is where check reads from: the cluster (client), the release's
@@ -82,6 +103,7 @@ type Source struct {
 // socket its admin subcommand should call.
 type target struct {
 	pod, container, binary, socket string
+	current                        bool // the pod is not terminating
 }
 
 // targetIn finds the container running binary (by its command) in pod and
@@ -107,7 +129,9 @@ func targetIn(pod *corev1.Pod, binary, socketFlag string) (target, error) {
 
 // call runs "BINARY admin --socket S OP [BODY]" in t and decodes stdout.
 func (s Source) call(ctx context.Context, t target, op api.Op, in, out any) error {
-	cmd := []string{t.binary, "admin", "--socket", t.socket, string(op)}
+	// The daemon's own call timeout is this exec's: a large cloud's
+	// listing may take longer than the admin subcommand's default.
+	cmd := []string{t.binary, "admin", "--socket", t.socket, "--timeout", s.timeout().String(), string(op)}
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
@@ -176,12 +200,19 @@ func (s Source) agents(ctx context.Context) (map[string]target, map[string]strin
 		if p.Spec.NodeName == "" || p.Status.Phase != corev1.PodRunning {
 			continue
 		}
+		// During a rolling update a node may run the old agent pod,
+		// terminating, next to the new one: the new one answers.
+		if cur, ok := out[p.Spec.NodeName]; ok && p.DeletionTimestamp != nil && cur.current {
+			continue
+		}
 		t, err := targetIn(p, "aliasip-agent", "socket")
 		if err != nil {
 			bad[p.Spec.NodeName] = err.Error()
 			continue
 		}
+		t.current = p.DeletionTimestamp == nil
 		out[p.Spec.NodeName] = t
+		delete(bad, p.Spec.NodeName)
 	}
 	return out, bad, nil
 }

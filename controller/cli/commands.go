@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,7 +21,7 @@ const (
 	ExitClean      = 0
 	ExitFindings   = 1 // check found problems; release failed to release some
 	ExitUsage      = 2
-	ExitIncomplete = 3 // nothing found, but some views could not be read
+	ExitIncomplete = 3 // nothing found, but some views could not be read; release: some leaks could not be verified
 )
 
 // Status prints the ranges with their utilization, and the nodes of each.
@@ -159,6 +160,14 @@ func Release(ctx context.Context, s Source, report Report, minAge time.Duration,
 	for _, f := range Check(snap).Findings {
 		still[f.key()] = true
 	}
+	// read says whether the new check saw what f's owner holds: a leak a
+	// view it could not read would show is not verified, not gone.
+	read := func(f Finding) bool {
+		if f.Kind == KindAliasLeak {
+			return snap.Cloud != nil && snap.Cloud.Ready
+		}
+		return snap.Agents[f.Node] != nil
+	}
 	code := ExitClean
 	var leader *target
 	agents, _, err := s.agents(ctx)
@@ -167,6 +176,17 @@ func Release(ctx context.Context, s Source, report Report, minAge time.Duration,
 	}
 	for _, f := range leaks {
 		what := f.Message
+		if !read(f) {
+			why := snap.Unread[f.Node]
+			if f.Kind == KindAliasLeak {
+				why = snap.Unread["controller"]
+			}
+			fmt.Fprintf(w, "unverified %s: its owner could not be read (%s)\n", what, cmp.Or(why, "not ready, or no such node"))
+			if code == ExitClean {
+				code = ExitIncomplete
+			}
+			continue
+		}
 		if !still[f.key()] {
 			fmt.Fprintf(w, "skipped   %s: no longer leaked\n", what)
 			continue

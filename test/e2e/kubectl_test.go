@@ -39,7 +39,11 @@ func (l *localExec) Exec(ctx context.Context, namespace, pod, container string, 
 	if !ok {
 		return nil, fmt.Errorf("no binary for %s", cmd[0])
 	}
-	l.calls = append(l.calls, namespace+"/"+pod+"/"+container+": "+strings.Join(cmd[4:], " ")) // the call and its body
+	call := cmd[2:] // after BINARY admin: the flags, then the call and its body
+	for len(call) >= 2 && strings.HasPrefix(call[0], "--") {
+		call = call[2:]
+	}
+	l.calls = append(l.calls, namespace+"/"+pod+"/"+container+": "+strings.Join(call, " "))
 	var stderr bytes.Buffer
 	c := exec.CommandContext(ctx, bin, cmd[1:]...)
 	c.Stderr = &stderr

@@ -1,0 +1,111 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sfake "k8s.io/client-go/kubernetes/fake"
+
+	"github.com/aliasip/aliasip/controller/adminapi"
+)
+
+// fakeExec answers the daemons' admin calls by pod and call, and records
+// them ("pod call").
+type fakeExec struct {
+	answers map[string]any // "pod call" -> answer; an error is returned as the exec's
+	calls   []string
+	timeout string
+}
+
+func (f *fakeExec) Exec(_ context.Context, _, pod, _ string, cmd []string) ([]byte, error) {
+	call := cmd[2:]
+	for len(call) >= 2 && strings.HasPrefix(call[0], "--") {
+		if call[0] == "--timeout" {
+			f.timeout = call[1]
+		}
+		call = call[2:]
+	}
+	k := pod + " " + call[0]
+	f.calls = append(f.calls, k)
+	switch a := f.answers[k].(type) {
+	case nil:
+		return nil, errors.New("no answer for " + k)
+	case error:
+		return nil, a
+	default:
+		return json.Marshal(a)
+	}
+}
+
+func releaseCluster(t *testing.T) (Source, *fakeExec) {
+	t.Helper()
+	holder := "ctrl-0_6b1f"
+	client := k8sfake.NewClientset(
+		&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller"},
+			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "ctrl-0"},
+			Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "controller", Command: []string{"/aliasip-controller"}, Args: []string{"--admin-socket=/run/a/c.sock"}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning}},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "agent-a",
+			Labels: map[string]string{"app.kubernetes.io/component": "agent", "app.kubernetes.io/instance": "aliasip"}},
+			Spec:   corev1.PodSpec{NodeName: "a", Containers: []corev1.Container{{Name: "agent", Command: []string{"/aliasip-agent"}, Args: []string{"--socket=/run/aliasip/a.sock"}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Spec: corev1.NodeSpec{PodCIDR: "10.0.1.0/24"}},
+	)
+	ex := &fakeExec{answers: map[string]any{
+		"ctrl-0 cloud": adminapi.CloudView{Ready: true,
+			Ranges: []adminapi.Range{{Name: "default", CIDR: "10.0.0.0/16", MaskSize: 24}},
+			Instances: []adminapi.Instance{
+				{Ref: "p/z/a", Node: "a", Aliases: []adminapi.Alias{{CIDR: "10.0.1.0/24", Range: "default"}}},
+				{Ref: "p/z/ghost", Aliases: []adminapi.Alias{{CIDR: "10.0.7.0/24", Range: "default"}}},
+			}},
+		"ctrl-0 release-alias": adminapi.LeakResult{Released: true, Reason: "alias on an instance without a Node"},
+		"agent-a list":         errors.New("command terminated with exit code 1: aliasip-agent admin list: agent unreachable"),
+	}}
+	return Source{Client: client, Exec: ex, Namespace: "kube-system", Release: "aliasip", Parallel: 2}, ex
+}
+
+// TestReleaseUnverifiedWhenTheOwnerIsUnread: a leak whose owner the new
+// check could not read is not "no longer leaked": release says it could
+// not verify it, touches nothing of it, and exits 3 (not 0, which a script
+// takes for "nothing left").
+func TestReleaseUnverifiedWhenTheOwnerIsUnread(t *testing.T) {
+	src, ex := releaseCluster(t)
+	report := Report{Findings: []Finding{
+		{Kind: KindAliasLeak, Class: ClassLeak, Instance: "p/z/ghost", CIDR: "10.0.7.0/24", Message: "ghost"},
+		{Kind: KindAllocationLeak, Class: ClassLeak, Node: "a", IP: "10.0.1.9", Namespace: "default", Pod: "gone", ContainerID: "c9", IfName: "eth0", Message: "gone"},
+	}}
+	var out bytes.Buffer
+	code, err := Release(context.Background(), src, report, 0, false, &out)
+	if err != nil || code != ExitIncomplete {
+		t.Fatalf("exit %d (%v), want %d:\n%s", code, err, ExitIncomplete, out.String())
+	}
+	if !strings.Contains(out.String(), "released  ghost") || !strings.Contains(out.String(), "unverified gone: its owner could not be read (exec in pod agent-a: command terminated") {
+		t.Errorf("output:\n%s", out.String())
+	}
+	if slices.Contains(ex.calls, "agent-a release-leak") || !slices.Contains(ex.calls, "ctrl-0 release-alias") {
+		t.Errorf("calls %v", ex.calls)
+	}
+}
+
+// TestCallPassesTheTimeout: the daemon's admin subcommand gets the exec's
+// timeout (its own default, 30s, cut a large cloud's listing short).
+func TestCallPassesTheTimeout(t *testing.T) {
+	src, ex := releaseCluster(t)
+	src.Timeout = 5 * 60e9
+	var v adminapi.CloudView
+	if err := src.call(context.Background(), target{pod: "ctrl-0", binary: "/aliasip-controller", socket: "/s"}, adminapi.OpCloud, nil, &v); err != nil {
+		t.Fatal(err)
+	}
+	if ex.timeout != "5m0s" {
+		t.Fatalf("--timeout %q, want 5m0s", ex.timeout)
+	}
+}
