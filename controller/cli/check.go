@@ -103,6 +103,8 @@ type Snapshot struct {
 	// MinAge: allocations younger than this are not judged leaked (the
 	// pod may not be in the API's answer yet).
 	MinAge time.Duration
+	// leader is the controller Cloud was read from.
+	leader *target
 }
 
 // span is an address interval [lo, hi] with what holds it.

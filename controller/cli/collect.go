@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -158,26 +159,74 @@ func (s Source) timeout() time.Duration {
 	return s.Timeout
 }
 
-// leader finds the controller that holds the lease: the chart runs it with
-// --leader-elect-name=RELEASE-controller in the release namespace, and
-// its identity is the pod's hostname (its name) and "_" and a UUID
-// (controller/app/app.go).
-func (s Source) leader(ctx context.Context) (target, error) {
+// leader finds the controller that holds the lease and reads its view:
+// the chart runs it with --leader-elect-name=RELEASE-controller in the
+// release namespace, and its identity is its hostname, "_" and a UUID
+// (controller/app/app.go). The chart's controller runs with hostNetwork,
+// so that hostname is its node's, not its pod's name: then each controller
+// pod of the release on that node is asked, and the one that answers
+// Ready (a standby answers not ready) is the leader.
+func (s Source) leader(ctx context.Context) (target, adminapi.CloudView, error) {
+	var v adminapi.CloudView
 	name := s.Release + "-controller"
 	lease, err := s.Client.CoordinationV1().Leases(s.Namespace).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return target{}, fmt.Errorf("controller lease %s/%s: %w", s.Namespace, name, err)
+		return target{}, v, fmt.Errorf("controller lease %s/%s: %w", s.Namespace, name, err)
 	}
 	id := holder(lease)
 	i := strings.LastIndex(id, "_")
 	if i <= 0 {
-		return target{}, fmt.Errorf("controller lease %s/%s has no holder (%q): no controller leads", s.Namespace, name, id)
+		return target{}, v, fmt.Errorf("controller lease %s/%s has no holder (%q): no controller leads", s.Namespace, name, id)
 	}
-	pod, err := s.Client.CoreV1().Pods(s.Namespace).Get(ctx, id[:i], metav1.GetOptions{})
+	host := id[:i]
+	var pods []corev1.Pod
+	if pod, err := s.Client.CoreV1().Pods(s.Namespace).Get(ctx, host, metav1.GetOptions{}); err == nil {
+		pods = append(pods, *pod)
+	} else {
+		list, err := s.Client.CoreV1().Pods(s.Namespace).List(ctx, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/component=controller,app.kubernetes.io/instance=" + s.Release})
+		if err != nil {
+			return target{}, v, fmt.Errorf("list controller pods: %w", err)
+		}
+		for _, p := range list.Items {
+			if p.Status.Phase == corev1.PodRunning && p.Spec.NodeName != "" && (p.Spec.NodeName == host || s.nodeHostname(ctx, p.Spec.NodeName) == host) {
+				pods = append(pods, p)
+			}
+		}
+		if len(pods) == 0 {
+			return target{}, v, fmt.Errorf("leading controller %q: no pod of that name, and no running controller pod of release %s on a node of that hostname", host, s.Release)
+		}
+	}
+	var errs []error
+	for i := range pods {
+		t, err := targetIn(&pods[i], "aliasip-controller", "admin-socket")
+		if err == nil {
+			err = s.call(ctx, t, adminapi.OpCloud, nil, &v)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if v.Ready {
+			return t, v, nil
+		}
+		errs = append(errs, fmt.Errorf("pod %s: not the leader, or its state not rebuilt yet", t.pod))
+	}
+	return target{}, v, errors.Join(errs...)
+}
+
+// nodeHostname returns the Hostname address of a Node ("" when unknown).
+func (s Source) nodeHostname(ctx context.Context, name string) string {
+	n, err := s.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return target{}, fmt.Errorf("leading controller's pod: %w", err)
+		return ""
 	}
-	return targetIn(pod, "aliasip-controller", "admin-socket")
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeHostName {
+			return a.Address
+		}
+	}
+	return ""
 }
 
 func holder(l *coordinationv1.Lease) string {
@@ -230,18 +279,14 @@ func (s Source) Read(ctx context.Context, minAge time.Duration) (Snapshot, error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t, err := s.leader(ctx)
-		var v adminapi.CloudView
-		if err == nil {
-			err = s.call(ctx, t, adminapi.OpCloud, nil, &v)
-		}
+		t, v, err := s.leader(ctx)
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
 			snap.Unread["controller"] = err.Error()
 			return
 		}
-		snap.Cloud = &v
+		snap.Cloud, snap.leader = &v, &t
 	}()
 	targets, bad, err := s.agents(ctx)
 	if err != nil {

@@ -26,16 +26,9 @@ const (
 
 // Status prints the ranges with their utilization, and the nodes of each.
 func Status(ctx context.Context, s Source, w io.Writer) error {
-	t, err := s.leader(ctx)
+	_, v, err := s.leader(ctx)
 	if err != nil {
 		return err
-	}
-	var v adminapi.CloudView
-	if err := s.call(ctx, t, adminapi.OpCloud, nil, &v); err != nil {
-		return err
-	}
-	if !v.Ready {
-		return fmt.Errorf("the leading controller has not rebuilt its state yet; try again")
 	}
 	nodes, err := s.Client.CoreV1().Nodes().List(ctx, listAll)
 	if err != nil {
@@ -169,7 +162,7 @@ func Release(ctx context.Context, s Source, report Report, minAge time.Duration,
 		return snap.Agents[f.Node] != nil
 	}
 	code := ExitClean
-	var leader *target
+	leader := snap.leader // the controller whose view the new check read
 	agents, _, err := s.agents(ctx)
 	if err != nil {
 		return ExitIncomplete, err
@@ -200,15 +193,6 @@ func Release(ctx context.Context, s Source, report Report, minAge time.Duration,
 		var err error
 		switch f.Kind {
 		case KindAliasLeak:
-			if leader == nil {
-				t, err := s.leader(ctx)
-				if err != nil {
-					fmt.Fprintf(w, "failed    %s: %v\n", what, err)
-					code = ExitFindings
-					continue
-				}
-				leader = &t
-			}
 			var res adminapi.LeakResult
 			err = s.call(ctx, *leader, adminapi.OpReleaseAlias, adminapi.AliasLeak{Instance: f.Instance, CIDR: f.CIDR}, &res)
 			released, reason = res.Released, res.Reason

@@ -109,3 +109,49 @@ func TestCallPassesTheTimeout(t *testing.T) {
 		t.Fatalf("--timeout %q, want 5m0s", ex.timeout)
 	}
 }
+
+// TestLeaderOnHostNetwork: the chart's controller runs with hostNetwork,
+// so the lease names its node's hostname, not its pod. check asks the
+// controller pods on that node and reads the one that answers Ready; the
+// standby there is not taken for the leader.
+func TestLeaderOnHostNetwork(t *testing.T) {
+	src, ex := releaseCluster(t)
+	ctx := context.Background()
+	holder := "node-1.example_6b1f"
+	if _, err := src.Client.CoordinationV1().Leases("kube-system").Update(ctx, &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller"},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder}}, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: "node-1.example"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"aliasip-controller-standby", "aliasip-controller-leader", "aliasip-controller-elsewhere"} {
+		node := "node-1"
+		if name == "aliasip-controller-elsewhere" {
+			node = "a"
+		}
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: name,
+			Labels: map[string]string{"app.kubernetes.io/component": "controller", "app.kubernetes.io/instance": "aliasip"}},
+			Spec: corev1.PodSpec{NodeName: node, HostNetwork: true,
+				Containers: []corev1.Container{{Name: "controller", Command: []string{"/aliasip-controller"}, Args: []string{"--admin-socket=/run/a/c.sock"}}}},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+		if _, err := src.Client.CoreV1().Pods("kube-system").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ex.answers["aliasip-controller-standby cloud"] = adminapi.CloudView{Ready: false}
+	ex.answers["aliasip-controller-leader cloud"] = ex.answers["ctrl-0 cloud"]
+	ex.answers["aliasip-controller-elsewhere cloud"] = ex.answers["ctrl-0 cloud"]
+	snap, err := src.Read(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Cloud == nil || !snap.Cloud.Ready || snap.leader == nil || snap.leader.pod != "aliasip-controller-leader" {
+		t.Fatalf("cloud %+v from %+v (unread: %v; calls %v)", snap.Cloud, snap.leader, snap.Unread, ex.calls)
+	}
+	if slices.Contains(ex.calls, "aliasip-controller-elsewhere cloud") {
+		t.Errorf("asked a controller on another node: %v", ex.calls)
+	}
+}
