@@ -146,6 +146,7 @@ func checkSeenFromOwnIP(t *testing.T, ctx context.Context, e *clusterEnv, node, 
 	defer deleteJob(ctx, e, job)
 	cidr := nodePodCIDR(t, ctx, e, node)
 	ok, seen := 0, map[string]bool{}
+	var rewritten []string
 	for _, l := range strings.Split(logs, "\n") {
 		// netcheck get: "OK <url> -> <podIP> on <node> (seen from <addr:port>)".
 		f := strings.Fields(l)
@@ -156,9 +157,12 @@ func checkSeenFromOwnIP(t *testing.T, ctx context.Context, e *clusterEnv, node, 
 		host, _, err := net.SplitHostPort(strings.TrimSuffix(f[len(f)-1], ")"))
 		ip, perr := netip.ParseAddr(host)
 		if err != nil || perr != nil || !want.Contains(ip) || !cidr.Contains(ip) {
-			t.Errorf("job %s on %s: %s answered a request from %q, not from a pod address of %s in %s:\n%s", job, node, f[1], host, want, cidr, logs)
+			rewritten = append(rewritten, f[1]+" saw "+host)
 		}
 		seen[host] = true
+	}
+	if len(rewritten) > 0 {
+		t.Errorf("job %s on %s: requests not seen from a pod address of %s in %s: %s\n%s", job, node, want, cidr, strings.Join(rewritten, ", "), logs)
 	}
 	if ok != len(urls) {
 		t.Errorf("job %s on %s: %d of %d OK:\n%s", job, node, ok, len(urls), logs)
