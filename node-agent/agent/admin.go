@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/aliasip/aliasip/node-agent/api"
@@ -79,9 +77,6 @@ func (a *Agent) releaseLeak(ctx context.Context, store *ipam.Store, req api.Leak
 		return api.LeakResult{}, fmt.Errorf("list host veths: %w", err)
 	}
 	reason := a.deadReason(ctx, al, nil, vethAliases)
-	if reason == "pod_replaced" && a.staticPodRuns(ctx, al) {
-		reason = ""
-	}
 	if reason == "" {
 		return api.LeakResult{Reason: fmt.Sprintf("pod %s/%s still holds it (or the API could not confirm it is gone)", al.Namespace, al.Pod)}, nil
 	}
@@ -101,27 +96,8 @@ func (a *Agent) releaseLeak(ctx context.Context, store *ipam.Store, req api.Leak
 	return api.LeakResult{Released: true, Reason: reason}, nil
 }
 
-// The annotations of a static pod's mirror (kubelet, pkg/kubelet/types):
-// the kubelet runs a static pod under a UID of its own, the config hash,
-// which the runtime passes as K8S_POD_UID; the API server gives the mirror
-// pod another UID, and the mirror's annotation names the kubelet's.
-const (
-	mirrorAnnotation = "kubernetes.io/config.mirror"
-	hashAnnotation   = "kubernetes.io/config.hash"
-)
-
-// staticPodRuns reports whether al was made for a static pod whose mirror
-// in the API, on this node and not finished, names al's UID: the pod is
-// the same, only its UIDs differ (deadReason sees "another pod of that
-// name"). Any doubt (the pod cannot be read) keeps the allocation.
-func (a *Agent) staticPodRuns(ctx context.Context, al ipam.Allocation) bool {
-	p, err := a.client.CoreV1().Pods(al.Namespace).Get(ctx, al.Pod, metav1.GetOptions{})
-	if err != nil {
-		return !apierrors.IsNotFound(err)
-	}
-	m, mirror := p.Annotations[mirrorAnnotation]
-	if !mirror || (m != al.PodUID && p.Annotations[hashAnnotation] != al.PodUID) {
-		return false
-	}
-	return !terminal(p) && (p.Spec.NodeName == "" || p.Spec.NodeName == a.cfg.NodeName)
-}
+// mirrorAnnotation marks a static pod's mirror in the API and names the
+// UID the kubelet runs the pod under (kubernetes/kubernetes,
+// pkg/kubelet/types/pod_update.go ConfigMirrorAnnotationKey; see
+// deadReason).
+const mirrorAnnotation = "kubernetes.io/config.mirror"

@@ -66,3 +66,23 @@ func TestReleaseLeakKeepsStaticPods(t *testing.T) {
 		}
 	}
 }
+
+// TestPodGCKeepsStaticPods: pod GC decides with deadReason too; a running
+// static pod's allocation (made under the kubelet's UID, the mirror's
+// annotation) is not "replaced", however old.
+func TestPodGCKeepsStaticPods(t *testing.T) {
+	mirror := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "etcd-n1", UID: "mirror-uid",
+		Annotations: map[string]string{"kubernetes.io/config.mirror": "7a1e", "kubernetes.io/config.hash": "7a1e"}},
+		Spec: corev1.PodSpec{NodeName: "n1"}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+	a := New(Config{NodeName: "n1"}, k8sfake.NewClientset(mirror), record.NewFakeRecorder(10), NewMetrics(prometheus.NewRegistry()))
+	al := ipam.Allocation{Key: ipam.Key{ContainerID: "c", IfName: "eth0"}, Namespace: "kube-system", Pod: "etcd-n1", PodUID: "7a1e"}
+	for _, cached := range []*corev1.Pod{nil, mirror} {
+		if r := a.deadReason(context.Background(), al, cached, nil); r != "" {
+			t.Errorf("static pod (cached %v) judged %q", cached != nil, r)
+		}
+	}
+	al.PodUID = "an-earlier-static-pod"
+	if r := a.deadReason(context.Background(), al, mirror, nil); r != "pod_replaced" {
+		t.Errorf("an earlier incarnation of the static pod judged %q, want pod_replaced", r)
+	}
+}

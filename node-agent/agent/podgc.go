@@ -107,7 +107,14 @@ func terminal(p *corev1.Pod) bool {
 // cached, the informer's copy of the pod (nil: none), can only keep an
 // allocation: one is declared dead only after a live read of its pod.
 func (a *Agent) deadReason(ctx context.Context, al ipam.Allocation, cached *corev1.Pod, vethAliases map[string]string) string {
-	sameUID := func(p *corev1.Pod) bool { return al.PodUID == "" || string(p.UID) == al.PodUID }
+	// A static pod runs under the kubelet's UID for it (the config hash,
+	// pkg/kubelet/config/common.go), which is what the runtime passes as
+	// K8S_POD_UID; its mirror pod in the API has a UID of its own and the
+	// annotation kubernetes.io/config.mirror naming the kubelet's
+	// (pkg/kubelet/pod/mirror_client.go, CreateMirrorPod). Same pod.
+	sameUID := func(p *corev1.Pod) bool {
+		return al.PodUID == "" || string(p.UID) == al.PodUID || (p.Annotations[mirrorAnnotation] == al.PodUID)
+	}
 	if alias, ok := vethAliases[al.HostVeth]; ok && alias != "" && alias != al.ContainerID {
 		return "veth_reused"
 	}
