@@ -129,9 +129,15 @@ func Run(ctx context.Context, o *Options) error {
 		metrics.Leader.Set(1)
 		return ctrl.Run(ctx)
 	}
-	host, err := os.Hostname()
-	if err != nil {
-		host = "unknown-host" // the UUID below keeps the identity unique
+	// The identity starts with the pod's name when the chart passes it
+	// (POD_NAME, downward API): kubectl aliasip finds the leader's pod by
+	// it. The hostname is the node's when the pod uses the host network.
+	host := os.Getenv("POD_NAME")
+	if host == "" {
+		var err error
+		if host, err = os.Hostname(); err != nil {
+			host = "unknown-host" // the UUID below keeps the identity unique
+		}
 	}
 	id := host + "_" + uuid.NewString()
 	lock := &resourcelock.LeaseLock{
