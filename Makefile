@@ -34,7 +34,7 @@ APP_VERSION := $(shell awk -F'"' '/^appVersion:/ {print $$2}' charts/aliasip/Cha
 images: ## Build the image tarballs (aliasip, aliasip-netcheck, aliasip-pause) into bin/images, no Docker needed.
 	cd hack/images && $(GO) run . --repo $(CURDIR) --out-dir $(CURDIR)/$(BIN)/images --tag $(APP_VERSION)
 
-cluster: deps images ## Real-node cluster (NODES=3): control plane, containerd + kubelet per node, chart installed.
+cluster: deps images ## Real-node cluster (NODES=3 pool-a nodes, POOL_B_NODES=1 with their own PodRange): control plane, containerd + kubelet per node, chart installed.
 	./hack/cluster.sh up
 
 cluster-down: ## Remove everything make cluster made (safe to run twice).

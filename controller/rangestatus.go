@@ -86,3 +86,29 @@ func exhaustion(s PoolStats) (int, metav1.Condition) {
 		return 0, c
 	}
 }
+
+// alertDefaultRange records a Warning event when the default range (the
+// flags', which has no PodRange object) crosses 80 % or 100 % used, as a
+// PodRange's status does: on the cooling ConfigMap, the object that holds
+// its state (kubectl -n NAMESPACE get events --field-selector
+// reason=PodRangeNearlyExhausted finds either). It returns the level now
+// reached; going back down re-arms it. Without a cooling store (tests,
+// embedders) the metric aliasip_pool_blocks alone tells.
+func (c *Controller) alertDefaultRange(prevLevel int) int {
+	stats, ok := c.blocks.poolStats(aliasipv1.DefaultRangeName)
+	if !ok {
+		return prevLevel
+	}
+	level, cond := exhaustion(stats)
+	r, hasRef := c.cfg.Cooling.(interface {
+		Ref() *corev1.ObjectReference
+	})
+	if level > prevLevel && hasRef {
+		reason := EventPodRangeNearlyExhausted
+		if level == 2 {
+			reason = EventPodRangeExhausted
+		}
+		c.recorder.Eventf(r.Ref(), corev1.EventTypeWarning, reason, "range %s (%v, the flags'): %s", aliasipv1.DefaultRangeName, c.podRange, cond.Message)
+	}
+	return level
+}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -483,5 +484,56 @@ func (e *env) expectReuseAfterCooldown(node, freed string, deleted time.Time, co
 	}
 	if got != freed {
 		e.t.Errorf("node %s got %s, want the freed %s (the only block)", node, got, freed)
+	}
+}
+
+// TestDefaultRangeExhaustionEvents: the flags' range has no PodRange to
+// carry a condition, so crossing 80 % and 100 % used records Warning
+// events on its state object, the cooling ConfigMap — once per crossing,
+// not once a second.
+func TestDefaultRangeExhaustionEvents(t *testing.T) {
+	e := newEnv(t, "10.42.0.0/21") // eight /24 blocks
+	e.startController("controller-1", "--leader-elect=false")
+	cm := "aliasip-testdefaultrangeexhaustionevents-cooling"
+	events := func(reason string) int {
+		evs, err := e.client.CoreV1().Events("kube-system").List(e.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + cm + ",reason=" + reason})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, ev := range evs.Items {
+			if ev.Type == "Warning" && strings.Contains(ev.Message, "range default (10.42.0.0/21") {
+				n += int(max(ev.Count, 1))
+			}
+		}
+		return n
+	}
+	var six []string
+	for i := 0; i < 6; i++ {
+		six = append(six, fmt.Sprintf("n%d", i))
+	}
+	if err := framework.CreateNodes(e.ctx, e.client, six, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.waitConverged(30 * time.Second)
+	time.Sleep(2 * time.Second) // two alert passes at 75 %
+	if n := events("PodRangeNearlyExhausted") + events("PodRangeExhausted"); n != 0 {
+		t.Fatalf("%d exhaustion events at 6 of 8 blocks", n)
+	}
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"n6"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) { return events("PodRangeNearlyExhausted") == 1, nil }); err != nil {
+		t.Fatalf("no PodRangeNearlyExhausted event at 7 of 8 blocks: %v", err)
+	}
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"n7"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) { return events("PodRangeExhausted") == 1, nil }); err != nil {
+		t.Fatalf("no PodRangeExhausted event at 8 of 8 blocks: %v", err)
+	}
+	time.Sleep(3 * time.Second) // more passes at the same level
+	if a, b := events("PodRangeNearlyExhausted"), events("PodRangeExhausted"); a != 1 || b != 1 {
+		t.Fatalf("events repeated: %d nearly exhausted, %d exhausted; want one each", a, b)
 	}
 }
