@@ -8,7 +8,6 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/aliasip/aliasip/node-agent/api"
-	"github.com/aliasip/aliasip/node-agent/datapath"
 	"github.com/aliasip/aliasip/node-agent/ipam"
 )
 
@@ -68,12 +67,8 @@ func (a *Agent) releaseLeak(ctx context.Context, store *ipam.Store, req api.Leak
 		// the runtime that made it, releases it.
 		return api.LeakResult{Reason: "the allocation names no pod (not made for a kubelet); left to CNI GC"}, nil
 	}
-	var vethAliases map[string]string
-	if err := a.inHost(func() error {
-		var err error
-		vethAliases, err = datapath.VethAliases()
-		return err
-	}); err != nil {
+	vethAliases, err := a.hostVethAliases()
+	if err != nil {
 		return api.LeakResult{}, fmt.Errorf("list host veths: %w", err)
 	}
 	reason := a.deadReason(ctx, al, nil, vethAliases)

@@ -51,12 +51,8 @@ func (a *Agent) collectPods(ctx context.Context) {
 	for _, p := range pods {
 		cached[p.Namespace+"/"+p.Name] = p
 	}
-	var vethAliases map[string]string
-	if err := a.inHost(func() error {
-		var err error
-		vethAliases, err = datapath.VethAliases()
-		return err
-	}); err != nil {
+	vethAliases, err := a.hostVethAliases()
+	if err != nil {
 		logger.Error(err, "Pod GC: list host veths")
 		return
 	}
@@ -136,4 +132,16 @@ func (a *Agent) deadReason(ctx context.Context, al ipam.Allocation, cached *core
 		return "pod_gone"
 	}
 	return ""
+}
+
+// hostVethAliases maps the host's veths to the container each names in its
+// alias (datapath.VethAliases, read in the host's namespace).
+func (a *Agent) hostVethAliases() (map[string]string, error) {
+	var out map[string]string
+	err := a.inHost(func() error {
+		var err error
+		out, err = datapath.VethAliases()
+		return err
+	})
+	return out, err
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +17,8 @@ import (
 
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/cloud/gce/gcetest"
+	"github.com/aliasip/aliasip/controller/adminapi"
+	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -306,4 +311,74 @@ func waitDone(c *ctrlProc) <-chan struct{} {
 	ch := make(chan struct{})
 	go func() { c.Wait(); close(ch) }()
 	return ch
+}
+
+// TestGCEAdminCloudAndRelease: kubectl aliasip's calls on the controller
+// against the GCE server through the real compute client: "cloud" lists
+// every instance with its aliases, whose Node it belongs to and which of
+// our ranges each alias comes from; "release-alias" removes a leaked alias
+// (an instance without a Node) with a real updateNetworkInterface, and
+// refuses a Node's alias and another secondary range's.
+func TestGCEAdminCloudAndRelease(t *testing.T) {
+	e, s := newGCEEnv(t, "10.72.0.0/16", gcetest.Options{OpDelay: 20 * time.Millisecond})
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	e.startController("controller", "--leader-elect=false", "--admin-socket", sock, "--leak-grace-period", "1h")
+	gceNodes(t, e, s, []string{"g-a", "g-b"})
+	e.waitConverged(time.Minute)
+	s.AddInstance(gceZone, "ghost", &compute.AliasIpRange{IpCidrRange: "10.72.200.0/24", SubnetworkRangeName: "pods"})
+	s.AddInstance(gceZone, "other", &compute.AliasIpRange{IpCidrRange: "172.20.3.0/24", SubnetworkRangeName: "services"})
+
+	client := api.NewClient(sock, 30*time.Second)
+	var v adminapi.CloudView
+	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
+		err := client.Call(e.ctx, adminapi.OpCloud, nil, &v)
+		return err == nil && v.Ready, nil
+	}); err != nil {
+		t.Fatalf("cloud view never ready: %+v", v)
+	}
+	if len(v.Ranges) != 1 || v.Ranges[0].Name != "default" || v.Ranges[0].CIDR != "10.72.0.0/16" || v.Ranges[0].CloudName != "pods" || v.Ranges[0].Used != 2 {
+		t.Errorf("ranges %+v, want default 10.72.0.0/16 (pods) with 2 blocks used", v.Ranges)
+	}
+	ref := func(n string) string { return gceProject + "/" + gceZone + "/" + n }
+	got := map[string]string{}
+	for _, in := range v.Instances {
+		var as []string
+		for _, a := range in.Aliases {
+			as = append(as, a.CIDR+"("+a.CloudName+"→"+a.Range+")")
+		}
+		got[in.Ref] = in.Node + " " + strings.Join(as, ",")
+	}
+	snap := e.snapshot()
+	want := map[string]string{
+		ref("g-a"):   "g-a " + snap.PodCIDR["g-a"] + "(pods→default)",
+		ref("g-b"):   "g-b " + snap.PodCIDR["g-b"] + "(pods→default)",
+		ref("ghost"): " 10.72.200.0/24(pods→default)",
+		ref("other"): " 172.20.3.0/24(services→)",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("instances\n%v\nwant\n%v", got, want)
+	}
+
+	for _, tc := range []struct {
+		inst, cidr string
+		released   bool
+		reason     string
+	}{
+		{ref("g-a"), snap.PodCIDR["g-a"], false, "Node g-a"},
+		{ref("other"), "172.20.3.0/24", false, "not from one of our ranges"},
+		{ref("ghost"), "10.72.200.0/24", true, "without a Node"},
+		{ref("ghost"), "10.72.200.0/24", false, "no longer carries it"},
+	} {
+		var res adminapi.LeakResult
+		if err := client.Call(e.ctx, adminapi.OpReleaseAlias, adminapi.AliasLeak{Instance: tc.inst, CIDR: tc.cidr}, &res); err != nil {
+			t.Fatalf("release-alias %s %s: %v", tc.inst, tc.cidr, err)
+		}
+		if res.Released != tc.released || !strings.Contains(res.Reason, tc.reason) {
+			t.Errorf("release-alias %s %s: %+v, want released=%v, %q", tc.inst, tc.cidr, res, tc.released, tc.reason)
+		}
+	}
+	aliases := s.Aliases()
+	if len(aliases["ghost"]) != 0 || len(aliases["g-a"]) != 1 || len(aliases["other"]) != 1 {
+		t.Errorf("aliases after the releases: ghost %v, g-a %v, other %v", aliases["ghost"], aliases["g-a"], aliases["other"])
+	}
 }
