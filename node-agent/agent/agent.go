@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -104,12 +105,14 @@ type Agent struct {
 
 	nodeNS ns.NetNS
 
-	nodes    corelisters.NodeLister
-	pods     corelisters.PodLister
-	factory  informers.SharedInformerFactory
-	podInf   informers.SharedInformerFactory
-	kick     chan struct{}
-	fabricCh chan struct{}
+	nodes   corelisters.NodeLister
+	pods    corelisters.PodLister
+	factory informers.SharedInformerFactory
+	podInf  informers.SharedInformerFactory
+	kick    chan struct{}
+	// settleRecheck: a pass is scheduled for when settling pods settle.
+	settleRecheck atomic.Bool
+	fabricCh      chan struct{}
 
 	mu      sync.Mutex
 	store   *ipam.Store

@@ -99,6 +99,11 @@ func RemoveGuestAgentRoute(podCIDR netip.Prefix, proto int) (bool, error) {
 type PodRoute struct {
 	IP       netip.Addr
 	HostVeth string
+	// Settling: the pod's ADD may still be running (its address was
+	// allocated moments ago). The plugin brings the host veth up, then sets
+	// its sysctls and adds the route; a pass in between would "repair"
+	// what the plugin is about to do. Its route is kept, never repaired.
+	Settling bool
 }
 
 // Report counts what a reconcile pass changed.
@@ -107,6 +112,9 @@ type Report struct {
 	SysctlsRepaired int
 	RoutesRemoved   int
 	GuestRoutes     int
+	// Settling counts settling pods whose route is not there yet: a pass
+	// once they settled repairs them if the plugin did not finish.
+	Settling int
 }
 
 // Reconcile makes the host match the wanted pod routes: every pod whose
@@ -183,6 +191,12 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, g
 		}
 		if link.Attrs().Flags&net.FlagUp == 0 {
 			continue // an ADD in progress
+		}
+		if w.Settling {
+			if correct[w.IP] != link.Attrs().Index {
+				rep.Settling++
+			}
+			continue
 		}
 		n, err := ConfigureHostVeth(w.HostVeth)
 		rep.SysctlsRepaired += n

@@ -94,3 +94,65 @@ func TestReconcileLeavesVethBeingSetUp(t *testing.T) {
 		t.Errorf("proxy_arp after the repair: %q, want 1", v)
 	}
 }
+
+// TestReconcileLeavesSettlingPod: a pod whose address was allocated
+// moments ago has its veth up before the plugin sets its sysctls and adds
+// its route. A pass in that window changes nothing and reports nothing
+// repaired — only that one settling pod lacks its route — and once the pod
+// has settled (the plugin died, say) the pass repairs it. Before, such a
+// pass counted a repair and raised a false DataPathRepaired Warning.
+func TestReconcileLeavesSettlingPod(t *testing.T) {
+	host := newHost(t)
+	const veth = "alisettle0001"
+	ip := netip.MustParseAddr("10.99.1.11")
+	settling := true
+	reconcile := func() Report {
+		var rep Report
+		if err := host.Do(func(ns.NetNS) error {
+			var err error
+			rep, err = Reconcile(podCIDR, "eth0", func() []PodRoute { return []PodRoute{{IP: ip, HostVeth: veth, Settling: settling}} }, ProtoGCEGuestAgent)
+			return err
+		}); err != nil {
+			t.Fatalf("Reconcile: %v", err)
+		}
+		return rep
+	}
+	reconcile() // the host-wide settings
+	if err := host.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: veth}, PeerName: "podside"}); err != nil {
+			return err
+		}
+		for _, n := range []string{veth, "podside"} {
+			l, err := netlink.LinkByName(n)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	before := render(t, host, []string{veth})
+	if rep := reconcile(); rep != (Report{Settling: 1}) {
+		t.Errorf("pass while the pod settles reported %+v, want only Settling 1", rep)
+	}
+	if after := render(t, host, []string{veth}); after != before {
+		t.Errorf("pass while the pod settles changed the host:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	settling = false
+	if rep := reconcile(); rep.RoutesRepaired != 1 || rep.SysctlsRepaired == 0 || rep.Settling != 0 {
+		t.Errorf("pass once it settled reported %+v, want its route and sysctls repaired", rep)
+	}
+	// Settling again with its route in place: nothing to report, and the
+	// route is kept (it is wanted).
+	settling = true
+	if rep := reconcile(); rep != (Report{}) {
+		t.Errorf("pass over a settling pod with its route reported %+v, want nothing", rep)
+	}
+	if !strings.Contains(render(t, host, []string{veth}), "10.99.1.11 dev "+veth) {
+		t.Errorf("a settling pod's route was removed:\n%s", render(t, host, []string{veth}))
+	}
+}

@@ -995,3 +995,28 @@ func TestMaxPodsOverBlockWarned(t *testing.T) {
 		t.Error("aliasip_max_pods_over_block stays 1 with maxPods 110 on a /24")
 	}
 }
+
+// TestYoungPodRouteRepairedOnceSettled: a pod's route deleted while its
+// address is seconds old (its ADD could still be running: the reconciler
+// leaves such pods to the plugin) is still repaired within seconds of the
+// pod settling, not at the next resync (an hour here), and the repair is
+// reported as one.
+func TestYoungPodRouteRepairedOnceSettled(t *testing.T) {
+	e := newEnv(t)
+	n := e.node("10.210.14.0/24", "--resync-period", "1h")
+	p := e.pod(n, "young")
+	start := time.Now()
+	n.NS.Do(func(ns.NetNS) error {
+		return netlink.RouteDel(&netlink.Route{Dst: netlink.NewIPNet(p.IP.AsSlice()), Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK})
+	})
+	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+		return hostRoutes(t, n)[p.IP.String()] != "", nil
+	}); err != nil {
+		t.Fatalf("the young pod's route was never repaired (resync 1h): %v", err)
+	}
+	t.Logf("route repaired %v after the deletion", time.Since(start).Round(100*time.Millisecond))
+	if v := agentMetric(t, n, "aliasip_routes_repaired_total", ""); v != 1 {
+		t.Errorf("aliasip_routes_repaired_total = %v, want 1", v)
+	}
+	e.waitNodeEvent(n, "DataPathRepaired")
+}
