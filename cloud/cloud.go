@@ -111,7 +111,8 @@ func ParseProviderID(providerID string) (InstanceRef, error) {
 
 // Code classifies an error from an Interface call for metrics labels:
 // "ok", "not_found", "conflict", "invalid", "quota_exceeded", "too_many",
-// "stale", "rate_limited", "unavailable", "canceled" or "error".
+// "stale", "rate_limited", "unavailable", "no_secondary_range", "canceled"
+// or "error".
 func Code(err error) string {
 	switch {
 	case err == nil:
@@ -132,6 +133,8 @@ func Code(err error) string {
 		return "rate_limited"
 	case errors.Is(err, ErrUnavailable):
 		return "unavailable"
+	case errors.Is(err, ErrNoSecondaryRange):
+		return "no_secondary_range"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "canceled"
 	default:
