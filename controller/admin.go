@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"sort"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,14 +43,11 @@ func (c *Controller) cloudView(ctx context.Context) (adminapi.CloudView, error) 
 	c.adminMu.Lock()
 	defer c.adminMu.Unlock()
 	stats := c.blocks.stats()
-	c.blocks.mu.Lock()
-	for _, pl := range c.blocks.pools {
+	for _, pl := range c.blocks.poolList() {
 		st := stats[pl.name]
 		out.Ranges = append(out.Ranges, adminapi.Range{Name: pl.name, CIDR: pl.cidr.String(), CloudName: pl.cloudName,
 			MaskSize: pl.maskSize, Default: pl.isDefault(), Total: st.Total, Used: st.Used, Free: st.Free, Cooling: st.Cooling, Nodes: st.Nodes})
 	}
-	c.blocks.mu.Unlock()
-	sort.Slice(out.Ranges, func(i, j int) bool { return out.Ranges[i].Name < out.Ranges[j].Name })
 	nodeOf, err := c.instanceNodes(ctx)
 	if err != nil {
 		return out, err

@@ -121,6 +121,20 @@ func (b *blocks) pool(name string) (pool, bool) {
 	return cp, true
 }
 
+// poolList returns copies of every pool's policy fields (alloc nil), by name.
+func (b *blocks) poolList() []pool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]pool, 0, len(b.pools))
+	for _, pl := range b.pools {
+		cp := *pl
+		cp.alloc = nil
+		out = append(out, cp)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
 // addPool adds a pool whose blocks in used are marked used (the podCIDRs
 // and aliases already in its range). It refuses, naming it, a pool that
 // overlaps one already there (the older range keeps allocating).

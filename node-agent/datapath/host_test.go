@@ -69,20 +69,7 @@ func TestReconcileLeavesVethBeingSetUp(t *testing.T) {
 	}
 
 	// Up, and the plugin gone (say it was killed): the pass repairs it.
-	if err := host.Do(func(ns.NetNS) error {
-		for _, n := range []string{veth, "podside"} {
-			l, err := netlink.LinkByName(n)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	linksUp(t, host, veth, "podside")
 	rep, err = reconcile()
 	if err != nil {
 		t.Fatalf("Reconcile with the veth up: %v", err)
@@ -119,22 +106,11 @@ func TestReconcileLeavesSettlingPod(t *testing.T) {
 	}
 	reconcile() // the host-wide settings
 	if err := host.Do(func(ns.NetNS) error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: veth}, PeerName: "podside"}); err != nil {
-			return err
-		}
-		for _, n := range []string{veth, "podside"} {
-			l, err := netlink.LinkByName(n)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		return nil
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: veth}, PeerName: "podside"})
 	}); err != nil {
 		t.Fatal(err)
 	}
+	linksUp(t, host, veth, "podside")
 	before := render(t, host, []string{veth})
 	if rep := reconcile(); rep != (Report{Settling: 1}) {
 		t.Errorf("pass while the pod settles reported %+v, want only Settling 1", rep)
@@ -154,5 +130,24 @@ func TestReconcileLeavesSettlingPod(t *testing.T) {
 	}
 	if !strings.Contains(render(t, host, []string{veth}), "10.99.1.11 dev "+veth) {
 		t.Errorf("a settling pod's route was removed:\n%s", render(t, host, []string{veth}))
+	}
+}
+
+// linksUp brings the named links of host up ("ip link set dev NAME up").
+func linksUp(t *testing.T, host ns.NetNS, names ...string) {
+	t.Helper()
+	if err := host.Do(func(ns.NetNS) error {
+		for _, n := range names {
+			l, err := netlink.LinkByName(n)
+			if err != nil {
+				return err
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
