@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	parallel := fs.Int("parallel", 16, "How many agents are read at once.")
 	output := fs.StringP("output", "o", "text", "check: text or json.")
 	report := fs.String("report", "", "check: also write the report (JSON) to this file, for release --from-report.")
-	minAge := fs.Duration("min-age", 2*time.Minute, "check: an allocation younger than this is not judged leaked (its pod may not be in the API yet).")
+	minAge := fs.Duration("min-age", 2*time.Minute, "check: an allocation, or a pod's address, younger than this is not judged (its ADD, or the API's view of it, may be in flight).")
 	fromReport := fs.String("from-report", "", "release: the report check wrote.")
 	dryRun := fs.Bool("dry-run", false, "release: only say what would be released.")
 	showVersion := fs.Bool("version", false, "Print the version.")
