@@ -1,0 +1,339 @@
+package egress
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"go4.org/netipx"
+)
+
+// TableName is the nftables table aliasip owns (family ip). Nothing else
+// of the host's ruleset is touched: kube-proxy (iptables or nftables mode)
+// and portmap keep their own tables and chains.
+const TableName = "aliasip"
+
+const (
+	chainName     = "postrouting"
+	setPodBlocks  = "pod_blocks"
+	setNonMasq    = "nonmasq"
+	ipv4SrcOffset = 12 // the IPv4 header's source address
+	ipv4DstOffset = 16 // and destination address
+)
+
+// chainPriority is srcnat + 10. Base chains on one hook run in priority
+// order and a connection's source NAT is decided by the first chain that
+// maps it, so kube-proxy's masquerade of marked Service traffic (its
+// KUBE-POSTROUTING in iptables' nat POSTROUTING at srcnat, or the
+// nat-postrouting chain of its nftables table at srcnat) and portmap's
+// hostPort SNAT come first, as ip-masq-agent's rule comes after
+// KUBE-POSTROUTING in POSTROUTING (nft(8), CHAINS: "standard priority
+// names", srcnat = 100; kubernetes pkg/proxy/nftables/proxier.go).
+var chainPriority = nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource + 10)
+
+// Rules is what the table holds: one rule,
+//
+//	ip saddr @pod_blocks ip daddr != @nonmasq masquerade fully-random
+//
+// in a nat chain on postrouting. Masquerade takes the address of the
+// interface the packet leaves by (the node's), and fully-random picks
+// source ports at random as kube-proxy's --random-fully masquerade does,
+// so two pods' connections never collide on a port.
+type Rules struct {
+	// PodBlocks are the sources that are masqueraded: this node's pod blocks.
+	PodBlocks []netip.Prefix
+	// NonMasquerade are the destinations pods reach with their own addresses.
+	NonMasquerade []netip.Prefix
+}
+
+// Table programs and reads the aliasip table in one network namespace.
+type Table struct {
+	opts []nftables.ConnOption
+}
+
+// NewTable returns the table of the network namespace open at netnsFd
+// (-1: this process's).
+func NewTable(netnsFd int) *Table {
+	t := &Table{}
+	if netnsFd >= 0 {
+		t.opts = append(t.opts, nftables.WithNetNSFd(netnsFd))
+	}
+	return t
+}
+
+func (t *Table) conn() (*nftables.Conn, error) {
+	return nftables.New(t.opts...)
+}
+
+// Sync makes the table hold exactly want. It reports whether it had to
+// write (the table was missing, or differed: edited, flushed, or want
+// changed). The write is one netlink transaction that deletes and
+// re-creates the table, so packets see either the old rules or the new,
+// never none; established connections keep their conntrack NAT bindings.
+func (t *Table) Sync(want Rules) (changed bool, err error) {
+	wantText := Describe(want)
+	got, err := t.Read()
+	if err != nil {
+		return false, err
+	}
+	if got == wantText {
+		return false, nil
+	}
+	c, err := t.conn()
+	if err != nil {
+		return false, err
+	}
+	table := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	// Add, delete, add: idempotent whether or not the table exists
+	// (nft(8): "delete table" of a table just added in the same
+	// transaction; kindnet's CleanRules relies on the same).
+	c.AddTable(table)
+	c.DelTable(table)
+	c.AddTable(table)
+	pods := &nftables.Set{Table: table, Name: setPodBlocks, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(pods, intervalElements(want.PodBlocks)); err != nil {
+		return false, fmt.Errorf("set %s: %w", setPodBlocks, err)
+	}
+	nonMasq := &nftables.Set{Table: table, Name: setNonMasq, KeyType: nftables.TypeIPAddr, Interval: true}
+	if err := c.AddSet(nonMasq, intervalElements(want.NonMasquerade)); err != nil {
+		return false, fmt.Errorf("set %s: %w", setNonMasq, err)
+	}
+	accept := nftables.ChainPolicyAccept
+	chain := c.AddChain(&nftables.Chain{
+		Name: chainName, Table: table, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: chainPriority, Policy: &accept,
+	})
+	c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4SrcOffset, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: pods.Name, SetID: pods.ID},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4DstOffset, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: nonMasq.Name, SetID: nonMasq.ID, Invert: true},
+		&expr.Masq{FullyRandom: true},
+	}})
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("program table ip %s: %w", TableName, err)
+	}
+	return true, nil
+}
+
+// Delete removes the table (the explicit clean-up: masquerade turned off,
+// or `aliasip-agent cleanup`). Deleting a table that is not there is not
+// an error.
+func (t *Table) Delete() (existed bool, err error) {
+	c, err := t.conn()
+	if err != nil {
+		return false, err
+	}
+	if _, ok, err := t.find(c); err != nil || !ok {
+		return false, err
+	}
+	table := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	c.AddTable(table)
+	c.DelTable(table)
+	if err := c.Flush(); err != nil {
+		return true, fmt.Errorf("delete table ip %s: %w", TableName, err)
+	}
+	return true, nil
+}
+
+func (t *Table) find(c *nftables.Conn) (*nftables.Table, bool, error) {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return nil, false, fmt.Errorf("list tables: %w", err)
+	}
+	for _, tb := range tables {
+		if tb.Name == TableName {
+			return tb, true, nil
+		}
+	}
+	return nil, false, nil
+}
+
+// Read renders the table as the kernel holds it, in Describe's form ("" if
+// there is no table). Anything aliasip would not have written shows up as
+// a difference.
+func (t *Table) Read() (string, error) {
+	c, err := t.conn()
+	if err != nil {
+		return "", err
+	}
+	table, ok, err := t.find(c)
+	if err != nil || !ok {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "table ip %s\n", TableName)
+	sets, err := c.GetSets(table)
+	if err != nil {
+		return "", fmt.Errorf("list sets: %w", err)
+	}
+	sort.Slice(sets, func(i, j int) bool { return sets[i].Name < sets[j].Name })
+	for _, s := range sets {
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return "", fmt.Errorf("list set %s: %w", s.Name, err)
+		}
+		kind := "set"
+		if !s.Interval || s.KeyType.Name != nftables.TypeIPAddr.Name {
+			kind = fmt.Sprintf("set(interval=%v,type=%s)", s.Interval, s.KeyType.Name)
+		}
+		fmt.Fprintf(&b, "%s %s %s\n", kind, s.Name, rangesText(elementRanges(elems)))
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return "", fmt.Errorf("list chains: %w", err)
+	}
+	sort.Slice(chains, func(i, j int) bool { return chains[i].Name < chains[j].Name })
+	for _, ch := range chains {
+		if ch.Table.Name != TableName {
+			continue
+		}
+		fmt.Fprintf(&b, "chain %s %s\n", ch.Name, chainText(ch))
+		rules, err := c.GetRules(table, ch)
+		if err != nil {
+			return "", fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			fmt.Fprintf(&b, "rule %s\n", exprsText(r.Exprs))
+		}
+	}
+	return b.String(), nil
+}
+
+// Describe renders want in the form Read renders the kernel's table.
+func Describe(want Rules) string {
+	accept := nftables.ChainPolicyAccept
+	ch := &nftables.Chain{Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: chainPriority, Policy: &accept}
+	return fmt.Sprintf("table ip %s\nset %s %s\nset %s %s\nchain %s %s\nrule %s\n", TableName,
+		setNonMasq, rangesText(merge(want.NonMasquerade)),
+		setPodBlocks, rangesText(merge(want.PodBlocks)),
+		chainName, chainText(ch),
+		exprsText([]expr.Any{
+			&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: ipv4SrcOffset, Len: 4},
+			&expr.Lookup{SetName: setPodBlocks},
+			&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: ipv4DstOffset, Len: 4},
+			&expr.Lookup{SetName: setNonMasq, Invert: true},
+			&expr.Masq{FullyRandom: true},
+		}))
+}
+
+func chainText(ch *nftables.Chain) string {
+	s := fmt.Sprintf("type=%s", ch.Type)
+	if ch.Hooknum != nil {
+		s += fmt.Sprintf(" hook=%d", *ch.Hooknum)
+	}
+	if ch.Priority != nil {
+		s += fmt.Sprintf(" priority=%d", *ch.Priority)
+	}
+	if ch.Policy != nil {
+		s += fmt.Sprintf(" policy=%d", *ch.Policy)
+	}
+	return s
+}
+
+// exprsText renders the expressions aliasip writes by meaning (registers
+// and set IDs aside); any other expression by its type, so it differs.
+func exprsText(es []expr.Any) string {
+	var parts []string
+	for _, e := range es {
+		switch e := e.(type) {
+		case *expr.Payload:
+			parts = append(parts, fmt.Sprintf("payload(base=%d,off=%d,len=%d)", e.Base, e.Offset, e.Len))
+		case *expr.Lookup:
+			parts = append(parts, fmt.Sprintf("lookup(@%s,invert=%v)", e.SetName, e.Invert))
+		case *expr.Masq:
+			parts = append(parts, fmt.Sprintf("masq(random=%v,fully-random=%v,persistent=%v,ports=%v)", e.Random, e.FullyRandom, e.Persistent, e.ToPorts))
+		default:
+			parts = append(parts, fmt.Sprintf("%T", e))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// merge returns the IPv4 prefixes as the smallest list of ranges
+// (overlaps and neighbours joined): what an interval set can hold, since
+// the kernel refuses overlapping intervals.
+func merge(ps []netip.Prefix) []netipx.IPRange {
+	var b netipx.IPSetBuilder
+	for _, p := range ps {
+		if p.IsValid() && p.Addr().Is4() {
+			b.AddPrefix(p.Masked())
+		}
+	}
+	s, _ := b.IPSet()
+	return s.Ranges()
+}
+
+// maxIPv4 is the last IPv4 address: an interval reaching it has no end
+// element (there is no next address), as nft writes such a range.
+var maxIPv4 = netip.MustParseAddr("255.255.255.255")
+
+// intervalElements turns prefixes into an interval set's elements: each
+// range is its first address, then the address after its last flagged as
+// an interval end (nft(8) "flags interval"; the kernel's rbtree set
+// keeps the two as separate elements).
+func intervalElements(ps []netip.Prefix) []nftables.SetElement {
+	var out []nftables.SetElement
+	for _, r := range merge(ps) {
+		out = append(out, nftables.SetElement{Key: r.From().AsSlice()})
+		if r.To() != maxIPv4 {
+			out = append(out, nftables.SetElement{Key: r.To().Next().AsSlice(), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// elementRanges reads an interval set's elements back into ranges, in
+// whatever order the kernel lists them.
+func elementRanges(elems []nftables.SetElement) []netipx.IPRange {
+	type point struct {
+		a   netip.Addr
+		end bool
+	}
+	var pts []point
+	for _, e := range elems {
+		a, ok := netip.AddrFromSlice(e.Key)
+		if !ok {
+			continue
+		}
+		pts = append(pts, point{a.Unmap(), e.IntervalEnd})
+	}
+	slices.SortFunc(pts, func(x, y point) int { return x.a.Compare(y.a) })
+	var out []netipx.IPRange
+	for i := 0; i < len(pts); i++ {
+		if pts[i].end {
+			continue // an end with no start (the kernel's leading 0.0.0.0 end)
+		}
+		from := pts[i].a
+		to := maxIPv4
+		if i+1 < len(pts) {
+			if pts[i+1].end {
+				to = pts[i+1].a.Prev()
+				i++
+			} else {
+				to = pts[i+1].a.Prev() // a start right after a start: single-address gap
+			}
+		}
+		out = append(out, netipx.IPRangeFrom(from, to))
+	}
+	return out
+}
+
+func rangesText(rs []netipx.IPRange) string {
+	if len(rs) == 0 {
+		return "{}"
+	}
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		if p, ok := r.Prefix(); ok {
+			parts[i] = p.String()
+		} else {
+			parts[i] = r.String()
+		}
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
