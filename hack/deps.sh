@@ -25,6 +25,9 @@ command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v conntrack >/dev/null 2>&1 || need_pkgs+=(conntrack)
 command -v iperf3 >/dev/null 2>&1 || need_pkgs+=(iperf3)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
+# nft renders the agent's masquerade table in the tests (the agent itself
+# programs it through netlink and needs no binary).
+command -v nft >/dev/null 2>&1 || need_pkgs+=(nftables)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
@@ -80,4 +83,16 @@ if [ ! -x "$cache/bin/helm" ] || [ "$(cat "$cache/bin/.helm-version" 2>/dev/null
 	mv "$cache/bin/helm.tmp" "$cache/bin/helm"
 	echo "$helm_version" >"$cache/bin/.helm-version"
 fi
-echo "deps: ok (etcd $(etcd --version | awk 'NR==1{print $3}'), kubernetes $k8s_version in $cache/bin)"
+# CoreDNS, the cluster DNS of make cluster and its outside host's DNS
+# server, built static (it runs in a FROM-scratch image, and on the host),
+# with only the plugins hack/coredns imports. Its version is the module's
+# (coremain.CoreVersion); the stamp is the version hack/coredns pins.
+coredns_version=$(grep -o "github.com/coredns/coredns v[0-9.]*" "$root/hack/coredns/go.mod" | head -1 | cut -d" " -f2)
+if [ ! -x "$cache/bin/coredns" ] || [ "$(cat "$cache/bin/.coredns-version" 2>/dev/null)" != "$coredns_version" ]; then
+	echo "deps: building CoreDNS $coredns_version (about 3 minutes, once)"
+	cd "$root/hack/coredns"
+	CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$cache/bin/coredns.tmp" .
+	mv "$cache/bin/coredns.tmp" "$cache/bin/coredns"
+	echo "$coredns_version" >"$cache/bin/.coredns-version"
+fi
+echo "deps: ok (etcd $(etcd --version | awk 'NR==1{print $3}'), kubernetes $k8s_version, CoreDNS $coredns_version in $cache/bin)"
