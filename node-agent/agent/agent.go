@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -91,6 +92,15 @@ type Config struct {
 	// GuestAgentConfig is the GCE guest agent's configuration file
 	// ("": not on GCE, nothing to read).
 	GuestAgentConfig string
+	// Masquerade: SNAT this node's pods' traffic to destinations outside
+	// the non-masquerade set (package egress); off removes the table.
+	Masquerade bool
+	// MasqConfigMap is NAMESPACE/NAME of the ConfigMap in ip-masq-agent's
+	// format ("": the cloud's defaults only).
+	MasqConfigMap string
+	// ClusterCIDRs are the default pod range(s) (the controller's
+	// --cluster-cidr), never masqueraded.
+	ClusterCIDRs []netip.Prefix
 	// AliasCheck, if set, must report true before the agent is ready (on
 	// GCE: the podCIDR is an alias range of this VM's NIC).
 	AliasCheck func(ctx context.Context, podCIDR netip.Prefix) (bool, error)
@@ -113,6 +123,11 @@ type Agent struct {
 	// settleRecheck: a pass is scheduled for when settling pods settle.
 	settleRecheck atomic.Bool
 	fabricCh      chan struct{}
+	// egressCh is signalled when Nodes change (their blocks are not
+	// masqueraded).
+	egressCh chan struct{}
+	// dyn follows PodRanges for the masquerade (nil: not followed).
+	dyn dynamic.Interface
 
 	mu      sync.Mutex
 	store   *ipam.Store
@@ -140,7 +155,7 @@ func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder,
 	if cfg.ProcSys != "" {
 		datapath.ProcSys = cfg.ProcSys
 	}
-	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting",
+	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), egressCh: make(chan struct{}, 1), reason: "starting",
 		guestProto: datapath.ProtoGCEGuestAgent}
 	m.ipSource = a.ipStats
 	return a
@@ -218,9 +233,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	nodeInf := a.factory.Core().V1().Nodes()
 	a.nodes = nodeInf.Lister()
 	nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
-		UpdateFunc: func(any, any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
-		DeleteFunc: func(any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
+		AddFunc:    func(any) { a.nodesChanged(); a.checkOwnNode(ctx) },
+		UpdateFunc: func(any, any) { a.nodesChanged(); a.checkOwnNode(ctx) },
+		DeleteFunc: func(any) { a.nodesChanged(); a.checkOwnNode(ctx) },
 	})
 	a.podInf = informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -263,6 +278,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	// Collect leftovers from before a restart before serving new pods.
 	a.collectPods(ctx)
+	// Egress before the first pod: its traffic to the outside leaves
+	// masqueraded from its first packet. A failure here is reported and
+	// retried by the loop, never a reason to keep pods off the node.
+	var egressState *masq
+	if a.cfg.Masquerade {
+		egressState = a.startEgress(ctx)
+		a.syncEgress(ctx, egressState)
+	} else {
+		a.removeEgress(ctx)
+	}
 	if err := a.installCNI(ctx); err != nil {
 		return err
 	}
@@ -279,6 +304,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.FabricRoutes {
 		wg.Go(func() { a.fabricLoop(ctx) })
 	}
+	if egressState != nil {
+		wg.Go(func() { a.egressLoop(ctx, egressState) })
+	}
 	<-ctx.Done()
 	wg.Wait()
 	if cause := context.Cause(ctx); errors.Is(cause, ErrPodCIDRChanged) {
@@ -294,6 +322,12 @@ func (a *Agent) event(eventType, reason, format string, args ...any) {
 	}
 	ref := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
 	a.recorder.Eventf(ref, eventType, reason, format, args...)
+}
+
+// nodesChanged wakes the loops that follow other Nodes' blocks.
+func (a *Agent) nodesChanged() {
+	a.signal(a.fabricCh)
+	a.signal(a.egressCh)
 }
 
 func (a *Agent) signal(ch chan struct{}) {

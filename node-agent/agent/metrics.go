@@ -21,7 +21,15 @@ type Metrics struct {
 	GuestAgentIPAliases prometheus.Gauge
 	GuestRoutesRemoved  prometheus.Counter
 	MaxPodsOverBlock    prometheus.Gauge
-	ipSource            func() (used, free, cooling int)
+	// Egress masquerade: writes of new rules, repairs of an edited table,
+	// failed writes, whether the ConfigMap parses, and the size of the
+	// non-masquerade set (merged ranges).
+	EgressProgrammed  prometheus.Counter
+	EgressRepaired    prometheus.Counter
+	EgressFailed      prometheus.Counter
+	EgressConfigValid prometheus.Gauge
+	EgressNonMasq     prometheus.Gauge
+	ipSource          func() (used, free, cooling int)
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -69,6 +77,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.MaxPodsOverBlock = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "aliasip_max_pods_over_block", Help: "1 when the kubelet's maxPods (the Node's pods capacity) exceeds the pod addresses of the node's block.",
 	})
+	m.EgressProgrammed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "aliasip_egress_rules_programmed_total", Help: "Writes of the egress masquerade table with new rules (its inputs changed).",
+	})
+	m.EgressRepaired = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "aliasip_egress_rules_repaired_total", Help: "Writes of the egress masquerade table because it had been flushed, deleted or edited.",
+	})
+	m.EgressFailed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "aliasip_egress_rules_failed_total", Help: "Failed writes of the egress masquerade table.",
+	})
+	m.EgressConfigValid = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "aliasip_egress_config_valid", Help: "1 when the masquerade ConfigMap parses (or there is none), 0 when it was refused and the last good rules stay.",
+	})
+	m.EgressNonMasq = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "aliasip_egress_nonmasquerade_cidrs", Help: "Destinations (as given, before merging) that pods reach with their own addresses.",
+	})
+	reg.MustRegister(m.EgressProgrammed, m.EgressRepaired, m.EgressFailed, m.EgressConfigValid, m.EgressNonMasq)
 	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved, m.MaxPodsOverBlock)
 	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.StateRecovered, m.FabricRoutes, m.Ready)
 	for _, s := range []string{"used", "free", "cooling"} {

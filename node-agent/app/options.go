@@ -8,7 +8,9 @@ package app
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/aliasip/aliasip/node-agent/agent"
@@ -40,6 +42,11 @@ type Options struct {
 	GuestAgentConfig string
 	// ProcSys is where the agent reads and writes sysctls.
 	ProcSys string
+	// Masquerade, MasqConfigMap and ClusterCIDRs configure egress
+	// masquerade (package egress).
+	Masquerade    bool
+	MasqConfigMap string
+	ClusterCIDRs  []string
 }
 
 // NewOptions returns the defaults; nodeName comes from $NODE_NAME and
@@ -61,6 +68,10 @@ func NewOptions(nodeName, pluginDir string) *Options {
 		ResyncPeriod:  30 * time.Second,
 		MetricsAddr:   ":9982",
 		ProcSys:       "/proc/sys",
+		Masquerade:    true,
+		// Where GKE keeps ip-masq-agent's configuration, so a GKE user's
+		// ConfigMap works unchanged (https://cloud.google.com/kubernetes-engine/docs/how-to/ip-masquerade-agent).
+		MasqConfigMap: "kube-system/ip-masq-agent",
 	}
 }
 
@@ -85,6 +96,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.PodGCGrace, "pod-gc-grace", o.PodGCGrace, "Age before an allocation whose pod is not in the API is released.")
 	fs.DurationVar(&o.PodGCInterval, "pod-gc-interval", o.PodGCInterval, "How often allocations are checked against the API's pods.")
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "Periodic reconcile of routes and sysctls (netlink events trigger it too).")
+	fs.BoolVar(&o.Masquerade, "masquerade", o.Masquerade, "SNAT this node's pods' traffic to destinations outside the non-masquerade set to the node's address (nftables table ip aliasip). false removes the table: for Cloud NAT set-ups that cover the pod ranges.")
+	fs.StringVar(&o.MasqConfigMap, "masq-config", o.MasqConfigMap, "NAMESPACE/NAME of the ConfigMap holding the non-masquerade set in ip-masq-agent's format (key \"config\": nonMasqueradeCIDRs, masqLinkLocal, resyncInterval); without it, or while it does not exist, the cloud's defaults (gce: GKE's list; fake: none). Empty: never read one.")
+	fs.StringSliceVar(&o.ClusterCIDRs, "cluster-cidr", o.ClusterCIDRs, "The default pod range(s) (the controller's --cluster-cidr), never masqueraded; PodRanges and every Node's block are followed on their own.")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of /metrics, /healthz and /readyz (empty: off).")
 }
 
@@ -116,6 +130,17 @@ func (o *Options) Validate() error {
 	if o.IPCooldown < 0 || o.PodGCGrace < 0 || o.PodGCInterval <= 0 || o.ResyncPeriod <= 0 {
 		return fmt.Errorf("--ip-cooldown and --pod-gc-grace must not be negative, --pod-gc-interval and --resync-period must be positive")
 	}
+	if o.MasqConfigMap != "" {
+		ns, name, ok := strings.Cut(o.MasqConfigMap, "/")
+		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+			return fmt.Errorf("--masq-config=%q: want NAMESPACE/NAME", o.MasqConfigMap)
+		}
+	}
+	for _, c := range o.ClusterCIDRs {
+		if p, err := netip.ParsePrefix(c); err != nil || p.Masked() != p {
+			return fmt.Errorf("--cluster-cidr=%q: want a network in CIDR notation, e.g. 10.244.0.0/16", c)
+		}
+	}
 	if o.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
 			return fmt.Errorf("--metrics-addr=%q: %v", o.MetricsAddr, err)
@@ -133,6 +158,12 @@ func (o *Options) Config() agent.Config {
 		PluginBinary: o.PluginBinary, PluginLogFile: o.PluginLogFile, ChainPortmap: o.ChainPortmap,
 		IPCooldown: o.IPCooldown, PodGCGrace: o.PodGCGrace, PodGCInterval: o.PodGCInterval, ResyncPeriod: o.ResyncPeriod,
 		GuestAgentConfig: o.GuestAgentConfig, ProcSys: o.ProcSys,
+		Masquerade: o.Masquerade, MasqConfigMap: o.MasqConfigMap,
+	}
+	for _, cidr := range o.ClusterCIDRs {
+		if p, err := netip.ParsePrefix(cidr); err == nil {
+			c.ClusterCIDRs = append(c.ClusterCIDRs, p)
+		}
 	}
 	if o.Cloud == "gce" {
 		c.AliasCheck = agent.GCEAliasCheck

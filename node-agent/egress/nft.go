@@ -1,6 +1,8 @@
 package egress
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -336,4 +338,56 @@ func rangesText(rs []netipx.IPRange) string {
 		}
 	}
 	return "{" + strings.Join(parts, ",") + "}"
+}
+
+// Watch calls changed whenever an nftables object of the table is added
+// or removed (someone flushed, deleted or edited it; aliasip's own writes
+// too), until ctx ends. Events of other tables are ignored.
+func (t *Table) Watch(ctx context.Context, changed func()) error {
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(64))
+	events, err := c.AddMonitor(mon)
+	if err != nil {
+		return fmt.Errorf("nftables monitor: %w", err)
+	}
+	go func() {
+		<-ctx.Done()
+		mon.Close()
+	}()
+	for ev := range events {
+		if ev.Error != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		if ours(ev.Data) {
+			changed()
+		}
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("nftables monitor closed")
+}
+
+// ours reports whether an event's object belongs to the aliasip table
+// (objects whose table cannot be told count as ours: a spare check costs
+// a few netlink reads).
+func ours(data any) bool {
+	switch d := data.(type) {
+	case *nftables.Table:
+		return d.Name == TableName
+	case *nftables.Chain:
+		return d.Table == nil || d.Table.Name == TableName
+	case *nftables.Rule:
+		return d.Table == nil || d.Table.Name == TableName
+	case *nftables.Set:
+		return d.Table == nil || d.Table.Name == TableName
+	default:
+		return true
+	}
 }

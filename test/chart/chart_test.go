@@ -119,6 +119,10 @@ func TestLintAndRender(t *testing.T) {
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,image.pullPolicy=Sometimes", "/image/pullPolicy"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.chainPortmapp=false", "'chainPortmapp' not allowed"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,fake.providerSchemes={kind://}", "/fake/providerSchemes/0"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,egress.config.nonMasqueradeCIDRs={10.0.0.0}", "/egress/config/nonMasqueradeCIDRs/0"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,egress.config.resyncInterval=1 minute", "/egress/config/resyncInterval"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,egress.config.nonMasqueradeCIRDs={10.0.0.0/8}", "'nonMasqueradeCIRDs' not allowed"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,egress.masquerade=maybe", "/egress/masquerade"},
 	} {
 		out, err := run(t, h, "template", "aliasip", chartDir(), "--set", bad.set)
 		if err == nil || !strings.Contains(out, bad.msg) {
@@ -303,6 +307,39 @@ func TestInstallAndFlags(t *testing.T) {
 	} {
 		if got := canI(c.args...); got != c.want {
 			t.Errorf("aliasip-controller can-i %v = %v, want %v", c.args, got, c.want)
+		}
+	}
+
+	// The agent reads its masquerade ConfigMap and nothing else of the
+	// ConfigMaps; list and watch only by name (a metadata.name field
+	// selector, as the agent's informer sends), and PodRanges read-only.
+	agentCan := func(args ...string) bool {
+		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", cp.Kubeconfig, "auth", "can-i",
+			"--as=system:serviceaccount:kube-system:aliasip-agent", "-n", "kube-system"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("kubectl auth can-i %v: %v\n%s", args, err, out)
+		}
+		return err == nil
+	}
+	for _, c := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"get", "configmaps/ip-masq-agent"}, true},
+		{[]string{"watch", "configmaps/ip-masq-agent"}, true},
+		{[]string{"list", "configmaps/ip-masq-agent"}, true},
+		{[]string{"update", "configmaps/ip-masq-agent"}, false},
+		{[]string{"get", "configmaps/coredns"}, false},
+		{[]string{"list", "configmaps"}, false},
+		{[]string{"get", "configmaps/ip-masq-agent", "-n", "default"}, false},
+		{[]string{"watch", "podranges.aliasip.io"}, true},
+		{[]string{"update", "podranges.aliasip.io"}, false},
+		{[]string{"get", "secrets"}, false},
+	} {
+		if got := agentCan(c.args...); got != c.want {
+			t.Errorf("aliasip-agent can-i %v = %v, want %v", c.args, got, c.want)
 		}
 	}
 

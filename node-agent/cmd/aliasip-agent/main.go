@@ -19,6 +19,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "admin" {
 		os.Exit(daemon.Admin("aliasip-agent", os.Args[2:], opts.Socket))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "cleanup" {
+		os.Exit(app.Cleanup(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(daemon.Main("aliasip-agent", version, os.Args[1:], opts,
 		func(ctx context.Context) error { return app.Run(ctx, opts) }))
 }
