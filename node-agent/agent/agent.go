@@ -123,9 +123,6 @@ type Agent struct {
 	// settleRecheck: a pass is scheduled for when settling pods settle.
 	settleRecheck atomic.Bool
 	fabricCh      chan struct{}
-	// egressCh is signalled when Nodes change (their blocks are not
-	// masqueraded).
-	egressCh chan struct{}
 	// dyn follows PodRanges for the masquerade (nil: not followed).
 	dyn dynamic.Interface
 
@@ -155,7 +152,7 @@ func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder,
 	if cfg.ProcSys != "" {
 		datapath.ProcSys = cfg.ProcSys
 	}
-	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), egressCh: make(chan struct{}, 1), reason: "starting",
+	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting",
 		guestProto: datapath.ProtoGCEGuestAgent}
 	m.ipSource = a.ipStats
 	return a
@@ -233,9 +230,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	nodeInf := a.factory.Core().V1().Nodes()
 	a.nodes = nodeInf.Lister()
 	nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.nodesChanged(); a.checkOwnNode(ctx) },
-		UpdateFunc: func(any, any) { a.nodesChanged(); a.checkOwnNode(ctx) },
-		DeleteFunc: func(any) { a.nodesChanged(); a.checkOwnNode(ctx) },
+		AddFunc:    func(any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
+		UpdateFunc: func(any, any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
+		DeleteFunc: func(any) { a.signal(a.fabricCh); a.checkOwnNode(ctx) },
 	})
 	a.podInf = informers.NewSharedInformerFactoryWithOptions(a.client, 10*time.Minute,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -322,12 +319,6 @@ func (a *Agent) event(eventType, reason, format string, args ...any) {
 	}
 	ref := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
 	a.recorder.Eventf(ref, eventType, reason, format, args...)
-}
-
-// nodesChanged wakes the loops that follow other Nodes' blocks.
-func (a *Agent) nodesChanged() {
-	a.signal(a.fabricCh)
-	a.signal(a.egressCh)
 }
 
 func (a *Agent) signal(ch chan struct{}) {

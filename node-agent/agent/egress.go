@@ -140,7 +140,6 @@ func (a *Agent) egressLoop(ctx context.Context, m *masq) {
 			return
 		case <-t.C:
 		case <-m.kick:
-		case <-a.egressCh:
 		case <-events:
 			// Our own writes come back as events too: a pass then finds
 			// the table as wanted and writes nothing.
@@ -232,7 +231,7 @@ func (a *Agent) loadMasqConfig(ctx context.Context, m *masq) {
 // egressRules is the wanted table: this node's block is masqueraded on its
 // way to anything but the configured destinations, link-local (unless
 // masqLinkLocal), the node's subnet, the default range, every PodRange and
-// every Node's block.
+// this node's own block.
 func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 	a.mu.Lock()
 	podCIDR, iface := a.podCIDR, a.iface
@@ -247,16 +246,12 @@ func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 		r.NonMasquerade = append(r.NonMasquerade, egress.LinkLocal)
 	}
 	r.NonMasquerade = append(r.NonMasquerade, a.cfg.ClusterCIDRs...)
+	// Other Nodes' podCIDRs are not taken: a kubelet may create its own
+	// Node with any spec.podCIDR (NodeRestriction lets a kubelet create its
+	// own Node object), and one node's credentials writing
+	// 0.0.0.0/0 there must not turn masquerade off on every other node.
+	// Every block lies in the default range or a PodRange, which are here.
 	r.NonMasquerade = append(r.NonMasquerade, podCIDR)
-	if nodes, err := a.nodes.List(labels.Everything()); err == nil {
-		for _, n := range nodes {
-			for _, s := range append([]string{n.Spec.PodCIDR}, n.Spec.PodCIDRs...) {
-				if p, err := netip.ParsePrefix(s); err == nil {
-					r.NonMasquerade = append(r.NonMasquerade, p.Masked())
-				}
-			}
-		}
-	}
 	if m.ranges != nil {
 		objs, _ := m.ranges.List(labels.Everything())
 		for _, o := range objs {

@@ -281,6 +281,14 @@ func TestEgressMasquerade(t *testing.T) {
 
 	// 4. The outside's range added to nonMasqueradeCIDRs: no restart, the
 	// pod's own address arrives and no reply comes back.
+	// A Node whose podCIDR someone set to half the internet (a kubelet
+	// may create its own Node with any podCIDR) must not turn masquerade
+	// off on other nodes. The ConfigMap change below makes a pass after it.
+	evil := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "evil-" + cmName}, Spec: corev1.NodeSpec{PodCIDR: "0.0.0.0/1", PodCIDRs: []string{"0.0.0.0/1"}}}
+	if _, err := e.client.CoreV1().Nodes().Create(e.ctx, evil, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.client.CoreV1().Nodes().Delete(context.Background(), evil.Name, metav1.DeleteOptions{}) })
 	programmed := agentMetric(t, n1, "aliasip_egress_rules_programmed_total", "")
 	setMasqConfig(t, e, cmName, "nonMasqueradeCIDRs:\n  - 198.18.0.0/15\nresyncInterval: 2s\n")
 	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
@@ -288,6 +296,9 @@ func TestEgressMasquerade(t *testing.T) {
 			strings.Contains(nftListIn(t, n1.NS), "198.18.0.0/15"), nil
 	}); err != nil {
 		t.Fatalf("the ConfigMap's range never reached the table: %v\n%s", err, nftListIn(t, n1.NS))
+	}
+	if tbl := nftListIn(t, n1.NS); strings.Contains(tbl, "0.0.0.0/1") {
+		t.Errorf("another Node's podCIDR 0.0.0.0/1 entered the non-masquerade set:\n%s", tbl)
 	}
 	token := fmt.Sprintf("udp-%d", time.Now().UnixNano())
 	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
