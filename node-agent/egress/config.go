@@ -41,6 +41,11 @@ const cidrLimit = 64
 // DefaultResyncInterval is ip-masq-agent's default resyncInterval (60s).
 const DefaultResyncInterval = 60 * time.Second
 
+// MinResyncInterval is the shortest resyncInterval the agent uses: a
+// shorter one (ip-masq-agent accepts any positive duration, even 1ns)
+// is raised to it, so the loop never re-reads the table without pause.
+const MinResyncInterval = time.Second
+
 // Config is the masquerade configuration: ip-masq-agent's fields, parsed.
 type Config struct {
 	// NonMasqueradeCIDRs are destinations pods reach with their own
@@ -111,7 +116,8 @@ type fileConfig struct {
 // misspelt nonMasqueradeCIDRs would otherwise silently masquerade
 // everything), as are CIDRs that do not parse or have host bits set, more
 // than cidrLimit CIDRs, and a resyncInterval that is not a positive
-// duration. The error names the field.
+// duration (one below MinResyncInterval is raised to it). The error names
+// the field.
 func Parse(data []byte, def Config) (Config, error) {
 	var f fileConfig
 	if len(bytes.TrimSpace(data)) == 0 {
@@ -156,7 +162,7 @@ func Parse(data []byte, def Config) (Config, error) {
 		if err != nil || d <= 0 {
 			return Config{}, fmt.Errorf("resyncInterval: %q is not a positive duration such as 60s", *f.ResyncInterval)
 		}
-		c.ResyncInterval = d
+		c.ResyncInterval = max(d, MinResyncInterval)
 	}
 	return c, nil
 }

@@ -2,12 +2,12 @@ package egress
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -168,7 +168,13 @@ func (t *Table) Read() (string, error) {
 		return "", err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "table ip %s\n", TableName)
+	fmt.Fprintf(&b, "table ip %s", TableName)
+	if table.Flags != 0 {
+		// dormant turns every base chain off while sets, chains and
+		// rules stay as written: a difference to repair.
+		fmt.Fprintf(&b, " flags=%#x", table.Flags)
+	}
+	b.WriteString("\n")
 	sets, err := c.GetSets(table)
 	if err != nil {
 		return "", fmt.Errorf("list sets: %w", err)
@@ -342,36 +348,88 @@ func rangesText(rs []netipx.IPRange) string {
 
 // Watch calls changed whenever an nftables object of the table is added
 // or removed (someone flushed, deleted or edited it; aliasip's own writes
-// too), until ctx ends. Events of other tables are ignored.
+// too), until ctx ends. Events of other tables are ignored. It returns an
+// error only if the monitor cannot be opened at all; a monitor that ends
+// later (the kernel drops a netlink socket's messages when a burst of
+// events overflows its buffer: ENOBUFS, and the library then closes the
+// stream) is reopened after calling changed, since events may be lost.
 func (t *Table) Watch(ctx context.Context, changed func()) error {
-	c, err := t.conn()
+	events, stop, err := t.monitor()
 	if err != nil {
 		return err
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		t.drain(ctx, events, changed)
+		stop()
+		if ctx.Err() != nil {
+			return nil
+		}
+		changed() // events may have been lost
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+		if events, stop, err = t.monitor(); err != nil {
+			events, stop = nil, func() {}
+			continue
+		}
+		backoff = 100 * time.Millisecond
+	}
+}
+
+// monitor opens an nftables monitor; stop closes it and waits for its
+// goroutines to end.
+func (t *Table) monitor() (<-chan *nftables.MonitorEvent, func(), error) {
+	// A lasting connection, closed by stop: the library's monitor does
+	// not close its socket when it ends on an error (Monitor.Close is then
+	// a no-op), which would leak one socket per reopen.
+	c, err := nftables.New(append(slices.Clone(t.opts), nftables.AsLasting())...)
+	if err != nil {
+		return nil, nil, err
 	}
 	mon := nftables.NewMonitor(nftables.WithMonitorEventBuffer(64))
 	events, err := c.AddMonitor(mon)
 	if err != nil {
-		return fmt.Errorf("nftables monitor: %w", err)
+		c.CloseLasting()
+		return nil, nil, fmt.Errorf("nftables monitor: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
+	stop := func() {
 		mon.Close()
-	}()
-	for ev := range events {
-		if ev.Error != nil {
-			if ctx.Err() != nil {
-				return nil
+		c.CloseLasting()
+		for range events {
+			// until closed: the library forwards on an unbuffered channel
+		}
+	}
+	return events, stop, nil
+}
+
+// drain reads events until the monitor ends or ctx does.
+func (t *Table) drain(ctx context.Context, events <-chan *nftables.MonitorEvent, changed func()) {
+	if events == nil {
+		return
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
 			}
-			continue
-		}
-		if ours(ev.Data) {
-			changed()
+			if ev.Error != nil {
+				if ev.Type != nftables.MonitorEventTypeOOB {
+					changed() // an object that did not parse: whose table cannot be told
+				}
+				continue
+			}
+			if ours(ev.Data) {
+				changed()
+			}
 		}
 	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return errors.New("nftables monitor closed")
 }
 
 // ours reports whether an event's object belongs to the aliasip table
