@@ -103,11 +103,35 @@ func (a *Agent) startEgress(ctx context.Context) *masq {
 			AddFunc: func(any) { a.signal(m.kick) }, UpdateFunc: func(any, any) { a.signal(m.kick) }, DeleteFunc: func(any) { a.signal(m.kick) },
 		})
 		m.ranges, m.rSynced = inf.Lister(), inf.Informer().HasSynced
-		// Not waited for: a cluster without the CRD must not keep pods
-		// from starting; the ranges join the set once listed.
 		f.Start(ctx.Done())
+		// Waited for (up to 30 s) when the API serves PodRanges: a first
+		// write without their CIDRs would masquerade new pod-to-pod
+		// connections to their blocks, and after a restart replace a
+		// table that was right. A cluster without the CRD must not keep
+		// pods from starting, so then it is not waited for.
+		if a.podRangesServed() {
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if !cache.WaitForCacheSync(wctx.Done(), m.rSynced) {
+				klog.FromContext(ctx).Info("The PodRange informer has not synced; starting without their CIDRs")
+			}
+			cancel()
+		}
 	}
 	return m
+}
+
+// podRangesServed reports whether the API serves the PodRange resource.
+func (a *Agent) podRangesServed() bool {
+	l, err := a.client.Discovery().ServerResourcesForGroupVersion(podRangeGVR.GroupVersion().String())
+	if err != nil {
+		return false
+	}
+	for _, r := range l.APIResources {
+		if r.Name == podRangeGVR.Resource {
+			return true
+		}
+	}
+	return false
 }
 
 func splitRef(ref string) (ns, name string) {
