@@ -55,6 +55,7 @@ type masq struct {
 
 	mu       sync.Mutex
 	cfg      egress.Config // the last good configuration
+	known    bool          // cfg was read in this process (not just the defaults)
 	cmSeen   string        // the ConfigMap data last parsed (one event per bad version)
 	applied  string        // Describe of the rules last written or found in place
 	lastWant egress.Rules
@@ -166,7 +167,20 @@ func (a *Agent) egressLoop(ctx context.Context, m *masq) {
 		case <-m.kick:
 		case <-events:
 			// Our own writes come back as events too: a pass then finds
-			// the table as wanted and writes nothing.
+			// the table as wanted and writes nothing. Set-element events
+			// do not name their table (google/nftables v0.3.0), so other
+			// tables' churn (kube-proxy's nftables mode) wakes us too: a
+			// burst is coalesced into one read-only pass.
+			coalesce := time.NewTimer(reconcileDelay)
+			select {
+			case <-ctx.Done():
+			case <-coalesce.C:
+			}
+			coalesce.Stop()
+			select {
+			case <-events:
+			default:
+			}
 		}
 		t.Stop()
 		a.syncEgress(ctx, m)
@@ -181,6 +195,19 @@ func (a *Agent) syncEgress(ctx context.Context, m *masq) {
 	if err != nil {
 		logger.Error(err, "Masquerade rules")
 		return
+	}
+	m.mu.Lock()
+	known := m.known
+	m.mu.Unlock()
+	if !known {
+		// No good configuration read yet in this process (the ConfigMap is
+		// malformed, or could not be read): a table an earlier agent
+		// wrote from the last good one stays as it is. Only a node with
+		// no table at all gets the defaults, so its pods reach the outside.
+		if cur, err := m.table.Read(); err == nil && cur != "" {
+			logger.Info("No good masquerade configuration yet; keeping the rules in place", "configMap", a.cfg.MasqConfigMap)
+			return
+		}
 	}
 	m.mu.Lock()
 	wantText := egress.Describe(want)
@@ -214,7 +241,13 @@ func (a *Agent) syncEgress(ctx context.Context, m *masq) {
 // as ip-masq-agent uses its defaults without a config file.
 func (a *Agent) loadMasqConfig(ctx context.Context, m *masq) {
 	if m.cms == nil {
+		m.mu.Lock()
+		m.known = true
+		m.mu.Unlock()
 		return
+	}
+	if !m.cmSync() {
+		return // not listed yet: nothing is known, not even its absence
 	}
 	ns, name := splitRef(a.cfg.MasqConfigMap)
 	def := egress.Defaults(a.cfg.Cloud)
@@ -222,6 +255,7 @@ func (a *Agent) loadMasqConfig(ctx context.Context, m *masq) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
+		m.known = true
 		if m.cmSeen != "<none>" {
 			klog.FromContext(ctx).Info("No masquerade ConfigMap; using the defaults", "configMap", a.cfg.MasqConfigMap, "cloud", a.cfg.Cloud)
 		}
@@ -248,7 +282,7 @@ func (a *Agent) loadMasqConfig(ctx context.Context, m *masq) {
 		return
 	}
 	a.metrics.EgressConfigValid.Set(1)
-	m.cfg = c
+	m.cfg, m.known = c, true
 	klog.FromContext(ctx).Info("Masquerade configuration applied", "configMap", a.cfg.MasqConfigMap, "nonMasqueradeCIDRs", c.NonMasqueradeCIDRs, "masqLinkLocal", c.MasqLinkLocal, "resyncInterval", c.ResyncInterval)
 }
 
@@ -283,12 +317,8 @@ func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 			if !ok {
 				continue
 			}
-			for _, path := range [][]string{{"status", "cidr"}, {"spec", "cidr"}} {
-				if s, ok, _ := unstructured.NestedString(u.Object, path...); ok {
-					if p, err := netip.ParsePrefix(s); err == nil {
-						r.NonMasquerade = append(r.NonMasquerade, p.Masked())
-					}
-				}
+			if p, ok := podRangeInUse(u); ok {
+				r.NonMasquerade = append(r.NonMasquerade, p)
 			}
 		}
 	}
@@ -300,6 +330,30 @@ func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 	slices.SortFunc(r.NonMasquerade, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
 	r.NonMasquerade = slices.Compact(r.NonMasquerade)
 	return r, nil
+}
+
+// podRangeInUse returns the CIDR of a PodRange the controller hands blocks
+// out of (Ready=True) or whose blocks nodes still hold (a range being
+// removed): status.cidr, which only the controller writes (the status
+// subresource). spec.cidr is not taken: the schema lets a PodRange
+// creator write 0.0.0.0/1, and a range the controller refused (it
+// overlaps another) must not switch masquerade off for those addresses.
+func podRangeInUse(u *unstructured.Unstructured) (netip.Prefix, bool) {
+	s, _, _ := unstructured.NestedString(u.Object, "status", "cidr")
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, false
+	}
+	nodes, _, _ := unstructured.NestedInt64(u.Object, "status", "nodes")
+	used, _, _ := unstructured.NestedInt64(u.Object, "status", "blocksUsed")
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	ready := false
+	for _, c := range conds {
+		if m, ok := c.(map[string]any); ok && m["type"] == "Ready" && m["status"] == "True" {
+			ready = true
+		}
+	}
+	return p.Masked(), ready || nodes > 0 || used > 0
 }
 
 // hostSubnets returns the IPv4 networks of the host interface's addresses
