@@ -23,6 +23,17 @@
 # created once the chart has installed the CRD and the pool's kubelets
 # start after it is Ready, as a node pool is added to a running cluster.
 #
+# An outside: a namespace beyond the VPC's router (the hub), as the
+# internet is beyond a VPC's, with an HTTP server, a UDP recorder and a DNS
+# server for the zone outside.test on 198.18.0.10. It routes back only to
+# the node subnet. Each kubelet gives dnsPolicy Default pods a resolv.conf
+# naming that DNS server, as a node's /etc/resolv.conf names its network's.
+#
+# Cluster DNS: CoreDNS (hack/coredns, built by make deps, imaged by make
+# images) deployed as kubeadm deploys it, which is how kind's clusters get
+# it, with the kube-dns Service at the clusterDNS address every kubelet is
+# given.
+#
 # Nodes register with kind's providerID (kind://docker/aliasip/<node>), the
 # form kind's kubeadm config gives every node (kubernetes-sigs/kind
 # pkg/cluster/internal/kubeadm/config.go: the kubelet's provider-id is
@@ -30,7 +41,8 @@
 # "docker" for the docker provider).
 #
 # Needs root and `make deps` (etcd, containerd, runc, the Kubernetes
-# binaries) and `make images` (the image tarballs).
+# binaries, CoreDNS) and `make images` (the image tarballs, and the
+# netcheck binary the outside host runs).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,6 +61,17 @@ service_cidr=10.96.0.0/16
 net=192.168.90 # the emulated VPC subnet: .1 hub bridge, .2 API server, .11+ nodes
 api_ip=$net.2
 api_port=6443
+# The outside: RFC 2544's benchmark range 198.18.0.0/15, never a real
+# address, so nothing the cluster sends there can leave this machine by
+# mistake. The hub (the VPC's router) is .1, the outside host .10.
+outside_ns=aliasip-outside
+outside_gw=198.18.0.1
+outside_ip=198.18.0.10
+outside_zone=outside.test # RFC 6761: .test is reserved for testing
+# kubeadm's cluster DNS address: the 10th address of the service subnet
+# (kubernetes cmd/kubeadm/app/constants/constants.go GetDNSIP), 10.96.0.10
+# in kind.
+dns_ip=10.96.0.10
 k8s_version=$(awk '/k8s.io\/kubernetes v/ {print $3; exit}' "$root/hack/k8s/go.mod")
 
 log() { echo "cluster: $*" >&2; }
@@ -175,6 +198,81 @@ hub() {
 	# The same for every pod range: the default and pool-b's.
 	ip route replace "$cluster_cidr" dev vpchost0
 	ip route replace "$pool_b_cidr" dev vpchost0
+}
+
+# outside_net makes the outside host: a namespace reached through the
+# VPC's router. The hub, which so far only bridged the VPC, routes between
+# the VPC (vpc0) and the outside (out0), as a VPC's gateway does between
+# its subnet and the internet.
+outside_net() {
+	ip netns add "$outside_ns"
+	ip -n "$outside_ns" link set dev lo up
+	ip link add out0 netns aliasip-hub type veth peer name eth0 netns "$outside_ns"
+	ip -n aliasip-hub addr add "$outside_gw/24" dev out0
+	ip -n aliasip-hub link set dev out0 up
+	ip -n "$outside_ns" addr add "$outside_ip/24" dev eth0
+	ip -n "$outside_ns" link set dev eth0 up
+	# The way back goes to the node subnet only, and there is no default
+	# route: as on the internet, a packet that arrives with a pod address
+	# (10.244.x, 10.64.x: not masqueraded on its way out) gets no reply.
+	ip -n "$outside_ns" route add "$net.0/24" via "$outside_gw" dev eth0
+	# Both sysctls are per network namespace: these change the hub's only.
+	# ip_forward: the hub routes between vpc0 and out0.
+	# rp_filter=0: the hub has no route back to the pod ranges, so reverse
+	# path filtering would drop a pod-addressed packet before it reached
+	# the outside; it must arrive there to show that it was not
+	# masqueraded. The kernel uses the higher of "all" and the
+	# interface's value (Documentation/networking/ip-sysctl.rst,
+	# rp_filter), so both are cleared.
+	ip netns exec aliasip-hub sysctl -qw net.ipv4.ip_forward=1
+	for c in all default vpc0 out0; do
+		ip netns exec aliasip-hub sysctl -qw "net.ipv4.conf.$c.rp_filter=0"
+	done
+}
+
+# outside_up starts the outside host's services on $outside_ip, logged and
+# stopped like the other daemons: netcheck outside (HTTP :80 answers with
+# the peer it saw; UDP :9 records each datagram's source by its payload
+# token, read back with GET /seen?token=T) and the outside's own DNS
+# server, CoreDNS with the zone $outside_zone.
+outside_up() {
+	local od=$dir/outside
+	mkdir -p "$od"
+	start outside-netcheck nsenter --net="/run/netns/$outside_ns" \
+		"$images/bin/netcheck" outside --http "$outside_ip:80" --udp "$outside_ip:9"
+	# An authoritative zone from a zone file (CoreDNS plugin/file): a name
+	# not in it is NXDOMAIN, and a query for a zone this server has no
+	# block for is REFUSED (coredns core/dnsserver/server.go ServeDNS, no
+	# matching zone).
+	cat >"$od/db.$outside_zone" <<EOF
+\$ORIGIN $outside_zone.
+@	3600	IN	SOA	ns.$outside_zone. hostmaster.$outside_zone. 1 7200 3600 1209600 3600
+@	3600	IN	NS	ns.$outside_zone.
+ns	3600	IN	A	$outside_ip
+www	3600	IN	A	$outside_ip
+EOF
+	cat >"$od/Corefile" <<EOF
+$outside_zone:53 {
+	errors
+	log
+	file $od/db.$outside_zone
+}
+EOF
+	start outside-coredns nsenter --net="/run/netns/$outside_ns" "$(bin coredns)" -conf "$od/Corefile"
+	wait_for 30 "the outside host's HTTP server" nsenter --net="/run/netns/$outside_ns" curl -sf "http://$outside_ip/healthz"
+	wait_for 30 "the outside host's DNS server" outside_dns_answers
+	log "outside host $outside_ip (via the hub's $outside_gw): HTTP :80, UDP :9, DNS :53 for $outside_zone"
+}
+
+# outside_dns_answers reports whether the outside's DNS server answers
+# www.$outside_zone with $outside_ip, asked from a node's address (as
+# CoreDNS's queries arrive once masqueraded), or from the outside
+# namespace itself before any node exists.
+outside_dns_answers() {
+	local from=/run/netns/$outside_ns
+	[ -e "/run/netns/aliasip-node-1" ] && from=/run/netns/aliasip-node-1
+	nsenter --net="$from" "$images/bin/netcheck" lookup --retries 0 --timeout 2s --server "$outside_ip:53" "www.$outside_zone" |
+		grep -qx "OK www.$outside_zone -> $outside_ip"
 }
 
 node_net() {
@@ -342,11 +440,23 @@ authentication:
   x509: {clientCAFile: $dir/pki/ca.crt}
 authorization: {mode: Webhook}
 clusterDomain: cluster.local
+# The cluster DNS Service (dns_up) is every ClusterFirst pod's only
+# nameserver; without it the kubelet falls back to dnsPolicy Default with a
+# MissingClusterDNS Warning per pod (KubeletConfiguration clusterDNS,
+# k8s.io/kubelet config/v1beta1 types.go; pkg/kubelet/network/dns/dns.go).
+clusterDNS: [$dns_ip]
+# The base of every pod's DNS configuration, and all of it for dnsPolicy
+# Default pods such as CoreDNS (KubeletConfiguration resolvConf, default
+# /etc/resolv.conf): this node's network's resolver, the outside's, where
+# CoreDNS forwards what is not cluster.local (forward . /etc/resolv.conf),
+# as kind's CoreDNS forwards to its node's resolver.
+resolvConf: $nd/resolv.conf
 serializeImagePulls: false
 # The machine's disk is shared by every node: no disk-pressure evictions.
 evictionHard: {memory.available: "100Mi", nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%"}
 imageGCHighThresholdPercent: 100
 EOF
+	echo "nameserver $outside_ip" >"$nd/resolv.conf"
 	if [ "$(node_pool "$i")" = pool-b ]; then
 		# As GKE sets a pool's max pods per node on its kubelets, to what
 		# the pool's blocks hold (KubeletConfiguration maxPods, default
@@ -441,14 +551,17 @@ sysctls_up() {
 up() {
 	[ "$(id -u)" = 0 ] || die "needs root"
 	[ -e "$dir/up" ] && die "a cluster is already up in $dir: run make cluster-down first"
-	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm; do
+	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm coredns; do
 		[ -x "$(bin "$b")" ] || die "$(bin "$b") missing: run make deps"
 	done
 	for b in etcd containerd runc ctr openssl curl; do
 		command -v "$b" >/dev/null || die "$b missing: run make deps"
 	done
-	ls "$images"/aliasip.tar "$images"/aliasip-netcheck.tar "$images"/aliasip-pause.tar >/dev/null 2>&1 ||
+	ls "$images"/aliasip.tar "$images"/aliasip-netcheck.tar "$images"/aliasip-pause.tar "$images"/coredns.tar >/dev/null 2>&1 ||
 		die "image tarballs missing in $images: run make images"
+	# The outside host runs the netcheck binary make images built for the
+	# aliasip-netcheck image.
+	[ -x "$images/bin/netcheck" ] || die "$images/bin/netcheck missing: run make images"
 	ip netns list | grep -q '^aliasip-' && die "leftover aliasip-* namespaces: run make cluster-down first"
 
 	mkdir -p "$dir"/{logs,pids,mnt,nodes} "$run"
@@ -462,6 +575,8 @@ up() {
 	pki
 	credentials
 	hub
+	outside_net
+	outside_up
 	control_plane_up
 	log "control plane up at https://$api_ip:$api_port"
 	for i in $(seq 1 "$total"); do
@@ -483,6 +598,7 @@ up() {
 		pool_b_up
 	fi
 	kubectl_ wait --for=condition=Ready nodes --all --timeout=120s >&2 || { diagnose; die "nodes not Ready"; }
+	dns_up
 	kubectl_ get nodes -o custom-columns='NAME:.metadata.name,STATUS:.status.conditions[-1].type,POOL:.metadata.labels.cloud\.google\.com/gke-nodepool,RANGE:.metadata.labels.aliasip\.io/pod-range,PODCIDR:.spec.podCIDR,PROVIDERID:.spec.providerID' >&2
 	kubectl_ get podranges >&2
 	echo "KUBECONFIG=$dir/kubeconfig"
@@ -525,10 +641,232 @@ EOF
 	done
 }
 
+# coredns_version prints the version of the CoreDNS make deps built, which
+# is the tag make images gave its image ("CoreDNS-1.15.0" -> 1.15.0).
+coredns_version() { "$(bin coredns)" -version | sed -n 's/^CoreDNS-//p'; }
+
+# dns_up deploys the cluster DNS as kubeadm's CoreDNS addon does, which is
+# how kind's clusters get theirs (kind runs kubeadm init, whose addon phase
+# applies it): the manifests of kubernetes
+# cmd/kubeadm/app/phases/addons/dns/manifests.go (v1.36.3), with
+# {{ .DNSDomain }} cluster.local, {{ .DNSIP }} $dns_ip, 2 replicas
+# (kubeadm's default), the image make images wrote under kubeadm's name
+# (cmd/kubeadm/app/images/images.go GetDNSImage:
+# registry.k8s.io/coredns/coredns), and the control-plane taint's key. It
+# runs once the chart is installed: its pods need the pod network.
+dns_up() {
+	log "deploying CoreDNS $(coredns_version) as the cluster DNS at $dns_ip (kubeadm's addon manifests)"
+	kubectl_ apply -f - >&2 <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: coredns
+  namespace: kube-system
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:coredns
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: system:coredns
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:coredns
+subjects:
+- kind: ServiceAccount
+  name: coredns
+  namespace: kube-system
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: coredns
+  namespace: kube-system
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health {
+           lameduck 5s
+        }
+        ready
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+           pods insecure
+           fallthrough in-addr.arpa ip6.arpa
+           ttl 30
+        }
+        prometheus :9153
+        forward . /etc/resolv.conf {
+           max_concurrent 1000
+        }
+        cache 30 {
+           disable success cluster.local
+           disable denial cluster.local
+        }
+        loop
+        reload
+        loadbalance
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: coredns
+  namespace: kube-system
+  labels:
+    k8s-app: kube-dns
+spec:
+  replicas: 2
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 1
+  selector:
+    matchLabels:
+      k8s-app: kube-dns
+  template:
+    metadata:
+      labels:
+        k8s-app: kube-dns
+    spec:
+      priorityClassName: system-cluster-critical
+      serviceAccountName: coredns
+      affinity:
+        podAntiAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            podAffinityTerm:
+              labelSelector:
+                matchExpressions:
+                - key: k8s-app
+                  operator: In
+                  values: ["kube-dns"]
+              topologyKey: kubernetes.io/hostname
+      tolerations:
+      - key: CriticalAddonsOnly
+        operator: Exists
+      - key: node-role.kubernetes.io/control-plane
+        effect: NoSchedule
+      nodeSelector:
+        kubernetes.io/os: linux
+      containers:
+      - name: coredns
+        image: registry.k8s.io/coredns/coredns:v$(coredns_version)
+        imagePullPolicy: IfNotPresent
+        resources:
+          limits:
+            memory: 170Mi
+          requests:
+            cpu: 100m
+            memory: 70Mi
+        args: [ "-conf", "/etc/coredns/Corefile" ]
+        volumeMounts:
+        - name: config-volume
+          mountPath: /etc/coredns
+          readOnly: true
+        ports:
+        - containerPort: 53
+          name: dns
+          protocol: UDP
+        - containerPort: 53
+          name: dns-tcp
+          protocol: TCP
+        - containerPort: 9153
+          name: metrics
+          protocol: TCP
+        - containerPort: 8080
+          name: liveness-probe
+          protocol: TCP
+        - containerPort: 8181
+          name: readiness-probe
+          protocol: TCP
+        livenessProbe:
+          httpGet:
+            path: /health
+            port: liveness-probe
+            scheme: HTTP
+          initialDelaySeconds: 60
+          timeoutSeconds: 5
+          successThreshold: 1
+          failureThreshold: 5
+        readinessProbe:
+          httpGet:
+            path: /ready
+            port: readiness-probe
+            scheme: HTTP
+        securityContext:
+          allowPrivilegeEscalation: false
+          capabilities:
+            add:
+            - NET_BIND_SERVICE
+            drop:
+            - ALL
+          readOnlyRootFilesystem: true
+      dnsPolicy: Default
+      volumes:
+        - name: config-volume
+          configMap:
+            name: coredns
+            items:
+            - key: Corefile
+              path: Corefile
+---
+# kubeadm's Service also sets resourceVersion "0", for its own
+# create-or-update; an object to be created must not have one, so it is
+# left out here.
+apiVersion: v1
+kind: Service
+metadata:
+  labels:
+    k8s-app: kube-dns
+    kubernetes.io/cluster-service: "true"
+    kubernetes.io/name: "CoreDNS"
+  name: kube-dns
+  namespace: kube-system
+  annotations:
+    prometheus.io/port: "9153"
+    prometheus.io/scrape: "true"
+spec:
+  clusterIP: $dns_ip
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+    targetPort: 53
+  - name: dns-tcp
+    port: 53
+    protocol: TCP
+    targetPort: 53
+  - name: metrics
+    port: 9153
+    protocol: TCP
+    targetPort: 9153
+  selector:
+    k8s-app: kube-dns
+EOF
+	# Ready once the kubernetes plugin has synced with the API server
+	# (CoreDNS plugin/ready: every plugin that reports readiness is ready).
+	kubectl_ -n kube-system rollout status deployment/coredns --timeout=3m >&2 ||
+		{ diagnose; die "CoreDNS did not roll out"; }
+}
+
 diagnose() {
 	kubectl_ get nodes -o wide >&2 || true
 	kubectl_ get pods -A -o wide >&2 || true
-	kubectl_ get events -A --sort-by=.lastTimestamp 2>/dev/null | grep -v MissingClusterDNS | tail -25 >&2 || true
+	kubectl_ -n kube-system get deployment/coredns service/kube-dns >&2 || true
+	kubectl_ -n kube-system logs -l k8s-app=kube-dns --tail 10 --prefix >&2 || true
+	kubectl_ get events -A --sort-by=.lastTimestamp 2>/dev/null | tail -25 >&2 || true
 }
 
 # --- teardown ---------------------------------------------------------------
@@ -612,6 +950,13 @@ down() {
 		ip netns del "$ns" 2>/dev/null || true
 	done
 	for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_pid "$c"; done
+	# The outside host: its daemons, then its namespace (which takes its
+	# eth0 and the hub's out0, the other end, along).
+	for c in outside-netcheck outside-coredns; do stop_pid "$c"; done
+	if [ -e "/run/netns/$outside_ns" ]; then
+		kill_ns_procs "/run/netns/$outside_ns" net
+		ip netns del "$outside_ns" 2>/dev/null || true
+	fi
 	ip netns del aliasip-hub 2>/dev/null || true # takes vpchost0 and its route along
 	ip link del vpchost0 2>/dev/null || true
 	for c in $(cgroup_controllers); do

@@ -3,6 +3,14 @@
 //
 //	netcheck serve [--addr :8080]      HTTP server answering with its pod IP and node
 //	netcheck get URL...                GET every URL; exit 1 if any fails
+//	netcheck lookup [--server H:P] [--show-resolv-conf] NAME...
+//	                                   resolve every name (Go resolver, the pod's resolv.conf); exit 1 if any fails
+//	netcheck udp [--count N] HOST:PORT TOKEN
+//	                                   send TOKEN N times, 100 ms apart; exit 0 (delivery is unknowable)
+//	netcheck outside [--http :80] [--udp :9]
+//	                                   the outside host of hack/cluster.sh: GET / answers with the
+//	                                   peer it saw; UDP datagrams' sources are kept by payload
+//	                                   token, read with GET /seen?token=T
 //	netcheck verify-install ...        the chart's helm test: agents ready, own IP in own node's podCIDR
 //
 // The pod IP and node name come from the downward API (POD_IP from
@@ -70,6 +78,38 @@ func run(args []string, out io.Writer) error {
 			return errors.New("get: no URL given")
 		}
 		return get(ctx, out, fs.Args(), *timeout, *retries)
+	case "lookup":
+		fs := flag.NewFlagSet("lookup", flag.ContinueOnError)
+		timeout := fs.Duration("timeout", 5*time.Second, "timeout of one lookup")
+		retries := fs.Int("retries", 2, "retries of a failed lookup, one second apart")
+		server := fs.String("server", "", "ask this DNS server (HOST:PORT) instead of resolv.conf's nameservers")
+		showConf := fs.Bool("show-resolv-conf", false, "print /etc/resolv.conf first")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			return errors.New("lookup: no name given")
+		}
+		return lookup(ctx, out, fs.Args(), *server, *showConf, *timeout, *retries)
+	case "udp":
+		fs := flag.NewFlagSet("udp", flag.ContinueOnError)
+		count := fs.Int("count", 10, "datagrams to send")
+		interval := fs.Duration("interval", 100*time.Millisecond, "time between datagrams")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 || *count < 1 {
+			return errors.New("udp: want [--count N] HOST:PORT TOKEN")
+		}
+		return sendUDP(ctx, out, fs.Arg(0), fs.Arg(1), *count, *interval)
+	case "outside":
+		fs := flag.NewFlagSet("outside", flag.ContinueOnError)
+		httpAddr := fs.String("http", ":80", "HTTP listen address")
+		udpAddr := fs.String("udp", ":9", "UDP listen address (9: the discard port)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		return outside(ctx, *httpAddr, *udpAddr)
 	case "verify-install":
 		fs := flag.NewFlagSet("verify-install", flag.ContinueOnError)
 		ns := fs.String("namespace", "kube-system", "namespace of the agent DaemonSet")
@@ -79,7 +119,7 @@ func run(args []string, out io.Writer) error {
 		}
 		return verifyInstall(ctx, out, *ns, *ds)
 	default:
-		return fmt.Errorf("unknown mode %q (want serve, get or verify-install)", args[0])
+		return fmt.Errorf("unknown mode %q (want serve, get, lookup, udp, outside or verify-install)", args[0])
 	}
 }
 
