@@ -26,13 +26,16 @@ codegen: ## Regenerate the PodRange deepcopy, clientset, listers, informers and 
 verify-codegen: ## Fail when the generated PodRange code or CRD is stale (also run by make test).
 	./hack/verify-codegen.sh
 
-deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, iperf3, helm (cached).
+deps: ## Install/build etcd, kube-apiserver, kube-controller-manager, iproute2, iptables, CNI plugins, iperf3, helm, CoreDNS (cached).
 	./hack/deps.sh
 
 APP_VERSION := $(shell awk -F'"' '/^appVersion:/ {print $$2}' charts/aliasip/Chart.yaml)
 
-images: ## Build the image tarballs (aliasip, aliasip-netcheck, aliasip-pause) into bin/images, no Docker needed.
-	cd hack/images && $(GO) run . --repo $(CURDIR) --out-dir $(CURDIR)/$(BIN)/images --tag $(APP_VERSION)
+# hack/deps.sh's cache, where it builds CoreDNS (hack/coredns).
+CACHE ?= $(or $(ALIASIP_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/aliasip)
+
+images: ## Build the image tarballs (aliasip, aliasip-netcheck, aliasip-pause, and CoreDNS from make deps) into bin/images, no Docker needed.
+	cd hack/images && $(GO) run . --repo $(CURDIR) --out-dir $(CURDIR)/$(BIN)/images --tag $(APP_VERSION) --coredns $(CACHE)/bin/coredns
 
 cluster: deps images ## Real-node cluster (NODES=3 pool-a nodes, POOL_B_NODES=1 with their own PodRange): control plane, containerd + kubelet per node, chart installed.
 	./hack/cluster.sh up

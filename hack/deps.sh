@@ -3,10 +3,11 @@
 # real-node cluster need, once: etcd (Debian's etcd-server), iproute2,
 # iptables, containerd + runc (Debian's 1.6.20 / 1.1.5, which kubelet 1.36
 # accepts), Debian's CNI reference plugins and iperf3 (for comparisons),
-# portmap built at CNI 1.1, helm, and kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubelet, kube-proxy and kubectl
-# built from the k8s.io/kubernetes module (hack/k8s) into the cache.
-# Idempotent and cached.
+# portmap built at CNI 1.1, helm, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy and kubectl built from the
+# k8s.io/kubernetes module (hack/k8s), and CoreDNS with only the plugins
+# make cluster uses, built from its Go module (hack/coredns), into the
+# cache. Idempotent and cached.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -212,5 +213,73 @@ func TestWrite(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("layer files (%v) differ (-want +got):\n%s", keys(got), diff)
+	}
+}
+
+// TestCoreDNSImage: the CoreDNS image is tagged with the name kubeadm and
+// kind look it up by and the binary's own version, runs /coredns as uid
+// 65532, and the binary carries cap_net_bind_service=+ep as the bytes
+// `setcap` writes (the same value CoreDNS's release image has).
+func TestCoreDNSImage(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "coredns")
+	os.WriteFile(bin, []byte("#!/bin/sh\necho CoreDNS-1.15.0\necho linux/amd64, go1.26.8,\n"), 0o755)
+	v, err := coreDNSVersion(bin)
+	if err != nil || v != "1.15.0" {
+		t.Fatalf("coreDNSVersion = %q, %v; want 1.15.0", v, err)
+	}
+	s := CoreDNSSpec(bin, v)
+	out := filepath.Join(dir, "coredns.tar")
+	if _, err := Write(s, filepath.Join(dir, "unused"), "0.1.0", out); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	var manifest []struct{ RepoTags []string }
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Name == "manifest.json" {
+			json.NewDecoder(tr).Decode(&manifest)
+		}
+	}
+	if diff := cmp.Diff([]struct{ RepoTags []string }{{RepoTags: []string{"registry.k8s.io/coredns/coredns:v1.15.0"}}}, manifest); diff != "" {
+		t.Errorf("manifest.json (-want +got):\n%s", diff)
+	}
+	img, err := tarball.ImageFromPath(out, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cf.Config.User != "65532:65532" || !cmp.Equal(cf.Config.Entrypoint, []string{"/coredns"}) {
+		t.Errorf("user %q entrypoint %v, want 65532:65532 [/coredns]", cf.Config.User, cf.Config.Entrypoint)
+	}
+	layers, _ := img.Layers()
+	rc, err := layers[0].Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	lr := tar.NewReader(rc)
+	h, err := lr.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// setcap cap_net_bind_service=+ep, as getfattr -e hex shows it.
+	want := "0x0100000200040000000000000000000000000000"
+	if got := fmt.Sprintf("%#x", h.PAXRecords["SCHILY.xattr.security.capability"]); h.Name != "coredns" || got != want {
+		t.Errorf("%s: security.capability %s, want %s", h.Name, got, want)
 	}
 }

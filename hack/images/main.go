@@ -2,14 +2,17 @@
 // (make cluster, test/kubelet) from static binaries, with no Docker and no
 // registry: the aliasip image (controller, agent, plugin: the same files,
 // paths and entry point as the repository's Dockerfile), the test workload
-// aliasip-netcheck, and the pod sandbox image aliasip-pause. Layers,
-// config, manifest and the `docker save`-format tarball (which
-// `ctr images import` reads) come from go-containerregistry.
+// aliasip-netcheck, the pod sandbox image aliasip-pause, and, given
+// --coredns, the cluster DNS image under the name kubeadm and kind give it,
+// registry.k8s.io/coredns/coredns:v<version>. Layers, config, manifest and
+// the `docker save`-format tarball (which `ctr images import` reads) come
+// from go-containerregistry.
 //
-// The binaries are built here from the repository with the Dockerfile's
-// flags (CGO_ENABLED=0, -trimpath, -ldflags "-s -w -X main.version=TAG").
+// The repository's binaries are built here with the Dockerfile's flags
+// (CGO_ENABLED=0, -trimpath, -ldflags "-s -w -X main.version=TAG");
+// CoreDNS is the static binary hack/deps.sh built (hack/coredns).
 //
-//	go run . --repo ../.. --out-dir ../../bin/images --tag 0.1.0
+//	go run . --repo ../.. --out-dir ../../bin/images --tag 0.1.0 --coredns ~/.cache/aliasip/bin/coredns
 package main
 
 import (
@@ -22,6 +25,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"time"
@@ -41,6 +45,19 @@ type File struct {
 	Package string // a main package of the repository, or
 	Host    string // a file on the build machine
 	Mode    int64
+	// Xattrs are extended attributes of the file, such as a file
+	// capability (security.capability), written as the PAX records
+	// SCHILY.xattr.NAME that Go's archive/tar, Docker and containerd use
+	// for them (archive/tar Header.PAXRecords).
+	Xattrs map[string]string
+}
+
+// tag is the tag of s: its own, else def (--tag).
+func (s Spec) tag(def string) string {
+	if s.Tag != "" {
+		return s.Tag
+	}
+	return def
 }
 
 // binaryName is the name the binary of f is built as.
@@ -48,10 +65,12 @@ func (f File) binaryName() string { return path.Base(f.Path) }
 
 // Spec describes one image.
 type Spec struct {
-	Name       string // repository; the tag comes from --tag
+	Name       string // repository
+	Tag        string // the tag; empty: --tag
 	Files      []File
 	Entrypoint []string
 	Cmd        []string
+	User       string // uid:gid the container runs as; empty: root
 }
 
 // caBundle is Debian's CA bundle: the controller and agent call the GCE
@@ -84,10 +103,58 @@ var Specs = []Spec{
 	},
 }
 
+// CoreDNSImage is the repository kubeadm's images (cmd/kubeadm/app/images
+// GetDNSImage: the image repository, then "coredns/coredns") and kind's
+// node images name CoreDNS by; the kubelet looks it up by this name.
+const CoreDNSImage = "registry.k8s.io/coredns/coredns"
+
+// CoreDNSSpec is the CoreDNS image of version (x.y.z) from the static
+// binary at binary, laid out as CoreDNS's own Dockerfile lays out its
+// release image: /coredns as the entry point, run as the distroless
+// "nonroot" uid 65532 with the file capability cap_net_bind_service=+ep,
+// so it can bind port 53 without root (`setcap
+// cap_net_bind_service=+ep /coredns`, then `USER 65532:65532`,
+// coredns/coredns Dockerfile). Its base image's other files (CA
+// certificates, /etc/passwd) are not needed by the plugins used here.
+func CoreDNSSpec(binary, version string) Spec {
+	return Spec{
+		Name: CoreDNSImage,
+		Tag:  "v" + version,
+		Files: []File{{Path: "/coredns", Host: binary, Mode: 0o755,
+			Xattrs: map[string]string{"security.capability": netBindServiceCap}}},
+		Entrypoint: []string{"/coredns"},
+		User:       "65532:65532",
+	}
+}
+
+// netBindServiceCap is the value of security.capability that setcap
+// writes for cap_net_bind_service=+ep: struct vfs_cap_data revision 2
+// (little-endian u32s), magic_etc = VFS_CAP_REVISION_2 (0x02000000) |
+// VFS_CAP_FLAGS_EFFECTIVE (0x1); permitted = 1<<CAP_NET_BIND_SERVICE (10);
+// inheritable 0; the upper 32 capability bits 0 (linux
+// include/uapi/linux/capability.h, capabilities(7) "File capability
+// extended attribute versioning").
+const netBindServiceCap = "\x01\x00\x00\x02" + "\x00\x04\x00\x00" + "\x00\x00\x00\x00" + "\x00\x00\x00\x00" + "\x00\x00\x00\x00"
+
+// coreDNSVersion asks the binary its version: `coredns -version` prints
+// "CoreDNS-1.15.0" on its first line (coremain: CoreName-CoreVersion).
+func coreDNSVersion(binary string) (string, error) {
+	out, err := exec.Command(binary, "-version").Output()
+	if err != nil {
+		return "", fmt.Errorf("%s -version: %w", binary, err)
+	}
+	m := regexp.MustCompile(`(?m)^CoreDNS-(\d+\.\d+\.\d+)$`).FindSubmatch(out)
+	if m == nil {
+		return "", fmt.Errorf("%s -version printed no CoreDNS-x.y.z: %q", binary, out)
+	}
+	return string(m[1]), nil
+}
+
 func main() {
 	repo := flag.String("repo", "", "the repository's top directory")
 	outDir := flag.String("out-dir", "", "directory to write NAME.tar into")
 	tag := flag.String("tag", "", "image tag (also the binaries' main.version)")
+	coredns := flag.String("coredns", "", "static CoreDNS binary (hack/deps.sh: $cache/bin/coredns) to write coredns.tar from; empty: no CoreDNS image")
 	flag.Parse()
 	if *repo == "" || *outDir == "" || *tag == "" {
 		fmt.Fprintln(os.Stderr, "images: --repo, --out-dir and --tag are required")
@@ -102,14 +169,24 @@ func main() {
 		fmt.Fprintln(os.Stderr, "images:", err)
 		os.Exit(1)
 	}
-	for _, s := range Specs {
-		out := filepath.Join(*outDir, s.Name+".tar")
+	specs := Specs
+	if *coredns != "" {
+		v, err := coreDNSVersion(*coredns)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "images: CoreDNS (run make deps):", err)
+			os.Exit(1)
+		}
+		specs = append(specs[:len(specs):len(specs)], CoreDNSSpec(*coredns, v))
+	}
+	for _, s := range specs {
+		out := filepath.Join(*outDir, path.Base(s.Name)+".tar")
+		t := s.tag(*tag)
 		digest, err := Write(s, binDir, *tag, out)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "images: %s: %v\n", s.Name, err)
 			os.Exit(1)
 		}
-		fmt.Printf("images: %s:%s %s -> %s\n", s.Name, *tag, digest, out)
+		fmt.Printf("images: %s:%s %s -> %s\n", s.Name, t, digest, out)
 	}
 }
 
@@ -174,7 +251,14 @@ func Build(s Spec, binDir string) (v1.Image, error) {
 				return nil, err
 			}
 		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.Path[1:], Mode: f.Mode, Size: int64(len(data)), ModTime: epoch}); err != nil {
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: f.Path[1:], Mode: f.Mode, Size: int64(len(data)), ModTime: epoch}
+		for k, v := range f.Xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
+		}
+		if err := tw.WriteHeader(h); err != nil {
 			return nil, err
 		}
 		if _, err := tw.Write(data); err != nil {
@@ -201,19 +285,19 @@ func Build(s Spec, binDir string) (v1.Image, error) {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Entrypoint, cf.Config.Cmd = s.Entrypoint, s.Cmd
+	cf.Config.Entrypoint, cf.Config.Cmd, cf.Config.User = s.Entrypoint, s.Cmd, s.User
 	cf.Created = v1.Time{Time: epoch}
 	return mutate.ConfigFile(img, cf)
 }
 
 // Write builds s and writes it as a `docker save`-format tarball tagged
-// NAME:tag, returning the image digest.
+// NAME:TAG (s.Tag, else tag), returning the image digest.
 func Write(s Spec, binDir, tag, out string) (string, error) {
 	img, err := Build(s, binDir)
 	if err != nil {
 		return "", err
 	}
-	ref, err := name.NewTag(s.Name + ":" + tag)
+	ref, err := name.NewTag(s.Name + ":" + s.tag(tag))
 	if err != nil {
 		return "", err
 	}

@@ -126,13 +126,15 @@ func run(m *testing.M) int {
 }
 
 // buildImages runs `make images`' command: hack/images builds the static
-// binaries and writes the image tarballs into bin/images.
+// binaries and writes the image tarballs into bin/images, CoreDNS's from
+// the binary hack/deps.sh built into the cache.
 func buildImages(root string) error {
 	version, err := chartAppVersion(root)
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "run", ".", "--repo", root, "--out-dir", filepath.Join(root, "bin", "images"), "--tag", version)
+	cmd := exec.Command("go", "run", ".", "--repo", root, "--out-dir", filepath.Join(root, "bin", "images"), "--tag", version,
+		"--coredns", filepath.Join(framework.CacheDir(), "bin", "coredns"))
 	cmd.Dir = filepath.Join(root, "hack", "images")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building images: %v\n%s", err, out)
