@@ -61,6 +61,7 @@ fuzz: ## Run the fuzz targets for a while each.
 	$(GO) test -run XXX -fuzz FuzzAllocator -fuzztime 60s ./controller/allocator
 	$(GO) test -run XXX -fuzz FuzzOpen -fuzztime 60s ./node-agent/ipam
 	$(GO) test -run XXX -fuzz FuzzParseConf -fuzztime 60s ./node-agent/cni
+	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 60s ./node-agent/egress
 
 bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, GCE burst, CNI ADD/DEL vs ptp, data plane vs bridge, agent restart, allocator cost.
 	$(GO) test -count=1 -run XXX -bench . -benchtime 1x -timeout 30m ./test/bench/

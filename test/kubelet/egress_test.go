@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"strings"
@@ -352,4 +353,43 @@ func ensureProbeService(t *testing.T, ctx context.Context, e *clusterEnv) string
 		t.Fatal(err)
 	}
 	return got.Spec.ClusterIP
+}
+
+// TestEgressOffByHelm is the documented way to remove the masquerade
+// rules, for Cloud NAT set-ups and before an uninstall: helm upgrade with
+// egress.masquerade=false rolls the agents, which delete their table on
+// every node; pods' traffic then leaves with their own addresses (the
+// outside sees them). Turned back on, the tables return.
+func TestEgressOffByHelm(t *testing.T) {
+	e, ctx := setup(t, 10*time.Minute)
+	chart := filepath.Join(framework.RepoRoot(), "charts", "aliasip")
+	byNode := ensureProbes(t, ctx, e)
+	e.helm(t, "upgrade", "aliasip", chart, "-n", releaseNS, "--reuse-values", "--set", "egress.masquerade=false", "--wait", "--timeout", "4m")
+	t.Cleanup(func() {
+		e.helm(t, "upgrade", "aliasip", chart, "-n", releaseNS, "--reuse-values", "--set", "egress.masquerade=true", "--wait", "--timeout", "4m")
+	})
+	e.kubectl(t, "-n", releaseNS, "rollout", "status", "daemonset/aliasip-agent", "--timeout=5m")
+	for _, node := range e.Nodes {
+		eventually(t, ctx, time.Minute, "no masquerade table on "+node, func() (bool, error) {
+			return nodeNFT(t, node) == "", nil
+		})
+	}
+	p := byNode[e.Nodes[0]]
+	token := fmt.Sprintf("off-%d", time.Now().UnixNano())
+	eventually(t, ctx, 20*time.Second, "a datagram from "+p.Name+" at the outside", func() (bool, error) {
+		if out, err := execNetcheck(e, p.Name, "udp", "--count", "3", outsideIP+":9", token); err != nil {
+			return false, fmt.Errorf("%v: %s", err, out)
+		}
+		return len(outsideSaw(t, token)) > 0, nil
+	})
+	if got := outsideSaw(t, token); got[0] != p.Status.PodIP {
+		t.Errorf("with masquerade off the outside saw %v; want the pod's own %s", got, p.Status.PodIP)
+	}
+	e.helm(t, "upgrade", "aliasip", chart, "-n", releaseNS, "--reuse-values", "--set", "egress.masquerade=true", "--wait", "--timeout", "4m")
+	e.kubectl(t, "-n", releaseNS, "rollout", "status", "daemonset/aliasip-agent", "--timeout=5m")
+	for _, node := range e.Nodes {
+		eventually(t, ctx, time.Minute, "the masquerade table back on "+node, func() (bool, error) {
+			return strings.Contains(nodeNFT(t, node), "masquerade fully-random"), nil
+		})
+	}
 }

@@ -3,6 +3,7 @@
 //
 //	netcheck serve [--addr :8080]      HTTP server answering with its pod IP and node
 //	netcheck get URL...                GET every URL; exit 1 if any fails
+//	netcheck hold URL                  GET URL over one kept-alive connection until stdin closes
 //	netcheck lookup [--server H:P] [--show-resolv-conf] NAME...
 //	                                   resolve every name (Go resolver, the pod's resolv.conf); exit 1 if any fails
 //	netcheck udp [--count N] HOST:PORT TOKEN
@@ -110,6 +111,17 @@ func run(args []string, out io.Writer) error {
 			return err
 		}
 		return outside(ctx, *httpAddr, *udpAddr)
+	case "hold":
+		fs := flag.NewFlagSet("hold", flag.ContinueOnError)
+		interval := fs.Duration("interval", 200*time.Millisecond, "time between requests")
+		timeout := fs.Duration("timeout", 2*time.Second, "timeout of one request")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New("hold: want [--interval D] URL (stops when stdin closes)")
+		}
+		return hold(ctx, out, fs.Arg(0), *interval, *timeout)
 	case "verify-install":
 		fs := flag.NewFlagSet("verify-install", flag.ContinueOnError)
 		ns := fs.String("namespace", "kube-system", "namespace of the agent DaemonSet")
@@ -119,7 +131,7 @@ func run(args []string, out io.Writer) error {
 		}
 		return verifyInstall(ctx, out, *ns, *ds)
 	default:
-		return fmt.Errorf("unknown mode %q (want serve, get, lookup, udp, outside or verify-install)", args[0])
+		return fmt.Errorf("unknown mode %q (want serve, get, hold, lookup, udp, outside or verify-install)", args[0])
 	}
 }
 
