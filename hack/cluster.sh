@@ -474,13 +474,19 @@ EOF
 		--node-labels "cloud.google.com/gke-nodepool=$(node_pool "$i")" --v 1
 }
 
+kube_proxy_mode() { if [ "$(node_pool "$1")" = pool-b ]; then echo nftables; else echo iptables; fi; }
+
 kube_proxy_up() {
 	local i=$1 n nd
 	n=$(node_name "$i") nd=$dir/nodes/$(node_name "$i")
 	cat >"$nd/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
-mode: iptables
+# pool-a's kube-proxies run in iptables mode, pool-b's in nftables mode (GA
+# since Kubernetes 1.33: https://kubernetes.io/docs/reference/networking/virtual-ips/#proxy-mode-nftables;
+# it drives the kernel through the nft binary, sigs.k8s.io/knftables), so
+# the agents' own nftables table is tested beside both.
+mode: $(kube_proxy_mode "$i")
 # Pod traffic is told from other traffic by the interface it comes in on
 # (aliasip's host veths are ali<hash>), not by one clusterCIDR, which cannot
 # name both pod ranges: with clusterCIDR, pool-b's pods would be SNATed to
@@ -554,7 +560,7 @@ up() {
 	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm coredns; do
 		[ -x "$(bin "$b")" ] || die "$(bin "$b") missing: run make deps"
 	done
-	for b in etcd containerd runc ctr openssl curl; do
+	for b in etcd containerd runc ctr openssl curl nft; do
 		command -v "$b" >/dev/null || die "$b missing: run make deps"
 	done
 	ls "$images"/aliasip.tar "$images"/aliasip-netcheck.tar "$images"/aliasip-pause.tar "$images"/coredns.tar >/dev/null 2>&1 ||
