@@ -36,6 +36,9 @@ const (
 	EventEgressRulesRepaired = "EgressRulesRepaired"
 	// EventEgressRulesFailed: the masquerade rules could not be written.
 	EventEgressRulesFailed = "EgressRulesFailed"
+	// EventEgressRulesProgrammed (Normal): new masquerade rules were
+	// written (first start, or the ConfigMap or the pod ranges changed).
+	EventEgressRulesProgrammed = "EgressRulesProgrammed"
 )
 
 // podRangeGVR is the PodRange resource, read as unstructured objects so
@@ -232,6 +235,7 @@ func (a *Agent) syncEgress(ctx context.Context, m *masq) {
 	case changed:
 		a.metrics.EgressProgrammed.Inc()
 		logger.Info("Masquerade rules written", "podBlocks", want.PodBlocks, "nonMasquerade", want.NonMasquerade)
+		a.event(corev1.EventTypeNormal, EventEgressRulesProgrammed, "Egress masquerade rules written (nftables table ip %s): traffic from %v to anything outside %d non-masquerade ranges leaves with the node's address", egress.TableName, want.PodBlocks, len(want.NonMasquerade))
 	}
 }
 

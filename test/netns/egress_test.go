@@ -252,6 +252,11 @@ func TestEgressMasquerade(t *testing.T) {
 	if peer, err := peerSeen(a, b.IP.String()+":80"); err != nil || peer != a.IP.String() {
 		t.Errorf("pod -> pod across nodes seen as %q (%v); want the pod's own %s", peer, err, a.IP)
 	}
+	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
+		return framework.HasEvent(e.ctx, e.client, n1.Name, "Normal", "EgressRulesProgrammed")
+	}); err != nil {
+		t.Errorf("no Normal EgressRulesProgrammed event on %s: %v", n1.Name, err)
+	}
 	// 3. The rules, as nft prints them: the node's block masqueraded to
 	// anything but link-local, the default range, both nodes' blocks and
 	// the node subnet (the fake cloud's defaults add nothing else).
