@@ -268,9 +268,9 @@ func TestInstallAndFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	canI := func(args ...string) bool {
+	canIAs := func(sa string, args ...string) bool {
 		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", cp.Kubeconfig, "auth", "can-i",
-			"--as=system:serviceaccount:kube-system:aliasip-controller", "-n", "kube-system"}, args...)...)
+			"--as=system:serviceaccount:kube-system:" + sa, "-n", "kube-system"}, args...)...)
 		out, err := cmd.CombinedOutput()
 		var exit *exec.ExitError
 		if err != nil && !errors.As(err, &exit) {
@@ -278,6 +278,7 @@ func TestInstallAndFlags(t *testing.T) {
 		}
 		return err == nil
 	}
+	canI := func(args ...string) bool { return canIAs("aliasip-controller", args...) }
 	for _, c := range []struct {
 		args []string
 		want bool
@@ -313,16 +314,7 @@ func TestInstallAndFlags(t *testing.T) {
 	// The agent reads its masquerade ConfigMap and nothing else of the
 	// ConfigMaps; list and watch only by name (a metadata.name field
 	// selector, as the agent's informer sends), and PodRanges read-only.
-	agentCan := func(args ...string) bool {
-		cmd := exec.CommandContext(ctx, kubectl, append([]string{"--kubeconfig", cp.Kubeconfig, "auth", "can-i",
-			"--as=system:serviceaccount:kube-system:aliasip-agent", "-n", "kube-system"}, args...)...)
-		out, err := cmd.CombinedOutput()
-		var exit *exec.ExitError
-		if err != nil && !errors.As(err, &exit) {
-			t.Fatalf("kubectl auth can-i %v: %v\n%s", args, err, out)
-		}
-		return err == nil
-	}
+	agentCan := func(args ...string) bool { return canIAs("aliasip-agent", args...) }
 	for _, c := range []struct {
 		args []string
 		want bool

@@ -835,6 +835,13 @@ func TestGuestAgentRouteReadded(t *testing.T) {
 // reply to each connection and closes it, until the test ends.
 func servePod(t *testing.T, p *framework.Pod, reply string) {
 	t.Helper()
+	servePodWith(t, p, func(net.Conn) string { return reply })
+}
+
+// servePodWith answers every TCP connection on :80 in the pod with
+// answer(conn), then closes it.
+func servePodWith(t *testing.T, p *framework.Pod, answer func(net.Conn) string) {
+	t.Helper()
 	var ln net.Listener
 	if err := p.NS.Do(func(ns.NetNS) error {
 		var err error
@@ -850,7 +857,7 @@ func servePod(t *testing.T, p *framework.Pod, reply string) {
 			if err != nil {
 				return
 			}
-			c.Write([]byte(reply))
+			c.Write([]byte(answer(c)))
 			c.Close()
 		}
 	}()

@@ -428,23 +428,5 @@ func TestEgressMasquerade(t *testing.T) {
 // servePodPeer answers TCP on :80 in the pod with the peer address it saw.
 func servePodPeer(t *testing.T, p *framework.Pod) {
 	t.Helper()
-	var ln net.Listener
-	if err := p.NS.Do(func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", ":80")
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-			c.Close()
-		}
-	}()
+	servePodWith(t, p, func(c net.Conn) string { return c.RemoteAddr().(*net.TCPAddr).IP.String() + "\n" })
 }
