@@ -312,9 +312,20 @@ node_mounts() {
 	# loopback plugin from its bin dir (containerd/go-cni WithLoNetwork, a
 	# "loopback" plugin config, loaded by containerd's CRI
 	# pkg/cri/server/service_linux.go with every CNI config), which is why containerd's release bundles and
-	# kind's node image ship it. It is the only plugin a node has before
-	# aliasip's agent installs aliasip-cni: no portmap (the agent must cope).
+	# kind's node image ship it.
 	cp /usr/lib/cni/loopback "$nd/fs/opt/cni/bin/loopback"
+	# portmap too, as kind's nodes have it (kind's base image installs the
+	# reference plugins host-local, loopback, portmap and ptp:
+	# kubernetes-sigs/kind images/base/Dockerfile) and GKE's: hostPorts
+	# work (the agent chains it). A node without it is tested on its own
+	# (test/netns TestBareNodeWithoutPortmap: Warning PortmapMissing).
+	cp "$cache/cni/portmap" "$nd/fs/opt/cni/bin/portmap"
+	# Its own hostname, in a UTS namespace of its own, as each kind node
+	# (a container) has: hostNetwork pods share it (containerd's CRI gives
+	# a hostNetwork sandbox the host's UTS namespace), so they report
+	# their node's name, which the e2e suite's hostNetwork checks expect.
+	touch "$dir/mnt/uts-$n"
+	unshare --uts="$dir/mnt/uts-$n" hostname "$n"
 	touch "$dir/mnt/$n"
 	unshare --mount="$dir/mnt/$n" --propagation private true
 	for p in $node_paths; do
@@ -351,8 +362,13 @@ in_node() {
 	local n
 	n=$(node_name "$1")
 	shift
-	nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" "$@"
+	# shellcheck disable=SC2046 # node_ns prints several flags
+	nsenter $(node_ns "$n") "$@"
 }
+
+# node_ns NAME prints the nsenter flags of a node's namespaces: network,
+# mount and UTS (its hostname).
+node_ns() { echo "--net=/run/netns/aliasip-$1 --mount=$dir/mnt/$1 --uts=$dir/mnt/uts-$1"; }
 
 containerd_up() {
 	local i=$1 n nd r
@@ -389,7 +405,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "/opt/cni/bin"
     conf_dir = "/etc/cni/net.d"
 EOF
-	start "containerd-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
+	start "containerd-$n" nsenter $(node_ns "$n") \
 		containerd --config "$nd/containerd.toml"
 	wait_for 30 "containerd of $n" ctr --address "$r/containerd.sock" version
 	load_images "$i"
@@ -468,7 +484,7 @@ EOF
 	# NodeRestriction lets a kubelet set labels outside the kubernetes.io
 	# and k8s.io namespaces on its own Node
 	# (https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#noderestriction).
-	start "kubelet-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
+	start "kubelet-$n" nsenter $(node_ns "$n") \
 		"$(bin kubelet)" --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
 		--hostname-override "$n" --node-ip "$(node_ip "$i")" \
 		--node-labels "cloud.google.com/gke-nodepool=$(node_pool "$i")" --v 1
@@ -505,7 +521,7 @@ clientConnection: {kubeconfig: $dir/kube-proxy.kubeconfig}
 # nf_conntrack_max is machine-wide: leave it alone.
 conntrack: {maxPerCore: 0}
 EOF
-	start "kube-proxy-$n" nsenter --net="/run/netns/aliasip-$n" --mount="$dir/mnt/$n" \
+	start "kube-proxy-$n" nsenter $(node_ns "$n") \
 		"$(bin kube-proxy)" --config "$nd/kube-proxy.yaml" --v 1
 }
 
@@ -934,8 +950,8 @@ node_down() {
 	# Containers have mount and network namespaces of their own, but every
 	# one lives in the node's cgroup subtree.
 	kill_cgroup_procs "$n"
-	umount "$dir/mnt/$n" 2>/dev/null || true
-	rm -f "$dir/mnt/$n"
+	umount "$dir/mnt/$n" "$dir/mnt/uts-$n" 2>/dev/null || true
+	rm -f "$dir/mnt/$n" "$dir/mnt/uts-$n"
 	ip netns del "aliasip-$n" 2>/dev/null || true
 	for c in $(cgroup_controllers); do
 		[ -d "$c/aliasip/$n" ] && find "$c/aliasip/$n" -depth -type d -exec rmdir {} + 2>/dev/null || true

@@ -3,6 +3,7 @@
 //
 //	netcheck serve [--addr :8080]      HTTP server answering with its pod IP and node
 //	netcheck get URL...                GET every URL; exit 1 if any fails
+//	netcheck hostname                  print the pod's hostname
 //	netcheck hold URL                  GET URL over one kept-alive connection until stdin closes
 //	netcheck lookup [--server H:P] [--show-resolv-conf] NAME...
 //	                                   resolve every name (Go resolver, the pod's resolv.conf); exit 1 if any fails
@@ -122,6 +123,15 @@ func run(args []string, out io.Writer) error {
 			return errors.New("hold: want [--interval D] URL (stops when stdin closes)")
 		}
 		return hold(ctx, out, fs.Arg(0), *interval, *timeout)
+	case "hostname":
+		// What a pod sees as its hostname: a hostNetwork pod shares its
+		// node's UTS namespace.
+		h, err := os.Hostname()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(out, h)
+		return nil
 	case "verify-install":
 		fs := flag.NewFlagSet("verify-install", flag.ContinueOnError)
 		ns := fs.String("namespace", "kube-system", "namespace of the agent DaemonSet")
@@ -131,7 +141,7 @@ func run(args []string, out io.Writer) error {
 		}
 		return verifyInstall(ctx, out, *ns, *ds)
 	default:
-		return fmt.Errorf("unknown mode %q (want serve, get, hold, lookup, udp, outside or verify-install)", args[0])
+		return fmt.Errorf("unknown mode %q (want serve, get, hold, lookup, udp, outside, hostname or verify-install)", args[0])
 	}
 }
 
