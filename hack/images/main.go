@@ -4,7 +4,10 @@
 // paths and entry point as the repository's Dockerfile), the test workload
 // aliasip-netcheck, the pod sandbox image aliasip-pause, and, given
 // --coredns, the cluster DNS image under the name kubeadm and kind give it,
-// registry.k8s.io/coredns/coredns:v<version>. Layers, config, manifest and
+// registry.k8s.io/coredns/coredns:v<version>, and, given --e2e-bin-dir,
+// the images Kubernetes' e2e suite runs its [sig-network] tests with,
+// under the names of its image manifest (e2e.go: agnhost, busybox,
+// glibc-dns-testing, nginx, pause). Layers, config, manifest and
 // the `docker save`-format tarball (which `ctr images import` reads) come
 // from go-containerregistry.
 //
@@ -12,7 +15,7 @@
 // (CGO_ENABLED=0, -trimpath, -ldflags "-s -w -X main.version=TAG");
 // CoreDNS is the static binary hack/deps.sh built (hack/coredns).
 //
-//	go run . --repo ../.. --out-dir ../../bin/images --tag 0.1.0 --coredns ~/.cache/aliasip/bin/coredns
+//	go run . --repo ../.. --out-dir ../../bin/images --tag 0.1.0 --coredns ~/.cache/aliasip/bin/coredns --e2e-bin-dir ~/.cache/aliasip/bin
 package main
 
 import (
@@ -43,7 +46,10 @@ import (
 type File struct {
 	Path    string // absolute path inside the image
 	Package string // a main package of the repository, or
-	Host    string // a file on the build machine
+	Host    string // a file on the build machine, or
+	Data    string // the file's contents, or
+	Link    string // the target of a symbolic link, or
+	Dir     bool   // a directory (with Mode, e.g. 0o1777 for /tmp)
 	Mode    int64
 	// Xattrs are extended attributes of the file, such as a file
 	// capability (security.capability), written as the PAX records
@@ -70,6 +76,7 @@ type Spec struct {
 	Files      []File
 	Entrypoint []string
 	Cmd        []string
+	Env        []string
 	User       string // uid:gid the container runs as; empty: root
 }
 
@@ -155,6 +162,7 @@ func main() {
 	outDir := flag.String("out-dir", "", "directory to write NAME.tar into")
 	tag := flag.String("tag", "", "image tag (also the binaries' main.version)")
 	coredns := flag.String("coredns", "", "static CoreDNS binary (hack/deps.sh: $cache/bin/coredns) to write coredns.tar from; empty: no CoreDNS image")
+	e2eBinDir := flag.String("e2e-bin-dir", "", "directory with the static agnhost and agnhost.d/ that hack/deps.sh built ($cache/bin) to write the e2e suite's images from (with Debian's busybox-static, curl, dig, nc, ss, getent of this machine); empty: no e2e images")
 	flag.Parse()
 	if *repo == "" || *outDir == "" || *tag == "" {
 		fmt.Fprintln(os.Stderr, "images: --repo, --out-dir and --tag are required")
@@ -177,6 +185,24 @@ func main() {
 			os.Exit(1)
 		}
 		specs = append(specs[:len(specs):len(specs)], CoreDNSSpec(*coredns, v))
+	}
+	if *e2eBinDir != "" {
+		in := E2EInputs{
+			Agnhost:     filepath.Join(*e2eBinDir, "agnhost"),
+			AgnhostData: filepath.Join(*e2eBinDir, "agnhost.d"),
+			CoreDNS:     *coredns,
+			BusyBox:     debianBusyBox,
+		}
+		if v, err := agnhostVersion(in.Agnhost); err != nil || v != AgnhostTag {
+			fmt.Fprintf(os.Stderr, "images: agnhost (run make deps): version %q, want %s (the e2e manifest's agnhost tag): %v\n", v, AgnhostTag, err)
+			os.Exit(1)
+		}
+		e2e, err := E2ESpecs(in)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "images: e2e images (run make deps):", err)
+			os.Exit(1)
+		}
+		specs = append(specs[:len(specs):len(specs)], e2e...)
 	}
 	for _, s := range specs {
 		out := filepath.Join(*outDir, path.Base(s.Name)+".tar")
@@ -228,14 +254,24 @@ func Build(s Spec, binDir string) (v1.Image, error) {
 	files := append([]File(nil), s.Files...)
 	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
 	epoch := time.Unix(0, 0)
-	for _, f := range files {
-		src := f.Host
-		if f.Package != "" {
-			src = filepath.Join(binDir, f.binaryName())
+	for i, f := range files {
+		if i > 0 && files[i-1].Path == f.Path {
+			return nil, fmt.Errorf("%s: %s twice", s.Name, f.Path)
 		}
-		data, err := os.ReadFile(src)
-		if err != nil {
-			return nil, err
+		var data []byte
+		switch {
+		case f.Link != "" || f.Dir:
+		case f.Package == "" && f.Host == "":
+			data = []byte(f.Data)
+		default:
+			src := f.Host
+			if f.Package != "" {
+				src = filepath.Join(binDir, f.binaryName())
+			}
+			var err error
+			if data, err = os.ReadFile(src); err != nil {
+				return nil, err
+			}
 		}
 		// Parent directories first, as a runtime's unpacker expects.
 		var parents []string
@@ -252,6 +288,16 @@ func Build(s Spec, binDir string) (v1.Image, error) {
 			}
 		}
 		h := &tar.Header{Typeflag: tar.TypeReg, Name: f.Path[1:], Mode: f.Mode, Size: int64(len(data)), ModTime: epoch}
+		switch {
+		case f.Link != "":
+			h = &tar.Header{Typeflag: tar.TypeSymlink, Name: f.Path[1:], Linkname: f.Link, Mode: 0o777, ModTime: epoch}
+		case f.Dir:
+			if dirs[f.Path] {
+				return nil, fmt.Errorf("%s: directory %s after a file in it", s.Name, f.Path)
+			}
+			dirs[f.Path] = true
+			h = &tar.Header{Typeflag: tar.TypeDir, Name: f.Path[1:] + "/", Mode: f.Mode, ModTime: epoch}
+		}
 		for k, v := range f.Xattrs {
 			if h.PAXRecords == nil {
 				h.PAXRecords = map[string]string{}
@@ -285,7 +331,7 @@ func Build(s Spec, binDir string) (v1.Image, error) {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Entrypoint, cf.Config.Cmd, cf.Config.User = s.Entrypoint, s.Cmd, s.User
+	cf.Config.Entrypoint, cf.Config.Cmd, cf.Config.Env, cf.Config.User = s.Entrypoint, s.Cmd, s.Env, s.User
 	cf.Created = v1.Time{Time: epoch}
 	return mutate.ConfigFile(img, cf)
 }
