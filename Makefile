@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build codegen verify-codegen deps images cluster cluster-down test unit integration vet lint fuzz bench bench-dataplane bench-restart bench-agent-restart demo clean
+.PHONY: help build codegen verify-codegen deps images cluster cluster-down conformance test unit integration vet lint fuzz bench bench-dataplane bench-restart bench-agent-restart demo clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ cluster: deps images ## Real-node cluster (NODES=3 pool-a nodes, POOL_B_NODES=1 
 
 cluster-down: ## Remove everything make cluster made (safe to run twice).
 	./hack/cluster.sh down
+
+conformance: deps images ## Upstream [sig-network] [Conformance], then Networking Granular Checks and Services (e2e.test v1.36.3, built here) on make cluster (brought up and down unless one is up); JUnit in bin/conformance.
+	./hack/conformance.sh full
 
 vet: ## go vet and gofmt check.
 	$(GO) vet ./...

@@ -127,14 +127,16 @@ func run(m *testing.M) int {
 
 // buildImages runs `make images`' command: hack/images builds the static
 // binaries and writes the image tarballs into bin/images, CoreDNS's from
-// the binary hack/deps.sh built into the cache.
+// the binary hack/deps.sh built into the cache, and the e2e images.
 func buildImages(root string) error {
 	version, err := chartAppVersion(root)
 	if err != nil {
 		return err
 	}
 	cmd := exec.Command("go", "run", ".", "--repo", root, "--out-dir", filepath.Join(root, "bin", "images"), "--tag", version,
-		"--coredns", filepath.Join(framework.CacheDir(), "bin", "coredns"))
+		"--coredns", filepath.Join(framework.CacheDir(), "bin", "coredns"),
+		// The e2e suite's images (agnhost, busybox, ...) for TestConformance.
+		"--e2e-bin-dir", filepath.Join(framework.CacheDir(), "bin"))
 	cmd.Dir = filepath.Join(root, "hack", "images")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("building images: %v\n%s", err, out)
