@@ -3,6 +3,7 @@ package egress
 import (
 	"context"
 	"fmt"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"os"
 	"os/exec"
 	"runtime"
@@ -43,9 +44,10 @@ func TestWatchSurvivesEventBurst(t *testing.T) {
 	tb := NewTable(int(n.Fd()))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var calls atomic.Int64
 	done := make(chan error, 1)
-	go func() { done <- tb.Watch(ctx, func() {}) }()
-	time.Sleep(200 * time.Millisecond)
+	go func() { done <- tb.Watch(ctx, func() { calls.Add(1) }) }()
+	waitWatching(t, n, tb, &calls)
 	var b strings.Builder
 	b.WriteString("add table ip burst\nadd set ip burst s { type ipv4_addr; }\n")
 	for i := 0; i < burstSets; i++ {
@@ -63,10 +65,30 @@ func TestWatchSurvivesEventBurst(t *testing.T) {
 		fmt.Fprintf(&b, "add rule ip burst c ip daddr 10.%d.%d.%d counter accept\n", 200+i/65536, (i/256)%256, i%256)
 	}
 	nftRun(t, n, b.String(), "-f", "-")
+	// Still watching: a write of our table after the burst is reported.
+	waitWatching(t, n, tb, &calls)
 	select {
 	case err := <-done:
 		t.Fatalf("Watch returned during an event burst: %v", err)
-	case <-time.After(2 * time.Second):
+	default:
+	}
+}
+
+// waitWatching writes the aliasip table until the watch reports it: the
+// fact that the monitor is subscribed (and still is).
+func waitWatching(t *testing.T, n ns.NetNS, tb *Table, calls *atomic.Int64) {
+	t.Helper()
+	before := calls.Load()
+	i := 0
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		i++
+		if _, err := tb.Sync(Rules{PodBlocks: prefixes(fmt.Sprintf("10.244.%d.0/24", i%250))}); err != nil {
+			return false, err
+		}
+		return calls.Load() > before, nil
+	})
+	if err != nil {
+		t.Fatalf("the watch reported no write of the table: %v", err)
 	}
 }
 
@@ -107,13 +129,12 @@ func TestWatchReopensWithoutLeaks(t *testing.T) {
 		}
 		return len(ents)
 	}
-	time.Sleep(100 * time.Millisecond)
 	g0, f0 := runtime.NumGoroutine(), fds()
 	ctx, cancel := context.WithCancel(context.Background())
 	var calls atomic.Int64
 	done := make(chan error, 1)
 	go func() { done <- tb.Watch(ctx, func() { calls.Add(1) }) }()
-	time.Sleep(200 * time.Millisecond)
+	waitWatching(t, n, tb, &calls)
 	for round := 0; round < 3; round++ {
 		var b strings.Builder
 		fmt.Fprintf(&b, "add table ip burst%d\nadd set ip burst%d s { type ipv4_addr; }\n", round, round)
@@ -128,25 +149,20 @@ func TestWatchReopensWithoutLeaks(t *testing.T) {
 			b.WriteString(" }\n")
 		}
 		nftRun(t, n, b.String(), "-f", "-")
-		time.Sleep(500 * time.Millisecond)
-	}
-	calls.Store(0)
-	if _, err := tb.Sync(Rules{PodBlocks: prefixes("10.244.1.0/24")}); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(2 * time.Second)
-	for calls.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if calls.Load() == 0 {
-		t.Errorf("no change reported for a write of our table after the bursts")
+		// After each burst (which may end the kernel stream), our table's
+		// writes are still reported.
+		waitWatching(t, n, tb, &calls)
 	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Watch = %v", err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if g, f := runtime.NumGoroutine(), fds(); g > g0 || f > f0 {
+	var g, f int
+	err := wait.PollUntilContextTimeout(context.Background(), 20*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		g, f = runtime.NumGoroutine(), fds()
+		return g <= g0 && f <= f0, nil
+	})
+	if err != nil {
 		t.Errorf("after Watch: %d goroutines (before %d), %d fds (before %d)", g, g0, f, f0)
 	}
 }

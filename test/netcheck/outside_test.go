@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -44,10 +45,9 @@ func TestOutsideRecordsSources(t *testing.T) {
 		}
 		return s.Sources
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for len(seenBy("tok-a")) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		return len(seenBy("tok-a")) > 0, nil
+	})
 	if diff := cmp.Diff([]string{"127.0.0.1"}, seenBy("tok-a")); diff != "" {
 		t.Errorf("sources of tok-a (-want +got):\n%s", diff)
 	}
