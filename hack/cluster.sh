@@ -4,6 +4,7 @@
 #
 #   hack/cluster.sh up      (make cluster; NODES=3 POOL_B_NODES=1)   last line: KUBECONFIG=<path>
 #   hack/cluster.sh down    (make cluster-down)       safe to run twice
+#   hack/cluster.sh status                            down, up or stale (up cleans a stale one)
 #   hack/cluster.sh load-images                       after make images
 #   hack/cluster.sh remove-node NAME                  the node's "VM" goes away
 #
@@ -570,9 +571,32 @@ sysctls_up() {
 	done
 }
 
+# status prints "down", "up" or "stale". A cluster is stale when its
+# marker is there but it cannot be running: the machine was rebooted since
+# (the marker holds the boot id it came up under) or none of the processes
+# it started is alive (a run killed before it could tear down).
+status() {
+	[ -e "$dir/up" ] || { echo down; return; }
+	local boot f pid
+	boot=$(cat /proc/sys/kernel/random/boot_id)
+	if [ "$(cat "$dir/up")" != "$boot" ]; then echo stale; return; fi
+	for f in "$dir"/pids/*; do
+		[ -f "$f" ] || continue
+		pid=$(cat "$f")
+		if kill -0 "$pid" 2>/dev/null; then echo up; return; fi
+	done
+	echo stale
+}
+
 up() {
 	[ "$(id -u)" = 0 ] || die "needs root"
-	[ -e "$dir/up" ] && die "a cluster is already up in $dir: run make cluster-down first"
+	case $(status) in
+	up) die "a cluster is already up in $dir: run make cluster-down first" ;;
+	stale)
+		log "the cluster in $dir is stale (from an earlier boot, or none of its processes runs): tearing it down first"
+		down
+		;;
+	esac
 	for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm coredns; do
 		[ -x "$(bin "$b")" ] || die "$(bin "$b") missing: run make deps"
 	done
@@ -587,7 +611,7 @@ up() {
 	ip netns list | grep -q '^aliasip-' && die "leftover aliasip-* namespaces: run make cluster-down first"
 
 	mkdir -p "$dir"/{logs,pids,mnt,nodes} "$run"
-	touch "$dir/up"
+	cat /proc/sys/kernel/random/boot_id >"$dir/up"
 	# The node mount namespaces are bound to files here, which needs a
 	# private mount.
 	mount --bind "$dir/mnt" "$dir/mnt"
@@ -1001,6 +1025,7 @@ down() {
 case "${1:-}" in
 up) up ;;
 down) down ;;
+status) status ;;
 load-images)
 	# After `make images`: every node gets the new images (then restart the
 	# pods that use them, e.g. kubectl rollout restart).
@@ -1018,7 +1043,7 @@ remove-node)
 	log "$2 removed"
 	;;
 *)
-	echo "usage: $0 up|down|load-images|remove-node NAME   (NODES=3 POOL_B_NODES=1, ALIASIP_CLUSTER_DIR=/var/lib/aliasip-cluster)" >&2
+	echo "usage: $0 up|down|status|load-images|remove-node NAME   (NODES=3 POOL_B_NODES=1, ALIASIP_CLUSTER_DIR=/var/lib/aliasip-cluster)" >&2
 	exit 2
 	;;
 esac

@@ -45,8 +45,8 @@ for f in e2e.test kubectl; do
 done
 
 brought_up=false
-if [ ! -e "$dir/up" ]; then
-	log "no cluster in $dir: bringing one up (hack/cluster.sh up)"
+if [ "$(ALIASIP_CLUSTER_DIR=$dir "$root/hack/cluster.sh" status)" != up ]; then
+	log "no cluster running in $dir: bringing one up (hack/cluster.sh up)"
 	"$root/hack/cluster.sh" up >/dev/null
 	brought_up=true
 fi

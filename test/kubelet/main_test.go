@@ -95,7 +95,15 @@ func run(m *testing.M) int {
 		}
 	}
 	if !reuse {
-		if _, err := os.Stat(filepath.Join(dir, "up")); err == nil {
+		// A cluster that is running belongs to someone: leave it. A stale
+		// one (an earlier boot's, or a killed run's) is torn down by
+		// hack/cluster.sh up.
+		st, err := clusterStatus(root, dir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kubelet suite:", err)
+			return 1
+		}
+		if st == "up" {
 			fmt.Fprintf(os.Stderr, "kubelet suite: a cluster is already up in %s (make cluster): run make cluster-down, or set ALIASIP_KUBELET_REUSE=1\n", dir)
 			return 1
 		}
@@ -107,11 +115,11 @@ func run(m *testing.M) int {
 		kc, err := clusterUp(root, dir, nodesPoolA, nodesPoolB)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "kubelet suite:", err)
-			clusterDown(root)
+			clusterDown(root, dir)
 			return 1
 		}
 		fmt.Printf("kubelet suite: cluster of %d nodes (%d in pool-b) up in %v (%s)\n", nodes, nodesPoolB, time.Since(start).Round(time.Second), kc)
-		defer clusterDown(root)
+		defer clusterDown(root, dir)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", e.Kubeconfig)
 	if err != nil {
@@ -185,8 +193,20 @@ func clusterUp(root, dir string, poolA, poolB int) (string, error) {
 	return kc, nil
 }
 
-func clusterDown(root string) {
+// clusterStatus is hack/cluster.sh status: down, up or stale.
+func clusterStatus(root, dir string) (string, error) {
+	cmd := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "status")
+	cmd.Env = append(os.Environ(), "ALIASIP_CLUSTER_DIR="+dir)
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/cluster.sh status: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func clusterDown(root, dir string) {
 	cmd := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "down")
+	cmd.Env = append(os.Environ(), "ALIASIP_CLUSTER_DIR="+dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "kubelet suite: hack/cluster.sh down: %v\n%s", err, out)
 	}
