@@ -39,6 +39,10 @@ var (
 	ErrUnavailable = errors.New("cloud unavailable")
 	// ErrNoSecondaryRange: the subnetwork has no secondary range of that name.
 	ErrNoSecondaryRange = errors.New("no such secondary range")
+	// ErrPartialList: ListInstances could not read every zone. The
+	// instances it returns alongside are those it could read; the others
+	// are unknown (not alias-free). The error names the zones.
+	ErrPartialList = errors.New("instance list incomplete")
 )
 
 // MaxAliasRangesPerNIC is GCE's limit of alias IP ranges on one interface.
@@ -93,6 +97,9 @@ type Interface interface {
 	// range that is not there, or from a vanished instance, succeeds.
 	RemoveAlias(ctx context.Context, inst InstanceRef, cidr netip.Prefix) error
 	// ListInstances returns every instance the cloud knows in our scope.
+	// When some zones could not be read it returns the instances of the
+	// others together with an error wrapping ErrPartialList; callers must
+	// treat the missing zones' instances as unknown, never as alias-free.
 	ListInstances(ctx context.Context) ([]Instance, error)
 }
 
@@ -111,7 +118,7 @@ func ParseProviderID(providerID string) (InstanceRef, error) {
 
 // Code classifies an error from an Interface call for metrics labels:
 // "ok", "not_found", "conflict", "invalid", "quota_exceeded", "too_many",
-// "stale", "rate_limited", "unavailable", "no_secondary_range", "canceled"
+// "stale", "rate_limited", "unavailable", "no_secondary_range", "partial", "canceled"
 // or "error".
 func Code(err error) string {
 	switch {
@@ -135,6 +142,8 @@ func Code(err error) string {
 		return "unavailable"
 	case errors.Is(err, ErrNoSecondaryRange):
 		return "no_secondary_range"
+	case errors.Is(err, ErrPartialList):
+		return "partial"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return "canceled"
 	default:
