@@ -93,6 +93,10 @@ type Options struct {
 	Faults  Faults
 	// Metadata describes the VM the metadata server speaks for.
 	Metadata Metadata
+	// BeforeUpdate, if set, is called with every updateNetworkInterface
+	// request once parsed, before it is handled: a test pauses a caller
+	// there to inject an interleaving.
+	BeforeUpdate func(zone, name string, nic *compute.NetworkInterface)
 }
 
 // Metadata is what the metadata server returns.
@@ -229,6 +233,18 @@ func (s *Server) AddInstanceOn(zone, name, subnetwork string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.instances[zone+"/"+name] = &instance{zone: zone, name: name, subnetwork: subnetwork, id: uint64(len(s.instances) + 1000), fingerprint: 1}
+}
+
+// ApplyAliases sets an instance's alias ranges as an operation another
+// client started would when it completes: applied at once, with a new
+// fingerprint, whatever our caches think.
+func (s *Server) ApplyAliases(zone, name string, aliases ...*compute.AliasIpRange) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if in, ok := s.instances[zone+"/"+name]; ok {
+		in.aliases = aliases
+		in.fingerprint++
+	}
 }
 
 // DeleteInstance removes an instance.
@@ -478,6 +494,9 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 		return
 	}
 	_ = json.Unmarshal(body, &fields)
+	if s.opts.BeforeUpdate != nil {
+		s.opts.BeforeUpdate(zone, name, &nic)
+	}
 	if got := r.URL.Query().Get("networkInterface"); got != "nic0" {
 		apiError(w, 400, "invalid", fmt.Sprintf("Invalid value for field 'networkInterface': %q", got))
 		return
