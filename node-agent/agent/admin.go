@@ -50,8 +50,9 @@ func (a *Agent) admin(ctx context.Context, op api.Op, body json.RawMessage) (any
 }
 
 // releaseLeak releases req's allocation only if the store still holds it
-// with the same address and a live read of the API confirms its pod is
-// gone — what pod GC would decide, without its grace period. The report
+// with the same address, its sandbox is gone from the host, and a live
+// read of the API confirms its pod is gone — what pod GC would decide,
+// without its grace period. The report
 // it comes from may be old: the attachment may have been released and
 // handed out again since, or its pod may be back.
 func (a *Agent) releaseLeak(ctx context.Context, store *ipam.Store, req api.LeakRequest) (api.LeakResult, error) {
@@ -67,9 +68,13 @@ func (a *Agent) releaseLeak(ctx context.Context, store *ipam.Store, req api.Leak
 		// the runtime that made it, releases it.
 		return api.LeakResult{Reason: "the allocation names no pod (not made for a kubelet); left to CNI GC"}, nil
 	}
-	vethAliases, err := a.hostVethAliases()
+	vethAliases, err := a.veths()
 	if err != nil {
 		return api.LeakResult{}, fmt.Errorf("list host veths: %w", err)
+	}
+	if alias, ok := vethAliases[al.HostVeth]; ok && alias == al.ContainerID {
+		// Whatever the API says: see deadReason.
+		return api.LeakResult{Reason: fmt.Sprintf("the runtime still holds it: host veth %s names container %s, whose sandbox is not torn down (left to CNI DEL and GC)", al.HostVeth, al.ContainerID)}, nil
 	}
 	reason := a.deadReason(ctx, al, nil, vethAliases)
 	if reason == "" {

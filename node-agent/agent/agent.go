@@ -145,6 +145,9 @@ type Agent struct {
 	conflistChain string
 	// guestProto is the protocol of the GCE guest agent's local routes.
 	guestProto int
+	// veths lists the host's veths and the container each names
+	// (hostVethAliases; tests substitute the host).
+	veths func() (map[string]string, error)
 }
 
 // New builds an agent; recorder records Events on the agent's Node.
@@ -154,6 +157,7 @@ func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder,
 	}
 	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting",
 		guestProto: datapath.ProtoGCEGuestAgent}
+	a.veths = a.hostVethAliases
 	m.ipSource = a.ipStats
 	return a
 }

@@ -33,9 +33,11 @@ func (a *Agent) gcLoop(ctx context.Context) {
 // has seen the pod). The cache only nominates: an allocation is released
 // after a live read of its pod finds it deleted, finished, or replaced by a
 // pod of the same name with another UID (K8S_POD_UID, recorded at ADD) —
-// never because a stale cache missed it. An allocation whose host veth now
-// names another container (its name was reused) is dead too. Allocations
-// without a pod name (runtimes other than Kubernetes) are left to CNI GC.
+// never because a stale cache missed it, and never while the runtime still
+// holds its sandbox (its host veth still names its container: see
+// deadReason). An allocation whose host veth now names another container
+// (its name was reused) is dead too. Allocations without a pod name
+// (runtimes other than Kubernetes) are left to CNI GC.
 func (a *Agent) collectPods(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	store := a.storeOrNil()
@@ -51,7 +53,7 @@ func (a *Agent) collectPods(ctx context.Context) {
 	for _, p := range pods {
 		cached[p.Namespace+"/"+p.Name] = p
 	}
-	vethAliases, err := a.hostVethAliases()
+	vethAliases, err := a.veths()
 	if err != nil {
 		logger.Error(err, "Pod GC: list host veths")
 		return
@@ -102,6 +104,34 @@ func terminal(p *corev1.Pod) bool {
 // "pod_replaced"), or "" when it is alive or cannot be confirmed gone.
 // cached, the informer's copy of the pod (nil: none), can only keep an
 // allocation: one is declared dead only after a live read of its pod.
+//
+// The host comes first, and the API can only confirm what the host allows:
+//
+//	host veth al.HostVeth             | API (live read)                  | verdict
+//	names another container           | any                              | veth_reused
+//	names al's container              | any (NotFound, another UID, ...) | kept: the sandbox runs
+//	absent (or no alias)              | NotFound / terminal              | pod_gone
+//	absent (or no alias)              | another UID or another node      | pod_replaced
+//	absent (or no alias)              | same pod, or read failed         | kept
+//
+// aliasip-cni creates the pod's veth pair with one end in the pod's network
+// namespace and writes the container ID as the host end's alias
+// (datapath.SetupPod); no pod author can write a host link. "When a
+// namespace is freed, the veth(4) devices that it contains are destroyed"
+// (man 7 network_namespaces), and deleting one end of a pair deletes its
+// peer (torvalds/linux drivers/net/veth.c, veth_dellink). So a host veth
+// whose alias still names al's container means the sandbox's namespace is
+// alive: the runtime has not torn it down, and its CNI DEL is still to
+// come — or CNI GC, which names the attachments still valid so the plugin
+// can free the rest (containernetworking/cni SPEC.md, "GC: Clean up any
+// stale resources", spec 1.1). The API cannot overrule that: a static pod
+// runs with no API object until the kubelet creates its mirror, which it
+// may fail to do (kubernetes/kubernetes pkg/kubelet/pod/mirror_client.go,
+// CreateMirrorPod; plugin/pkg/admission/noderestriction/admission.go
+// refuses mirror pods that reference secrets, configmaps or service
+// accounts), and whoever may create pods in its namespace can create one
+// of its name, carrying any annotation. Only the host decides that a live
+// data path's address is free.
 func (a *Agent) deadReason(ctx context.Context, al ipam.Allocation, cached *corev1.Pod, vethAliases map[string]string) string {
 	// A static pod runs under the kubelet's UID for it (the config hash,
 	// pkg/kubelet/config/common.go), which is what the runtime passes as
@@ -111,8 +141,11 @@ func (a *Agent) deadReason(ctx context.Context, al ipam.Allocation, cached *core
 	sameUID := func(p *corev1.Pod) bool {
 		return al.PodUID == "" || string(p.UID) == al.PodUID || (p.Annotations[mirrorAnnotation] == al.PodUID)
 	}
-	if alias, ok := vethAliases[al.HostVeth]; ok && alias != "" && alias != al.ContainerID {
+	switch alias, ok := vethAliases[al.HostVeth]; {
+	case ok && alias != "" && alias != al.ContainerID:
 		return "veth_reused"
+	case ok && alias == al.ContainerID:
+		return "" // the runtime holds the sandbox: left to CNI DEL and GC
 	}
 	if cached != nil && !terminal(cached) && sameUID(cached) {
 		return ""
