@@ -61,6 +61,10 @@ var ErrCorrupt = errors.New("IPAM state file is corrupt")
 // ErrLocked: another process holds the state directory.
 var ErrLocked = errors.New("IPAM state directory is in use by another process")
 
+// ErrClosed: the store was closed; its state directory (and its lock) may
+// belong to another Store or process now.
+var ErrClosed = errors.New("IPAM store is closed")
+
 // Key identifies one attachment.
 type Key struct {
 	ContainerID string `json:"containerID"`
@@ -107,9 +111,10 @@ type Store struct {
 	cooldown time.Duration
 	now      func() time.Time
 
-	lock *os.File // flock held on the state directory's lock file
-
-	mu      sync.Mutex
+	mu sync.Mutex
+	// lock is the flock held on the state directory's lock file; nil once
+	// the store is closed, after which nothing is written (ErrClosed).
+	lock    *os.File
 	journal *os.File // path + JournalSuffix, opened for appending
 	jsize   int64    // bytes in the journal
 	gen     string   // the snapshot's generation, which the journal continues
@@ -224,16 +229,19 @@ func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store
 	}, nil
 }
 
-// Close releases the state directory's lock.
+// Close folds the journal into the snapshot and releases the state
+// directory's lock. Every change after Close fails with ErrClosed and
+// writes nothing: the directory may be another store's by then. Closing
+// twice is a no-op.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.lock == nil {
 		return nil
 	}
 	// Leave the whole state in the snapshot: what a reader of the snapshot
 	// alone (a release before the journal, after a rollback) needs.
-	s.mu.Lock()
 	cerr := s.compact()
-	s.mu.Unlock()
 	if err := s.release(); err != nil {
 		return err
 	}
@@ -241,7 +249,7 @@ func (s *Store) Close() error {
 }
 
 // release closes the files and drops the lock, leaving the state on disk
-// as it is.
+// as it is. The caller holds s.mu, or is the only one holding s.
 func (s *Store) release() error {
 	if s.lock == nil {
 		return nil
@@ -402,6 +410,9 @@ func (s *Store) Allocate(req Request) (Allocation, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.lock == nil {
+		return Allocation{}, ErrClosed
+	}
 	if a, ok := s.allocs[req.Key]; ok {
 		return *a, nil
 	}
@@ -427,6 +438,9 @@ func (s *Store) Allocate(req Request) (Allocation, error) {
 func (s *Store) Release(k Key) (Allocation, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.lock == nil {
+		return Allocation{}, false, ErrClosed
+	}
 	a, ok := s.allocs[k]
 	if !ok {
 		return Allocation{}, false, nil
@@ -444,6 +458,9 @@ func (s *Store) Release(k Key) (Allocation, bool, error) {
 func (s *Store) Retain(keep func(Allocation) bool) ([]Allocation, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.lock == nil {
+		return nil, ErrClosed
+	}
 	var out []Allocation
 	var undos []func()
 	var recs []record
@@ -578,6 +595,9 @@ var maxJournal int64 = 256 << 10
 // left a record in it — the whole state in a new snapshot. On error the
 // caller rolls its in-memory change back; no record of it stays behind.
 func (s *Store) write(recs ...record) error {
+	if s.lock == nil {
+		return ErrClosed
+	}
 	first := s.seq + 1
 	s.seq += uint64(len(recs)) // consumed even on failure: see broken
 	if s.broken || s.jsize >= maxJournal {
@@ -616,6 +636,9 @@ func (s *Store) write(recs ...record) error {
 // journal (the snapshot's sequence number covers every record in it, should
 // a crash come in between).
 func (s *Store) compact() error {
+	if s.lock == nil {
+		return ErrClosed // the directory is not ours any more
+	}
 	var g [8]byte
 	if _, err := rand.Read(g[:]); err != nil {
 		return err

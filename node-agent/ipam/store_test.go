@@ -392,3 +392,64 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// TestClosedStoreWritesNothing: after Close the state directory is no
+// longer this store's — a new Store (the agent restarted on it) may own it.
+// Every change to the closed store fails with ErrClosed and leaves the
+// files as the new owner wrote them. Before, the first change failed on
+// the closed journal and marked the store broken; the next rewrote the
+// snapshot from the closed store's memory, without the lock, over the new
+// owner's state.
+func TestClosedStoreWritesNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.json")
+	old := open(t, path, "10.1.2.0/24", 0)
+	a, err := old.Allocate(req("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	owner := open(t, path, "10.1.2.0/24", 0)
+	if _, _, err := owner.Release(a.Key); err != nil {
+		t.Fatal(err)
+	}
+	b, err := owner.Allocate(req("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := func() string {
+		snap, _ := os.ReadFile(path)
+		journal, _ := os.ReadFile(path + JournalSuffix)
+		return string(snap) + "\n--journal--\n" + string(journal)
+	}
+	before := files()
+
+	// Each kind of change, twice: the second is the one that used to
+	// rewrite the snapshot.
+	for range 2 {
+		if _, err := old.Allocate(req("c")); !errors.Is(err, ErrClosed) {
+			t.Errorf("Allocate after Close: %v, want ErrClosed", err)
+		}
+		if _, _, err := old.Release(a.Key); !errors.Is(err, ErrClosed) {
+			t.Errorf("Release after Close: %v, want ErrClosed", err)
+		}
+		if _, err := old.Retain(func(Allocation) bool { return false }); !errors.Is(err, ErrClosed) {
+			t.Errorf("Retain after Close: %v, want ErrClosed", err)
+		}
+	}
+	if after := files(); after != before {
+		t.Fatalf("a closed store changed the state files:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if _, ok := old.Get(req("c").Key); ok {
+		t.Error("a refused Allocate left its allocation in memory")
+	}
+	owner.Close()
+	reopened := open(t, path, "10.1.2.0/24", 0)
+	if got := reopened.List(); len(got) != 1 || got[0].Key != b.Key {
+		t.Errorf("state after reopening: %+v, want only %v", got, b.Key)
+	}
+}
