@@ -6,7 +6,9 @@
 // the last two by running the daemons' "admin" subcommand in their pods
 // with kubectl exec, so it needs no network path to the nodes and no new
 // port: who may run it is who may exec into those pods (RBAC pods/exec in
-// the release namespace). Its findings are what calicoctl ipam check
+// the release namespace, and reading the release's DaemonSet, Deployment
+// and ReplicaSets, by which it tells its daemons' pods from pods that
+// only carry their labels). Its findings are what calicoctl ipam check
 // reports for Calico: addresses or blocks held twice, resources leaked,
 // and views that disagree.
 package cli

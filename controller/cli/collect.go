@@ -6,13 +6,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -165,7 +168,9 @@ func (s Source) timeout() time.Duration {
 // (controller/app/app.go). The chart's controller runs with hostNetwork,
 // so that hostname is its node's, not its pod's name: then each controller
 // pod of the release on that node is asked, and the one that answers
-// Ready (a standby answers not ready) is the leader.
+// Ready (a standby answers not ready) is the leader. Only pods of the
+// release's controller Deployment count (see daemonPod): a pod named like
+// the holder, or labelled like the controller, is not asked otherwise.
 func (s Source) leader(ctx context.Context) (target, adminapi.CloudView, error) {
 	var v adminapi.CloudView
 	name := s.Release + "-controller"
@@ -179,27 +184,29 @@ func (s Source) leader(ctx context.Context) (target, adminapi.CloudView, error) 
 		return target{}, v, fmt.Errorf("controller lease %s/%s has no holder (%q): no controller leads", s.Namespace, name, id)
 	}
 	host := id[:i]
-	var pods []corev1.Pod
-	if pod, err := s.Client.CoreV1().Pods(s.Namespace).Get(ctx, host, metav1.GetOptions{}); err == nil {
-		pods = append(pods, *pod)
-	} else {
-		list, err := s.Client.CoreV1().Pods(s.Namespace).List(ctx, metav1.ListOptions{
-			LabelSelector: "app.kubernetes.io/component=controller,app.kubernetes.io/instance=" + s.Release})
-		if err != nil {
-			return target{}, v, fmt.Errorf("list controller pods: %w", err)
+	owned, err := s.controllerPods(ctx)
+	if err != nil {
+		return target{}, v, err
+	}
+	var pods []*corev1.Pod
+	for _, p := range owned {
+		if p.Name == host {
+			pods = []*corev1.Pod{p}
+			break
 		}
-		for _, p := range list.Items {
-			if p.Status.Phase == corev1.PodRunning && p.Spec.NodeName != "" && (p.Spec.NodeName == host || s.nodeHostname(ctx, p.Spec.NodeName) == host) {
-				pods = append(pods, p)
-			}
-		}
-		if len(pods) == 0 {
-			return target{}, v, fmt.Errorf("leading controller %q: no pod of that name, and no running controller pod of release %s on a node of that hostname", host, s.Release)
+		if p.Status.Phase == corev1.PodRunning && p.Spec.NodeName != "" && (p.Spec.NodeName == host || s.nodeHostname(ctx, p.Spec.NodeName) == host) {
+			pods = append(pods, p)
 		}
 	}
+	if len(pods) == 0 {
+		return target{}, v, fmt.Errorf("leading controller %q: no pod of Deployment %s/%s of that name, nor a running one on a node of that hostname", host, s.Namespace, name)
+	}
 	var errs []error
-	for i := range pods {
-		t, err := targetIn(&pods[i], "aliasip-controller", "admin-socket")
+	var leaders []target
+	var view adminapi.CloudView
+	for _, p := range pods {
+		var v adminapi.CloudView
+		t, err := targetIn(p, "aliasip-controller", "admin-socket")
 		if err == nil {
 			err = s.call(ctx, t, adminapi.OpCloud, nil, &v)
 		}
@@ -208,11 +215,81 @@ func (s Source) leader(ctx context.Context) (target, adminapi.CloudView, error) 
 			continue
 		}
 		if v.Ready {
-			return t, v, nil
+			leaders, view = append(leaders, t), v
+			continue
 		}
 		errs = append(errs, fmt.Errorf("pod %s: not the leader, or its state not rebuilt yet", t.pod))
 	}
-	return target{}, v, errors.Join(errs...)
+	switch len(leaders) {
+	case 1:
+		return leaders[0], view, nil
+	case 0:
+		return target{}, v, errors.Join(errs...)
+	default:
+		// One lease, one leader: two that say so cannot both be read.
+		var names []string
+		for _, t := range leaders {
+			names = append(names, t.pod)
+		}
+		return target{}, v, fmt.Errorf("pods %s all answer as the leading controller: not read", strings.Join(names, ", "))
+	}
+}
+
+// The release's daemons are the pods its workloads made, not whatever
+// carries their labels in the namespace: a pod's labels and name are its
+// author's to choose. A workload's pods carry a controller
+// ownerReference to it (apps/v1; a Deployment's through its ReplicaSet,
+// itself controlled by the Deployment), matched here by UID, so a pod of
+// the same labels, made by hand or by another workload, is never asked.
+// An author may write ownerReferences too; such a pod is then one the
+// DaemonSet controller counts as its own, and it deletes all but the
+// oldest daemon pod on a node (kubernetes/kubernetes
+// pkg/controller/daemon/daemon_controller.go, podsShouldBeOnNode), while
+// check reports a node with two current agent pods as unread rather than
+// choose (agents), and two controllers that both answer as the leader as
+// well (leader).
+
+// controlledBy reports whether o's controller is the apps/v1 kind with uid.
+func controlledBy(o metav1.Object, kind string, uid types.UID) bool {
+	ref := metav1.GetControllerOfNoCopy(o)
+	return ref != nil && ref.Kind == kind && ref.UID == uid && strings.HasPrefix(ref.APIVersion, appsv1.GroupName+"/")
+}
+
+// controllerPods returns the pods of the release's controller Deployment
+// (RELEASE-controller): those controlled by a ReplicaSet that the
+// Deployment controls.
+func (s Source) controllerPods(ctx context.Context) ([]*corev1.Pod, error) {
+	name := s.Release + "-controller"
+	d, err := s.Client.AppsV1().Deployments(s.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("controller Deployment %s/%s: %w", s.Namespace, name, err)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil {
+		return nil, fmt.Errorf("controller Deployment %s/%s: %w", s.Namespace, name, err)
+	}
+	sets, err := s.Client.AppsV1().ReplicaSets(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, fmt.Errorf("list controller ReplicaSets: %w", err)
+	}
+	ours := map[types.UID]bool{}
+	for i := range sets.Items {
+		if controlledBy(&sets.Items[i], "Deployment", d.UID) {
+			ours[sets.Items[i].UID] = true
+		}
+	}
+	list, err := s.Client.CoreV1().Pods(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, fmt.Errorf("list controller pods: %w", err)
+	}
+	var out []*corev1.Pod
+	for i := range list.Items {
+		p := &list.Items[i]
+		if ref := metav1.GetControllerOfNoCopy(p); ref != nil && ours[ref.UID] && controlledBy(p, "ReplicaSet", ref.UID) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // nodeHostname returns the Hostname address of a Node ("" when unknown).
@@ -236,32 +313,69 @@ func holder(l *coordinationv1.Lease) string {
 	return *l.Spec.HolderIdentity
 }
 
-// agents finds each node's agent pod.
+// agents finds each node's agent: the pod of the release's agent
+// DaemonSet (RELEASE-agent) running on that node, by its controller
+// ownerReference (see controlledBy). A node where two such pods run and
+// neither is terminating is reported in bad, not read: one of them is not
+// the DaemonSet's (it runs one agent a node, and the agent's state
+// directory admits one).
 func (s Source) agents(ctx context.Context) (map[string]target, map[string]string, error) {
-	pods, err := s.Client.CoreV1().Pods(s.Namespace).List(ctx, metav1.ListOptions{
-		LabelSelector: "app.kubernetes.io/component=agent,app.kubernetes.io/instance=" + s.Release})
+	name := s.Release + "-agent"
+	ds, err := s.Client.AppsV1().DaemonSets(s.Namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent DaemonSet %s/%s: %w", s.Namespace, name, err)
+	}
+	sel, err := metav1.LabelSelectorAsSelector(ds.Spec.Selector)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent DaemonSet %s/%s: %w", s.Namespace, name, err)
+	}
+	pods, err := s.Client.CoreV1().Pods(s.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
 	if err != nil {
 		return nil, nil, fmt.Errorf("list agent pods: %w", err)
 	}
-	out, bad := map[string]target{}, map[string]string{}
+	// Per node, the DaemonSet's running pods: current first.
+	byNode := map[string][]*corev1.Pod{}
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if p.Spec.NodeName == "" || p.Status.Phase != corev1.PodRunning {
+		if p.Spec.NodeName == "" || p.Status.Phase != corev1.PodRunning || !controlledBy(p, "DaemonSet", ds.UID) {
 			continue
 		}
-		// During a rolling update a node may run the old agent pod,
-		// terminating, next to the new one: the new one answers.
-		if cur, ok := out[p.Spec.NodeName]; ok && p.DeletionTimestamp != nil && cur.current {
+		byNode[p.Spec.NodeName] = append(byNode[p.Spec.NodeName], p)
+	}
+	out, bad := map[string]target{}, map[string]string{}
+	for node, ps := range byNode {
+		var current, terminating []*corev1.Pod
+		for _, p := range ps {
+			if p.DeletionTimestamp == nil {
+				current = append(current, p)
+			} else {
+				terminating = append(terminating, p)
+			}
+		}
+		var p *corev1.Pod
+		switch {
+		case len(current) > 1:
+			var names []string
+			for _, c := range current {
+				names = append(names, c.Name)
+			}
+			slices.Sort(names)
+			bad[node] = fmt.Sprintf("pods %s all claim to be DaemonSet %s's agent on node %s: not read", strings.Join(names, ", "), name, node)
 			continue
+		case len(current) == 1:
+			p = current[0]
+		default:
+			// During a rolling update a node may run only the old agent
+			// pod, terminating: it still answers.
+			p = terminating[0]
 		}
 		t, err := targetIn(p, "aliasip-agent", "socket")
 		if err != nil {
-			bad[p.Spec.NodeName] = err.Error()
+			bad[node] = err.Error()
 			continue
 		}
 		t.current = p.DeletionTimestamp == nil
-		out[p.Spec.NodeName] = t
-		delete(bad, p.Spec.NodeName)
+		out[node] = t
 	}
 	return out, bad, nil
 }

@@ -9,9 +9,12 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	k8sfake "k8s.io/client-go/kubernetes/fake"
 
 	"github.com/aliasip/aliasip/controller/adminapi"
@@ -45,21 +48,62 @@ func (f *fakeExec) Exec(_ context.Context, _, pod, _ string, cmd []string) ([]by
 	}
 }
 
+// The release's workloads, as the chart makes them: the agent DaemonSet,
+// the controller Deployment and its ReplicaSet.
+const (
+	agentDSUID      types.UID = "ds-4f1c"
+	controllerRSUID types.UID = "rs-9a07"
+)
+
+// ownedBy is the controller ownerReference a workload's controller writes
+// on what it makes.
+func ownedBy(kind, name string, uid types.UID) []metav1.OwnerReference {
+	controller := true
+	return []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: kind, Name: name, UID: uid, Controller: &controller}}
+}
+
+func releaseWorkloads() []runtime.Object {
+	agentLabels := map[string]string{"app.kubernetes.io/component": "agent", "app.kubernetes.io/instance": "aliasip"}
+	ctrlLabels := map[string]string{"app.kubernetes.io/component": "controller", "app.kubernetes.io/instance": "aliasip"}
+	return []runtime.Object{
+		&appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-agent", UID: agentDSUID},
+			Spec: appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: agentLabels}}},
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller", UID: "deploy-22b1"},
+			Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: ctrlLabels}}},
+		&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller-5d8f", UID: controllerRSUID,
+			Labels: ctrlLabels, OwnerReferences: ownedBy("Deployment", "aliasip-controller", "deploy-22b1")}},
+	}
+}
+
+// controllerPod is a pod of the release's controller Deployment.
+func controllerPod(name, node string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: name,
+		Labels:          map[string]string{"app.kubernetes.io/component": "controller", "app.kubernetes.io/instance": "aliasip"},
+		OwnerReferences: ownedBy("ReplicaSet", "aliasip-controller-5d8f", controllerRSUID)},
+		Spec: corev1.PodSpec{NodeName: node, HostNetwork: true,
+			Containers: []corev1.Container{{Name: "controller", Command: []string{"/aliasip-controller"}, Args: []string{"--admin-socket=/run/a/c.sock"}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+}
+
+// agentPod is a pod of the release's agent DaemonSet on node.
+func agentPod(name, node string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: name,
+		Labels:          map[string]string{"app.kubernetes.io/component": "agent", "app.kubernetes.io/instance": "aliasip"},
+		OwnerReferences: ownedBy("DaemonSet", "aliasip-agent", agentDSUID)},
+		Spec:   corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "agent", Command: []string{"/aliasip-agent"}, Args: []string{"--socket=/run/aliasip/a.sock"}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+}
+
 func releaseCluster(t *testing.T) (Source, *fakeExec) {
 	t.Helper()
 	holder := "ctrl-0_6b1f"
-	client := k8sfake.NewClientset(
+	client := k8sfake.NewClientset(append(releaseWorkloads(),
 		&coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller"},
 			Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}},
-		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "ctrl-0"},
-			Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: "controller", Command: []string{"/aliasip-controller"}, Args: []string{"--admin-socket=/run/a/c.sock"}}}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning}},
-		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "agent-a",
-			Labels: map[string]string{"app.kubernetes.io/component": "agent", "app.kubernetes.io/instance": "aliasip"}},
-			Spec:   corev1.PodSpec{NodeName: "a", Containers: []corev1.Container{{Name: "agent", Command: []string{"/aliasip-agent"}, Args: []string{"--socket=/run/aliasip/a.sock"}}}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning}},
+		controllerPod("ctrl-0", ""),
+		agentPod("agent-a", "a"),
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Spec: corev1.NodeSpec{PodCIDR: "10.0.1.0/24"}},
-	)
+	)...)
 	ex := &fakeExec{answers: map[string]any{
 		"ctrl-0 cloud": adminapi.CloudView{Ready: true,
 			Ranges: []adminapi.Range{{Name: "default", CIDR: "10.0.0.0/16", MaskSize: 24}},
@@ -132,12 +176,7 @@ func TestLeaderOnHostNetwork(t *testing.T) {
 		if name == "aliasip-controller-elsewhere" {
 			node = "a"
 		}
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: name,
-			Labels: map[string]string{"app.kubernetes.io/component": "controller", "app.kubernetes.io/instance": "aliasip"}},
-			Spec: corev1.PodSpec{NodeName: node, HostNetwork: true,
-				Containers: []corev1.Container{{Name: "controller", Command: []string{"/aliasip-controller"}, Args: []string{"--admin-socket=/run/a/c.sock"}}}},
-			Status: corev1.PodStatus{Phase: corev1.PodRunning}}
-		if _, err := src.Client.CoreV1().Pods("kube-system").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		if _, err := src.Client.CoreV1().Pods("kube-system").Create(ctx, controllerPod(name, node), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
