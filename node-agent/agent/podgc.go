@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -10,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/klog/v2"
 
+	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/node-agent/datapath"
 	"github.com/aliasip/aliasip/node-agent/ipam"
 )
@@ -165,6 +167,47 @@ func (a *Agent) deadReason(ctx context.Context, al ipam.Allocation, cached *core
 		return "pod_gone"
 	}
 	return ""
+}
+
+// vethHolder returns the allocation of another pod whose sandbox still
+// holds the host veth req asks for (held false: none). The host veth's
+// name hashes the pod's namespace/name (datapath.HostVethName), and two
+// pods of one name can run on a node at once: a static pod without a
+// mirror and a pod that anyone who may create pods in its namespace names
+// like it and binds to this node (spec.nodeName), or a pod deleted with
+// --force whose successor starts before it stops ("the potential to
+// violate the at most one semantics": kubernetes.io/docs/tasks/
+// run-application/force-delete-stateful-set-pod). SetupPod replaces a
+// host veth of its name — right for an earlier sandbox of the same pod
+// (same UID) whose DEL never came, but for another pod it would cut a
+// running pod's data path, and pod GC would then free its address
+// (veth_reused). The host decides, as in deadReason: the veth's alias
+// still names the other pod's container. Allocations that recorded no
+// UID (runtimes other than Kubernetes name veths by container) are not
+// compared.
+func (a *Agent) vethHolder(store *ipam.Store, req api.AllocateRequest) (holder ipam.Allocation, held bool, err error) {
+	if req.HostVeth == "" || req.PodUID == "" {
+		return ipam.Allocation{}, false, nil
+	}
+	var others []ipam.Allocation
+	for _, al := range store.List() {
+		if al.HostVeth == req.HostVeth && al.ContainerID != req.ContainerID && al.PodUID != "" && al.PodUID != req.PodUID {
+			others = append(others, al)
+		}
+	}
+	if len(others) == 0 {
+		return ipam.Allocation{}, false, nil
+	}
+	vethAliases, err := a.veths()
+	if err != nil {
+		return ipam.Allocation{}, false, fmt.Errorf("list host veths: %w", err)
+	}
+	for _, al := range others {
+		if alias, ok := vethAliases[req.HostVeth]; ok && alias == al.ContainerID {
+			return al, true, nil
+		}
+	}
+	return ipam.Allocation{}, false, nil
 }
 
 // hostVethAliases maps the host's veths to the container each names in its

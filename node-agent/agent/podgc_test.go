@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -220,5 +222,51 @@ func TestPodGCFollowsTheHost(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(a.metrics.GCReleased.WithLabelValues("pod_gone")); n != 1 {
 		t.Errorf("released with reason pod_gone %v times, want 1", n)
+	}
+}
+
+// TestAddNeverTakesARunningPodsVeth: the host veth's name comes from the
+// pod's namespace/name, so a pod a user names like a static pod without a
+// mirror (and binds to its node) asks for the static pod's veth. ADD must
+// not take it while the static pod's sandbox holds it — SetupPod would
+// delete it, cutting the running pod off, and pod GC would then free its
+// address as veth_reused. The refusal is "try again later" for the
+// plugin. A new sandbox of the same pod (same UID) still replaces an
+// earlier one's veth, and a veth no sandbox holds any more is free.
+// Before the fix every row was allocated.
+func TestAddNeverTakesARunningPodsVeth(t *testing.T) {
+	veth := datapath.HostVethName("kube-system", "etcd-n1")
+	for _, tc := range []struct {
+		name    string
+		uid     string
+		veths   map[string]string
+		refused bool
+	}{
+		{"another pod of the name, the static sandbox runs", "2b7e1c40-0000-4000-8000-000000000009", map[string]string{veth: "static-sandbox"}, true},
+		{"a new sandbox of the same pod", staticUID, map[string]string{veth: "static-sandbox"}, false},
+		{"another pod of the name, the static sandbox gone", "2b7e1c40-0000-4000-8000-000000000009", map[string]string{}, false},
+		{"another pod of the name, the veth already another's", "2b7e1c40-0000-4000-8000-000000000009", map[string]string{veth: "someone-else"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, store := gcAgent(t, k8sfake.NewClientset(), func() (map[string]string, error) { return tc.veths, nil })
+			a.ready, a.podCIDR = true, store.PodCIDR()
+			if _, err := store.Allocate(ipam.Request{Key: ipam.Key{ContainerID: "static-sandbox", IfName: "eth0"},
+				Namespace: "kube-system", Pod: "etcd-n1", PodUID: staticUID, HostVeth: veth}); err != nil {
+				t.Fatal(err)
+			}
+			body, _ := json.Marshal(api.AllocateRequest{Attachment: api.Attachment{ContainerID: "newcomer", IfName: "eth0"},
+				Namespace: "kube-system", Pod: "etcd-n1", PodUID: tc.uid, HostVeth: veth})
+			_, err := a.call(context.Background(), api.OpAllocate, body)
+			var ae *api.Error
+			if refused := errors.As(err, &ae) && ae.Code == api.CodeHostVethHeld; refused != tc.refused {
+				t.Fatalf("ADD: %v, want refused=%v", err, tc.refused)
+			}
+			if !tc.refused && err != nil {
+				t.Fatal(err)
+			}
+			if _, allocated := store.Get(ipam.Key{ContainerID: "newcomer", IfName: "eth0"}); allocated == tc.refused {
+				t.Errorf("newcomer allocated: %v", allocated)
+			}
+		})
 	}
 }

@@ -112,6 +112,14 @@ func (a *Agent) call(ctx context.Context, op api.Op, body json.RawMessage) (any,
 		a.mu.Lock()
 		store, mtu, podCIDR := a.store, a.mtu, a.podCIDR
 		a.mu.Unlock()
+		if holder, held, err := a.vethHolder(store, req); err != nil {
+			return nil, fail("error", api.CodeInternal, err.Error())
+		} else if held {
+			logger.Info("ADD refused: another pod of this name still runs here", "pod", req.Namespace+"/"+req.Pod, "uid", req.PodUID,
+				"hostVeth", req.HostVeth, "holderUID", holder.PodUID, "holderContainer", holder.ContainerID)
+			return nil, fail("veth_held", api.CodeHostVethHeld, fmt.Sprintf("host veth %s is held by the running sandbox %s of pod %s/%s with UID %s (this ADD is for UID %s); retry once it is torn down",
+				req.HostVeth, holder.ContainerID, holder.Namespace, holder.Pod, holder.PodUID, req.PodUID))
+		}
 		ipamStart := time.Now()
 		al, err := store.Allocate(ipam.Request{Key: ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
 			Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostVeth: req.HostVeth})

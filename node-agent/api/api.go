@@ -25,6 +25,10 @@ const (
 	CodeNotReady  = "not_ready"
 	CodeInvalid   = "invalid"
 	CodeInternal  = "internal"
+	// CodeHostVethHeld: the pod's host veth name is held by the running
+	// sandbox of another pod of the same namespace/name; ADD may succeed
+	// once that sandbox is torn down.
+	CodeHostVethHeld = "host_veth_held"
 )
 
 // Attachment names one pod interface.

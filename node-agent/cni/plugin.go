@@ -136,6 +136,8 @@ func agentError(what string, err error) error {
 		return types.NewError(ErrRangeExhausted, "node pod IP range exhausted", ae.Message)
 	case errors.As(err, &ae) && ae.Code == api.CodeNotReady:
 		return types.NewError(types.ErrTryAgainLater, "aliasip node agent not ready", ae.Message)
+	case errors.As(err, &ae) && ae.Code == api.CodeHostVethHeld:
+		return types.NewError(types.ErrTryAgainLater, "another pod of this name still runs on the node", ae.Message)
 	default:
 		return types.NewError(types.ErrInternal, what, err.Error())
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/aliasip/aliasip/node-agent/api"
 )
 
 func TestParseConf(t *testing.T) {
@@ -75,5 +77,16 @@ func TestLogRotates(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "ADD 199") {
 		t.Error("the last line is not in the current log")
+	}
+}
+
+// TestHostVethHeldIsTryAgainLater: an ADD refused because another pod of
+// the same name still runs on the node is retried by the runtime (CNI
+// error 11, "try again later"), not reported as an internal failure.
+func TestHostVethHeldIsTryAgainLater(t *testing.T) {
+	err := agentError("allocate pod IP", &api.Error{Code: api.CodeHostVethHeld, Message: "host veth ali… is held"})
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater || !strings.Contains(te.Details, "is held") {
+		t.Fatalf("agentError: %#v, want code %d with the agent's message", err, types.ErrTryAgainLater)
 	}
 }
