@@ -171,7 +171,7 @@ func (m *nicCache) flush(b *missBatch) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if _, err := m.c.list(ctx); err != nil {
+	if _, _, err := m.c.list(ctx); err != nil {
 		m.c.logf("gce: listing instances for %d cache misses: %v", n, err)
 	}
 }

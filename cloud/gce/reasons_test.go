@@ -349,42 +349,131 @@ func TestUnreadableOperationsDoNotHang(t *testing.T) {
 	}
 }
 
-// Quota groups are separate: while the list group waits for its next
-// window after a 403, reads go on at once.
-func TestQuotaGroupsGatedApart(t *testing.T) {
-	const window = 3 * time.Second
-	s := newServer(t, gcetest.Options{OpDelay: 10 * time.Millisecond})
-	s.AddInstance(zone, "vm")
-	s.AddInstance(zone, "other")
-	var obs counter
-	c := newCloud(t, s, &obs, func(c *gce.Config) { c.RateLimitWindow = window; c.MaxAttempts = 20 })
-	// Two calls per window: the write's get and update pass, its first
-	// operation poll (list group) is refused and waits for the next window.
-	time.Sleep(time.Until(time.Now().Truncate(window).Add(window)))
-	s.SetFaults(gcetest.Faults{RateLimit: 2, RateWindow: window})
-	done := make(chan error, 1)
-	go func() { done <- c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24")) }()
-	for obs.get("zoneOperations.list 403") == 0 {
-		select {
-		case err := <-done:
-			t.Fatalf("the write finished (%v) before its poll was refused", err)
-		case <-time.After(10 * time.Millisecond):
+// refusedForGood reports whether the controller would return the block to
+// the pool at once (controller.refused): only for evidence-backed refusals.
+func refusedForGood(err error) bool {
+	return errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrQuotaExceeded) || errors.Is(err, cloud.ErrTooManyAliases)
+}
+
+// A refusal of the write no public evidence explains is not taken for a
+// permanent refusal (the block would go back to the pool at once) nor
+// retried here: it comes back unclassified, so the controller keeps the
+// reservation and retries. The evidence-backed refusal reasons still are
+// ErrInvalid, and the (unverified) too-many-ranges phrase still is
+// ErrTooManyAliases.
+func TestUnrecognisedWriteRefusal(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		refusal gcetest.Refusal
+		want    error // nil: unclassified
+	}{
+		{"unknown reason", gcetest.Refusal{Code: 400, Reason: "somethingNew", Message: "Something GCE has not told us about."}, nil},
+		{"unknown 409", gcetest.Refusal{Code: 409, Reason: "conflict", Message: "Something else."}, nil},
+		{"invalid", gcetest.Refusal{Code: 400, Reason: "invalid", Message: "Invalid value for field 'resource.aliasIpRanges[0].ipCidrRange': '10.64.1.0/24'."}, cloud.ErrInvalid},
+		{"too many ranges (unverified phrase)", gcetest.Refusal{Code: 400, Reason: "invalid", Message: "exceeded the limit of 150 alias IP ranges"}, cloud.ErrTooManyAliases},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, gcetest.Options{Faults: gcetest.Faults{RefuseWrites: tc.refusal}})
+			s.AddInstance(zone, "vm")
+			c := newCloud(t, s, nil)
+			err := c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24"))
+			switch {
+			case err == nil:
+				t.Fatal("the refused write succeeded")
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Errorf("got %v, want %v", err, tc.want)
+			case tc.want == nil && (refusedForGood(err) || cloud.Code(err) != "error"):
+				t.Errorf("got %v (code %s), want it unclassified: not a refusal that frees the block", err, cloud.Code(err))
+			}
+			if n := s.Count("instances.updateNetworkInterface"); n != 1 {
+				t.Errorf("%d writes, want 1: a refusal is not retried by the client", n)
+			}
+		})
+	}
+}
+
+// An operation ending RESOURCE_NOT_FOUND does not prove the instance is
+// gone: GCE says the same of a missing subnetwork. RemoveAlias reports
+// success only when instances.get confirms the instance is gone; otherwise
+// the range is still on the NIC and the removal failed.
+func TestOperationNotFoundIsConfirmed(t *testing.T) {
+	p := netip.MustParsePrefix("10.64.1.0/24")
+	t.Run("instance still there", func(t *testing.T) {
+		s := newServer(t, gcetest.Options{OpDelay: 10 * time.Millisecond, Faults: gcetest.Faults{OpSubnetworkNotFound: true}})
+		s.AddInstance(zone, "vm", &compute.AliasIpRange{IpCidrRange: p.String(), SubnetworkRangeName: "pods"})
+		s.AddInstance(zone, "vm2")
+		c := newCloud(t, s, nil)
+		err := c.RemoveAlias(ctx, ref("vm"), p)
+		if err == nil || errors.Is(err, cloud.ErrInstanceNotFound) {
+			t.Fatalf("RemoveAlias = %v, want a failure (the alias is still on the NIC)", err)
 		}
-	}
-	s.SetFaults(gcetest.Faults{})
-	start := time.Now()
-	if _, err := c.Aliases(ctx, ref("other")); err != nil {
-		t.Fatal(err)
-	}
-	if d := time.Since(start); d > window/3 {
-		t.Errorf("a read waited %v behind the list group's quota", d)
-	}
-	select {
-	case err := <-done:
-		t.Errorf("the write's poll did not wait for the next window (%v)", err)
-	default:
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
+		if got := serverPrefixes(s, "vm"); got != "pods:10.64.1.0/24" {
+			t.Fatalf("server holds %q", got)
+		}
+		err = c.AddAlias(ctx, ref("vm2"), netip.MustParsePrefix("10.64.2.0/24"))
+		if !errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrInstanceNotFound) {
+			t.Errorf("AddAlias = %v, want ErrInvalid (nothing applied, the instance exists)", err)
+		}
+	})
+	t.Run("instance gone meanwhile", func(t *testing.T) {
+		s := newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, Faults: gcetest.Faults{
+			OpError: gcetest.OpError{Code: "RESOURCE_NOT_FOUND", Status: 404, Message: "The resource 'projects/test-project/zones/us-central1-a/instances/vm' was not found"}}})
+		s.AddInstance(zone, "vm", &compute.AliasIpRange{IpCidrRange: p.String(), SubnetworkRangeName: "pods"})
+		c := newCloud(t, s, nil)
+		done := make(chan error, 1)
+		go func() { done <- c.RemoveAlias(ctx, ref("vm"), p) }()
+		// Delete the instance once the write is in, before its operation ends.
+		deadline := time.Now().Add(10 * time.Second)
+		for s.Count("instances.updateNetworkInterface") == 0 {
+			select {
+			case err := <-done:
+				t.Fatalf("RemoveAlias returned %v before writing", err)
+			case <-time.After(5 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no write")
+			}
+		}
+		s.DeleteInstance(zone, "vm")
+		if err := <-done; err != nil {
+			t.Errorf("RemoveAlias from an instance confirmed gone = %v, want nil", err)
+		}
+	})
+}
+
+// An overlap is a conflict whatever code reports it, when its message is
+// GCE's "already being used by another resource"; an operation error code
+// nothing public explains is neither a conflict nor a refusal that frees
+// the block: it comes back unclassified (the reservation is kept).
+func TestOperationErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		op   gcetest.OpError
+		want error // nil: unclassified
+	}{
+		{"overlap under another code", gcetest.OpError{Code: "RESOURCE_IN_USE_BY_ANOTHER_RESOURCE", Status: 400, Message: "IP '10.64.1.0/24' is already being used by another resource."}, cloud.ErrRangeConflict},
+		{"overlap under its known code", gcetest.OpError{Code: "IP_IN_USE_BY_ANOTHER_RESOURCE", Status: 400, Message: "IP '10.64.1.0/24' is already being used by another resource."}, cloud.ErrRangeConflict},
+		{"unknown code", gcetest.OpError{Code: "SOMETHING_NEW", Status: 400, Message: "Something unforeseen."}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newServer(t, gcetest.Options{OpDelay: 10 * time.Millisecond, Faults: gcetest.Faults{OpError: tc.op}})
+			s.AddInstance(zone, "vm")
+			c := newCloud(t, s, nil)
+			err := c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24"))
+			switch {
+			case err == nil:
+				t.Fatal("a failed operation was reported as success")
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Errorf("got %v, want %v", err, tc.want)
+			case tc.want == nil && (refusedForGood(err) || errors.Is(err, cloud.ErrRangeConflict) || cloud.Code(err) != "error"):
+				t.Errorf("got %v (code %s), want it unclassified", err, cloud.Code(err))
+			}
+			if n := s.Count("instances.updateNetworkInterface"); n != 1 {
+				t.Errorf("%d writes, want 1", n)
+			}
+			if got := serverPrefixes(s, "vm"); got != "" {
+				t.Errorf("a failed operation left %q", got)
+			}
+		})
 	}
 }

@@ -39,6 +39,9 @@ import (
 // MaxAliasRanges is GCE's per-NIC limit.
 const MaxAliasRanges = 150
 
+// maxURI is the longest request URI served.
+const maxURI = 8192
+
 // Faults are injected failures. Rates are fractions in [0,1].
 type Faults struct {
 	// Rate5xx: fraction of compute calls answered 503.
@@ -71,6 +74,46 @@ type Faults struct {
 	// operations that end DONE, unapplied, with RESOURCE_NOT_READY (400),
 	// CONDITION_NOT_MET (412) or QUOTA_EXCEEDED (403).
 	OpNotReady, OpStaleFingerprint, OpQuotaExceeded float64
+	// OpSubnetworkNotFound: every operation ends DONE, unapplied, with
+	// RESOURCE_NOT_FOUND (404) naming the instance's subnetwork, in GCE's
+	// words for a missing subnetwork: "The resource
+	// 'projects/P/regions/R/subnetworks/S' was not found"
+	// (kelseyhightower/kubernetes-the-hard-way#653). The instance exists.
+	OpSubnetworkNotFound bool
+	// OpError, when its Code is set, ends every operation DONE, unapplied,
+	// with that error: for codes no public evidence describes.
+	OpError OpError
+	// FilteredListCost: resources a filtered list may examine per
+	// FilterCostWindow (0: unlimited). A filtered zoneOperations.list
+	// examines every operation of its zone. Beyond it filtered lists are
+	// answered 403 rateLimitExceeded naming the quota, while other reads
+	// go on: the "Filtered list cost overhead" quota is charged "in
+	// addition to" the reads quota
+	// (https://cloud.google.com/compute/api-quota, metric
+	// compute.googleapis.com/filtered_list_cost_overhead). The wording of
+	// the refusal is this server's (metric and limit named as in GCE's
+	// other quota refusals); GCE's own was not found.
+	FilteredListCost int
+	// FilterCostWindow is that quota's window (default RateWindow).
+	FilterCostWindow time.Duration
+	// RefuseWrites, when its Code is set, answers every
+	// updateNetworkInterface with that error: for refusals no public
+	// evidence describes.
+	RefuseWrites Refusal
+}
+
+// Refusal is an API error answer: HTTP status, reason and message.
+type Refusal struct {
+	Code    int
+	Reason  string
+	Message string
+}
+
+// OpError is an operation error: its code, HTTP status and message.
+type OpError struct {
+	Code    string
+	Status  int
+	Message string
 }
 
 // Options configures a Server.
@@ -128,8 +171,13 @@ type Server struct {
 	nextOp    int
 	counts    map[string]int
 	faults    Faults
-	window    time.Time // start of the current quota window
-	inWindow  int       // calls counted in it
+	window    time.Time      // start of the current quota window
+	inWindow  map[string]int // calls counted in it, by quota group
+	costStart time.Time      // start of the current filtered-list cost window
+	cost      int            // resources examined in it
+	maxURL    int            // longest request URI received
+	// unreachable zones: aggregatedList leaves them out
+	unreachable map[string]bool
 }
 
 type instance struct {
@@ -202,21 +250,85 @@ func (s *Server) SetFaults(f Faults) {
 	if f.RateWindow <= 0 {
 		f.RateWindow = time.Minute
 	}
+	if f.FilterCostWindow <= 0 {
+		f.FilterCostWindow = f.RateWindow
+	}
 	s.faults = f
-	s.window, s.inWindow = time.Time{}, 0
+	s.window, s.inWindow = time.Time{}, map[string]int{}
+	s.costStart, s.cost = time.Time{}, 0
 }
 
-// allow counts a call against the quota window; s.mu is held.
-func (s *Server) allow() bool {
+// quotaGroup is the rate quota a method counts against. GCE's current
+// "simplified API quotas" count reads (get and list methods, operation
+// reads among them) in one quota and writes in another: "Reads per minute
+// ... Global quota for get and list methods", "Writes per minute"
+// (https://cloud.google.com/compute/api-quota,
+// https://cloud.google.com/compute/docs/api-rate-limits).
+func quotaGroup(method string) string {
+	switch method {
+	case "instances.updateNetworkInterface":
+		return "writes"
+	default:
+		return "reads"
+	}
+}
+
+// allow counts a call against its group's quota window; s.mu is held.
+func (s *Server) allow(method string) bool {
 	if s.faults.RateLimit <= 0 {
 		return true
 	}
 	w := time.Now().Truncate(s.faults.RateWindow)
 	if !w.Equal(s.window) {
-		s.window, s.inWindow = w, 0
+		s.window, s.inWindow = w, map[string]int{}
 	}
-	s.inWindow++
-	return float64(s.inWindow) <= s.faults.RateLimit
+	g := quotaGroup(method)
+	s.inWindow[g]++
+	return float64(s.inWindow[g]) <= s.faults.RateLimit
+}
+
+// allowFilterCost charges a filtered list that examines n resources;
+// s.mu is held.
+func (s *Server) allowFilterCost(n int) bool {
+	if s.faults.FilteredListCost <= 0 {
+		return true
+	}
+	w := time.Now().Truncate(s.faults.FilterCostWindow)
+	if !w.Equal(s.costStart) {
+		s.costStart, s.cost = w, 0
+	}
+	if s.cost >= s.faults.FilteredListCost {
+		return false
+	}
+	s.cost += n
+	return true
+}
+
+// SetUnreachable makes instances.aggregatedList unable to reach zones:
+// their instances are left out and the zones are named in the answer's
+// "unreachables" ("[Output Only] Unreachable resources.", and a scope
+// warning UNREACHABLE, "A given scope cannot be reached.":
+// InstanceAggregatedList in google.golang.org/api/compute/v1
+// compute-api.json and
+// https://cloud.google.com/compute/docs/reference/rest/v1/instances/aggregatedList).
+// The method's description recommends returnPartialSuccess=true "to
+// prevent failure": without it, a call that cannot reach a zone fails
+// (here with 503). No zones: every zone is reachable again.
+func (s *Server) SetUnreachable(zones ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unreachable = map[string]bool{}
+	for _, z := range zones {
+		s.unreachable[z] = true
+	}
+}
+
+// MaxURLLength returns the length of the longest request URI (path and
+// query) received.
+func (s *Server) MaxURLLength() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxURL
 }
 
 // AddInstance creates an instance in zone with NIC nic0 on the subnetwork.
@@ -310,6 +422,16 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	method := routeName(r.Method, parts[2:])
+	s.mu.Lock()
+	s.maxURL = max(s.maxURL, len(r.URL.RequestURI()))
+	s.mu.Unlock()
+	// Google's front ends cut GET URLs off at 8192 characters ("HTTP GET
+	// requests URLs are limited to 8192 symbols",
+	// googleapis/google-api-nodejs-client#972).
+	if len(r.URL.RequestURI()) > maxURI {
+		apiError(w, http.StatusRequestURITooLong, "uriTooLong", "The requested URL is too long.")
+		return
+	}
 	// Instances live in Project; the subnetwork in SubnetProject.
 	if want := map[bool]string{true: s.opts.SubnetProject, false: s.opts.Project}[method == "subnetworks.get"]; parts[1] != want {
 		apiError(w, 404, "notFound", fmt.Sprintf("The resource 'projects/%s/%s' was not found", parts[1], strings.Join(parts[2:], "/")))
@@ -318,12 +440,13 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.counts[method]++
 	f := s.faults
-	allowed := s.allow()
+	allowed := s.allow(method)
 	s.mu.Unlock()
 	if !allowed {
 		// https://cloud.google.com/compute/api-quota: "you receive a 403
 		// error with the reason rateLimitExceeded".
-		apiError(w, 403, "rateLimitExceeded", "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute' (injected)")
+		metric := map[string]string{"reads": "Read requests", "writes": "Queries"}[quotaGroup(method)]
+		apiError(w, 403, "rateLimitExceeded", fmt.Sprintf("Quota exceeded for quota metric '%s' and limit '%s per minute' of service 'compute.googleapis.com' for consumer 'project_number:1' (injected).", metric, metric))
 		return
 	}
 	if f.Rate5xx > 0 && rand.Float64() < f.Rate5xx {
@@ -343,6 +466,10 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 	case method == "instances.updateNetworkInterface":
 		if f.Force412 > 0 && rand.Float64() < f.Force412 {
 			apiError(w, 412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint (injected).")
+			return
+		}
+		if f.RefuseWrites.Code != 0 {
+			apiError(w, f.RefuseWrites.Code, f.RefuseWrites.Reason, f.RefuseWrites.Message)
 			return
 		}
 		s.updateNIC(w, r, p[1], p[3], f)
@@ -455,8 +582,19 @@ func (s *Server) aggregatedList(w http.ResponseWriter, r *http.Request) {
 		pageSize = v
 	}
 	start, _ := strconv.Atoi(r.URL.Query().Get("pageToken"))
+	partial := r.URL.Query().Get("returnPartialSuccess") == "true"
 	s.mu.Lock()
-	all := s.sorted()
+	if len(s.unreachable) > 0 && !partial {
+		s.mu.Unlock()
+		apiError(w, 503, "backendError", "The service is currently unavailable: some zones could not be reached.")
+		return
+	}
+	var all []*instance
+	for _, in := range s.sorted() {
+		if !s.unreachable[in.zone] {
+			all = append(all, in)
+		}
+	}
 	out := &compute.InstanceAggregatedList{Kind: "compute#instanceAggregatedList", Items: map[string]compute.InstancesScopedList{}}
 	end := min(start+pageSize, len(all))
 	for _, in := range all[min(start, len(all)):end] {
@@ -465,6 +603,12 @@ func (s *Server) aggregatedList(w http.ResponseWriter, r *http.Request) {
 		l.Instances = append(l.Instances, s.render(in))
 		out.Items[key] = l
 	}
+	for z := range s.unreachable {
+		out.Unreachables = append(out.Unreachables, "zones/"+z)
+		out.Items["zones/"+z] = compute.InstancesScopedList{Warning: &compute.InstancesScopedListWarning{
+			Code: "UNREACHABLE", Message: fmt.Sprintf("Scope 'zones/%s' is unreachable.", z)}}
+	}
+	sort.Strings(out.Unreachables)
 	s.mu.Unlock()
 	if end < len(all) {
 		out.NextPageToken = strconv.Itoa(end)
@@ -559,7 +703,11 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 	in.busy = true
 	in.pending = desired
 	s.nextOp++
-	opName := fmt.Sprintf("operation-%d-%d", time.Now().UnixNano(), s.nextOp)
+	// GCE's operation names look like
+	// "operation-1678698586130-5f6c478e948f3-93704f76-5de7a834"
+	// (F5Networks/f5-google-gdm-templates#78): milliseconds, then hex.
+	// Their length matters: a list filter names them.
+	opName := fmt.Sprintf("operation-%d-%013x-%08x-%08x", time.Now().UnixMilli(), time.Now().UnixNano()&0xfffffffffffff, s.nextOp, rand.Uint32())
 	o := &operation{
 		op: &compute.Operation{
 			Kind: "compute#operation", Name: opName, Status: "RUNNING", OperationType: "updateNetworkInterface",
@@ -579,6 +727,14 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 		o.fail, o.failCode, o.failMsg = "CONDITION_NOT_MET", 412, "Supplied fingerprint does not match current metadata fingerprint (injected)."
 	case f.OpQuotaExceeded > 0 && rand.Float64() < f.OpQuotaExceeded:
 		o.fail, o.failCode, o.failMsg = "QUOTA_EXCEEDED", 403, fmt.Sprintf("Quota 'ALIAS_IP_RANGES' exceeded. Limit: 0.0 in region %s (injected).", s.opts.Region)
+	case f.OpSubnetworkNotFound:
+		sub := in.subnetwork
+		if sub == "" {
+			sub = s.opts.Subnetwork
+		}
+		o.fail, o.failCode, o.failMsg = "RESOURCE_NOT_FOUND", 404, fmt.Sprintf("The resource 'projects/%s/regions/%s/subnetworks/%s' was not found", s.opts.SubnetProject, s.opts.Region, sub)
+	case f.OpError.Code != "":
+		o.fail, o.failCode, o.failMsg = f.OpError.Code, f.OpError.Status, f.OpError.Message
 	}
 	o.apply = func() {
 		// The NIC changes when the operation completes, and so does its
@@ -728,6 +884,19 @@ func (s *Server) listOps(w http.ResponseWriter, r *http.Request, zone string) {
 	}
 	start, _ := strconv.Atoi(q.Get("pageToken"))
 	s.mu.Lock()
+	if match != nil {
+		examined := 0
+		for _, o := range s.ops {
+			if strings.HasSuffix(o.op.Zone, "/zones/"+zone) {
+				examined++
+			}
+		}
+		if !s.allowFilterCost(examined) {
+			s.mu.Unlock()
+			apiError(w, 403, "rateLimitExceeded", "Quota exceeded for quota metric 'compute.googleapis.com/filtered_list_cost_overhead' and limit 'ListRequestsFilterCostOverheadPerMinutePerProject' of service 'compute.googleapis.com' for consumer 'project_number:1' (injected).")
+			return
+		}
+	}
 	var names []string
 	for name, o := range s.ops {
 		if strings.HasSuffix(o.op.Zone, "/zones/"+zone) && (match == nil || match(name)) {
