@@ -61,7 +61,7 @@ func (c *Controller) cloudView(ctx context.Context) (adminapi.CloudView, error) 
 		for _, a := range in.Aliases {
 			va := adminapi.Alias{CIDR: a.CIDR.String(), CloudName: a.RangeName}
 			if c.blocks.ours(a) {
-				va.Range, _, _ = c.blocks.rangeOf(a.CIDR)
+				va.Range, _, _ = c.blocks.rangeContaining(a.CIDR)
 			}
 			vi.Aliases = append(vi.Aliases, va)
 		}

@@ -95,14 +95,33 @@ func (b *blocks) occupyLocked(p netip.Prefix) error {
 }
 
 // releaseLocked returns p to its pool's free blocks (a no-op when its pool
-// is gone). The caller holds the lock.
+// is gone). Of the blocks p covers — one when p is a block, several when an
+// alias of another size was on a NIC — those another node holds or that
+// cool down stay out of the pool: nothing released can be a block someone
+// holds. The caller holds the lock and has already dropped p's own owner
+// and cooling entries.
 func (b *blocks) releaseLocked(p netip.Prefix) error {
 	pl := b.poolOf(p)
 	if pl == nil {
 		return nil
 	}
 	b.changed[pl.name] = true
-	return pl.alloc.Release(p)
+	covered, err := pl.alloc.BlocksOf(p)
+	if err != nil {
+		return err
+	}
+	for _, blk := range covered {
+		if _, held := b.owner[blk]; held {
+			continue
+		}
+		if _, cooling := b.cooling[blk]; cooling && blk != p {
+			continue
+		}
+		if err := pl.alloc.Release(blk); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // stats returns every pool's block counts, by pool name.
@@ -161,15 +180,29 @@ func (b *blocks) ours(a cloud.AliasRange) bool {
 	return false
 }
 
-// rangeOf returns the pool (name, its cloud range name) holding the block.
+// rangeOf returns the pool (name, its cloud range name) of which p is a
+// block (see pool.isBlock); ok is false for anything else, including a
+// prefix of another size inside a pool.
 func (b *blocks) rangeOf(p netip.Prefix) (name, cloudName string, ok bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	pl := b.poolOf(p)
-	if pl == nil {
+	if pl == nil || !pl.isBlock(p) {
 		return "", "", false
 	}
 	return pl.name, pl.cloudName, true
+}
+
+// rangeContaining returns the pool p lies inside, whatever its size, and
+// the pool's block size.
+func (b *blocks) rangeContaining(p netip.Prefix) (name string, maskSize int, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl := b.poolOf(p)
+	if pl == nil {
+		return "", 0, false
+	}
+	return pl.name, pl.maskSize, true
 }
 
 // occupy marks blocks used (aliases seen on a NIC).
@@ -256,16 +289,34 @@ func (b *blocks) holdBack(name string, cidr netip.Prefix, until time.Time) {
 	}
 }
 
-// claim records name as the holder of cidr on inst; it returns the name of
-// another live node that already holds it ("" when the claim succeeded).
-// A block the node reserved before and now gives up (it adopts another)
-// cools down until coolUntil, as it may have reached the cloud.
-func (b *blocks) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef, alive func(string) bool, coolUntil time.Time) (string, error) {
+// holderState is what the recorded holder of a block is, as the API sees it.
+type holderState int
+
+const (
+	// holderGone: no such Node; its claim lapses.
+	holderGone holderState = iota
+	// holderReserving: a live Node whose podCIDR is not the block: it
+	// reserved the block and its alias add has not settled (it is in
+	// flight, or will fail on the alias another NIC carries).
+	holderReserving
+	// holderHolding: a live Node whose podCIDR is the block.
+	holderHolding
+)
+
+// claim records name as the holder of cidr on inst. When another node
+// holds it, claim changes nothing and returns that node and what it is
+// (holderReserving or holderHolding). A block the node reserved before
+// and now gives up (it adopts another) cools down until coolUntil, as it
+// may have reached the cloud.
+func (b *blocks) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef, holder func(node string, cidr netip.Prefix) holderState, coolUntil time.Time) (string, holderState, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if pl := b.poolOf(cidr); pl == nil || !pl.isBlock(cidr) {
+		return "", holderGone, fmt.Errorf("claim %v: not a block of any range", cidr)
+	}
 	if other, ok := b.owner[cidr]; ok && other != name {
-		if alive(other) {
-			return other, nil
+		if st := holder(other, cidr); st != holderGone {
+			return other, st, nil
 		}
 		// The holder is gone: its pending release must not remove the
 		// alias from the node that now holds the block.
@@ -278,13 +329,13 @@ func (b *blocks) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef, a
 		b.cooling[prev.cidr] = coolUntil
 	}
 	if err := b.occupyLocked(cidr); err != nil {
-		return "", fmt.Errorf("claim %v: %w", cidr, err)
+		return "", holderGone, fmt.Errorf("claim %v: %w", cidr, err)
 	}
 	delete(b.cooling, cidr)
 	b.owned[name] = assignment{cidr: cidr, inst: inst}
 	b.owner[cidr] = name
 	delete(b.waiting, name)
-	return "", nil
+	return "", holderGone, nil
 }
 
 // coolRemoved records that an alias was removed from a node's NIC: unless
@@ -330,6 +381,18 @@ func (b *blocks) released(name string, a assignment, until time.Time) {
 		if pl := b.poolOf(a.cidr); pl != nil {
 			b.changed[pl.name] = true
 		}
+	}
+}
+
+// handOver records that a deleted node's alias was removed and its block
+// passes to heir, a live node whose podCIDR it is: never free in between.
+func (b *blocks) handOver(name string, a assignment, heir string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.owned, name)
+	if b.owner[a.cidr] == name {
+		b.owner[a.cidr] = heir
+		b.owned[heir] = assignment{cidr: a.cidr}
 	}
 }
 

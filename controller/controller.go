@@ -94,6 +94,7 @@ import (
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/allocator"
 	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
+	"github.com/aliasip/aliasip/internal/blocksize"
 )
 
 // Event reasons recorded on Nodes.
@@ -106,6 +107,12 @@ const (
 	EventCIDRMismatch = "CIDRMismatch"
 	// EventCIDROutOfRange: the node's podCIDR lies outside the pod range.
 	EventCIDROutOfRange = "CIDROutOfRange"
+	// EventCIDRWrongSize: the node's podCIDR lies inside a range but is not
+	// one of its blocks (another size, or not aligned): foreign.
+	EventCIDRWrongSize = "CIDRWrongSize"
+	// EventCIDRPending: the block on the node's NIC is reserved for another
+	// node whose alias operation has not finished; the node retries.
+	EventCIDRPending = "CIDRPending"
 	// EventCloudAliasFailed: an alias change failed (transient, or the block
 	// is held by another resource).
 	EventCloudAliasFailed = "CloudAliasFailed"
@@ -350,6 +357,9 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: pod range %v: %w", errConfig, podRange, err)
 	}
+	if err := blocksize.CheckMask(c.cfg.MaskSize, podRange.Addr().BitLen()); err != nil {
+		return fmt.Errorf("%w: pod range %v: %w", errConfig, podRange, err)
+	}
 	def := &pool{name: aliasipv1.DefaultRangeName, cidr: podRange.Masked(), cloudName: rangeName, maskSize: c.cfg.MaskSize, alloc: alloc}
 	pools := []*pool{def}
 	unusable := map[string]labels.Selector{}
@@ -366,7 +376,17 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		for _, pr := range c.ranges.sorted() {
 			pl, _, _, err := c.resolve(ctx, pr)
 			if err != nil {
-				return err
+				// As at run time (syncRange retries it): a range that
+				// cannot be resolved now — its secondary range cannot be
+				// read — holds back the nodes it selects, and only those.
+				// Its nodes' blocks lie in no pool, so none is handed out.
+				logger.Error(err, "PodRange not resolved at rebuild; its nodes wait, the others allocate", "podRange", pr.Name)
+				sel, serr := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
+				if serr != nil {
+					sel = labels.Nothing()
+				}
+				unusable[pr.Name] = sel
+				continue
 			}
 			if pl == nil {
 				if sel, err := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector); err == nil {
@@ -400,7 +420,15 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		return nil
 	}
 	instances, err := c.cloud.ListInstances(ctx)
-	if err != nil {
+	if errors.Is(err, cloud.ErrPartialList) {
+		// Some zones could not be read: their instances' aliases are
+		// unknown. Allocation goes on (one zone's outage must not stop
+		// every node); a block one of them carries is refused by the
+		// cloud when handed out (held back, ErrRangeConflict), and the
+		// leak collector's next complete list marks it used.
+		logger.Error(err, "Rebuild: instance list incomplete; the missing zones' aliases are checked by the cloud and the next list")
+		c.metrics.PartialLists.Inc()
+	} else if err != nil {
 		return fmt.Errorf("list instances: %w", err)
 	}
 	c.accepting.Store(true) // events from here on are queued; the list covers the rest
@@ -420,14 +448,17 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	})
 	for _, n := range nodes {
 		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
-		if err != nil || poolOf(p) == nil {
-			continue
+		if err != nil || poolOf(p) == nil || !poolOf(p).isBlock(p) {
+			continue // foreign (another size included): never marked used, never freed
 		}
 		if _, err := poolOf(p).alloc.Occupy(p); err != nil {
 			return fmt.Errorf("node %s: podCIDR %v: %w", n.Name, p, err)
 		}
 		if _, taken := owner[p]; taken {
-			continue // two nodes claim one block: the node's sync reports it
+			// Two nodes claim one block: the older holds it, the younger's
+			// sync reports it, and when the older goes the block passes to
+			// the younger (release) rather than cooling.
+			continue
 		}
 		inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
 		if err != nil {
@@ -464,11 +495,15 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		}
 		now := time.Now()
 		for cidr, until := range saved {
-			if _, held := owner[cidr]; held || !now.Before(until) || poolOf(cidr) == nil {
+			if _, held := owner[cidr]; held || !now.Before(until) {
 				continue
 			}
-			if _, err := poolOf(cidr).alloc.Occupy(cidr); err != nil {
-				return fmt.Errorf("cooling block %v: %w", cidr, err)
+			// A block of a range removed meanwhile cools on (addPool marks
+			// it used if the range comes back before it expires).
+			if pl := poolOf(cidr); pl != nil {
+				if _, err := pl.alloc.Occupy(cidr); err != nil {
+					return fmt.Errorf("cooling block %v: %w", cidr, err)
+				}
 			}
 			cooling[cidr] = until
 		}
@@ -607,22 +642,35 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 		}
 		return fmt.Errorf("read aliases of %s: %w", inst, err)
 	}
-	var ours []netip.Prefix
+	var ours, blocks []netip.Prefix
 	for _, a := range aliases {
 		if c.blocks.ours(a) {
 			ours = append(ours, a.CIDR)
+			if _, _, ok := c.blocks.rangeOf(a.CIDR); ok {
+				blocks = append(blocks, a.CIDR)
+			}
 		}
 	}
 
 	if node.Spec.PodCIDR == "" {
-		if len(ours) > 0 {
-			return c.adopt(ctx, node, inst, ours) // empty, present
+		if len(blocks) > 0 {
+			// Only a block is adopted; an alias of another size from the
+			// range is an extra, removed once the node has its block.
+			return c.adopt(ctx, node, inst, blocks, ours) // empty, present
 		}
 		return c.assign(ctx, node, inst) // empty, none
 	}
 	podCIDR, err := netip.ParsePrefix(node.Spec.PodCIDR)
-	_, _, inRange := c.blocks.rangeOf(podCIDR)
-	if err != nil || podCIDR.Masked() != podCIDR || !inRange {
+	_, _, isBlock := c.blocks.rangeOf(podCIDR)
+	if rng, mask, inside := c.blocks.rangeContaining(podCIDR); err == nil && inside && !isBlock {
+		// A kubelet may create its own Node with any podCIDR (NodeRestriction
+		// lets it set spec on create). A prefix of another size overlaps
+		// blocks other nodes hold: it is never marked used nor freed.
+		c.mismatch(node, EventCIDRWrongSize,
+			"podCIDR %v lies inside range %s but is not one of its /%d blocks; aliasip leaves this node alone", podCIDR, rng, mask)
+		return nil
+	}
+	if err != nil || podCIDR.Masked() != podCIDR || !isBlock {
 		c.mu.Lock()
 		podRange := c.podRange
 		c.mu.Unlock()
@@ -630,7 +678,7 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 			"podCIDR %q is not inside the pod range %v nor a PodRange's; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
 		return nil
 	}
-	conflict, err := c.claim(name, podCIDR, inst)
+	conflict, err := c.claim(node, podCIDR, inst)
 	if err != nil {
 		return err
 	}
@@ -706,9 +754,9 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 // adopt is the row "podCIDR empty, alias present": the alias (a crash or a
 // failed patch after the alias was added) becomes the podCIDR; any others
 // are removed at the next sync (the extra-alias row).
-func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, ours []netip.Prefix) error {
-	cidr := ours[0]
-	conflict, err := c.claim(node.Name, cidr, inst)
+func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, blocks, ours []netip.Prefix) error {
+	cidr := blocks[0]
+	conflict, err := c.claim(node, cidr, inst)
 	if err != nil {
 		return err
 	}
@@ -811,11 +859,42 @@ func (c *Controller) removeExtras(ctx context.Context, node *corev1.Node, inst c
 	return nil
 }
 
+// errPending marks a sync that waits for another node's reservation of
+// its block to settle.
+var errPending = errors.New("block reserved for another node")
+
 // claim records name as the holder of cidr; it returns the name of another
-// live node that already holds it ("" when the claim succeeded).
-func (c *Controller) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef) (string, error) {
-	alive := func(n string) bool { _, err := c.nodes.Get(n); return err == nil }
-	return c.blocks.claim(name, cidr, inst, alive, time.Now().Add(c.cfg.ReleaseCooldown))
+// live node whose podCIDR is that block ("" when the claim succeeded).
+//
+// When the other node only reserved the block — its alias add has not
+// settled — the node's own NIC carrying the alias is the fact: an
+// operation a killed process started finished after this process rebuilt
+// its state and reserved the block again. The other node's add fails on
+// that alias (the cloud refuses a range another NIC carries) and gives
+// the block up, so this node retries (errPending) rather than being
+// reported and dropped; the other node never patched its podCIDR.
+func (c *Controller) claim(node *corev1.Node, cidr netip.Prefix, inst cloud.InstanceRef) (string, error) {
+	holder := func(n string, p netip.Prefix) holderState {
+		other, err := c.nodes.Get(n)
+		switch {
+		case err != nil:
+			return holderGone
+		case other.Spec.PodCIDR == p.String():
+			return holderHolding
+		default:
+			return holderReserving
+		}
+	}
+	other, st, err := c.blocks.claim(node.Name, cidr, inst, holder, time.Now().Add(c.cfg.ReleaseCooldown))
+	if err != nil {
+		return "", err
+	}
+	if st == holderReserving {
+		c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRPending,
+			"Block %v on %s is reserved for node %s, whose alias operation has not settled; retrying", cidr, inst, other)
+		return "", fmt.Errorf("%v is reserved for node %s: %w", cidr, other, errPending)
+	}
+	return other, nil
 }
 
 // refused reports whether the cloud refused a write for a reason another
@@ -862,14 +941,40 @@ func (c *Controller) release(ctx context.Context, name string) error {
 			return fmt.Errorf("remove alias %v from %s of deleted node %s: %w", a.cidr, a.inst, name, err)
 		}
 	}
+	ref := &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
+	if heir := c.podCIDRHolder(a.cidr, name); heir != "" {
+		// Another live node has this block as its podCIDR (two nodes
+		// claimed it; the deleted one was older). It is that node's now,
+		// not free: its sync puts the alias on its NIC.
+		c.blocks.handOver(name, a, heir)
+		c.queue.Add(heir)
+		c.recorder.Eventf(ref, corev1.EventTypeNormal, EventAliasReleased,
+			"Removed alias %v from %s; the block stays with node %s, whose podCIDR it is", a.cidr, a.inst, heir)
+		klog.FromContext(ctx).Info("Released block of deleted node to the node sharing it", "node", name, "cidr", a.cidr, "heir", heir)
+		return nil
+	}
 	c.blocks.released(name, a, time.Now().Add(c.cfg.ReleaseCooldown))
 	c.saveCooling(ctx)
 	c.wake()
-	ref := &corev1.ObjectReference{Kind: "Node", Name: name, UID: types.UID(name)}
 	c.recorder.Eventf(ref, corev1.EventTypeNormal, EventAliasReleased,
 		"Removed alias %v from %s; block reusable after %v", a.cidr, a.inst, c.cfg.ReleaseCooldown)
 	klog.FromContext(ctx).Info("Released block of deleted node", "node", name, "cidr", a.cidr, "instance", a.inst)
 	return nil
+}
+
+// podCIDRHolder returns a live node other than except whose podCIDR is
+// the block ("" when none).
+func (c *Controller) podCIDRHolder(cidr netip.Prefix, except string) string {
+	nodes, err := c.nodes.List(everything)
+	if err != nil {
+		return ""
+	}
+	for _, n := range nodes {
+		if n.Name != except && n.Spec.PodCIDR == cidr.String() {
+			return n.Name
+		}
+	}
+	return ""
 }
 
 func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {

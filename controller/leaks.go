@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -17,7 +18,12 @@ import (
 func (c *Controller) collectLeaks(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	instances, err := c.cloud.ListInstances(ctx)
-	if err != nil {
+	if errors.Is(err, cloud.ErrPartialList) {
+		// Only what was read is acted on; the missing zones are unknown,
+		// not alias-free, and wait for the next round.
+		logger.Error(err, "Leak collection: instance list incomplete; collecting in the zones read")
+		c.metrics.PartialLists.Inc()
+	} else if err != nil {
 		logger.Error(err, "Leak collection: list instances")
 		return
 	}
@@ -29,7 +35,8 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 	now := time.Now()
 	seen := map[string]bool{}
 	for _, in := range instances {
-		if nodeOf[in.Ref.String()] != "" {
+		if n := nodeOf[in.Ref.String()]; n != "" {
+			c.requeueIfDrifted(ctx, n, in)
 			continue
 		}
 		for _, a := range in.Aliases {
@@ -60,6 +67,42 @@ func (c *Controller) collectLeaks(ctx context.Context) {
 		}
 	}
 	c.mu.Unlock()
+}
+
+// requeueIfDrifted queues a node whose NIC, as this list shows it,
+// disagrees with what its last sync left: an alias of ours without a
+// podCIDR, a block of ours the state does not count as used, more than one
+// alias of ours, or none while the podCIDR is a block. That is how a
+// change made out of this process's sight — an operation a killed process
+// started that finished after the rebuild, an alias edited by hand — is
+// seen within one collection interval even if no Node event follows. A
+// node whose podCIDR and alias simply differ (CIDRMismatch, reported by
+// its sync) is not queued again for it.
+func (c *Controller) requeueIfDrifted(ctx context.Context, name string, in cloud.Instance) {
+	node, err := c.nodes.Get(name)
+	if err != nil {
+		return
+	}
+	var ours []netip.Prefix
+	unrecorded := false
+	for _, a := range in.Aliases {
+		if c.blocks.ours(a) {
+			ours = append(ours, a.CIDR)
+			unrecorded = unrecorded || !c.blocks.inUse(a.CIDR)
+		}
+	}
+	podCIDR, perr := netip.ParsePrefix(node.Spec.PodCIDR)
+	_, _, isBlock := c.blocks.rangeOf(podCIDR)
+	drifted := unrecorded || len(ours) > 1 ||
+		(node.Spec.PodCIDR == "" && len(ours) > 0) ||
+		(perr == nil && isBlock && len(ours) == 0)
+	if !drifted {
+		return
+	}
+	klog.FromContext(ctx).V(2).Info("NIC disagrees with the node's state; queued", "node", name, "instance", in.Ref,
+		"podCIDR", node.Spec.PodCIDR, "aliases", ours)
+	c.metrics.Requeued.Inc()
+	c.queue.Add(name)
 }
 
 // removeLeak removes a leaked alias from an instance without a Node, frees

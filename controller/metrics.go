@@ -19,6 +19,8 @@ type Metrics struct {
 	Dropped       prometheus.Counter
 	Panics        prometheus.Counter
 	LeakedRemoved prometheus.Counter
+	PartialLists  prometheus.Counter
+	Requeued      prometheus.Counter
 	Releases      prometheus.Counter
 	NodeWrites    prometheus.Counter
 	Leader        prometheus.Gauge
@@ -91,6 +93,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "aliasip_leaked_aliases_removed_total",
 			Help: "Alias ranges from the pod range removed from instances that have no Node.",
 		}),
+		PartialLists: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_instance_lists_partial_total",
+			Help: "Instance lists (rebuild, leak collection) that could not read every zone; the missing zones' instances were treated as unknown.",
+		}),
+		Requeued: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_nodes_requeued_from_cloud_total",
+			Help: "Nodes queued again because the leak collector's list showed their NIC disagreeing with their podCIDR (an operation finished out of our sight).",
+		}),
 		Releases: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_releases_total",
 			Help: "Blocks returned to the pool after their cooldown.",
@@ -105,7 +115,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.Allocations, m.CloudCalls, m.CloudCallTime, m.CloudRequests, m.CloudLatency, m.SyncLatency, m.Mismatches,
-		m.Dropped, m.Panics, m.LeakedRemoved, m.Releases, m.NodeWrites, m.Leader)
+		m.Dropped, m.Panics, m.LeakedRemoved, m.PartialLists, m.Requeued, m.Releases, m.NodeWrites, m.Leader)
 	reg.MustRegister(&poolCollector{m: m, desc: prometheus.NewDesc("aliasip_pool_blocks",
 		"Blocks of each pod range (range: a PodRange's name, or \"default\" for the flags' range) by state: used, free, cooling (cooling blocks count as used too).",
 		[]string{"range", "state"}, nil)})

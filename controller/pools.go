@@ -47,6 +47,16 @@ func (p *pool) contains(q netip.Prefix) bool {
 	return q.IsValid() && p.cidr.Bits() <= q.Bits() && p.cidr.Contains(q.Addr())
 }
 
+// isBlock reports whether the prefix is one of the pool's blocks: inside
+// it, of its block size, and aligned. Only a block can be a node's: a
+// prefix of another size inside the range (a podCIDR a kubelet wrote on
+// its own Node, or one from before a size change) overlaps blocks other
+// nodes may hold, so taking it as a node's would lock them or, at its
+// release, free them.
+func (p *pool) isBlock(q netip.Prefix) bool {
+	return p.contains(q) && q.Bits() == p.maskSize && q.Masked() == q
+}
+
 // PoolStats are one pool's block counts.
 type PoolStats struct {
 	Total, Used, Free, Cooling, Nodes int

@@ -25,6 +25,7 @@ import (
 	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
 	aliasipinformers "github.com/aliasip/aliasip/controller/generated/informers/externalversions"
 	aliasiplisters "github.com/aliasip/aliasip/controller/generated/listers/aliasip/v1alpha1"
+	"github.com/aliasip/aliasip/internal/blocksize"
 )
 
 // Event reasons recorded on PodRanges.
@@ -252,6 +253,11 @@ func (c *Controller) resolve(ctx context.Context, pr *aliasipv1.PodRange) (*pool
 	if err != nil {
 		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, err.Error(), nil
 	}
+	// The agent's rule (the schema checks a cidr's; a secondary range's
+	// family is known only here).
+	if err := blocksize.CheckMask(mask, cidr.Addr().BitLen()); err != nil {
+		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, err.Error(), nil
+	}
 	alloc, err := allocator.New(cidr, mask)
 	if err != nil {
 		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, fmt.Sprintf("/%d blocks in %v: %v", mask, cidr, err), nil
@@ -374,12 +380,18 @@ func (c *Controller) usedIn(ctx context.Context, pl *pool) ([]netip.Prefix, erro
 		return nil, err
 	}
 	for _, n := range nodes {
-		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.contains(p) {
+		// Only a block: a podCIDR of another size is foreign (sync).
+		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.isBlock(p) {
 			used = append(used, p)
 		}
 	}
 	instances, err := c.cloud.ListInstances(ctx)
-	if err != nil {
+	if errors.Is(err, cloud.ErrPartialList) {
+		// As at the rebuild: the missing zones' aliases are refused by
+		// the cloud if handed out, and marked by the next complete list.
+		klog.FromContext(ctx).Error(err, "New PodRange: instance list incomplete", "podRange", pl.name)
+		c.metrics.PartialLists.Inc()
+	} else if err != nil {
 		return nil, fmt.Errorf("list instances: %w", err)
 	}
 	for _, in := range instances {
@@ -401,7 +413,7 @@ func (c *Controller) deleteRange(ctx context.Context, pr *aliasipv1.PodRange) er
 		sel, _ := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
 		c.blocks.setUnusable(pr.Name, sel)
 	}
-	if holders := c.blocks.removePool(pr.Name); len(holders) > 0 {
+	if holders := c.blocks.holders(pr.Name); len(holders) > 0 {
 		shown := holders
 		if len(shown) > 5 {
 			shown = shown[:5]
@@ -409,6 +421,29 @@ func (c *Controller) deleteRange(ctx context.Context, pr *aliasipv1.PodRange) er
 		return c.writeRangeStatus(ctx, pr, true, metav1.ConditionFalse, aliasipv1.ReasonInUse,
 			fmt.Sprintf("being deleted: %d node(s) still hold blocks of it (%s); no new block is handed out, and the range goes once they are gone",
 				len(holders), strings.Join(shown, ", ")))
+	}
+	if active {
+		// A range is not forgotten while an instance carries one of its
+		// aliases: once the pool goes, the leak collector no longer counts
+		// them as ours, and a node deleted while the controller was down
+		// would keep its alias forever. The finalizer stays until they are
+		// collected (or the list is complete again).
+		if carriers, err := c.aliasCarriers(ctx, pr.Name); err != nil || len(carriers) > 0 {
+			msg := fmt.Sprintf("being deleted: the instance list is incomplete (%v); the range goes once every instance is known to carry none of its aliases", err)
+			if err == nil {
+				shown := carriers
+				if len(shown) > 5 {
+					shown = shown[:5]
+				}
+				msg = fmt.Sprintf("being deleted: %d instance(s) still carry aliases of it (%s); the leak collector removes those of instances without a Node after the grace period, and the range goes then",
+					len(carriers), strings.Join(shown, ", "))
+			}
+			c.ranges.queue.AddAfter(pr.Name, c.cfg.GCInterval)
+			return c.writeRangeStatus(ctx, pr, true, metav1.ConditionFalse, aliasipv1.ReasonInUse, msg)
+		}
+	}
+	if holders := c.blocks.removePool(pr.Name); len(holders) > 0 {
+		return fmt.Errorf("PodRange %s: %d node(s) took a block of it meanwhile", pr.Name, len(holders))
 	}
 	if active {
 		klog.FromContext(ctx).Info("PodRange removed: no node holds a block of it", "podRange", pr.Name)
@@ -424,6 +459,30 @@ func (c *Controller) deleteRange(ctx context.Context, pr *aliasipv1.PodRange) er
 		}
 	}
 	return nil
+}
+
+// aliasCarriers returns the instances that carry an alias of the named
+// pool's range; an incomplete instance list is an error (unknown).
+func (c *Controller) aliasCarriers(ctx context.Context, name string) ([]string, error) {
+	pl, ok := c.blocks.pool(name)
+	if !ok {
+		return nil, nil
+	}
+	instances, err := c.cloud.ListInstances(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, in := range instances {
+		for _, a := range in.Aliases {
+			if pl.holds(a) {
+				out = append(out, in.Ref.String())
+				break
+			}
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 // fieldManager names the controller's writes.

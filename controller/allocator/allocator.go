@@ -164,6 +164,20 @@ func (a *Allocator) Contains(p netip.Prefix) bool {
 	return err == nil
 }
 
+// BlocksOf returns the blocks p covers: p's own block when p is a block or
+// smaller, every block inside it when p is larger.
+func (a *Allocator) BlocksOf(p netip.Prefix) ([]netip.Prefix, error) {
+	first, last, err := a.span(p)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Prefix, 0, last-first+1)
+	for i := first; i <= last; i++ {
+		out = append(out, a.prefix(i))
+	}
+	return out, nil
+}
+
 func (a *Allocator) span(p netip.Prefix) (int, int, error) {
 	if !p.IsValid() || p.Addr().BitLen() != a.cluster.Addr().BitLen() ||
 		p.Bits() < a.cluster.Bits() || !a.cluster.Contains(p.Addr()) {

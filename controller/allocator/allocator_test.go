@@ -242,3 +242,29 @@ func TestSeekAfterLastUsed(t *testing.T) {
 		t.Errorf("empty: %v", got)
 	}
 }
+
+func TestBlocksOf(t *testing.T) {
+	a, err := New(netip.MustParsePrefix("10.0.0.0/16"), 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		p    string
+		want []string
+	}{
+		{"10.0.3.0/24", []string{"10.0.3.0/24"}},
+		{"10.0.3.128/25", []string{"10.0.3.0/24"}},
+		{"10.0.4.0/22", []string{"10.0.4.0/24", "10.0.5.0/24", "10.0.6.0/24", "10.0.7.0/24"}},
+	} {
+		got, err := a.BlocksOf(netip.MustParsePrefix(c.p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("BlocksOf(%s) = %v, want %v", c.p, got, c.want)
+		}
+	}
+	if _, err := a.BlocksOf(netip.MustParsePrefix("10.1.0.0/24")); err == nil {
+		t.Error("BlocksOf outside the range: no error")
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/aliasip/aliasip/controller/allocator"
+	"github.com/aliasip/aliasip/internal/blocksize"
 )
 
 // Options are aliasip-controller's flags.
@@ -197,8 +198,14 @@ func (o *Options) Validate() error {
 		if _, err := allocator.New(p, o.NodeCIDRMaskSize); err != nil {
 			return fmt.Errorf("--node-cidr-mask-size=%d with --cluster-cidr=%s: %v", o.NodeCIDRMaskSize, p, err)
 		}
+		if err := blocksize.CheckMask(o.NodeCIDRMaskSize, p.Addr().BitLen()); err != nil {
+			return fmt.Errorf("--node-cidr-mask-size=%d: %v", o.NodeCIDRMaskSize, err)
+		}
 	} else if o.NodeCIDRMaskSize < 1 || o.NodeCIDRMaskSize > 128 {
 		return fmt.Errorf("--node-cidr-mask-size=%d: out of range", o.NodeCIDRMaskSize)
+	} else if err := blocksize.CheckMask(o.NodeCIDRMaskSize, 32); o.Cloud == "gce" && err != nil {
+		// GCE's secondary ranges are IPv4.
+		return fmt.Errorf("--node-cidr-mask-size=%d: %v", o.NodeCIDRMaskSize, err)
 	}
 	switch {
 	case o.Workers < 1:

@@ -47,6 +47,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/aliasip/aliasip/internal/blocksize"
 )
 
 // ErrExhausted: every address of the podCIDR is in use or cooling down.
@@ -204,8 +206,12 @@ func MoveAside(path, aside string) error {
 
 func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
 	podCIDR = podCIDR.Masked()
-	if !podCIDR.Addr().Is4() || podCIDR.Bits() > 30 {
-		return nil, fmt.Errorf("podCIDR %v: want an IPv4 range of /30 or larger", podCIDR)
+	if !podCIDR.Addr().Is4() {
+		return nil, fmt.Errorf("podCIDR %v: want an IPv4 range", podCIDR)
+	}
+	// The same rule the controller applies before handing a block out.
+	if err := blocksize.Check(podCIDR); err != nil {
+		return nil, fmt.Errorf("podCIDR %v: %w", podCIDR, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err

@@ -146,7 +146,12 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 		"--secure-port", fmt.Sprint(apiPort),
 		"--cert-dir", filepath.Join(dir, "certs"),
 		"--token-auth-file", tokens,
-		"--authorization-mode", "RBAC",
+		// As production clusters run (kubeadm's defaults): a kubelet's
+		// credentials reach only its own Node, through the Node authorizer
+		// and NodeRestriction; tests impersonate system:node:<name>
+		// (AsNode) to act as one.
+		"--authorization-mode", "Node,RBAC",
+		"--enable-admission-plugins", "NodeRestriction",
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", keyFile,
 		"--service-account-signing-key-file", keyFile,
@@ -191,6 +196,15 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 	}
 	ok = true
 	return cp, nil
+}
+
+// AsNode returns a clientset with a kubelet's identity: user
+// system:node:<name> in group system:nodes, as a node's client certificate
+// names it (https://kubernetes.io/docs/reference/access-authn-authz/node/).
+func (cp *ControlPlane) AsNode(name string) kubernetes.Interface {
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:node:" + name, Groups: []string{"system:nodes", "system:authenticated"}}
+	return kubernetes.NewForConfigOrDie(cfg)
 }
 
 // Client returns a clientset with the given QPS (0: the default of 1000).

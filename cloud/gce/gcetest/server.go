@@ -68,6 +68,9 @@ type Faults struct {
 	// ForbidOperationReads: zoneOperations get, wait and list answer 403
 	// forbidden (an identity without compute.zoneOperations.* permissions).
 	ForbidOperationReads bool
+	// ForbidSubnetworkReads: subnetworks.get answers 403 forbidden (an
+	// identity without compute.subnetworks.get on the host project).
+	ForbidSubnetworkReads bool
 	// FailOps: fraction of operations that end DONE with INTERNAL_ERROR, unapplied.
 	FailOps float64
 	// OpNotReady, OpStaleFingerprint, OpQuotaExceeded: fractions of
@@ -457,6 +460,8 @@ func (s *Server) compute(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case strings.HasPrefix(method, "zoneOperations.") && f.ForbidOperationReads:
 		apiError(w, 403, "forbidden", "Required 'compute.zoneOperations.get' permission (injected).")
+	case method == "subnetworks.get" && f.ForbidSubnetworkReads:
+		apiError(w, 403, "forbidden", "Required 'compute.subnetworks.get' permission (injected).")
 	case method == "instances.aggregatedList":
 		s.aggregatedList(w, r)
 	case method == "instances.list":

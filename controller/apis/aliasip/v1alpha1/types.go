@@ -49,7 +49,7 @@ type PodRange struct {
 // +kubebuilder:validation:XValidation:rule="has(self.cidr) == has(oldSelf.cidr) && has(self.secondaryRangeName) == has(oldSelf.secondaryRangeName)",message="the range (cidr or secondaryRangeName) is immutable: create another PodRange"
 // +kubebuilder:validation:XValidation:rule="has(self.maskSize) == has(oldSelf.maskSize) && has(self.maxPodsPerNode) == has(oldSelf.maxPodsPerNode)",message="the block size (maskSize or maxPodsPerNode) is immutable: create another PodRange"
 // +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maskSize) || self.maskSize >= cidr(self.cidr).prefixLength()",message="maskSize must be at least the prefix length of cidr: a block cannot be larger than its range"
-// +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maskSize) || self.maskSize <= (cidr(self.cidr).ip().family() == 4 ? 32 : 128)",message="maskSize must be at most 32 for an IPv4 cidr (128 for IPv6)"
+// +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maskSize) || self.maskSize <= (cidr(self.cidr).ip().family() == 4 ? 30 : 126)",message="maskSize must be at most 30 for an IPv4 cidr (126 for IPv6): a node block needs room for its network, gateway and broadcast addresses and a pod (the node agent's rule, internal/blocksize)"
 // +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maskSize) || self.maskSize - cidr(self.cidr).prefixLength() <= 24",message="the range holds more than 2^24 blocks of maskSize: use a larger block (smaller maskSize) or a smaller range"
 // +kubebuilder:validation:XValidation:rule="!has(self.secondaryRangeName) || !has(self.maskSize) || self.maskSize <= 32",message="maskSize must be at most 32: GCE secondary ranges are IPv4"
 // +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maxPodsPerNode) || (cidr(self.cidr).ip().family() == 4 ? 32 : 128) - (self.maxPodsPerNode <= 8 ? 4 : self.maxPodsPerNode <= 16 ? 5 : self.maxPodsPerNode <= 32 ? 6 : self.maxPodsPerNode <= 64 ? 7 : self.maxPodsPerNode <= 128 ? 8 : 9) >= cidr(self.cidr).prefixLength()",message="the block maxPodsPerNode needs (at least twice as many addresses as pods) is larger than cidr"
@@ -80,7 +80,7 @@ type PodRangeSpec struct {
 	// MaskSize is the mask size of each node's block, e.g. 24. Immutable.
 	// +optional
 	// +kubebuilder:validation:Minimum=1
-	// +kubebuilder:validation:Maximum=128
+	// +kubebuilder:validation:Maximum=126
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="maskSize is immutable: create another PodRange"
 	MaskSize *int32 `json:"maskSize,omitempty"`
 
