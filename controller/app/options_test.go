@@ -22,6 +22,11 @@ func TestValidate(t *testing.T) {
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0"}, "--cluster-cidr"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.1.2.0/8"}, "host bits"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--node-cidr-mask-size=12"}, "--node-cidr-mask-size"},
+		// The agent's rule (internal/blocksize): no /31 or /32 blocks, none past /126.
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--node-cidr-mask-size=30"}, ""},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--node-cidr-mask-size=31"}, "/30 or larger"},
+		{[]string{"--cloud=gce", "--node-cidr-mask-size=32"}, "/30 or larger"},
+		{[]string{"--cloud=fake", "--cluster-cidr=fd00::/112", "--node-cidr-mask-size=127"}, "/126 or larger"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--cloud-qps=0"}, "--cloud-qps"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--leader-elect-renew-deadline=20s"}, "lease-duration"},
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-error-rate=2"}, "--fake-error-rate"},

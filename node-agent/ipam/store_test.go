@@ -453,3 +453,22 @@ func TestClosedStoreWritesNothing(t *testing.T) {
 		t.Errorf("state after reopening: %+v, want only %v", got, b.Key)
 	}
 }
+
+// The controller hands out no block smaller than /30 (internal/blocksize);
+// the store refuses exactly those, by the same rule.
+func TestStoreRefusesBlocksNoPodFits(t *testing.T) {
+	for _, c := range []struct {
+		cidr string
+		ok   bool
+	}{{"10.1.2.0/30", true}, {"10.1.2.0/31", false}, {"10.1.2.1/32", false}} {
+		s, err := Open(filepath.Join(t.TempDir(), "s.json"), netip.MustParsePrefix(c.cidr), time.Hour)
+		if (err == nil) != c.ok {
+			t.Errorf("Open with podCIDR %s: %v, want ok=%v", c.cidr, err, c.ok)
+		}
+		if err == nil {
+			s.Close()
+		} else if !strings.Contains(err.Error(), "/30 or larger") {
+			t.Errorf("Open with podCIDR %s: %v, want the block-size rule's message", c.cidr, err)
+		}
+	}
+}
