@@ -15,9 +15,15 @@
 //	                           missing or naming another range
 //	set      present, differs  nothing; Warning CIDRMismatch and a metric
 //	set      equal + others    remove the others, cool their blocks down
+//	any      another's podCIDR nothing; Warning CIDRMismatch (claim conflict)
+//	any      another's reserve retry; Normal CIDRPending (claim, reserved)
+//	deleted  —                 release: remove the alias, cool the block,
+//	                           or hand it to a live node whose podCIDR it is
 //
 // A podCIDR outside every range is foreign: Warning CIDROutOfRange, nothing
-// else is touched.
+// else is touched. So is one inside a range that is not one of its blocks
+// (CIDRWrongSize): a kubelet may create its own Node with any podCIDR, and
+// a prefix of another size overlaps other nodes' blocks.
 //
 // # Ranges
 //
@@ -58,9 +64,26 @@
 //     added is the "extra" row above, removed at the next sync.
 //   - Blocks cooling down when the controller restarts: the cooling set is
 //     persisted (Config.Cooling, a ConfigMap) on every change and restored by
-//     the rebuild. Only a crash between the alias removal and that write
-//     loses one block's cooldown; next-fit allocation makes its immediate
-//     reuse unlikely.
+//     the rebuild, those of a range removed meanwhile included. Only a crash
+//     between the alias removal and that write loses one block's cooldown;
+//     next-fit allocation makes its immediate reuse unlikely.
+//   - An operation a killed process started that finishes after the
+//     rebuild: its block may be reserved again for another node. The node
+//     whose NIC carries it retries its claim while that reservation is in
+//     flight (CIDRPending) — the other write fails on the alias and gives
+//     the block up — and the leak collector's list re-queues any node whose
+//     NIC drifted from its state (requeueIfDrifted).
+//   - A podCIDR of another size (a kubelet's own Node): foreign, never
+//     marked used nor freed; releases free only blocks no node holds.
+//   - Two Nodes with one podCIDR: the older holds it; at its deletion the
+//     block passes to the younger rather than cooling.
+//   - A PodRange deleted while instances carry its aliases: the finalizer
+//     stays (InUse) until the leak collector removed them.
+//   - A PodRange whose range cannot be read at the rebuild: pending, as at
+//     run time; only its nodes wait.
+//   - An incomplete instance list (cloud.ErrPartialList): the missing zones
+//     are unknown; the cloud refuses a block they carry (held back), and the
+//     next complete list marks it used.
 package controller
 
 import (
