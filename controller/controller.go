@@ -347,22 +347,20 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
-// rangesHeld returns the names of the pools some node holds a block of:
-// its pod-range label names the pool and its podCIDR lies inside it.
-func (c *Controller) rangesHeld(pools []*pool) map[string]bool {
+// rangesHeld returns the names of the pools some instance carries an
+// alias of (its secondary range name, inside its range). It reads the
+// cloud, not the Nodes: a kubelet may register its own Node with any
+// podCIDR and set the pod-range label on it, so Node fields would let one
+// node's credentials decide which of two overlapping ranges stays in use.
+func rangesHeld(pools []*pool, instances []cloud.Instance) map[string]bool {
 	held := map[string]bool{}
-	nodes, err := c.nodes.List(everything)
-	if err != nil {
-		return held
-	}
-	byName := map[string]*pool{}
-	for _, pl := range pools {
-		byName[pl.name] = pl
-	}
-	for _, n := range nodes {
-		pl := byName[n.Labels[aliasipv1.NodeLabel]]
-		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl != nil && pl.contains(p) {
-			held[pl.name] = true
+	for _, in := range instances {
+		for _, a := range in.Aliases {
+			for _, pl := range pools {
+				if pl.holds(a) {
+					held[pl.name] = true
+				}
+			}
 		}
 	}
 	return held
@@ -386,15 +384,27 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	def := &pool{name: aliasipv1.DefaultRangeName, cidr: podRange.Masked(), cloudName: rangeName, maskSize: c.cfg.MaskSize, alloc: alloc}
 	pools := []*pool{def}
 	unusable := map[string]labels.Selector{}
+	instances, err := c.cloud.ListInstances(ctx)
+	if errors.Is(err, cloud.ErrPartialList) {
+		// Some zones could not be read: their instances' aliases are
+		// unknown. Allocation goes on (one zone's outage must not stop
+		// every node); a block one of them carries is refused by the
+		// cloud when handed out (held back, ErrRangeConflict), and the
+		// leak collector's next complete list marks it used.
+		logger.Error(err, "Rebuild: instance list incomplete; the missing zones' aliases are checked by the cloud and the next list")
+		c.metrics.PartialLists.Inc()
+	} else if err != nil {
+		return fmt.Errorf("list instances: %w", err)
+	}
 	if c.ranges != nil {
 		// Of two overlapping ranges the one that was in use stays in use
 		// (the other's status says why it is not). At run time that is
 		// the one made a pool first, not always the older one: a range
 		// created while an older one was unusable (it overlapped a third,
 		// since gone) is used, and the older one is then refused. So the
-		// ranges some node holds a block of — labelled with the range,
-		// its podCIDR inside it — come first, then the rest, each in
-		// creation order.
+		// ranges some instance carries an alias of come first (the cloud
+		// says so, not a Node field a kubelet could write), then the
+		// rest, each in creation order.
 		var resolved []*pool
 		for _, pr := range c.ranges.sorted() {
 			pl, _, _, err := c.resolve(ctx, pr)
@@ -420,7 +430,7 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			pl.deleting = pr.DeletionTimestamp != nil
 			resolved = append(resolved, pl)
 		}
-		held := c.rangesHeld(resolved)
+		held := rangesHeld(resolved, instances)
 		sort.SliceStable(resolved, func(i, j int) bool { return held[resolved[i].name] && !held[resolved[j].name] })
 		for _, pl := range resolved {
 			overlaps := false
@@ -441,18 +451,6 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			}
 		}
 		return nil
-	}
-	instances, err := c.cloud.ListInstances(ctx)
-	if errors.Is(err, cloud.ErrPartialList) {
-		// Some zones could not be read: their instances' aliases are
-		// unknown. Allocation goes on (one zone's outage must not stop
-		// every node); a block one of them carries is refused by the
-		// cloud when handed out (held back, ErrRangeConflict), and the
-		// leak collector's next complete list marks it used.
-		logger.Error(err, "Rebuild: instance list incomplete; the missing zones' aliases are checked by the cloud and the next list")
-		c.metrics.PartialLists.Inc()
-	} else if err != nil {
-		return fmt.Errorf("list instances: %w", err)
 	}
 	c.accepting.Store(true) // events from here on are queued; the list covers the rest
 	nodes, err := c.nodes.List(everything)

@@ -309,3 +309,34 @@ func TestRebuildKeepsTheRangeInUse(t *testing.T) {
 		t.Errorf("a-wide Ready condition %+v, want Overlaps", c)
 	}
 }
+
+// Which of two overlapping ranges stays in use across a rebuild is read
+// from the cloud, not from Node fields a kubelet writes: a Node a kubelet
+// registered with the older range's label and a block of it as podCIDR
+// (NodeRestriction lets it set both on its own Node) does not make the
+// older range a pool over the newer one's nodes.
+func TestRebuildRangeInUseNotDecidedByAKubelet(t *testing.T) {
+	wide := podRange("a-wide", "10.4.0.0/15", 28, map[string]string{"pool": "a"})
+	wide.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Hour))
+	fix := podRange("b-fix", "10.4.0.0/16", 28, map[string]string{"pool": "b"})
+	n := labelledNode("n", map[string]string{"pool": "b", aliasipv1.NodeLabel: "b-fix"})
+	n.Spec.PodCIDR, n.Spec.PodCIDRs = "10.4.1.0/28", []string{"10.4.1.0/28"}
+	evil := labelledNode("evil", map[string]string{"pool": "a", aliasipv1.NodeLabel: "a-wide"})
+	evil.CreationTimestamp = metav1.NewTime(time.Now().Add(-2 * time.Hour))
+	evil.Spec.PodCIDR, evil.Spec.PodCIDRs = "10.5.0.0/28", []string{"10.5.0.0/28"}
+	h := newRangeHarnessCloud(t, "10.0.0.0/16", func(fc *fake.Cloud) {
+		if err := fc.RegisterInstance("n"); err != nil {
+			t.Fatal(err)
+		}
+		if err := fc.AddRangeAlias(context.Background(), cloud.InstanceRef{Name: "n"},
+			cloud.AliasRange{CIDR: netip.MustParsePrefix("10.4.1.0/28"), RangeName: "podrange-b-fix"}); err != nil {
+			t.Fatal(err)
+		}
+	}, []*corev1.Node{evil, n}, wide, fix)
+	if _, ok := h.ctrl.blocks.pool("b-fix"); !ok {
+		t.Error("b-fix, whose alias node n's NIC carries, is not a pool after the rebuild")
+	}
+	if _, ok := h.ctrl.blocks.pool("a-wide"); ok {
+		t.Error("a-wide became a pool over b-fix's nodes because a kubelet labelled its own Node with it")
+	}
+}
