@@ -699,6 +699,16 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 			"podCIDR %q is not inside the pod range %v nor a PodRange's; aliasip leaves this node alone", node.Spec.PodCIDR, podRange)
 		return nil
 	}
+	if until, cooling := c.blocks.coolingUntil(podCIDR); cooling && !containsPrefix(ours, podCIDR) {
+		// A podCIDR we did not give (a kubelet may register its Node with
+		// one) naming a block that cools down: its cooldown is kept, as
+		// for any other holder — the deleted node's pods may still answer
+		// on it. The NIC carrying it (adopt, check) is the cloud's fact
+		// and is not held back.
+		c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRPending,
+			"podCIDR %v is a block that cools down until %v; it is repaired then", podCIDR, until.Format(time.RFC3339))
+		return fmt.Errorf("podCIDR %v cools down until %v: %w", podCIDR, until, errPending)
+	}
 	conflict, err := c.claim(node, podCIDR, inst)
 	if err != nil {
 		return err

@@ -53,6 +53,7 @@ func TestStateTableRows(t *testing.T) {
 		nodes   []*corev1.Node
 		aliases map[string][]string // instance -> alias CIDRs before
 		owned   map[string]string   // node -> block held before (deleted nodes)
+		cooling []string            // blocks cooling down before
 		sync    string
 		wantErr error
 		patch   string              // podCIDR patched on the synced node ("" none)
@@ -168,6 +169,14 @@ func TestStateTableRows(t *testing.T) {
 			events:  []string{"Normal AliasReleased"},
 		},
 		{
+			name:    "set, missing, the block cooling down: wait for its cooldown",
+			nodes:   []*corev1.Node{node("n", "10.0.8.0/24", "")},
+			cooling: []string{"10.0.8.0/24"},
+			sync:    "n", wantErr: errPending,
+			after:  map[string][]string{"n": nil},
+			events: []string{"Normal CIDRPending"},
+		},
+		{
 			name:   "providerID of another cloud: instance not found",
 			nodes:  []*corev1.Node{node("n", "", "gce://p/z/n")},
 			sync:   "n",
@@ -216,6 +225,13 @@ func TestStateTableRows(t *testing.T) {
 			c := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1e6, CloudBurst: 1e6}, client, informer, fc, recorder, NewMetrics(prometheus.NewRegistry()))
 			if err := c.rebuild(ctx); err != nil {
 				t.Fatal(err)
+			}
+			for _, cidr := range tc.cooling {
+				p := netip.MustParsePrefix(cidr)
+				if err := c.blocks.occupy(p); err != nil {
+					t.Fatal(err)
+				}
+				c.blocks.cooling[p] = time.Now().Add(time.Hour)
 			}
 			for n, cidr := range tc.owned {
 				p := netip.MustParsePrefix(cidr)
