@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -21,6 +26,7 @@ import (
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/cli"
 	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/node-agent/datapath"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -56,11 +62,13 @@ func (l *localExec) Exec(ctx context.Context, namespace, pod, container string, 
 
 // daemonPod creates a Running pod object like the chart's, for a daemon
 // that runs here as a process: kubectl aliasip finds its container,
-// binary and socket from it.
-func daemonPod(t *testing.T, ctx context.Context, client kubernetes.Interface, name, node, container string, labels map[string]string, cmd string, args ...string) {
+// binary and socket from it. owner is the workload that controls it (its
+// controller ownerReference, as the DaemonSet and ReplicaSet controllers
+// write it): kubectl aliasip asks only the release's workloads' pods.
+func daemonPod(t *testing.T, ctx context.Context, client kubernetes.Interface, name, node, container string, labels map[string]string, owner metav1.OwnerReference, cmd string, args ...string) {
 	t.Helper()
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: name, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: name, Labels: labels, OwnerReferences: []metav1.OwnerReference{owner}},
 		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{
 			{Name: container, Image: "aliasip:test", Command: []string{cmd}, Args: args}}},
 	}
@@ -72,6 +80,61 @@ func daemonPod(t *testing.T, ctx context.Context, client kubernetes.Interface, n
 	if _, err := client.CoreV1().Pods("kube-system").UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// controllerRef is the controller ownerReference a workload controller
+// writes on what it makes.
+func controllerRef(kind string, o metav1.Object) metav1.OwnerReference {
+	return *metav1.NewControllerRef(o, appsv1.SchemeGroupVersion.WithKind(kind))
+}
+
+// The labels the chart's workloads select their pods by (release aliasip).
+var (
+	agentLabels      = map[string]string{"app.kubernetes.io/instance": "aliasip", "app.kubernetes.io/component": "agent"}
+	controllerLabels = map[string]string{"app.kubernetes.io/instance": "aliasip", "app.kubernetes.io/component": "controller"}
+)
+
+// releaseWorkloads creates the workloads of release aliasip in kube-system
+// as the chart and kube-controller-manager would have them: the agent
+// DaemonSet, the controller Deployment and a ReplicaSet it controls. No
+// kube-controller-manager runs here, so they make no pods; it returns the
+// ownerReferences the agent pods and the controller pod carry.
+func releaseWorkloads(t *testing.T, ctx context.Context, client kubernetes.Interface) (agent, controller metav1.OwnerReference) {
+	t.Helper()
+	template := func(labels map[string]string, name string) corev1.PodTemplateSpec {
+		return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: name, Image: "aliasip:test"}}}}
+	}
+	ds, err := client.AppsV1().DaemonSets("kube-system").Create(ctx, &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-agent", Labels: agentLabels},
+		Spec: appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: agentLabels},
+			Template: template(agentLabels, "agent")},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := client.AppsV1().Deployments("kube-system").Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller", Labels: controllerLabels},
+		Spec: appsv1.DeploymentSpec{Selector: &metav1.LabelSelector{MatchLabels: controllerLabels},
+			Template: template(controllerLabels, "controller")},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The Deployment controller names its ReplicaSet after the pod
+	// template's hash and adds that label to it and its pods' selector.
+	rsLabels := map[string]string{"pod-template-hash": "5d8f7c9b6"}
+	maps.Copy(rsLabels, controllerLabels)
+	rs, err := client.AppsV1().ReplicaSets("kube-system").Create(ctx, &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "aliasip-controller-5d8f7c9b6", Labels: rsLabels,
+			OwnerReferences: []metav1.OwnerReference{controllerRef("Deployment", d)}},
+		Spec: appsv1.ReplicaSetSpec{Selector: &metav1.LabelSelector{MatchLabels: rsLabels},
+			Template: template(rsLabels, "controller")},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return controllerRef("DaemonSet", ds), controllerRef("ReplicaSet", rs)
 }
 
 // TestKubectlAliasipCheckAndRelease: check is clean on a consistent
@@ -104,11 +167,14 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// kubectl aliasip asks only the pods of the release's workloads.
+	agentOwner, controllerOwner := releaseWorkloads(t, ctx, lc.Client)
 	// The controller's lease identity is its hostname and a UUID.
-	daemonPod(t, ctx, lc.Client, host, "", "controller", nil, "/aliasip-controller", "--cloud=fake", "--admin-socket="+ctrlSock)
+	daemonPod(t, ctx, lc.Client, host, "", "controller", map[string]string{"pod-template-hash": "5d8f7c9b6",
+		"app.kubernetes.io/component": "controller", "app.kubernetes.io/instance": "aliasip"},
+		controllerOwner, "/aliasip-controller", "--cloud=fake", "--admin-socket="+ctrlSock)
 	for _, n := range nodes {
-		daemonPod(t, ctx, lc.Client, "aliasip-agent-"+n.Name, n.Name, "agent",
-			map[string]string{"app.kubernetes.io/component": "agent", "app.kubernetes.io/instance": "aliasip"},
+		daemonPod(t, ctx, lc.Client, "aliasip-agent-"+n.Name, n.Name, "agent", agentLabels, agentOwner,
 			"/aliasip-agent", "--node-name="+n.Name, "--socket="+n.Socket)
 	}
 	web1, err := lc.RunPod(ctx, nodes[0], "web-1")
@@ -161,9 +227,31 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	if err := lc.Cloud.AddAlias(ctx, ghost, leaked); err != nil {
 		t.Fatal(err)
 	}
-	// Leak an address: the pod is deleted, its DEL never comes.
+	// Leak an address: the pod is deleted and the runtime removes its
+	// sandbox (its network namespace), but its DEL never comes. While the
+	// namespace lived, its host veth named the container and the agent
+	// would keep the address whatever the API said.
 	if err := lc.Client.CoreV1().Pods("default").Delete(ctx, "web-1", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
+	}
+	web1.Close()
+	// The kernel destroys the namespace's veths once it is freed, which it
+	// does asynchronously: release needs the host veth gone.
+	veth := datapath.HostVethName("default", "web-1")
+	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+		present := true
+		err := nodes[0].NS.Do(func(ns.NetNS) error {
+			_, err := netlink.LinkByName(veth)
+			var notFound netlink.LinkNotFoundError
+			if errors.As(err, &notFound) {
+				present = false
+				return nil
+			}
+			return err
+		})
+		return !present, err
+	}); err != nil {
+		t.Fatalf("host veth %s of the removed sandbox is still on %s: %v", veth, nodes[0].Name, err)
 	}
 	r := check(cli.ExitFindings)
 	var got []string
