@@ -135,7 +135,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.GCEEndpoint, "gce-endpoint", o.GCEEndpoint, "Compute API base URL, e.g. http://127.0.0.1:8080/compute/v1/; no credentials are used then (default: the real API with Application Default Credentials).")
 	fs.DurationVar(&o.SyncTimeout, "sync-timeout", o.SyncTimeout, "Longest one node's sync may take, cloud operations included; on shutdown the syncs in flight finish (within it) before the leader lease is released.")
 	fs.DurationVar(&o.GCEQuotaWindow, "gce-quota-window", o.GCEQuotaWindow, "Window GCE refills its API rate quotas in: after a 403 rateLimitExceeded every call waits for the next window boundary (GCE: one minute).")
-	fs.DurationVar(&o.GCEPollInterval, "gce-poll-interval", o.GCEPollInterval, "Spacing of the bulk polls of pending zone operations (one zoneOperations.list per zone answers for all of them).")
+	fs.DurationVar(&o.GCEPollInterval, "gce-poll-interval", o.GCEPollInterval, "First poll of a pending zone operation; an operation's polls then back off, doubling up to 16 times this. Operations due together share one filtered zoneOperations.list per zone (in batches that keep the URL short).")
 	fs.DurationVar(&o.FakeLatency, "fake-latency", o.FakeLatency, "Fake cloud: latency of each alias write operation.")
 	fs.Float64Var(&o.FakeErrorRate, "fake-error-rate", o.FakeErrorRate, "Fake cloud: fraction of calls failing with 503.")
 	fs.Float64Var(&o.FakeRateLimit, "fake-rate-limit", o.FakeRateLimit, "Fake cloud: calls per second accepted (0: unlimited).")
