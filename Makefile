@@ -18,7 +18,7 @@ build: ## Build bin/aliasip-controller, bin/aliasip-agent, bin/aliasip-cni (stat
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-controller ./controller/cmd/aliasip-controller
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-agent ./node-agent/cmd/aliasip-agent
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/aliasip-cni ./node-agent/cmd/aliasip-cni
-	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/kubectl-aliasip ./controller/cmd/kubectl-aliasip
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/kubectl-aliasip ./internal/kubectlplugin/cmd/kubectl-aliasip
 
 codegen: ## Regenerate the PodRange deepcopy, clientset, listers, informers and CRD.
 	./hack/update-codegen.sh

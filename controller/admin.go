@@ -10,25 +10,25 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aliasip/aliasip/controller/adminapi"
-	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/internal/sockrpc"
 )
 
 // AdminHandler answers kubectl aliasip on the controller's administrative
 // socket (adminapi). The socket is reachable only inside the controller's
 // pod, so who may call it is who may exec into that pod (RBAC pods/exec).
-func (c *Controller) AdminHandler() api.Handler {
-	return func(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+func (c *Controller) AdminHandler() sockrpc.Handler {
+	return func(ctx context.Context, op sockrpc.Op, body json.RawMessage) (any, error) {
 		switch op {
 		case adminapi.OpCloud:
 			return c.cloudView(ctx)
 		case adminapi.OpReleaseAlias:
 			var req adminapi.AliasLeak
 			if err := json.Unmarshal(body, &req); err != nil {
-				return nil, &api.Error{Code: api.CodeInvalid, Message: "bad request: " + err.Error()}
+				return nil, &sockrpc.Error{Code: sockrpc.CodeInvalid, Message: "bad request: " + err.Error()}
 			}
 			return c.releaseAlias(ctx, req)
 		default:
-			return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("unknown call %q", op)}
+			return nil, &sockrpc.Error{Code: sockrpc.CodeInvalid, Message: fmt.Sprintf("unknown call %q", op)}
 		}
 	}
 }
@@ -77,10 +77,10 @@ func (c *Controller) cloudView(ctx context.Context) (adminapi.CloudView, error) 
 func (c *Controller) releaseAlias(ctx context.Context, req adminapi.AliasLeak) (adminapi.LeakResult, error) {
 	cidr, err := netip.ParsePrefix(req.CIDR)
 	if err != nil {
-		return adminapi.LeakResult{}, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("cidr %q: %v", req.CIDR, err)}
+		return adminapi.LeakResult{}, &sockrpc.Error{Code: sockrpc.CodeInvalid, Message: fmt.Sprintf("cidr %q: %v", req.CIDR, err)}
 	}
 	if !c.Ready() {
-		return adminapi.LeakResult{}, &api.Error{Code: api.CodeNotReady, Message: "this controller is not the leader (or has not rebuilt its state yet)"}
+		return adminapi.LeakResult{}, &sockrpc.Error{Code: sockrpc.CodeNotReady, Message: "this controller is not the leader (or has not rebuilt its state yet)"}
 	}
 	c.adminMu.Lock()
 	defer c.adminMu.Unlock()

@@ -1,15 +1,15 @@
 // Package adminapi is what the controller answers on its administrative
 // socket (--admin-socket), for kubectl aliasip: the cloud as the controller
 // sees it, and the release of an alias that check found leaked. The wire is
-// node-agent/api's: one JSON request and answer per connection.
+// internal/sockrpc: one JSON request and answer per connection.
 package adminapi
 
-import "github.com/aliasip/aliasip/node-agent/api"
+import "github.com/aliasip/aliasip/internal/sockrpc"
 
 // The calls.
 const (
-	OpCloud        api.Op = "cloud"         // nothing → CloudView
-	OpReleaseAlias api.Op = "release-alias" // AliasLeak → LeakResult
+	OpCloud        sockrpc.Op = "cloud"         // nothing → CloudView
+	OpReleaseAlias sockrpc.Op = "release-alias" // AliasLeak → LeakResult
 )
 
 // CloudView is the controller's ranges and the cloud's instances with their

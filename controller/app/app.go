@@ -34,7 +34,7 @@ import (
 	"github.com/aliasip/aliasip/controller"
 	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
 	"github.com/aliasip/aliasip/fake"
-	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/internal/sockrpc"
 )
 
 // ErrLostLease is returned by Run when the leader lease was lost; the
@@ -333,7 +333,7 @@ func serve(ctx context.Context, o *Options, reg *prometheus.Registry, ctrl *cont
 
 // serveAdmin serves the administrative socket, readable and writable by
 // this process's user only.
-func serveAdmin(ctx context.Context, path string, h api.Handler) (*api.Server, error) {
+func serveAdmin(ctx context.Context, path string, h sockrpc.Handler) (*sockrpc.Server, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
@@ -348,7 +348,7 @@ func serveAdmin(ctx context.Context, path string, h api.Handler) (*api.Server, e
 	}
 	// A listing of a large cloud may take a while; the client's own
 	// timeout bounds it.
-	srv := &api.Server{Handler: h, ReadTimeout: 10 * time.Second, WriteTimeout: 5 * time.Minute}
+	srv := &sockrpc.Server{Handler: h, ReadTimeout: 10 * time.Second, WriteTimeout: 5 * time.Minute}
 	srv.OnPanic = func(err error) { klog.FromContext(ctx).Error(err, "Admin call panicked") }
 	go srv.Serve(ctx, ln)
 	return srv, nil

@@ -7,18 +7,19 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/node-agent/ipam"
 )
 
 // isAdmin says whether op is one of kubectl aliasip's calls.
-func isAdmin(op api.Op) bool { return op == api.OpList || op == api.OpReleaseLeak }
+func isAdmin(op sockrpc.Op) bool { return op == api.OpList || op == api.OpReleaseLeak }
 
 // admin serves kubectl aliasip: "list" (for check) and "release-leak" (for
 // release --from-report). They reach the agent through its root-only
 // socket, from a process kubectl exec starts in the agent's pod, so who may
 // call them is who may exec into that pod (RBAC pods/exec).
-func (a *Agent) admin(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+func (a *Agent) admin(ctx context.Context, op sockrpc.Op, body json.RawMessage) (any, error) {
 	switch op {
 	case api.OpList:
 		out := api.Allocations{Node: a.cfg.NodeName, Allocations: []api.AllocationEntry{}}

@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/node-agent/datapath"
 	"github.com/aliasip/aliasip/node-agent/ipam"
@@ -257,7 +258,7 @@ func TestAddNeverTakesARunningPodsVeth(t *testing.T) {
 			body, _ := json.Marshal(api.AllocateRequest{Attachment: api.Attachment{ContainerID: "newcomer", IfName: "eth0"},
 				Namespace: "kube-system", Pod: "etcd-n1", PodUID: tc.uid, HostVeth: veth})
 			_, err := a.call(context.Background(), api.OpAllocate, body)
-			var ae *api.Error
+			var ae *sockrpc.Error
 			if refused := errors.As(err, &ae) && ae.Code == api.CodeHostVethHeld; refused != tc.refused {
 				t.Fatalf("ADD: %v, want refused=%v", err, tc.refused)
 			}

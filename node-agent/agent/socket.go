@@ -13,12 +13,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/node-agent/ipam"
 )
 
 // serveSocket listens on the root-only unix socket.
-func (a *Agent) serveSocket(ctx context.Context) (*api.Server, error) {
+func (a *Agent) serveSocket(ctx context.Context) (*sockrpc.Server, error) {
 	if err := os.MkdirAll(filepath.Dir(a.cfg.Socket), 0o700); err != nil {
 		return nil, err
 	}
@@ -39,24 +40,24 @@ func (a *Agent) serveSocket(ctx context.Context) (*api.Server, error) {
 
 // Socket server limits. The socket is root-only, but a stuck or broken
 // plugin process must not hold a connection (and a goroutine) forever; the
-// request size is bounded by api.MaxMessage.
+// request size is bounded by sockrpc.MaxMessage.
 var (
 	socketReadTimeout  = 10 * time.Second
 	socketWriteTimeout = 30 * time.Second
 )
 
-func newSocketServer(h api.Handler) *api.Server {
-	return &api.Server{Handler: h, ReadTimeout: socketReadTimeout, WriteTimeout: socketWriteTimeout}
+func newSocketServer(h sockrpc.Handler) *sockrpc.Server {
+	return &sockrpc.Server{Handler: h, ReadTimeout: socketReadTimeout, WriteTimeout: socketWriteTimeout}
 }
 
 // callError is a failed call's answer and its metric label.
 type callError struct {
-	err    *api.Error
+	err    *sockrpc.Error
 	result string
 }
 
 func fail(result, code, msg string) *callError {
-	return &callError{err: &api.Error{Code: code, Message: msg}, result: result}
+	return &callError{err: &sockrpc.Error{Code: code, Message: msg}, result: result}
 }
 
 func (e *callError) Error() string { return e.err.Error() }
@@ -64,22 +65,22 @@ func (e *callError) Unwrap() error { return e.err }
 
 func decode(body json.RawMessage, v any) error {
 	if err := json.Unmarshal(body, v); err != nil {
-		return fail("invalid", api.CodeInvalid, "bad request: "+err.Error())
+		return fail("invalid", sockrpc.CodeInvalid, "bad request: "+err.Error())
 	}
 	return nil
 }
 
 // verbs label the metrics by the CNI verb each call serves.
-var verbs = map[api.Op]string{api.OpAllocate: "ADD", api.OpRelease: "DEL", api.OpGet: "CHECK", api.OpGC: "GC", api.OpStatus: "STATUS"}
+var verbs = map[sockrpc.Op]string{api.OpAllocate: "ADD", api.OpRelease: "DEL", api.OpGet: "CHECK", api.OpGC: "GC", api.OpStatus: "STATUS"}
 
-func (a *Agent) handler(ctx context.Context) api.Handler {
-	return func(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+func (a *Agent) handler(ctx context.Context) sockrpc.Handler {
+	return func(ctx context.Context, op sockrpc.Op, body json.RawMessage) (any, error) {
 		if isAdmin(op) {
 			return a.admin(ctx, op, body)
 		}
 		verb, ok := verbs[op]
 		if !ok {
-			return nil, &api.Error{Code: api.CodeInvalid, Message: fmt.Sprintf("unknown call %q", op)}
+			return nil, &sockrpc.Error{Code: sockrpc.CodeInvalid, Message: fmt.Sprintf("unknown call %q", op)}
 		}
 		start := time.Now()
 		out, err := a.call(ctx, op, body)
@@ -97,7 +98,7 @@ func (a *Agent) handler(ctx context.Context) api.Handler {
 	}
 }
 
-func (a *Agent) call(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (any, error) {
 	logger := klog.FromContext(ctx)
 	switch op {
 	case api.OpAllocate:
@@ -107,13 +108,13 @@ func (a *Agent) call(ctx context.Context, op api.Op, body json.RawMessage) (any,
 		}
 		st := a.Status()
 		if !st.Ready {
-			return nil, fail("not_ready", api.CodeNotReady, st.Reason)
+			return nil, fail("not_ready", sockrpc.CodeNotReady, st.Reason)
 		}
 		a.mu.Lock()
 		store, mtu, podCIDR := a.store, a.mtu, a.podCIDR
 		a.mu.Unlock()
 		if holder, held, err := a.vethHolder(store, req); err != nil {
-			return nil, fail("error", api.CodeInternal, err.Error())
+			return nil, fail("error", sockrpc.CodeInternal, err.Error())
 		} else if held {
 			logger.Info("ADD refused: another pod of this name still runs here", "pod", req.Namespace+"/"+req.Pod, "uid", req.PodUID,
 				"hostVeth", req.HostVeth, "holderUID", holder.PodUID, "holderContainer", holder.ContainerID)
@@ -129,7 +130,7 @@ func (a *Agent) call(ctx context.Context, op api.Op, body json.RawMessage) (any,
 			a.event(corev1.EventTypeWarning, EventPodIPsExhausted, "No free address in %v for pod %s/%s", podCIDR, req.Namespace, req.Pod)
 			return nil, fail("exhausted", api.CodeExhausted, err.Error())
 		case err != nil:
-			return nil, fail("error", api.CodeInvalid, err.Error())
+			return nil, fail("error", sockrpc.CodeInvalid, err.Error())
 		}
 		logger.V(2).Info("Allocated", "pod", req.Namespace+"/"+req.Pod, "container", req.ContainerID, "ip", al.IP)
 		return api.AllocateResponse{IP: al.IP.String(), PodCIDR: podCIDR.String(), MTU: mtu,
@@ -199,7 +200,7 @@ func (a *Agent) call(ctx context.Context, op api.Op, body json.RawMessage) (any,
 func (a *Agent) openStore() (*ipam.Store, error) {
 	store := a.storeOrNil()
 	if store == nil {
-		return nil, fail("not_ready", api.CodeNotReady, "IPAM not open yet")
+		return nil, fail("not_ready", sockrpc.CodeNotReady, "IPAM not open yet")
 	}
 	return store, nil
 }

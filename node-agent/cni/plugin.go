@@ -23,6 +23,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/node-agent/datapath"
 )
@@ -128,13 +129,13 @@ func hostVeth(args *skel.CmdArgs, p podInfo) string {
 
 // agentError turns an agent failure into a CNI error naming the cause.
 func agentError(what string, err error) error {
-	var ae *api.Error
+	var ae *sockrpc.Error
 	switch {
-	case errors.Is(err, api.ErrUnreachable):
+	case errors.Is(err, sockrpc.ErrUnreachable):
 		return types.NewError(types.ErrTryAgainLater, "aliasip node agent unreachable (is aliasip-agent running?)", err.Error())
 	case errors.As(err, &ae) && ae.Code == api.CodeExhausted:
 		return types.NewError(ErrRangeExhausted, "node pod IP range exhausted", ae.Message)
-	case errors.As(err, &ae) && ae.Code == api.CodeNotReady:
+	case errors.As(err, &ae) && ae.Code == sockrpc.CodeNotReady:
 		return types.NewError(types.ErrTryAgainLater, "aliasip node agent not ready", ae.Message)
 	case errors.As(err, &ae) && ae.Code == api.CodeHostVethHeld:
 		return types.NewError(types.ErrTryAgainLater, "another pod of this name still runs on the node", ae.Message)

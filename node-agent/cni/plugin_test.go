@@ -9,6 +9,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/node-agent/api"
 )
 
@@ -84,7 +85,7 @@ func TestLogRotates(t *testing.T) {
 // the same name still runs on the node is retried by the runtime (CNI
 // error 11, "try again later"), not reported as an internal failure.
 func TestHostVethHeldIsTryAgainLater(t *testing.T) {
-	err := agentError("allocate pod IP", &api.Error{Code: api.CodeHostVethHeld, Message: "host veth ali… is held"})
+	err := agentError("allocate pod IP", &sockrpc.Error{Code: api.CodeHostVethHeld, Message: "host veth ali… is held"})
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater || !strings.Contains(te.Details, "is held") {
 		t.Fatalf("agentError: %#v, want code %d with the agent's message", err, types.ErrTryAgainLater)

@@ -24,7 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/aliasip/aliasip/cloud"
-	"github.com/aliasip/aliasip/controller/cli"
+	"github.com/aliasip/aliasip/internal/kubectlplugin"
 	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/node-agent/datapath"
 	"github.com/aliasip/aliasip/test/framework"
@@ -189,16 +189,16 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	defer web2.Close()
 
 	ex := &localExec{bins: bins}
-	src := cli.Source{Client: lc.Client, Exec: ex, Namespace: "kube-system", Release: "aliasip", Parallel: 4, Timeout: time.Minute}
+	src := kubectlplugin.Source{Client: lc.Client, Exec: ex, Namespace: "kube-system", Release: "aliasip", Parallel: 4, Timeout: time.Minute}
 	report := filepath.Join(t.TempDir(), "report.json")
-	check := func(want int) cli.Report {
+	check := func(want int) kubectlplugin.Report {
 		t.Helper()
 		var out bytes.Buffer
-		code, err := cli.RunCheck(ctx, src, 0, "text", report, &out)
+		code, err := kubectlplugin.RunCheck(ctx, src, 0, "text", report, &out)
 		if err != nil || code != want {
 			t.Fatalf("check: exit %d (%v), want %d:\n%s", code, err, want, out.String())
 		}
-		var r cli.Report
+		var r kubectlplugin.Report
 		b, _ := os.ReadFile(report)
 		if err := json.Unmarshal(b, &r); err != nil {
 			t.Fatal(err)
@@ -208,10 +208,10 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	// The controller rebuilt and every node holds its alias: clean.
 	if err := framework.Eventually(ctx, time.Minute, func() (bool, error) {
 		var out bytes.Buffer
-		code, err := cli.RunCheck(ctx, src, 0, "text", "", &out)
-		return err == nil && code == cli.ExitClean, nil
+		code, err := kubectlplugin.RunCheck(ctx, src, 0, "text", "", &out)
+		return err == nil && code == kubectlplugin.ExitClean, nil
 	}); err != nil {
-		check(cli.ExitClean) // fails with the output
+		check(kubectlplugin.ExitClean) // fails with the output
 	}
 	if !slices.ContainsFunc(ex.calls, func(c string) bool { return strings.HasSuffix(c, "/controller: cloud") }) ||
 		!slices.ContainsFunc(ex.calls, func(c string) bool { return strings.HasSuffix(c, "aliasip-agent-ka-2/agent: list") }) {
@@ -253,7 +253,7 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("host veth %s of the removed sandbox is still on %s: %v", veth, nodes[0].Name, err)
 	}
-	r := check(cli.ExitFindings)
+	r := check(kubectlplugin.ExitFindings)
 	var got []string
 	for _, f := range r.Findings {
 		got = append(got, f.Kind+" "+f.Instance+f.Node+" "+f.CIDR+f.IP)
@@ -264,7 +264,7 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	}
 
 	var out bytes.Buffer
-	if code, err := cli.Release(ctx, src, r, 0, true, &out); err != nil || code != cli.ExitClean {
+	if code, err := kubectlplugin.Release(ctx, src, r, 0, true, &out); err != nil || code != kubectlplugin.ExitClean {
 		t.Fatalf("release --dry-run: exit %d (%v)\n%s", code, err, out.String())
 	}
 	if aliases, _ := lc.Cloud.Aliases(ctx, ghost); len(aliases) != 1 || len(agentList(t, ctx, nodes[0]).Allocations) != 1 {
@@ -272,7 +272,7 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	}
 
 	out.Reset()
-	if code, err := cli.Release(ctx, src, r, 0, false, &out); err != nil || code != cli.ExitClean {
+	if code, err := kubectlplugin.Release(ctx, src, r, 0, false, &out); err != nil || code != kubectlplugin.ExitClean {
 		t.Fatalf("release: exit %d (%v)\n%s", code, err, out.String())
 	}
 	if n := strings.Count(out.String(), "released  "); n != 2 {
@@ -291,11 +291,11 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 
 	// The same report again: nothing is leaked any more, nothing released.
 	out.Reset()
-	if code, err := cli.Release(ctx, src, r, 0, false, &out); err != nil || code != cli.ExitClean ||
+	if code, err := kubectlplugin.Release(ctx, src, r, 0, false, &out); err != nil || code != kubectlplugin.ExitClean ||
 		strings.Count(out.String(), "no longer leaked") != 2 {
 		t.Fatalf("second release: exit %d (%v)\n%s", code, err, out.String())
 	}
-	check(cli.ExitClean)
+	check(kubectlplugin.ExitClean)
 
 	// A forged report cannot get a live pod's address or a Node's alias
 	// released: the owners check again.
@@ -318,7 +318,7 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 	if l := agentList(t, ctx, nodes[1]); len(l.Allocations) != 1 {
 		t.Errorf("allocations of the live node: %+v", l.Allocations)
 	}
-	check(cli.ExitClean)
+	check(kubectlplugin.ExitClean)
 }
 
 // admin runs a daemon's admin subcommand and decodes its answer.

@@ -18,7 +18,7 @@ import (
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/cloud/gce/gcetest"
 	"github.com/aliasip/aliasip/controller/adminapi"
-	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -328,7 +328,7 @@ func TestGCEAdminCloudAndRelease(t *testing.T) {
 	s.AddInstance(gceZone, "ghost", &compute.AliasIpRange{IpCidrRange: "10.72.200.0/24", SubnetworkRangeName: "pods"})
 	s.AddInstance(gceZone, "other", &compute.AliasIpRange{IpCidrRange: "172.20.3.0/24", SubnetworkRangeName: "services"})
 
-	client := api.NewClient(sock, 30*time.Second)
+	client := sockrpc.NewClient(sock, 30*time.Second)
 	var v adminapi.CloudView
 	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
 		err := client.Call(e.ctx, adminapi.OpCloud, nil, &v)

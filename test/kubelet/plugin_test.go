@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aliasip/aliasip/controller/cli"
+	"github.com/aliasip/aliasip/internal/kubectlplugin"
 	"github.com/aliasip/aliasip/node-agent/api"
 	"github.com/aliasip/aliasip/test/framework"
 )
@@ -44,7 +44,7 @@ func kubectlPlugin(t *testing.T, ctx context.Context, e *clusterEnv, pluginDir s
 // through the agent's pod, and check is clean again.
 func TestKubectlAliasip(t *testing.T) {
 	e, ctx := setup(t, 6*time.Minute)
-	plugin, err := framework.BuildBinary(t.TempDir(), "kubectl-aliasip", "./controller/cmd/kubectl-aliasip")
+	plugin, err := framework.BuildBinary(t.TempDir(), "kubectl-aliasip", "./internal/kubectlplugin/cmd/kubectl-aliasip")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestKubectlAliasip(t *testing.T) {
 	if err := framework.Eventually(ctx, 2*time.Minute, func() (bool, error) {
 		out, code := kubectlPlugin(t, ctx, e, dir, "check")
 		last = out
-		return code == cli.ExitClean, nil
+		return code == kubectlplugin.ExitClean, nil
 	}); err != nil {
 		t.Fatalf("check never clean:\n%s", last)
 	}
@@ -90,11 +90,11 @@ func TestKubectlAliasip(t *testing.T) {
 	})
 
 	out, code = kubectlPlugin(t, ctx, e, dir, "check", "--min-age", "0s", "--report", report)
-	if code != cli.ExitFindings || !strings.Contains(out, "allocation-leak") || !strings.Contains(out, ghost.IP+" is held for pod "+testNS+"/ghost") {
-		t.Fatalf("check: exit %d, want %d with the ghost's address %s:\n%s", code, cli.ExitFindings, ghost.IP, out)
+	if code != kubectlplugin.ExitFindings || !strings.Contains(out, "allocation-leak") || !strings.Contains(out, ghost.IP+" is held for pod "+testNS+"/ghost") {
+		t.Fatalf("check: exit %d, want %d with the ghost's address %s:\n%s", code, kubectlplugin.ExitFindings, ghost.IP, out)
 	}
 	t.Logf("kubectl aliasip check with a leak:\n%s", out)
-	var r cli.Report
+	var r kubectlplugin.Report
 	b, err := os.ReadFile(report)
 	if err == nil {
 		err = json.Unmarshal(b, &r)
@@ -116,7 +116,7 @@ func TestKubectlAliasip(t *testing.T) {
 		t.Fatalf("the ghost's address is still allocated (%v): %+v", err, got)
 	}
 	out, code = kubectlPlugin(t, ctx, e, dir, "check")
-	if code != cli.ExitClean {
+	if code != kubectlplugin.ExitClean {
 		t.Fatalf("check after release: exit %d\n%s", code, out)
 	}
 }

@@ -7,7 +7,7 @@ import (
 	"os"
 
 	"github.com/aliasip/aliasip/controller/app"
-	"github.com/aliasip/aliasip/controller/cmd/daemon"
+	"github.com/aliasip/aliasip/internal/daemon"
 )
 
 // version is set by the build (-ldflags -X main.version=...).

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/aliasip/aliasip/controller/cmd/daemon"
+	"github.com/aliasip/aliasip/internal/daemon"
 	"github.com/aliasip/aliasip/node-agent/app"
 )
 

@@ -1,4 +1,4 @@
-// Package cli is kubectl aliasip: status, check and release --from-report.
+// Package kubectlplugin is kubectl aliasip: status, check and release --from-report.
 //
 // check cross-checks three views that must agree: the Nodes' podCIDRs (the
 // API), the alias ranges on the instances (the cloud, as the controller
@@ -11,7 +11,7 @@
 // only carry their labels). Its findings are what calicoctl ipam check
 // reports for Calico: addresses or blocks held twice, resources leaked,
 // and views that disagree.
-package cli
+package kubectlplugin
 
 import (
 	"cmp"

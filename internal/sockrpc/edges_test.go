@@ -1,4 +1,4 @@
-package api
+package sockrpc
 
 // The server's edges, found by an adversarial review of the protocol
 // (each failed before its fix).
@@ -26,11 +26,11 @@ func TestZeroTimeoutsMeanNoLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := &Server{Handler: func(ctx context.Context, op Op, body json.RawMessage) (any, error) {
-		return Status{Ready: true}, nil
+		return status{Ready: true}, nil
 	}}
 	go srv.Serve(context.Background(), ln)
 	defer srv.Close()
-	st, err := NewClient(sock, 2*time.Second).Status(context.Background())
+	st, err := callStatus(context.Background(), NewClient(sock, 2*time.Second))
 	if err != nil || !st.Ready {
 		t.Errorf("Status through a Server with zero timeouts: %+v, %v", st, err)
 	}
@@ -70,12 +70,12 @@ func TestCloseCountsAcceptedCall(t *testing.T) {
 		Handler: func(ctx context.Context, op Op, body json.RawMessage) (any, error) {
 			ranAfterClose.Store(closeReturned.Load())
 			handled <- struct{}{}
-			return Status{Ready: true}, nil
+			return status{Ready: true}, nil
 		}}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(context.Background(), ln) }()
 
-	go NewClient(sock, 3*time.Second).Status(context.Background())
+	go callStatus(context.Background(), NewClient(sock, 3*time.Second))
 	select {
 	case <-ln.accepted:
 	case <-time.After(3 * time.Second):
@@ -100,7 +100,7 @@ func TestCloseCountsAcceptedCall(t *testing.T) {
 }
 
 // A panicking handler is that call's CodeInternal error, as net/http
-// recovered one, not the end of the agent (a kubelet retrying the same ADD
+// recovered one, not the end of the server's daemon (a kubelet retrying the same ADD
 // would keep it crash-looping). Run in a child process, since an
 // unrecovered panic would kill the test binary.
 func TestHandlerPanicIsAnError(t *testing.T) {
@@ -112,20 +112,20 @@ func TestHandlerPanicIsAnError(t *testing.T) {
 		}
 		srv := &Server{ReadTimeout: time.Second, WriteTimeout: time.Second,
 			Handler: func(ctx context.Context, op Op, body json.RawMessage) (any, error) {
-				if op == OpGet {
+				if op == "boom" {
 					var m map[string]int
 					m["boom"]++ // a handler bug
 				}
-				return Status{Ready: true}, nil
+				return status{Ready: true}, nil
 			}}
 		go srv.Serve(context.Background(), ln)
 		c := NewClient(sock, 2*time.Second)
-		_, err = c.Get(context.Background(), Attachment{ContainerID: "x", IfName: "eth0"})
+		err = c.Call(context.Background(), "boom", nil, nil)
 		var ae *Error
 		if !errors.As(err, &ae) || ae.Code != CodeInternal {
 			t.Errorf("panicking call answered %v, want CodeInternal", err)
 		}
-		if st, err := c.Status(context.Background()); err != nil || !st.Ready {
+		if st, err := callStatus(context.Background(), c); err != nil || !st.Ready {
 			t.Fatalf("server gone after a panicking call: %v", err)
 		}
 		os.Stdout.WriteString("SERVER-SURVIVED\n")

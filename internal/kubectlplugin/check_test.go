@@ -1,4 +1,4 @@
-package cli
+package kubectlplugin
 
 import (
 	"net/netip"

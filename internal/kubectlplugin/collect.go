@@ -1,4 +1,4 @@
-package cli
+package kubectlplugin
 
 import (
 	"bytes"
@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/remotecommand"
 
 	"github.com/aliasip/aliasip/controller/adminapi"
+	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/node-agent/api"
 )
 
@@ -132,7 +133,7 @@ func targetIn(pod *corev1.Pod, binary, socketFlag string) (target, error) {
 }
 
 // call runs "BINARY admin --socket S OP [BODY]" in t and decodes stdout.
-func (s Source) call(ctx context.Context, t target, op api.Op, in, out any) error {
+func (s Source) call(ctx context.Context, t target, op sockrpc.Op, in, out any) error {
 	// The daemon's own call timeout is this exec's: a large cloud's
 	// listing may take longer than the admin subcommand's default.
 	cmd := []string{t.binary, "admin", "--socket", t.socket, "--timeout", s.timeout().String(), string(op)}

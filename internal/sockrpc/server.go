@@ -1,4 +1,4 @@
-package api
+package sockrpc
 
 import (
 	"context"
@@ -38,7 +38,7 @@ type Server struct {
 }
 
 // ErrServerClosed is Serve's return after Close.
-var ErrServerClosed = errors.New("api: server closed")
+var ErrServerClosed = errors.New("sockrpc: server closed")
 
 // Serve accepts connections on ln until Close; handlers get ctx.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {

@@ -1,8 +1,7 @@
 // Package daemon is the start-up both aliasip daemons share: parse the flags,
 // validate them, set up logging and signals, run, and map the outcome to an
-// exit code. It lives under controller/cmd because the repository's top-level
-// layout is fixed; it imports nothing of the controller, and the node agent's
-// main uses it too.
+// exit code. The controller's and the node agent's mains use it; it imports
+// neither.
 //
 // The shape follows sample-controller's main (flags, then a signal context,
 // then the controller's Run), with the options → validation → run split of

@@ -1,4 +1,4 @@
-package api
+package sockrpc
 
 import (
 	"context"
@@ -12,6 +12,18 @@ import (
 	"testing"
 	"time"
 )
+
+// status is a stand-in for a server's call and its answer.
+type status struct {
+	Ready bool `json:"ready"`
+}
+
+const opStatus Op = "status"
+
+func callStatus(ctx context.Context, c *Client) (*status, error) {
+	var out status
+	return &out, c.Call(ctx, opStatus, nil, &out)
+}
 
 func serve(t *testing.T, h Handler, read time.Duration) (*Server, string) {
 	t.Helper()
@@ -32,56 +44,11 @@ func serve(t *testing.T, h Handler, read time.Duration) (*Server, string) {
 	return srv, sock
 }
 
-// Every call reaches the handler with its op and body, and results and
-// errors come back as the client's types.
-func TestRoundTrip(t *testing.T) {
-	_, sock := serve(t, func(ctx context.Context, op Op, body json.RawMessage) (any, error) {
-		switch op {
-		case OpAllocate:
-			var r AllocateRequest
-			if err := json.Unmarshal(body, &r); err != nil {
-				return nil, err
-			}
-			if r.Pod == "full" {
-				return nil, &Error{Code: CodeExhausted, Message: "no free address in 10.0.0.0/30"}
-			}
-			return AllocateResponse{IP: "10.0.0.2", PodCIDR: "10.0.0.0/24", MTU: 1460, IPAMMicros: 7}, nil
-		case OpRelease:
-			return nil, errors.New("disk full")
-		case OpStatus:
-			return Status{Ready: true, PodCIDR: "10.0.0.0/24"}, nil
-		}
-		return nil, &Error{Code: CodeInvalid, Message: "unknown"}
-	}, time.Second)
-	c := NewClient(sock, 5*time.Second)
-	ctx := context.Background()
-
-	got, err := c.Allocate(ctx, AllocateRequest{Attachment: Attachment{ContainerID: "c1", IfName: "eth0"}, Pod: "p"})
-	if err != nil || *got != (AllocateResponse{IP: "10.0.0.2", PodCIDR: "10.0.0.0/24", MTU: 1460, IPAMMicros: 7}) {
-		t.Errorf("Allocate = %+v, %v", got, err)
-	}
-	_, err = c.Allocate(ctx, AllocateRequest{Pod: "full"})
-	var ae *Error
-	if !errors.As(err, &ae) || ae.Code != CodeExhausted || !strings.Contains(ae.Message, "10.0.0.0/30") {
-		t.Errorf("exhausted: %v", err)
-	}
-	_, err = c.Release(ctx, Attachment{ContainerID: "c1"})
-	if !errors.As(err, &ae) || ae.Code != CodeInternal || ae.Message != "disk full" {
-		t.Errorf("a plain handler error: %v, want CodeInternal \"disk full\"", err)
-	}
-	if st, err := c.Status(ctx); err != nil || !st.Ready || st.PodCIDR != "10.0.0.0/24" {
-		t.Errorf("Status = %+v, %v", st, err)
-	}
-	if errors.Is(err, ErrUnreachable) {
-		t.Error("an answered call is not ErrUnreachable")
-	}
-}
-
-// No agent: ErrUnreachable, at once.
+// No server: ErrUnreachable, at once.
 func TestUnreachable(t *testing.T) {
 	c := NewClient(filepath.Join(t.TempDir(), "none.sock"), 5*time.Second)
 	start := time.Now()
-	_, err := c.Status(context.Background())
+	_, err := callStatus(context.Background(), c)
 	if !errors.Is(err, ErrUnreachable) {
 		t.Errorf("err = %v, want ErrUnreachable", err)
 	}
@@ -90,7 +57,7 @@ func TestUnreachable(t *testing.T) {
 	}
 }
 
-// An agent that accepts but never answers: the client gives up after its
+// A server that accepts but never answers: the client gives up after its
 // timeout with ErrUnreachable.
 func TestClientTimeout(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "s.sock")
@@ -109,7 +76,7 @@ func TestClientTimeout(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	_, err = NewClient(sock, 300*time.Millisecond).Status(context.Background())
+	_, err = callStatus(context.Background(), NewClient(sock, 300*time.Millisecond))
 	if !errors.Is(err, ErrUnreachable) {
 		t.Errorf("err = %v, want ErrUnreachable", err)
 	}
@@ -125,7 +92,7 @@ func TestServerLimits(t *testing.T) {
 	var calls atomic.Int32
 	_, sock := serve(t, func(ctx context.Context, op Op, body json.RawMessage) (any, error) {
 		calls.Add(1)
-		return Status{Ready: true}, nil
+		return status{Ready: true}, nil
 	}, time.Second)
 
 	answer := func(c net.Conn) (Response, error) {
@@ -181,7 +148,7 @@ func TestServerLimits(t *testing.T) {
 	}
 
 	// And a good one still works.
-	if st, err := NewClient(sock, time.Second).Status(context.Background()); err != nil || !st.Ready {
+	if st, err := callStatus(context.Background(), NewClient(sock, time.Second)); err != nil || !st.Ready {
 		t.Errorf("Status after bad clients: %+v, %v", st, err)
 	}
 }
@@ -193,11 +160,11 @@ func TestCloseWaitsForCalls(t *testing.T) {
 	srv, sock := serve(t, func(ctx context.Context, op Op, body json.RawMessage) (any, error) {
 		close(entered)
 		<-release
-		return Status{Ready: true}, nil
+		return status{Ready: true}, nil
 	}, time.Second)
 	got := make(chan error, 1)
 	go func() {
-		_, err := NewClient(sock, 5*time.Second).Status(context.Background())
+		_, err := callStatus(context.Background(), NewClient(sock, 5*time.Second))
 		got <- err
 	}()
 	<-entered

@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/internal/sockrpc"
 )
 
 // Admin is a daemon's "admin" subcommand: one call on the daemon's own
@@ -47,10 +47,10 @@ func admin(name string, args []string, defaultSocket string, stdout, stderr io.W
 		}
 		in = json.RawMessage(rest[1])
 	}
-	c := api.NewClient(*socket, *timeout)
+	c := sockrpc.NewClient(*socket, *timeout)
 	c.MaxResponse = 256 << 20 // a cloud's or a node's full listing
 	var out json.RawMessage
-	if err := c.Call(context.Background(), api.Op(rest[0]), in, &out); err != nil {
+	if err := c.Call(context.Background(), sockrpc.Op(rest[0]), in, &out); err != nil {
 		fmt.Fprintf(stderr, "%s admin %s: %v\n", name, rest[0], err)
 		return ExitFailed
 	}

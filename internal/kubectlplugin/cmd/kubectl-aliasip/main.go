@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/aliasip/aliasip/controller/cli"
+	"github.com/aliasip/aliasip/internal/kubectlplugin"
 )
 
 var version = "dev"
@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		fmt.Fprintf(stderr, "kubectl-aliasip: %v\n", err)
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	}
 	if *showVersion {
 		fmt.Fprintln(stdout, version)
@@ -81,25 +81,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	rest := fs.Args()
 	if len(rest) != 1 {
 		fmt.Fprintf(stderr, "kubectl-aliasip: want one command (status, check or release); see --help\n")
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	}
 	cmd := rest[0]
 	switch {
 	case cmd != "status" && cmd != "check" && cmd != "release":
 		fmt.Fprintf(stderr, "kubectl-aliasip: unknown command %q (want status, check or release)\n", cmd)
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	case *output != "text" && *output != "json":
 		fmt.Fprintf(stderr, "kubectl-aliasip: -o %q: want text or json\n", *output)
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	case cmd == "release" && *fromReport == "":
 		fmt.Fprintf(stderr, "kubectl-aliasip: release needs --from-report FILE (written by check --report FILE)\n")
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	case *parallel < 1 || *timeout <= 0 || *minAge < 0:
 		fmt.Fprintf(stderr, "kubectl-aliasip: --parallel must be at least 1, --timeout positive, --min-age not negative\n")
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	}
 	// A report is read before anything is contacted: a bad file changes nothing.
-	var rep cli.Report
+	var rep kubectlplugin.Report
 	if cmd == "release" {
 		b, err := os.ReadFile(*fromReport)
 		if err == nil {
@@ -107,7 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "kubectl-aliasip: report %s: %v\n", *fromReport, err)
-			return cli.ExitUsage
+			return kubectlplugin.ExitUsage
 		}
 	}
 
@@ -116,28 +116,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: *kubeContext}).ClientConfig()
 	if err != nil {
 		fmt.Fprintf(stderr, "kubectl-aliasip: kubeconfig: %v\n", err)
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	}
 	cfg.UserAgent = "kubectl-aliasip/" + version
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "kubectl-aliasip: %v\n", err)
-		return cli.ExitUsage
+		return kubectlplugin.ExitUsage
 	}
-	src := cli.Source{Client: client, Exec: cli.PodExec{Config: cfg, Client: client},
+	src := kubectlplugin.Source{Client: client, Exec: kubectlplugin.PodExec{Config: cfg, Client: client},
 		Namespace: *namespace, Release: *release, Parallel: *parallel, Timeout: *timeout}
 
 	code := 0
 	switch cmd {
 	case "status":
-		err = cli.Status(ctx, src, stdout)
+		err = kubectlplugin.Status(ctx, src, stdout)
 		if err != nil {
-			code = cli.ExitIncomplete
+			code = kubectlplugin.ExitIncomplete
 		}
 	case "check":
-		code, err = cli.RunCheck(ctx, src, *minAge, *output, *report, stdout)
+		code, err = kubectlplugin.RunCheck(ctx, src, *minAge, *output, *report, stdout)
 	case "release":
-		code, err = cli.Release(ctx, src, rep, *minAge, *dryRun, stdout)
+		code, err = kubectlplugin.Release(ctx, src, rep, *minAge, *dryRun, stdout)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "kubectl-aliasip %s: %v\n", cmd, err)

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/internal/sockrpc"
 )
 
 func TestAdminCallsTheSocket(t *testing.T) {
@@ -18,12 +18,12 @@ func TestAdminCallsTheSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var gotOp api.Op
+	var gotOp sockrpc.Op
 	var gotBody string
-	srv := &api.Server{Handler: func(ctx context.Context, op api.Op, body json.RawMessage) (any, error) {
+	srv := &sockrpc.Server{Handler: func(ctx context.Context, op sockrpc.Op, body json.RawMessage) (any, error) {
 		gotOp, gotBody = op, string(body)
 		if op == "fail" {
-			return nil, &api.Error{Code: api.CodeInvalid, Message: "refused on purpose"}
+			return nil, &sockrpc.Error{Code: sockrpc.CodeInvalid, Message: "refused on purpose"}
 		}
 		return map[string]int{"n": 7}, nil
 	}}
