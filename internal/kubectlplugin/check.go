@@ -26,6 +26,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aliasip/aliasip/controller/adminapi"
+	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/node-agent/api"
 )
 
@@ -57,9 +58,6 @@ const (
 )
 
 var listAll = metav1.ListOptions{}
-
-// RangeLabel is the node label the controller sets (controller/ranges.go).
-const RangeLabel = "aliasip.io/pod-range"
 
 // Finding is one problem. The fields that identify it depend on its kind;
 // for leaks they are what release needs.
@@ -279,9 +277,9 @@ func checkCloud(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding)) 
 		if rg == "" {
 			add(Finding{Kind: KindPodCIDROutOfRange, Class: ClassMismatch, Node: n.Name, CIDR: p.String(),
 				Message: fmt.Sprintf("Node %s: podCIDR %v is in none of the ranges", n.Name, p)})
-		} else if l, ok := n.Labels[RangeLabel]; ok && l != rg {
+		} else if l, ok := n.Labels[aliasipv1.NodeLabel]; ok && l != rg {
 			add(Finding{Kind: KindLabelMismatch, Class: ClassMismatch, Node: n.Name, CIDR: p.String(),
-				Message: fmt.Sprintf("Node %s: label %s=%s but its podCIDR %v is in range %s", n.Name, RangeLabel, l, p, rg)})
+				Message: fmt.Sprintf("Node %s: label %s=%s but its podCIDR %v is in range %s", n.Name, aliasipv1.NodeLabel, l, p, rg)})
 		}
 		in, ok := byNode[n.Name]
 		if !ok {

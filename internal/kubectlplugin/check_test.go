@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/aliasip/aliasip/controller/adminapi"
+	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/node-agent/api"
 )
 
@@ -20,7 +21,7 @@ var now = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 func node(name, cidr, rng string) corev1.Node {
 	n := corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: cidr}}
 	if rng != "" {
-		n.Labels = map[string]string{RangeLabel: rng}
+		n.Labels = map[string]string{aliasipv1.NodeLabel: rng}
 	}
 	return n
 }
@@ -130,7 +131,7 @@ func TestCheckFindings(t *testing.T) {
 		}, []string{"mismatch/podcidr-out-of-range"}, "none of the ranges"},
 		{"a podCIDR that does not parse", func(s *Snapshot) { s.Nodes[2].Spec.PodCIDR = "10.0.9.0/33" },
 			[]string{"mismatch/podcidr-invalid"}, "does not parse"},
-		{"a wrong range label", func(s *Snapshot) { s.Nodes[1].Labels[RangeLabel] = "default" },
+		{"a wrong range label", func(s *Snapshot) { s.Nodes[1].Labels[aliasipv1.NodeLabel] = "default" },
 			[]string{"mismatch/label-mismatch"}, "is in range pool-b"},
 		{"an agent on another block", func(s *Snapshot) { s.Agents["a"].PodCIDR = "10.0.2.0/24" },
 			[]string{"mismatch/agent-podcidr"}, "works on 10.0.2.0/24"},
