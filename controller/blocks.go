@@ -52,15 +52,15 @@ func newBlocks() *blocks {
 	}
 }
 
-// reset installs a rebuilt state. PodRanges recorded as pending
-// (setPending) since the rebuild listed them stay unusable.
-func (b *blocks) reset(pools []*pool, unusable map[string]labels.Selector, owned map[string]assignment, owner map[netip.Prefix]string, cooling map[netip.Prefix]time.Time) {
+// reset installs a state the rebuild restored into st (a blocks of its
+// own, not shared). PodRanges recorded as pending (setPending) since the
+// rebuild listed them stay unusable.
+func (b *blocks) reset(st *blocks, unusable map[string]labels.Selector) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.pools = map[string]*pool{}
-	for _, p := range pools {
-		b.pools[p.name] = p
-		b.changed[p.name] = true
+	b.pools = st.pools
+	for name := range st.pools {
+		b.changed[name] = true
 	}
 	for name, sel := range b.unusable {
 		if _, listed := unusable[name]; !listed && b.pools[name] == nil {
@@ -68,7 +68,75 @@ func (b *blocks) reset(pools []*pool, unusable map[string]labels.Selector, owned
 		}
 	}
 	b.unusable = unusable
-	b.owned, b.owner, b.cooling = owned, owner, cooling
+	b.owned, b.owner, b.cooling = st.owned, st.owner, st.cooling
+	// Resume handing out blocks where the previous process stood.
+	for _, pl := range b.pools {
+		pl.alloc.SeekAfterLastUsed()
+	}
+}
+
+// The restore methods below fill a blocks the rebuild builds on its own
+// (then installed by reset); they take no lock.
+
+// restorePool adds a pool unless it overlaps one added before (false).
+func (b *blocks) restorePool(pl *pool) bool {
+	for _, other := range b.pools {
+		if other.cidr.Overlaps(pl.cidr) {
+			return false
+		}
+	}
+	b.pools[pl.name] = pl
+	return true
+}
+
+// poolCount is the number of pools.
+func (b *blocks) poolCount() int { return len(b.pools) }
+
+// isBlock reports whether p is a block of one of the pools.
+func (b *blocks) isBlock(p netip.Prefix) bool {
+	pl := b.poolOf(p)
+	return pl != nil && pl.isBlock(p)
+}
+
+// restoreNode records a Node's podCIDR, a block of a pool: used, and the
+// node's unless an earlier node holds it.
+func (b *blocks) restoreNode(name string, p netip.Prefix, inst cloud.InstanceRef) error {
+	if err := b.occupyLocked(p); err != nil {
+		return err
+	}
+	if _, taken := b.owner[p]; taken {
+		return nil
+	}
+	b.owned[name] = assignment{cidr: p, inst: inst}
+	b.owner[p] = name
+	return nil
+}
+
+// restoreAlias marks an alias on an instance used when it comes from a
+// pool (true).
+func (b *blocks) restoreAlias(a cloud.AliasRange) (bool, error) {
+	pl := b.poolOf(a.CIDR)
+	if pl == nil || !pl.holds(a) {
+		return false, nil
+	}
+	_, err := pl.alloc.Occupy(a.CIDR)
+	return err == nil, err
+}
+
+// restoreCooling restores a saved cooling entry still cooling at now and
+// held by no node (true); one of a range removed meanwhile cools on too
+// (addPool marks it used if the range comes back before it expires).
+func (b *blocks) restoreCooling(p netip.Prefix, until, now time.Time) (bool, error) {
+	if _, held := b.owner[p]; held || !now.Before(until) {
+		return false, nil
+	}
+	if b.poolOf(p) != nil {
+		if err := b.occupyLocked(p); err != nil {
+			return false, err
+		}
+	}
+	b.cooling[p] = until
+	return true, nil
 }
 
 // poolOf returns the pool holding the block, or nil. The caller holds the lock.

@@ -112,8 +112,10 @@ func TestBlocksPools(t *testing.T) {
 		}
 		return pl
 	}
+	rebuilt := newBlocks()
+	rebuilt.restorePool(newPool("default", "10.0.0.0/24", ""))
 	b := newBlocks()
-	b.reset([]*pool{newPool("default", "10.0.0.0/24", "")}, map[string]labels.Selector{}, map[string]assignment{}, map[netip.Prefix]string{}, map[netip.Prefix]time.Time{})
+	b.reset(rebuilt, map[string]labels.Selector{})
 	if other, err := b.addPool(newPool("inside", "10.0.0.128/25", "x"), nil); err != nil || other != "default" {
 		t.Fatalf("overlapping pool: %q, %v; want refused naming default", other, err)
 	}
