@@ -32,8 +32,15 @@ type blocks struct {
 	owner   map[netip.Prefix]string // block -> node
 	cooling map[netip.Prefix]time.Time
 	waiting map[string]bool // nodes waiting for a free block
-	dirty   bool            // the last save of the cooling set failed
-	changed map[string]bool // pools whose counts changed since takeChanged
+	// inflight: blocks whose alias add is running now, by node. Only such
+	// a reservation holds a block against a node whose NIC carries it.
+	inflight map[netip.Prefix]string
+	// afterCooling: blocks cooling down that a node's podCIDR names (a
+	// podCIDR we did not give): the node gets the block when it expires,
+	// instead of the pool.
+	afterCooling map[netip.Prefix]string
+	dirty        bool            // the last save of the cooling set failed
+	changed      map[string]bool // pools whose counts changed since takeChanged
 	// unusable are the PodRanges that exist but hand out no block (not
 	// ready: overlapping, invalid, being deleted), by the selector they
 	// have: a node they select waits rather than getting a block elsewhere.
@@ -42,13 +49,15 @@ type blocks struct {
 
 func newBlocks() *blocks {
 	return &blocks{
-		pools:    map[string]*pool{},
-		owned:    map[string]assignment{},
-		owner:    map[netip.Prefix]string{},
-		cooling:  map[netip.Prefix]time.Time{},
-		waiting:  map[string]bool{},
-		changed:  map[string]bool{},
-		unusable: map[string]labels.Selector{},
+		pools:        map[string]*pool{},
+		owned:        map[string]assignment{},
+		owner:        map[netip.Prefix]string{},
+		cooling:      map[netip.Prefix]time.Time{},
+		waiting:      map[string]bool{},
+		inflight:     map[netip.Prefix]string{},
+		afterCooling: map[netip.Prefix]string{},
+		changed:      map[string]bool{},
+		unusable:     map[string]labels.Selector{},
 	}
 }
 
@@ -383,11 +392,22 @@ func (b *blocks) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef, h
 		return "", holderGone, fmt.Errorf("claim %v: not a block of any range", cidr)
 	}
 	if other, ok := b.owner[cidr]; ok && other != name {
-		if st := holder(other, cidr); st != holderGone {
+		st := holder(other, cidr)
+		if st == holderReserving && b.inflight[cidr] != other {
+			// Reserved, but no write of it runs: the reservation is only
+			// a hint, and this node's NIC carrying the block is the fact
+			// (its write will be refused). The reservation lapses; the
+			// other node reserves anew. Waiting on it instead could wait
+			// forever: two nodes whose NICs carry each other's
+			// reservation never write again.
+			st = holderGone
+		}
+		if st != holderGone {
 			return other, st, nil
 		}
-		// The holder is gone: its pending release must not remove the
-		// alias from the node that now holds the block.
+		// The holder is gone (or its reservation lapsed): its pending
+		// release must not remove the alias from the node that now holds
+		// the block.
 		if b.owned[other].cidr == cidr {
 			delete(b.owned, other)
 		}
@@ -454,14 +474,57 @@ func (b *blocks) released(name string, a assignment, until time.Time) {
 
 // handOver records that a deleted node's alias was removed and its block
 // passes to heir, a live node whose podCIDR it is: never free in between.
-func (b *blocks) handOver(name string, a assignment, heir string) {
+// A block the heir held before (a Node re-created under the same name
+// with another podCIDR) cools down until coolUntil, as claim does.
+func (b *blocks) handOver(name string, a assignment, heir string, coolUntil time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.owned, name)
-	if b.owner[a.cidr] == name {
-		b.owner[a.cidr] = heir
-		b.owned[heir] = assignment{cidr: a.cidr}
+	if b.owner[a.cidr] != name {
+		return
 	}
+	if prev, ok := b.owned[heir]; ok && prev.cidr != a.cidr && b.owner[prev.cidr] == heir {
+		delete(b.owner, prev.cidr)
+		b.cooling[prev.cidr] = coolUntil
+	}
+	b.owner[a.cidr] = heir
+	b.owned[heir] = assignment{cidr: a.cidr}
+}
+
+// holder returns the node recorded as holding a block ("" when none).
+func (b *blocks) holder(cidr netip.Prefix) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.owner[cidr]
+}
+
+// writing marks a node's alias write of a block as running (done: over).
+func (b *blocks) writing(name string, cidr netip.Prefix, done bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if done {
+		if b.inflight[cidr] == name {
+			delete(b.inflight, cidr)
+		}
+		return
+	}
+	b.inflight[cidr] = name
+}
+
+// waitCooling records that a node's podCIDR names a block cooling down:
+// when it expires the block becomes the node's, not the pool's. It
+// returns when the cooldown ends; ok is false when the block does not
+// cool down (any more).
+func (b *blocks) waitCooling(name string, cidr netip.Prefix) (until time.Time, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	until, ok = b.cooling[cidr]
+	if ok {
+		if _, taken := b.afterCooling[cidr]; !taken {
+			b.afterCooling[cidr] = name
+		}
+	}
+	return until, ok
 }
 
 // leaked records that the leak collector removed an alias from an
@@ -504,6 +567,18 @@ func (b *blocks) expire(now, horizon time.Time) (expired, freed int, next time.T
 		}
 		expired++
 		delete(b.cooling, cidr)
+		if heir, ok := b.afterCooling[cidr]; ok {
+			delete(b.afterCooling, cidr)
+			_, held := b.owner[cidr]
+			if _, hasOther := b.owned[heir]; !held && !hasOther {
+				// The node whose podCIDR it is gets it (its release
+				// returns it if the node is gone meanwhile).
+				b.owner[cidr] = heir
+				b.owned[heir] = assignment{cidr: cidr}
+				woken = append(woken, heir)
+				continue
+			}
+		}
 		if _, held := b.owner[cidr]; !held {
 			if rerr := b.releaseLocked(cidr); rerr != nil {
 				err = fmt.Errorf("release cooled block %v: %w", cidr, rerr)

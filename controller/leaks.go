@@ -84,18 +84,26 @@ func (c *Controller) requeueIfDrifted(ctx context.Context, name string, in cloud
 		return
 	}
 	var ours []netip.Prefix
-	unrecorded := false
+	unrecorded, othersOnly := false, true
 	for _, a := range in.Aliases {
 		if c.blocks.ours(a) {
 			ours = append(ours, a.CIDR)
 			unrecorded = unrecorded || !c.blocks.inUse(a.CIDR)
+			if h := c.blocks.holder(a.CIDR); h == "" || h == name {
+				othersOnly = false
+			}
 		}
 	}
 	podCIDR, perr := netip.ParsePrefix(node.Spec.PodCIDR)
 	_, _, isBlock := c.blocks.rangeOf(podCIDR)
-	drifted := unrecorded || len(ours) > 1 ||
-		(node.Spec.PodCIDR == "" && len(ours) > 0) ||
-		(perr == nil && isBlock && len(ours) == 0)
+	// A claim conflict (the podCIDR, or every block on the NIC, is another
+	// node's) was reported by the node's sync and stays as it is until a
+	// Node event: it is not queued again every interval.
+	ownPodCIDR := perr == nil && isBlock && c.blocks.holder(podCIDR) == name
+	drifted := unrecorded ||
+		(ownPodCIDR && len(ours) > 1) ||
+		(node.Spec.PodCIDR == "" && len(ours) > 0 && !othersOnly) ||
+		(ownPodCIDR && len(ours) == 0)
 	if !drifted {
 		return
 	}

@@ -412,6 +412,61 @@ func (c *Controller) deleteRange(ctx context.Context, pr *aliasipv1.PodRange) er
 	if !active {
 		sel, _ := metav1.LabelSelectorAsSelector(&pr.Spec.NodeSelector)
 		c.blocks.setUnusable(pr.Name, sel)
+		// Not a pool in this process — but it may have been one in an
+		// earlier process (its range could not be read at the rebuild),
+		// with nodes and aliases of it. It is resolved now and made a
+		// pool being deleted, so that holders and aliases are counted
+		// below; one that cannot be read keeps its finalizer.
+		pl, _, _, err := c.resolve(ctx, pr)
+		if err != nil {
+			return c.writeRangeStatus(ctx, pr, false, metav1.ConditionFalse, aliasipv1.ReasonInUse,
+				fmt.Sprintf("being deleted: its range cannot be read (%v); the range goes once it is known that no node or instance uses it", err))
+		}
+		if pl != nil && c.blocks.overlapping(pr.Name, pl.cidr) == "" {
+			used, err := c.usedIn(ctx, pl)
+			if err != nil {
+				return err
+			}
+			pl.deleting = true
+			other, err := c.blocks.addPool(pl, used)
+			if err != nil {
+				return err
+			}
+			if other == "" {
+				active = true
+				c.blocks.clearUnusable(pr.Name)
+				nodes, _ := c.nodes.List(everything)
+				for _, n := range nodes {
+					if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.contains(p) {
+						c.queue.Add(n.Name) // they claim their blocks
+					}
+				}
+			}
+		}
+	}
+	if active {
+		// Nodes whose podCIDR is a block of it hold it, whether or not
+		// their sync recorded it yet.
+		if pl, ok := c.blocks.pool(pr.Name); ok {
+			nodes, _ := c.nodes.List(everything)
+			var users []string
+			for _, n := range nodes {
+				if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil && pl.isBlock(p) {
+					users = append(users, n.Name)
+				}
+			}
+			if len(users) > 0 {
+				sort.Strings(users)
+				shown := users
+				if len(shown) > 5 {
+					shown = shown[:5]
+				}
+				c.ranges.queue.AddAfter(pr.Name, c.cfg.GCInterval)
+				return c.writeRangeStatus(ctx, pr, true, metav1.ConditionFalse, aliasipv1.ReasonInUse,
+					fmt.Sprintf("being deleted: %d node(s) still hold blocks of it (%s); no new block is handed out, and the range goes once they are gone",
+						len(users), strings.Join(shown, ", ")))
+			}
+		}
 	}
 	if holders := c.blocks.holders(pr.Name); len(holders) > 0 {
 		shown := holders

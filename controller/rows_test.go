@@ -49,17 +49,18 @@ func TestStateTableRows(t *testing.T) {
 		return n
 	}
 	for _, tc := range []struct {
-		name    string
-		nodes   []*corev1.Node
-		aliases map[string][]string // instance -> alias CIDRs before
-		owned   map[string]string   // node -> block held before (deleted nodes)
-		cooling []string            // blocks cooling down before
-		sync    string
-		wantErr error
-		patch   string              // podCIDR patched on the synced node ("" none)
-		label   string              // pod-range label patched alone ("" none)
-		after   map[string][]string // instance -> alias CIDRs after
-		events  []string            // "Type Reason", in order
+		name     string
+		nodes    []*corev1.Node
+		aliases  map[string][]string // instance -> alias CIDRs before
+		owned    map[string]string   // node -> block held before (deleted nodes)
+		cooling  []string            // blocks cooling down before
+		inflight map[string]string   // block -> node whose alias write runs
+		sync     string
+		wantErr  error
+		patch    string              // podCIDR patched on the synced node ("" none)
+		label    string              // pod-range label patched alone ("" none)
+		after    map[string][]string // instance -> alias CIDRs after
+		events   []string            // "Type Reason", in order
 	}{
 		{
 			name:  "empty, none: assign",
@@ -151,13 +152,23 @@ func TestStateTableRows(t *testing.T) {
 			events:  []string{"Warning CIDRWrongSize"},
 		},
 		{
-			name:    "empty, present, the block reserved for a node in flight: retry",
+			name:     "empty, present, the block reserved for a node whose write runs: retry",
+			nodes:    []*corev1.Node{node("n", "", ""), node("m", "", "")},
+			aliases:  map[string][]string{"n": {"10.0.6.0/24"}},
+			owned:    map[string]string{"m": "10.0.6.0/24"},
+			inflight: map[string]string{"10.0.6.0/24": "m"},
+			sync:     "n", wantErr: errPending,
+			after:  map[string][]string{"n": {"10.0.6.0/24"}},
+			events: []string{"Normal CIDRPending"},
+		},
+		{
+			name:    "empty, present, the block reserved for a node whose write does not run: adopt",
 			nodes:   []*corev1.Node{node("n", "", ""), node("m", "", "")},
 			aliases: map[string][]string{"n": {"10.0.6.0/24"}},
 			owned:   map[string]string{"m": "10.0.6.0/24"},
-			sync:    "n", wantErr: errPending,
+			sync:    "n", patch: "10.0.6.0/24",
 			after:  map[string][]string{"n": {"10.0.6.0/24"}},
-			events: []string{"Normal CIDRPending"},
+			events: []string{"Normal CIDRAssigned"},
 		},
 		{
 			name:    "deleted node whose block is a live node's podCIDR: hand over, not cooled",
@@ -225,6 +236,9 @@ func TestStateTableRows(t *testing.T) {
 			c := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1e6, CloudBurst: 1e6}, client, informer, fc, recorder, NewMetrics(prometheus.NewRegistry()))
 			if err := c.rebuild(ctx); err != nil {
 				t.Fatal(err)
+			}
+			for cidr, n := range tc.inflight {
+				c.blocks.writing(n, netip.MustParsePrefix(cidr), false)
 			}
 			for _, cidr := range tc.cooling {
 				p := netip.MustParsePrefix(cidr)

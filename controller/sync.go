@@ -188,7 +188,9 @@ func (c *Controller) wrongSize(node *corev1.Node, p netip.Prefix) error {
 // holder — the deleted node's pods may still answer on it. The NIC
 // carrying it (adopt, in sync) is the cloud's fact and is not held back.
 func (c *Controller) coolingWait(node *corev1.Node, p netip.Prefix) error {
-	until, _ := c.blocks.coolingUntil(p)
+	// Recorded, so that the expiry gives the block to this node rather
+	// than to the pool (and queues it).
+	until, _ := c.blocks.waitCooling(node.Name, p)
 	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRPending,
 		"podCIDR %v is a block that cools down until %v; it is repaired then", p, until.Format(time.RFC3339))
 	return fmt.Errorf("podCIDR %v cools down until %v: %w", p, until, errPending)
@@ -213,7 +215,7 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 	if err != nil {
 		return err
 	}
-	if err := c.addAlias(ctx, inst, cidr); err != nil {
+	if err := c.addAlias(ctx, node.Name, inst, cidr); err != nil {
 		switch {
 		case errors.Is(err, cloud.ErrRangeConflict):
 			// Another resource really holds this block: keep it out of the
@@ -281,7 +283,7 @@ func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.In
 
 // repair is the row "podCIDR set, alias missing": add the alias back.
 func (c *Controller) repair(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, podCIDR netip.Prefix) error {
-	if err := c.addAlias(ctx, inst, podCIDR); err != nil {
+	if err := c.addAlias(ctx, node.Name, inst, podCIDR); err != nil {
 		reason := EventCloudAliasFailed
 		if refused(err) {
 			reason = EventCloudAliasRefused
@@ -387,6 +389,7 @@ var errPending = errors.New("block reserved for another node")
 // the block up, so this node retries (errPending) rather than being
 // reported and dropped; the other node never patched its podCIDR.
 func (c *Controller) claim(node *corev1.Node, cidr netip.Prefix, inst cloud.InstanceRef) (string, error) {
+	reserving := ""
 	holder := func(n string, p netip.Prefix) holderState {
 		other, err := c.nodes.Get(n)
 		switch {
@@ -395,12 +398,17 @@ func (c *Controller) claim(node *corev1.Node, cidr netip.Prefix, inst cloud.Inst
 		case other.Spec.PodCIDR == p.String():
 			return holderHolding
 		default:
+			reserving = n
 			return holderReserving
 		}
 	}
 	other, st, err := c.blocks.claim(node.Name, cidr, inst, holder, time.Now().Add(c.cfg.ReleaseCooldown))
 	if err != nil {
 		return "", err
+	}
+	if other == "" && reserving != "" {
+		// Its reservation lapsed (no write of it ran): it reserves anew.
+		c.queue.Add(reserving)
 	}
 	if st == holderReserving {
 		c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRPending,
@@ -418,11 +426,15 @@ func refused(err error) bool {
 
 // addAlias adds a block as an alias from its range's secondary range:
 // the default range's through AddAlias, a PodRange's through AddRangeAlias.
-func (c *Controller) addAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
+func (c *Controller) addAlias(ctx context.Context, node string, inst cloud.InstanceRef, cidr netip.Prefix) error {
 	rng, cloudName, ok := c.blocks.rangeOf(cidr)
 	if !ok {
 		return fmt.Errorf("block %v is in no range", cidr)
 	}
+	// While the write runs, the node's reservation holds the block
+	// against another node whose NIC shows it (claim).
+	c.blocks.writing(node, cidr, false)
+	defer c.blocks.writing(node, cidr, true)
 	if rng == aliasipv1.DefaultRangeName {
 		return c.cloud.AddAlias(ctx, inst, cidr)
 	}
@@ -459,7 +471,7 @@ func (c *Controller) release(ctx context.Context, name string) error {
 		// Another live node has this block as its podCIDR (two nodes
 		// claimed it; the deleted one was older). It is that node's now,
 		// not free: its sync puts the alias on its NIC.
-		c.blocks.handOver(name, a, heir)
+		c.blocks.handOver(name, a, heir, time.Now().Add(c.cfg.ReleaseCooldown))
 		c.queue.Add(heir)
 		c.recorder.Eventf(ref, corev1.EventTypeNormal, EventAliasReleased,
 			"Removed alias %v from %s; the block stays with node %s, whose podCIDR it is", a.cidr, a.inst, heir)
