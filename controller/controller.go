@@ -138,6 +138,9 @@ const (
 	EventCloudAliasRefused = "CloudAliasRefused"
 	// EventInstanceNotFound: the node's providerID names no known instance.
 	EventInstanceNotFound = "InstanceNotFound"
+	// EventInstanceNotNode: the node's providerID names an instance that is
+	// not the node's own (another name): nothing is done for it.
+	EventInstanceNotNode = "InstanceNotNode"
 	// EventAliasReleased: a deleted node's alias was removed from its NIC.
 	EventAliasReleased = "AliasReleased"
 	// EventCoolingStateInvalid (on the cooling ConfigMap): it cannot be read.

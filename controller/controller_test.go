@@ -283,7 +283,8 @@ func TestGhostOwnerReleaseSparesNewHolder(t *testing.T) {
 	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "old", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	newNode := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "new"}, Spec: corev1.NodeSpec{ProviderID: "fake://old"}}
+	// (Under its FQDN: the instance is the name's first label.)
+	newNode := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "old.new"}, Spec: corev1.NodeSpec{ProviderID: "fake://old"}}
 	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, newNode, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -293,10 +294,10 @@ func TestGhostOwnerReleaseSparesNewHolder(t *testing.T) {
 		indexer.Delete(old)
 	}
 	indexer.Add(newNode)
-	if err := h.ctrl.safeSync(h.ctx, "new"); err != nil {
+	if err := h.ctrl.safeSync(h.ctx, "old.new"); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.podCIDR("new"); got != cidr.String() {
+	if got := h.podCIDR("old.new"); got != cidr.String() {
 		t.Fatalf("new node got %q, want to adopt %v", got, cidr)
 	}
 	if err := h.ctrl.safeSync(h.ctx, "old"); err != nil {

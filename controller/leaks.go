@@ -147,7 +147,9 @@ func (c *Controller) instanceNodes(ctx context.Context) (map[string]string, erro
 	}
 	out := make(map[string]string, len(nodes))
 	for _, n := range nodes {
-		if inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name); err == nil {
+		// Only a node's own instance (instanceOfNode): a Node naming
+		// another VM must not shield that VM's aliases.
+		if inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name); err == nil && instanceOfNode(inst, n.Name) {
 			out[inst.String()] = n.Name
 		}
 	}

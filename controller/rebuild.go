@@ -134,6 +134,9 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		// sync reports it, and a release has no alias to remove (the leak
 		// collector looks).
 		inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+		if err == nil && !instanceOfNode(inst, n.Name) {
+			err = fmt.Errorf("providerID names instance %s, not the node's own", inst)
+		}
 		if err != nil {
 			logger.V(2).Info("Node's instance not resolved at rebuild", "node", n.Name, "err", err)
 			inst = cloud.InstanceRef{}

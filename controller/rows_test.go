@@ -188,6 +188,13 @@ func TestStateTableRows(t *testing.T) {
 			events: []string{"Normal CIDRPending"},
 		},
 		{
+			name:   "providerID naming another node's VM: refused, that VM untouched",
+			nodes:  []*corev1.Node{node("v", "", ""), node("evil", "", "fake://v")},
+			sync:   "evil",
+			after:  map[string][]string{"v": nil},
+			events: []string{"Warning InstanceNotNode"},
+		},
+		{
 			name:   "providerID of another cloud: instance not found",
 			nodes:  []*corev1.Node{node("n", "", "gce://p/z/n")},
 			sync:   "n",
@@ -216,7 +223,7 @@ func TestStateTableRows(t *testing.T) {
 				objs = append(objs, n)
 			}
 			client := k8sfake.NewClientset(objs...)
-			fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(podRange), AutoRegister: true})
+			fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(podRange), AutoRegister: true, ProviderSchemes: []string{"fake"}})
 			if err != nil {
 				t.Fatal(err)
 			}

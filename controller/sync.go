@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -106,6 +107,12 @@ func (c *Controller) read(ctx context.Context, node *corev1.Node) (st nodeState,
 		}
 		return st, true, err
 	}
+	if !instanceOfNode(inst, node.Name) {
+		c.recorder.Eventf(node, corev1.EventTypeWarning, EventInstanceNotNode,
+			"providerID %q names instance %s, not this node's own (its name's first label, %q); aliasip does not act on another node's VM",
+			node.Spec.ProviderID, inst, canonicalInstanceName(node.Name))
+		return st, true, nil
+	}
 	st.inst = inst
 	aliases, err := c.cloud.Aliases(ctx, inst)
 	if err != nil {
@@ -127,6 +134,27 @@ func (c *Controller) read(ctx context.Context, node *corev1.Node) (st nodeState,
 		st.podCIDR, _ = netip.ParsePrefix(node.Spec.PodCIDR)
 	}
 	return st, false, nil
+}
+
+// instanceOfNode reports whether inst is the node's own VM: its name is
+// the node name's first DNS label. A kubelet may register its own Node
+// with any spec.providerID (NodeRestriction does not check it), so a
+// providerID naming another VM would let one node's credentials put
+// blocks on — and lock — another's NIC. GCE names a node's instance after
+// the node: the GCE cloud provider maps a NodeName to an instance name by
+// a plain cast and canonicalizes an FQDN to its first label
+// (kubernetes/legacy-cloud-providers gce/gce_util.go,
+// mapNodeNameToInstanceName and canonicalizeInstanceName; the same in
+// kubernetes/cloud-provider-gcp providers/gce/gce_util.go). kind's
+// providerID ends with the node's name too (kind://docker/<cluster>/<node>).
+func instanceOfNode(inst cloud.InstanceRef, nodeName string) bool {
+	return inst.Name == canonicalInstanceName(nodeName)
+}
+
+// canonicalInstanceName is a node name's first DNS label.
+func canonicalInstanceName(nodeName string) string {
+	name, _, _ := strings.Cut(nodeName, ".")
+	return name
 }
 
 // classify picks the node's row.
