@@ -123,3 +123,18 @@ func TestBlocksTheAgentCannotUseAreRefused(t *testing.T) {
 		t.Errorf("resolve /30 blocks: %v, %v; want a pool", pl, err)
 	}
 }
+
+// A podCIDR is compared as a prefix, not as a string: an IPv6 podCIDR a
+// kubelet wrote in another spelling still names the block (hand-over,
+// claim).
+func TestSamePrefixSpellings(t *testing.T) {
+	p := netip.MustParsePrefix("fd00:10::/112")
+	for _, s := range []string{"fd00:10::/112", "FD00:10::/112", "fd00:10:0:0:0:0:0:0/112"} {
+		if !samePrefix(s, p) {
+			t.Errorf("samePrefix(%q, %v) = false", s, p)
+		}
+	}
+	if samePrefix("fd00:10::/120", p) || samePrefix("", p) {
+		t.Error("another prefix, or none, matched")
+	}
+}

@@ -214,8 +214,8 @@ func TestReviewCoolingWaitLosesTheBlockToAnother(t *testing.T) {
 	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, n, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.syncSeen("n", b.String()); !errors.Is(err, errPending) {
-		t.Fatalf("sync n: %v, want errPending (cooling)", err)
+	if err := h.syncSeen("n", b.String()); !errors.Is(err, errExhausted) {
+		t.Fatalf("sync n: %v, want it waiting for the cooldown", err)
 	}
 	// The cooldown ends; the woken nodes sync first (n is in backoff).
 	later := time.Now().Add(2 * time.Hour)

@@ -183,7 +183,7 @@ func TestStateTableRows(t *testing.T) {
 			name:    "set, missing, the block cooling down: wait for its cooldown",
 			nodes:   []*corev1.Node{node("n", "10.0.8.0/24", "")},
 			cooling: []string{"10.0.8.0/24"},
-			sync:    "n", wantErr: errPending,
+			sync:    "n", wantErr: errExhausted,
 			after:  map[string][]string{"n": nil},
 			events: []string{"Normal CIDRPending"},
 		},

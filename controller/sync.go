@@ -221,7 +221,8 @@ func (c *Controller) coolingWait(node *corev1.Node, p netip.Prefix) error {
 	until, _ := c.blocks.waitCooling(node.Name, p)
 	c.recorder.Eventf(node, corev1.EventTypeNormal, EventCIDRPending,
 		"podCIDR %v is a block that cools down until %v; it is repaired then", p, until.Format(time.RFC3339))
-	return fmt.Errorf("podCIDR %v cools down until %v: %w", p, until, errPending)
+	// Not a failure, and not retried hot: the expiry queues the node.
+	return fmt.Errorf("podCIDR %v cools down until %v: %w", p, until, errExhausted)
 }
 
 // mismatch is the one place a mismatch is reported: a Warning and a metric.
@@ -423,7 +424,7 @@ func (c *Controller) claim(node *corev1.Node, cidr netip.Prefix, inst cloud.Inst
 		switch {
 		case err != nil:
 			return holderGone
-		case other.Spec.PodCIDR == p.String():
+		case samePrefix(other.Spec.PodCIDR, p):
 			return holderHolding
 		default:
 			reserving = n
@@ -523,11 +524,18 @@ func (c *Controller) podCIDRHolder(cidr netip.Prefix, except string) string {
 		return ""
 	}
 	for _, n := range nodes {
-		if n.Name != except && n.Spec.PodCIDR == cidr.String() {
+		if n.Name != except && samePrefix(n.Spec.PodCIDR, cidr) {
 			return n.Name
 		}
 	}
 	return ""
+}
+
+// samePrefix reports whether a podCIDR string names the prefix, however
+// it is spelled (an IPv6 podCIDR a kubelet wrote need not be canonical).
+func samePrefix(podCIDR string, p netip.Prefix) bool {
+	q, err := netip.ParsePrefix(podCIDR)
+	return err == nil && q == p
 }
 
 func containsPrefix(ps []netip.Prefix, p netip.Prefix) bool {
