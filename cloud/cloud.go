@@ -88,11 +88,13 @@ type Interface interface {
 	InstanceFor(ctx context.Context, providerID, nodeName string) (InstanceRef, error)
 	// Aliases returns the alias ranges on the instance's primary NIC.
 	Aliases(ctx context.Context, inst InstanceRef) ([]AliasRange, error)
-	// AddAlias adds cidr from the pod range to the NIC, keeping the others.
-	// If, while it retries, the NIC gains another range of the pod range
-	// that the caller did not see, it adds nothing and returns an error
-	// wrapping ErrStaleFingerprint: the caller decides again.
-	AddAlias(ctx context.Context, inst InstanceRef, cidr netip.Prefix) error
+	// AddAlias adds a.CIDR, taken from the secondary range a.RangeName, to
+	// the NIC, keeping the others (of any range). An empty RangeName is
+	// refused with an error wrapping ErrInvalid. If, while it retries, the
+	// NIC gains another range of the same secondary range that the caller
+	// did not see, it adds nothing and returns an error wrapping
+	// ErrStaleFingerprint: the caller decides again.
+	AddAlias(ctx context.Context, inst InstanceRef, a AliasRange) error
 	// RemoveAlias removes cidr from the NIC, keeping the others. Removing a
 	// range that is not there, or from a vanished instance, succeeds.
 	RemoveAlias(ctx context.Context, inst InstanceRef, cidr netip.Prefix) error

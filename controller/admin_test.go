@@ -41,7 +41,7 @@ func TestReleaseAliasReadsNodesLive(t *testing.T) {
 		"ghost-vm": netip.MustParsePrefix("10.0.3.0/24"), // leaked
 	}
 	for vm, p := range aliases {
-		if err := fc.AddAlias(ctx, cloud.InstanceRef{Name: vm}, p); err != nil {
+		if err := fc.AddAlias(ctx, cloud.InstanceRef{Name: vm}, cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil {
 			t.Fatal(err)
 		}
 	}

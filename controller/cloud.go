@@ -66,14 +66,8 @@ func (b *budgetCloud) Aliases(ctx context.Context, inst cloud.InstanceRef) (out 
 	return out, err
 }
 
-func (b *budgetCloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
-	return b.call(ctx, "AddAlias", func() error { return b.inner.AddAlias(ctx, inst, cidr) })
-}
-
-// RangeAliaser is a cloud that adds aliases from secondary ranges other
-// than the pod range, as PodRanges with a cidr need (the fake cloud).
-type RangeAliaser interface {
-	AddRangeAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error
+func (b *budgetCloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error {
+	return b.call(ctx, "AddAlias", func() error { return b.inner.AddAlias(ctx, inst, a) })
 }
 
 // SecondaryRanger is a cloud whose ranges are a subnetwork's named
@@ -97,21 +91,6 @@ func (b *budgetCloud) SecondaryRange(ctx context.Context, name string) (p netip.
 	}
 	err = b.call(ctx, "SecondaryRange", func() error { p, err = sr.SecondaryRange(ctx, name); return err })
 	return p, err
-}
-
-// rangeAliases reports whether the cloud adds aliases from other ranges.
-func (b *budgetCloud) rangeAliases() bool {
-	_, ok := b.inner.(RangeAliaser)
-	return ok
-}
-
-// AddRangeAlias adds an alias from another secondary range, when the cloud can.
-func (b *budgetCloud) AddRangeAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error {
-	ra, ok := b.inner.(RangeAliaser)
-	if !ok {
-		return fmt.Errorf("add %v of range %s: this cloud adds aliases of its pod range only: %w", a.CIDR, a.RangeName, cloud.ErrInvalid)
-	}
-	return b.call(ctx, "AddAlias", func() error { return ra.AddRangeAlias(ctx, inst, a) })
 }
 
 func (b *budgetCloud) RemoveAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {

@@ -250,7 +250,7 @@ func TestExtraAliasRemoved(t *testing.T) {
 	}
 	podCIDR := netip.MustParsePrefix(h.podCIDR("n1"))
 	extra := netip.MustParsePrefix("10.0.200.0/24")
-	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, extra); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, cloud.AliasRange{CIDR: extra, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.syncSeen("n1", podCIDR.String()); err != nil {
@@ -461,7 +461,7 @@ func TestAdoptAfterReservationCoolsReserved(t *testing.T) {
 	}
 	reserved := adds(h.cloud)[0]
 	other := netip.MustParsePrefix("10.0.99.0/24")
-	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, other); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, cloud.AliasRange{CIDR: other, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.syncSeen("n1", ""); err != nil {

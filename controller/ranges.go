@@ -221,9 +221,6 @@ func (c *Controller) resolve(ctx context.Context, pr *aliasipv1.PodRange) (*pool
 		return nil, aliasipv1.ReasonInvalidSelector, fmt.Sprintf("nodeSelector: %v", err), nil
 	}
 	subnetRanges := c.cloud.secondaryRanges()
-	if !c.cloud.rangeAliases() {
-		return nil, aliasipv1.ReasonUnsupported, "this cloud adds aliases of its pod range only", nil
-	}
 	var cidr netip.Prefix
 	var cloudName string
 	switch {

@@ -270,7 +270,7 @@ func TestRebuildKeepsTheRangeInUse(t *testing.T) {
 		if err := fc.RegisterInstance("n"); err != nil {
 			t.Fatal(err)
 		}
-		if err := fc.AddRangeAlias(context.Background(), cloud.InstanceRef{Name: "n"},
+		if err := fc.AddAlias(context.Background(), cloud.InstanceRef{Name: "n"},
 			cloud.AliasRange{CIDR: netip.MustParsePrefix("10.4.1.0/28"), RangeName: "podrange-b-fix"}); err != nil {
 			t.Fatal(err)
 		}
@@ -328,7 +328,7 @@ func TestRebuildRangeInUseNotDecidedByAKubelet(t *testing.T) {
 		if err := fc.RegisterInstance("n"); err != nil {
 			t.Fatal(err)
 		}
-		if err := fc.AddRangeAlias(context.Background(), cloud.InstanceRef{Name: "n"},
+		if err := fc.AddAlias(context.Background(), cloud.InstanceRef{Name: "n"},
 			cloud.AliasRange{CIDR: netip.MustParsePrefix("10.4.1.0/28"), RangeName: "podrange-b-fix"}); err != nil {
 			t.Fatal(err)
 		}

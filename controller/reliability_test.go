@@ -76,7 +76,7 @@ func TestSharedBlockPassesToTheSurvivor(t *testing.T) {
 	young := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "young", CreationTimestamp: metav1.NewTime(time.Unix(2, 0))},
 		Spec: corev1.NodeSpec{PodCIDR: shared.String(), PodCIDRs: []string{shared.String()}}}
 	h := newRangeHarness(t, "10.0.0.0/16", []*corev1.Node{old, young})
-	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "old"}, shared); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "old"}, cloud.AliasRange{CIDR: shared, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "old", metav1.DeleteOptions{}); err != nil {

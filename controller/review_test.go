@@ -55,10 +55,10 @@ func TestReviewCrossedReservationsDeadlock(t *testing.T) {
 		t.Fatalf("reservations n=%v m=%v, want both kept", rn, rm)
 	}
 	// The killed process's operations land, crossed.
-	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n"}, rm); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n"}, cloud.AliasRange{CIDR: rm, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "m"}, rn); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "m"}, cloud.AliasRange{CIDR: rn, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	var errN, errM error
@@ -92,7 +92,7 @@ func TestReviewHandOverLeaksHeirsOtherBlock(t *testing.T) {
 		Spec: corev1.NodeSpec{PodCIDR: shared.String(), PodCIDRs: []string{shared.String()}}}
 	x := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "x", CreationTimestamp: metav1.NewTime(time.Unix(2, 0))}}
 	h := newRangeHarness(t, "10.0.0.0/16", []*corev1.Node{old, x})
-	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "old"}, shared); err != nil {
+	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "old"}, cloud.AliasRange{CIDR: shared, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	// x gets its own block the ordinary way.
@@ -161,7 +161,7 @@ func TestReviewDriftRequeuesClaimConflictForever(t *testing.T) {
 	h := newRangeHarnessCloud(t, "10.0.0.0/16", func(fc *fake.Cloud) {
 		fc.RegisterInstance("a")
 		fc.RegisterInstance("b")
-		fc.AddAlias(t.Context(), cloud.InstanceRef{Name: "a"}, shared)
+		fc.AddAlias(t.Context(), cloud.InstanceRef{Name: "a"}, cloud.AliasRange{CIDR: shared, RangeName: "pods"})
 	}, []*corev1.Node{a, b})
 	h.events()
 	mismatches := 0
@@ -193,7 +193,7 @@ func TestReviewCoolingWaitLosesTheBlockToAnother(t *testing.T) {
 	m := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "m", CreationTimestamp: metav1.NewTime(time.Unix(2, 0))}}
 	h := newRangeHarnessCloud(t, "10.0.0.0/24", func(fc *fake.Cloud) {
 		fc.RegisterInstance("d")
-		fc.AddAlias(t.Context(), cloud.InstanceRef{Name: "d"}, b)
+		fc.AddAlias(t.Context(), cloud.InstanceRef{Name: "d"}, cloud.AliasRange{CIDR: b, RangeName: "pods"})
 	}, []*corev1.Node{d, m})
 	h.ctrl.cfg.ReleaseCooldown = time.Hour
 	if err := h.syncSeen("m", ""); !errors.Is(err, errExhausted) {
@@ -269,7 +269,7 @@ func TestReviewUnresolvedRangeDeletedDropsFinalizer(t *testing.T) {
 		t.Fatal(err)
 	}
 	fc.RegisterInstance("n")
-	if err := fc.AddRangeAlias(ctx, cloud.InstanceRef{Name: "n"}, cloud.AliasRange{CIDR: blk, RangeName: "pods-b"}); err != nil {
+	if err := fc.AddAlias(ctx, cloud.InstanceRef{Name: "n"}, cloud.AliasRange{CIDR: blk, RangeName: "pods-b"}); err != nil {
 		t.Fatal(err)
 	}
 	rr := &rangeReader{Cloud: fc, fail: true, cidrs: map[string]netip.Prefix{"pods-b": netip.MustParsePrefix("10.8.0.0/16")}}

@@ -230,7 +230,7 @@ func TestStateTableRows(t *testing.T) {
 			for inst, cidrs := range tc.aliases {
 				fc.RegisterInstance(inst)
 				for _, c := range cidrs {
-					if err := fc.AddAlias(ctx, cloud.InstanceRef{Name: inst}, netip.MustParsePrefix(c)); err != nil {
+					if err := fc.AddAlias(ctx, cloud.InstanceRef{Name: inst}, cloud.AliasRange{CIDR: netip.MustParsePrefix(c), RangeName: "pods"}); err != nil {
 						t.Fatal(err)
 					}
 				}

@@ -453,10 +453,10 @@ func refused(err error) bool {
 	return errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrQuotaExceeded) || errors.Is(err, cloud.ErrTooManyAliases)
 }
 
-// addAlias adds a block as an alias from its range's secondary range:
-// the default range's through AddAlias, a PodRange's through AddRangeAlias.
+// addAlias adds a block as an alias from its range's secondary range (the
+// default pool's cloudName is the name PodRange returned).
 func (c *Controller) addAlias(ctx context.Context, node string, inst cloud.InstanceRef, cidr netip.Prefix) error {
-	rng, cloudName, ok := c.blocks.rangeOf(cidr)
+	_, cloudName, ok := c.blocks.rangeOf(cidr)
 	if !ok {
 		return fmt.Errorf("block %v is in no range", cidr)
 	}
@@ -464,10 +464,7 @@ func (c *Controller) addAlias(ctx context.Context, node string, inst cloud.Insta
 	// against another node whose NIC shows it (claim).
 	c.blocks.writing(node, cidr, false)
 	defer c.blocks.writing(node, cidr, true)
-	if rng == aliasipv1.DefaultRangeName {
-		return c.cloud.AddAlias(ctx, inst, cidr)
-	}
-	return c.cloud.AddRangeAlias(ctx, inst, cloud.AliasRange{CIDR: cidr, RangeName: cloudName})
+	return c.cloud.AddAlias(ctx, inst, cloud.AliasRange{CIDR: cidr, RangeName: cloudName})
 }
 
 // patchPodCIDR writes spec.podCIDR, spec.podCIDRs and the label naming the

@@ -403,21 +403,12 @@ func (c *Cloud) validate(name string, aliases []cloud.AliasRange) error {
 }
 
 // AddAlias implements cloud.Interface: read, append, write with the
-// fingerprint; a stale fingerprint re-reads and retries.
-func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) (err error) {
-	defer func() { c.record("AddAlias", inst.Name, cidr, err) }()
-	if err := c.fault(ctx, "AddAlias", inst.Name); err != nil {
-		return err
-	}
-	return c.add(ctx, inst.Name, cloud.AliasRange{CIDR: cidr, RangeName: c.opts.RangeName})
-}
-
-// AddRangeAlias adds a.CIDR from the secondary range a.RangeName, keeping
-// the others; with the pod range's name it is AddAlias. The fake's
-// subnetwork has every other secondary range it is asked for (a PodRange's
-// cidr declares one), so only the rules of validate apply: no overlap with
-// the pod range or with any range on any instance.
-func (c *Cloud) AddRangeAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) (err error) {
+// fingerprint; a stale fingerprint re-reads and retries. The fake's
+// subnetwork has every secondary range it is asked for besides the pod
+// range (a PodRange's cidr declares one), so only the rules of validate
+// apply: a range named after the pod range lies inside it, any other
+// misses it, and none overlaps a range on any instance.
+func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) (err error) {
 	defer func() { c.record("AddAlias", inst.Name, a.CIDR, err) }()
 	if err := c.fault(ctx, "AddAlias", inst.Name); err != nil {
 		return err

@@ -97,7 +97,7 @@ func TestAddRemoveIdempotentAndConcurrent(t *testing.T) {
 		c.RegisterInstance("shared")
 		wg.Go(func() {
 			p := netip.MustParsePrefix(fmt.Sprintf("10.0.%d.0/24", i))
-			if err := c.AddAlias(ctx, ref("shared"), p); err != nil && !errors.Is(err, cloud.ErrTooManyAliases) {
+			if err := c.AddAlias(ctx, ref("shared"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil && !errors.Is(err, cloud.ErrTooManyAliases) {
 				t.Error(err)
 			}
 		})
@@ -108,7 +108,7 @@ func TestAddRemoveIdempotentAndConcurrent(t *testing.T) {
 		t.Fatalf("%d aliases after 50 concurrent adds to one NIC, want 50 (full-list updates lost some)", len(got))
 	}
 	p := netip.MustParsePrefix("10.0.7.0/24")
-	if err := c.AddAlias(ctx, ref("shared"), p); err != nil {
+	if err := c.AddAlias(ctx, ref("shared"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil {
 		t.Fatalf("re-adding present alias: %v", err)
 	}
 	for i := 0; i < 2; i++ {
@@ -197,7 +197,7 @@ func TestInjectedFaults(t *testing.T) {
 	c = mustNew(t, Options{Latency: 200 * time.Millisecond})
 	c.RegisterInstance("a")
 	start := time.Now()
-	if err := c.AddAlias(ctx, ref("a"), netip.MustParsePrefix("10.0.0.0/24")); err != nil {
+	if err := c.AddAlias(ctx, ref("a"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.0.0.0/24"), RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d < 200*time.Millisecond {
@@ -205,7 +205,7 @@ func TestInjectedFaults(t *testing.T) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if err := c.AddAlias(cctx, ref("a"), netip.MustParsePrefix("10.0.1.0/24")); !errors.Is(err, context.DeadlineExceeded) {
+	if err := c.AddAlias(cctx, ref("a"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.0.1.0/24"), RangeName: "pods"}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("canceled write: got %v", err)
 	}
 	if got, _ := c.Aliases(ctx, ref("a")); len(got) != 1 {
@@ -218,7 +218,7 @@ func TestStateFileSharedBetweenInstances(t *testing.T) {
 	a := mustNew(t, Options{StatePath: path})
 	b := mustNew(t, Options{StatePath: path})
 	a.RegisterInstance("vm")
-	if err := a.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.0.3.0/24")); err != nil {
+	if err := a.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.0.3.0/24"), RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := b.Aliases(ctx, ref("vm"))
@@ -226,7 +226,7 @@ func TestStateFileSharedBetweenInstances(t *testing.T) {
 		t.Fatalf("second handle sees %v, %v", got, err)
 	}
 	b.RegisterInstance("other")
-	if err := b.AddAlias(ctx, ref("other"), netip.MustParsePrefix("10.0.3.0/25")); !errors.Is(err, cloud.ErrRangeConflict) {
+	if err := b.AddAlias(ctx, ref("other"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.0.3.0/25"), RangeName: "pods"}); !errors.Is(err, cloud.ErrRangeConflict) {
 		t.Fatalf("overlap across handles: got %v", err)
 	}
 }
@@ -245,15 +245,15 @@ func TestInjectedFaultsPerCall(t *testing.T) {
 	p := netip.MustParsePrefix("10.0.1.0/24")
 	c.Inject("AddAlias", Fault{Err: cloud.ErrUnavailable, Instance: "a", Times: 2})
 	c.Inject("AddAlias", Fault{Err: cloud.ErrQuotaExceeded, Times: 1})
-	if err := c.AddAlias(ctx, ref("b"), netip.MustParsePrefix("10.0.2.0/24")); !errors.Is(err, cloud.ErrQuotaExceeded) {
+	if err := c.AddAlias(ctx, ref("b"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.0.2.0/24"), RangeName: "pods"}); !errors.Is(err, cloud.ErrQuotaExceeded) {
 		t.Errorf("b: %v, want the fault not limited to a", err)
 	}
 	for i := 0; i < 2; i++ {
-		if err := c.AddAlias(ctx, ref("a"), p); !errors.Is(err, cloud.ErrUnavailable) {
+		if err := c.AddAlias(ctx, ref("a"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); !errors.Is(err, cloud.ErrUnavailable) {
 			t.Errorf("a, call %d: %v", i, err)
 		}
 	}
-	if err := c.AddAlias(ctx, ref("a"), p); err != nil {
+	if err := c.AddAlias(ctx, ref("a"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil {
 		t.Errorf("a after its two faults: %v", err)
 	}
 	var log []string
@@ -309,7 +309,7 @@ func TestAddRangeAlias(t *testing.T) {
 	pool := func(cidr string) cloud.AliasRange {
 		return cloud.AliasRange{CIDR: netip.MustParsePrefix(cidr), RangeName: "pool-b"}
 	}
-	if err := c.AddAlias(ctx, a, netip.MustParsePrefix("10.0.1.0/24")); err != nil {
+	if err := c.AddAlias(ctx, a, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.0.1.0/24"), RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	for _, step := range []struct {
@@ -324,7 +324,7 @@ func TestAddRangeAlias(t *testing.T) {
 		{b, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.1.1.0/26")}, cloud.ErrInvalid},
 		{b, pool("10.1.0.64/26"), nil},
 	} {
-		err := c.AddRangeAlias(ctx, step.inst, step.a)
+		err := c.AddAlias(ctx, step.inst, step.a)
 		if (step.want == nil) != (err == nil) || (step.want != nil && !errors.Is(err, step.want)) {
 			t.Errorf("AddRangeAlias(%s, %v) = %v, want %v", step.inst, step.a, err, step.want)
 		}

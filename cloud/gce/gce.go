@@ -321,20 +321,15 @@ func toAliases(in []*compute.AliasIpRange) []cloud.AliasRange {
 	return out
 }
 
-// AddAlias implements cloud.Interface.
+// AddAlias implements cloud.Interface: a.CIDR from the subnetwork's
+// secondary range a.RangeName (the pod range's or a PodRange's).
 //
-// The caller chose cidr from the NIC it saw. If a re-read (after a stale
+// The caller chose a.CIDR from the NIC it saw. If a re-read (after a stale
 // fingerprint or an operation of unknown outcome) shows a range of the
 // same secondary range that was not there before — another process's
 // operation finished meanwhile — nothing is added: the error wraps
 // cloud.ErrStaleFingerprint so the caller decides again on the NIC as it is.
-func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, cidr netip.Prefix) error {
-	return c.addAlias(ctx, inst, cidr, c.cfg.SecondaryRange)
-}
-
-// AddRangeAlias adds a.CIDR from the subnetwork's secondary range
-// a.RangeName (a PodRange's), as AddAlias does from the pod range.
-func (c *Cloud) AddRangeAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error {
+func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error {
 	if a.RangeName == "" {
 		return fmt.Errorf("add %v to %s: no secondary range named: %w", a.CIDR, inst, cloud.ErrInvalid)
 	}

@@ -126,7 +126,7 @@ func TestAddRemoveKeepsForeignRanges(t *testing.T) {
 	var obs counter
 	c := newCloud(t, s, &obs)
 	p := netip.MustParsePrefix("10.64.5.0/24")
-	if err := c.AddAlias(ctx, ref("vm-1"), p); err != nil {
+	if err := c.AddAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := c.Aliases(ctx, ref("vm-1"))
@@ -139,7 +139,7 @@ func TestAddRemoveKeepsForeignRanges(t *testing.T) {
 	if n := s.Count("zoneOperations.list"); n < 1 {
 		t.Errorf("%d operation polls for a 300ms operation", n)
 	}
-	if err := c.AddAlias(ctx, ref("vm-1"), p); err != nil {
+	if err := c.AddAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if n := s.Count("instances.updateNetworkInterface"); n != 1 {
@@ -154,7 +154,7 @@ func TestAddRemoveKeepsForeignRanges(t *testing.T) {
 	}
 	// Removing the last range sends an empty list.
 	s.AddInstance(zone, "vm-2")
-	if err := c.AddAlias(ctx, ref("vm-2"), p); err != nil {
+	if err := c.AddAlias(ctx, ref("vm-2"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.RemoveAlias(ctx, ref("vm-2"), p); err != nil {
@@ -188,7 +188,7 @@ func TestRejections(t *testing.T) {
 		{"full", "10.66.0.0/24", cloud.ErrTooManyAliases},
 		{"ghost", "10.64.9.0/24", cloud.ErrInstanceNotFound},
 	} {
-		err := c.AddAlias(ctx, ref(tc.inst), netip.MustParsePrefix(tc.cidr))
+		err := c.AddAlias(ctx, ref(tc.inst), cloud.AliasRange{CIDR: netip.MustParsePrefix(tc.cidr), RangeName: "pods"})
 		if !errors.Is(err, tc.want) {
 			t.Errorf("add %s to %s: %v, want %v", tc.cidr, tc.inst, err, tc.want)
 		}
@@ -216,7 +216,7 @@ func TestConcurrentWritersOneNIC(t *testing.T) {
 	for i := 0; i < 8; i++ {
 		wg.Go(func() {
 			p := netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i))
-			err := c.AddAlias(ctx, ref("vm"), p)
+			err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: p, RangeName: "pods"})
 			switch {
 			case errors.Is(err, cloud.ErrStaleFingerprint):
 				mu.Lock()
@@ -235,7 +235,7 @@ func TestConcurrentWritersOneNIC(t *testing.T) {
 		t.Errorf("%d ranges on the NIC, want %d (8 minus the %d deferred to the caller)", n, 8-len(again), len(again))
 	}
 	for _, p := range again {
-		if err := c.AddAlias(ctx, ref("vm"), p); err != nil {
+		if err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: p, RangeName: "pods"}); err != nil {
 			t.Fatalf("asked again, %v: %v", p, err)
 		}
 	}
@@ -267,7 +267,7 @@ func TestFaultsAreRetried(t *testing.T) {
 			var obs counter
 			c := newCloud(t, s, &obs, func(c *gce.Config) { c.RateLimitWindow = 100 * time.Millisecond })
 			for i := 0; i < 10; i++ {
-				if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%d", i)), netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i))); err != nil {
+				if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%d", i)), cloud.AliasRange{CIDR: netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i)), RangeName: "pods"}); err != nil {
 					t.Fatalf("vm-%d: %v", i, err)
 				}
 			}
@@ -298,7 +298,7 @@ func TestOperationErrorSurfaces(t *testing.T) {
 	s := newServer(t, gcetest.Options{Faults: gcetest.Faults{FailOps: 1}})
 	s.AddInstance(zone, "vm")
 	c := newCloud(t, s, nil)
-	err := c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.64.0.0/24"))
+	err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.0.0/24"), RangeName: "pods"})
 	if err == nil || !strings.Contains(err.Error(), "INTERNAL_ERROR") {
 		t.Fatalf("operation error not surfaced: %v", err)
 	}
@@ -362,7 +362,7 @@ func TestListInstancesPagesAndFilters(t *testing.T) {
 		s.AddInstance([]string{"us-central1-a", "us-central1-b"}[i%2], fmt.Sprintf("vm-%03d", i))
 	}
 	c := newCloud(t, s, nil)
-	if err := c.AddAlias(ctx, cloud.InstanceRef{Project: "test-project", Zone: "us-central1-b", Name: "vm-007"}, netip.MustParsePrefix("10.64.7.0/24")); err != nil {
+	if err := c.AddAlias(ctx, cloud.InstanceRef{Project: "test-project", Zone: "us-central1-b", Name: "vm-007"}, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.7.0/24"), RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	insts, err := c.ListInstances(ctx)
@@ -455,7 +455,7 @@ func TestSharedVPC(t *testing.T) {
 		if err != nil || len(insts) != 2 {
 			t.Fatalf("%s: %d instances, %v; want 2", sub, len(insts), err)
 		}
-		if err := c.AddAlias(ctx, cloud.InstanceRef{Project: "test-project", Zone: zone, Name: "vm-1"}, netip.MustParsePrefix("10.64.1.0/24")); err != nil {
+		if err := c.AddAlias(ctx, cloud.InstanceRef{Project: "test-project", Zone: zone, Name: "vm-1"}, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.1.0/24"), RangeName: "pods"}); err != nil {
 			t.Fatalf("%s: add alias: %v", sub, err)
 		}
 		c.RemoveAlias(ctx, cloud.InstanceRef{Project: "test-project", Zone: zone, Name: "vm-1"}, netip.MustParsePrefix("10.64.1.0/24"))
@@ -496,13 +496,13 @@ func TestSecondaryRangeAndRangeAlias(t *testing.T) {
 	if _, err := c.SecondaryRange(ctx, "nope"); !errors.Is(err, cloud.ErrNoSecondaryRange) {
 		t.Fatalf("SecondaryRange(nope) = %v, want ErrNoSecondaryRange", err)
 	}
-	if err := c.AddAlias(ctx, ref("vm-1"), netip.MustParsePrefix("10.64.1.0/24")); err != nil {
+	if err := c.AddAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.1.0/24"), RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.AddRangeAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.80.0.64/26"), RangeName: "pods-b"}); err != nil {
+	if err := c.AddAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.80.0.64/26"), RangeName: "pods-b"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.AddRangeAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.81.0.0/26"), RangeName: "pods-b"}); !errors.Is(err, cloud.ErrInvalid) {
+	if err := c.AddAlias(ctx, ref("vm-1"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.81.0.0/26"), RangeName: "pods-b"}); !errors.Is(err, cloud.ErrInvalid) {
 		t.Errorf("alias outside its secondary range: %v, want ErrInvalid", err)
 	}
 	if got, want := serverPrefixes(s, "vm-1"), "pods-b:10.80.0.64/26 pods:10.64.1.0/24"; got != want {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/cloud/gce"
 	"github.com/aliasip/aliasip/cloud/gce/gcetest"
 )
@@ -24,7 +25,7 @@ func burst(t *testing.T, ctx context.Context, c *gce.Cloud, n int) {
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		wg.Go(func() {
-			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%03d", i)), netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256))); err != nil {
+			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%03d", i)), cloud.AliasRange{CIDR: netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)), RangeName: "pods"}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -85,7 +86,7 @@ func TestFilteredListRefusalDoesNotStall(t *testing.T) {
 	// The first burst's polls spend the quota (one list passes).
 	burst(t, tctx, c, 5)
 	for i := 5; i < 10; i++ {
-		if err := c.AddAlias(tctx, ref(fmt.Sprintf("vm-%03d", i)), netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i))); err != nil {
+		if err := c.AddAlias(tctx, ref(fmt.Sprintf("vm-%03d", i)), cloud.AliasRange{CIDR: netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i)), RangeName: "pods"}); err != nil {
 			t.Fatalf("vm-%03d after lists were refused: %v", i, err)
 		}
 	}
@@ -135,7 +136,7 @@ func TestReadsShareOneQuotaGate(t *testing.T) {
 	// once: the write needs no read.
 	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := c.AddAlias(wctx, ref("a"), netip.MustParsePrefix("10.64.1.0/24")); err != nil {
+	if err := c.AddAlias(wctx, ref("a"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.1.0/24"), RangeName: "pods"}); err != nil {
 		t.Errorf("a write waited behind the reads quota: %v", err)
 	}
 }

@@ -60,7 +60,7 @@ func TestErrorsByReason(t *testing.T) {
 				tc.setup(s)
 			}
 			c := newCloud(t, s, nil, func(c *gce.Config) { c.MaxAttempts = 3 })
-			err := c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix(tc.cidr))
+			err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: netip.MustParsePrefix(tc.cidr), RangeName: "pods"})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("got %v, want %v", err, tc.want)
 			}
@@ -92,7 +92,7 @@ func TestRateLimitWaitsForWindow(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := 0; i < 12; i++ {
 		wg.Go(func() {
-			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%d", i)), netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i))); err != nil {
+			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%d", i)), cloud.AliasRange{CIDR: netip.MustParsePrefix(fmt.Sprintf("10.64.%d.0/24", i)), RangeName: "pods"}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -148,7 +148,7 @@ func TestCallsPerNode(t *testing.T) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%03d", i)), netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256))); err != nil {
+			if err := c.AddAlias(ctx, ref(fmt.Sprintf("vm-%03d", i)), cloud.AliasRange{CIDR: netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)), RangeName: "pods"}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -301,7 +301,7 @@ func TestListDuringWriteKeepsCacheTrue(t *testing.T) {
 		_, err := c.ListInstances(ctx)
 		listed <- err
 	}()
-	if err := c.AddAlias(ctx, ref("vm"), x); err != nil {
+	if err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: x, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-listed; err != nil {
@@ -314,7 +314,7 @@ func TestListDuringWriteKeepsCacheTrue(t *testing.T) {
 	if err := c.RemoveAlias(ctx, ref("vm"), x); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.AddAlias(ctx, ref("vm"), y); err != nil {
+	if err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: y, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := serverPrefixes(s, "vm"); got != "pods:10.64.2.0/24" {
@@ -341,7 +341,7 @@ func TestUnreadableOperationsDoNotHang(t *testing.T) {
 	c := newCloud(t, s, nil)
 	tctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	if err := c.AddAlias(tctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24")); err != nil {
+	if err := c.AddAlias(tctx, ref("vm"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.1.0/24"), RangeName: "pods"}); err != nil {
 		t.Fatalf("add with unreadable operations: %v", err)
 	}
 	if got := serverPrefixes(s, "vm"); got != "pods:10.64.1.0/24" {
@@ -376,7 +376,7 @@ func TestUnrecognisedWriteRefusal(t *testing.T) {
 			s := newServer(t, gcetest.Options{Faults: gcetest.Faults{RefuseWrites: tc.refusal}})
 			s.AddInstance(zone, "vm")
 			c := newCloud(t, s, nil)
-			err := c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24"))
+			err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.1.0/24"), RangeName: "pods"})
 			switch {
 			case err == nil:
 				t.Fatal("the refused write succeeded")
@@ -410,7 +410,7 @@ func TestOperationNotFoundIsConfirmed(t *testing.T) {
 		if got := serverPrefixes(s, "vm"); got != "pods:10.64.1.0/24" {
 			t.Fatalf("server holds %q", got)
 		}
-		err = c.AddAlias(ctx, ref("vm2"), netip.MustParsePrefix("10.64.2.0/24"))
+		err = c.AddAlias(ctx, ref("vm2"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.2.0/24"), RangeName: "pods"})
 		if !errors.Is(err, cloud.ErrInvalid) || errors.Is(err, cloud.ErrInstanceNotFound) {
 			t.Errorf("AddAlias = %v, want ErrInvalid (nothing applied, the instance exists)", err)
 		}
@@ -459,7 +459,7 @@ func TestOperationErrorCodes(t *testing.T) {
 			s := newServer(t, gcetest.Options{OpDelay: 10 * time.Millisecond, Faults: gcetest.Faults{OpError: tc.op}})
 			s.AddInstance(zone, "vm")
 			c := newCloud(t, s, nil)
-			err := c.AddAlias(ctx, ref("vm"), netip.MustParsePrefix("10.64.1.0/24"))
+			err := c.AddAlias(ctx, ref("vm"), cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.1.0/24"), RangeName: "pods"})
 			switch {
 			case err == nil:
 				t.Fatal("a failed operation was reported as success")

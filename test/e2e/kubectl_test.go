@@ -224,7 +224,7 @@ func TestKubectlAliasipCheckAndRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	ghost := cloud.InstanceRef{Name: "ghost-vm"}
-	if err := lc.Cloud.AddAlias(ctx, ghost, leaked); err != nil {
+	if err := lc.Cloud.AddAlias(ctx, ghost, cloud.AliasRange{CIDR: leaked, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	// Leak an address: the pod is deleted and the runtime removes its

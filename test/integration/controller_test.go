@@ -106,9 +106,9 @@ func TestStateTable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(e.cloud.AddAlias(ctx, cloud.InstanceRef{Name: "adopt"}, netip.MustParsePrefix("10.32.7.0/24")))
-	must(e.cloud.AddAlias(ctx, cloud.InstanceRef{Name: "mismatch"}, netip.MustParsePrefix("10.32.10.0/24")))
-	must(e.cloud.AddAlias(ctx, cloud.InstanceRef{Name: "insync"}, netip.MustParsePrefix("10.32.11.0/24")))
+	must(e.cloud.AddAlias(ctx, cloud.InstanceRef{Name: "adopt"}, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.32.7.0/24"), RangeName: "pods"}))
+	must(e.cloud.AddAlias(ctx, cloud.InstanceRef{Name: "mismatch"}, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.32.10.0/24"), RangeName: "pods"}))
+	must(e.cloud.AddAlias(ctx, cloud.InstanceRef{Name: "insync"}, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.32.11.0/24"), RangeName: "pods"}))
 	podCIDRs := map[string]string{"repair": "10.32.5.0/24", "mismatch": "10.32.9.0/24", "insync": "10.32.11.0/24"}
 	must(framework.CreateNodes(ctx, e.client, []string{"repair", "adopt", "mismatch", "insync", "fresh"}, func(n *corev1.Node) {
 		if c, ok := podCIDRs[n.Name]; ok {
@@ -391,7 +391,7 @@ func TestLeakedAliasCollected(t *testing.T) {
 	if err := e.cloud.RegisterInstance("orphan"); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.cloud.AddAlias(e.ctx, cloud.InstanceRef{Name: "orphan"}, netip.MustParsePrefix("10.80.3.0/24")); err != nil {
+	if err := e.cloud.AddAlias(e.ctx, cloud.InstanceRef{Name: "orphan"}, cloud.AliasRange{CIDR: netip.MustParsePrefix("10.80.3.0/24"), RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

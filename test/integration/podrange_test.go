@@ -608,7 +608,7 @@ func TestInSyncNodesLabelled(t *testing.T) {
 	for n, s := range nodes {
 		names = append(names, n)
 		must(e.cloud.RegisterInstance(n))
-		must(e.cloud.AddRangeAlias(e.ctx, cloud.InstanceRef{Name: n}, cloud.AliasRange{CIDR: netip.MustParsePrefix(s.alias), RangeName: s.rangeName}))
+		must(e.cloud.AddAlias(e.ctx, cloud.InstanceRef{Name: n}, cloud.AliasRange{CIDR: netip.MustParsePrefix(s.alias), RangeName: s.rangeName}))
 	}
 	must(framework.CreateNodes(e.ctx, e.client, names, func(n *corev1.Node) {
 		s := nodes[n.Name]
