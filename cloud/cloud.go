@@ -9,9 +9,7 @@ package cloud
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
-	"strings"
 )
 
 // Sentinel errors. Implementations wrap them so callers can act with errors.Is.
@@ -103,19 +101,6 @@ type Interface interface {
 	// others together with an error wrapping ErrPartialList; callers must
 	// treat the missing zones' instances as unknown, never as alias-free.
 	ListInstances(ctx context.Context) ([]Instance, error)
-}
-
-// ParseProviderID parses "gce://PROJECT/ZONE/INSTANCE".
-func ParseProviderID(providerID string) (InstanceRef, error) {
-	rest, ok := strings.CutPrefix(providerID, "gce://")
-	if !ok {
-		return InstanceRef{}, fmt.Errorf("providerID %q: want gce://PROJECT/ZONE/INSTANCE", providerID)
-	}
-	parts := strings.Split(rest, "/")
-	if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
-		return InstanceRef{}, fmt.Errorf("providerID %q: want gce://PROJECT/ZONE/INSTANCE", providerID)
-	}
-	return InstanceRef{Project: parts[0], Zone: parts[1], Name: parts[2]}, nil
 }
 
 // Code classifies an error from an Interface call for metrics labels:

@@ -7,25 +7,6 @@ import (
 	"testing"
 )
 
-func TestParseProviderID(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want InstanceRef
-		ok   bool
-	}{
-		{"gce://proj/us-central1-a/vm-1", InstanceRef{"proj", "us-central1-a", "vm-1"}, true},
-		{"gce://proj/zone", InstanceRef{}, false},
-		{"gce://proj//vm", InstanceRef{}, false},
-		{"aws:///us-east-1a/i-123", InstanceRef{}, false},
-		{"", InstanceRef{}, false},
-	} {
-		got, err := ParseProviderID(tc.in)
-		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("ParseProviderID(%q) = %v, %v", tc.in, got, err)
-		}
-	}
-}
-
 func TestCode(t *testing.T) {
 	for err, want := range map[error]string{
 		nil:                                      "ok",

@@ -244,7 +244,7 @@ func (c *Cloud) InstanceFor(ctx context.Context, providerID, nodeName string) (c
 		}
 		return cloud.InstanceRef{Project: c.cfg.Project, Zone: c.cfg.Zone, Name: nodeName}, nil
 	}
-	return cloud.ParseProviderID(providerID)
+	return ParseProviderID(providerID)
 }
 
 func (c *Cloud) project(inst cloud.InstanceRef) string {
