@@ -2,22 +2,17 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -25,31 +20,30 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
-	"github.com/aliasip/aliasip/cloud"
-	"github.com/aliasip/aliasip/cloud/gce"
 	"github.com/aliasip/aliasip/controller"
 	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
-	"github.com/aliasip/aliasip/fake"
 	"github.com/aliasip/aliasip/internal/sockrpc"
 )
 
-// ErrLostLease is returned by Run when the leader lease was lost; the
-// process must exit so it never allocates beside a new leader.
-var ErrLostLease = errors.New("lost the leader lease")
-
-// Run runs the controller until ctx is done or leadership is lost.
+// Run runs the controller until ctx is done or leadership is lost. It
+// parses the options (Options.Config) and runs on what that returns.
 func Run(ctx context.Context, o *Options) error {
-	logger := klog.FromContext(ctx)
-	cfg, err := restConfig(o.Kubeconfig)
+	c, err := o.Config()
+	if err != nil {
+		return err
+	}
+	// The start-up line logs the flags as given; these two depend on --cloud.
+	klog.FromContext(ctx).Info("Defaults for --cloud",
+		"releaseCooldown", c.Controller.ReleaseCooldown, "cloudQPS", c.Cloud.cloudQPS(c.Controller))
+	cfg, err := restConfig(c.Kubeconfig)
 	if err != nil {
 		return err
 	}
 	nodeCfg := rest.CopyConfig(cfg)
-	nodeCfg.QPS, nodeCfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
+	nodeCfg.QPS, nodeCfg.Burst = c.KubeAPIQPS, c.KubeAPIBurst
 	nodeCfg.UserAgent = "aliasip-controller"
 	client, err := kubernetes.NewForConfig(nodeCfg)
 	if err != nil {
@@ -58,7 +52,7 @@ func Run(ctx context.Context, o *Options) error {
 	// Events and the leader lease go through their own client, so neither
 	// eats the Node write budget.
 	evCfg := rest.CopyConfig(cfg)
-	evCfg.QPS, evCfg.Burst = o.EventsQPS, int(o.EventsQPS*2)+1
+	evCfg.QPS, evCfg.Burst = c.EventsQPS, int(c.EventsQPS*2)+1
 	evCfg.UserAgent = "aliasip-controller/events"
 	evClient, err := kubernetes.NewForConfig(evCfg)
 	if err != nil {
@@ -69,7 +63,7 @@ func Run(ctx context.Context, o *Options) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := controller.NewMetrics(reg)
 
-	cl, selfBudgeted, err := newCloud(ctx, o, metrics)
+	cl, err := newCloud(ctx, c.Cloud, metrics)
 	if err != nil {
 		return err
 	}
@@ -81,19 +75,10 @@ func Run(ctx context.Context, o *Options) error {
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "aliasip-controller"})
 
 	// Paged, trimmed lists: see controller.NodeInformer.
-	nodeInformer := controller.NewNodeInformer(client, o.ResyncPeriod)
-	ctrl := controller.New(controller.Config{
-		MaskSize:        o.NodeCIDRMaskSize,
-		Workers:         o.Workers,
-		ReleaseCooldown: o.ReleaseCooldown,
-		LeakGracePeriod: o.LeakGracePeriod,
-		GCInterval:      o.GCInterval,
-		CloudQPS:        o.CloudQPS,
-		CloudBurst:      o.CloudBurst,
-		CloudBudgeted:   selfBudgeted,
-		SyncTimeout:     o.SyncTimeout,
-		Cooling:         &controller.ConfigMapCooling{Client: evClient, Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName + "-cooling"},
-	}, client, nodeInformer, cl, recorder, metrics)
+	nodeInformer := controller.NewNodeInformer(client, c.ResyncPeriod)
+	ctrlCfg := c.Controller
+	ctrlCfg.Cooling = &controller.ConfigMapCooling{Client: evClient, Namespace: c.CoolingConfigMap.Namespace, Name: c.CoolingConfigMap.Name}
+	ctrl := controller.New(ctrlCfg, client, nodeInformer, cl, recorder, metrics)
 	// PodRanges: their status and finalizer writes share the Node client's
 	// budget (a few a second at most: status follows the counts once a
 	// second); discovery tells whether the CRD is installed.
@@ -101,115 +86,36 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
-	ctrl.UsePodRanges(rangeClient, client.Discovery(), o.ResyncPeriod)
+	ctrl.UsePodRanges(rangeClient, client.Discovery(), c.ResyncPeriod)
 
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	// Informers start before the election: a standby has warm caches.
 	informerDone := make(chan struct{})
 	go func() { nodeInformer.Informer().RunWithContext(ctx); close(informerDone) }()
-	defer func() { cancel(nil); <-informerDone }() // stop the informer, then wait for it
+	defer func() { cancel(); <-informerDone }() // stop the informer, then wait for it
 
 	var electionCheck *leaderelection.HealthzAdaptor
-	if o.LeaderElect {
+	if c.LeaderElection != nil {
 		electionCheck = leaderelection.NewLeaderHealthzAdaptor(20 * time.Second)
 	}
-	if err := serve(ctx, o, reg, ctrl, nodeInformer.Informer().HasSynced, electionCheck); err != nil {
+	if err := serve(ctx, c, reg, ctrl, nodeInformer.Informer().HasSynced, electionCheck); err != nil {
 		return err
 	}
-	if o.AdminSocket != "" {
-		srv, err := serveAdmin(ctx, o.AdminSocket, ctrl.AdminHandler())
+	if c.AdminSocket != "" {
+		srv, err := serveAdmin(ctx, c.AdminSocket, ctrl.AdminHandler())
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 	}
 
-	if !o.LeaderElect {
+	if c.LeaderElection == nil {
 		metrics.Leader.Set(1)
 		return ctrl.Run(ctx)
 	}
-	// The identity starts with the pod's name when the chart passes it
-	// (POD_NAME, downward API): kubectl aliasip finds the leader's pod by
-	// it. The hostname is the node's when the pod uses the host network.
-	host := os.Getenv("POD_NAME")
-	if host == "" {
-		var err error
-		if host, err = os.Hostname(); err != nil {
-			host = "unknown-host" // the UUID below keeps the identity unique
-		}
-	}
-	id := host + "_" + uuid.NewString()
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName},
-		Client:     evClient.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: id},
-	}
-	var runErr error
-	done := make(chan struct{})
-	var started atomic.Bool
-	// The elector runs on a context of its own: on shutdown the lease is
-	// released (ReleaseOnCancel) only once the controller has stopped and
-	// its syncs in flight have finished, so a new leader never rebuilds
-	// while our cloud operations still run.
-	leCtx, leCancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer leCancel()
-	go func() {
-		<-ctx.Done()
-		if started.Load() {
-			select {
-			case <-done:
-			case <-time.After(o.SyncTimeout + 5*time.Second):
-				logger.Info("Syncs still running after the sync timeout; releasing the lease anyway")
-			}
-		}
-		leCancel()
-	}()
-	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock:            lock,
-		LeaseDuration:   o.LeaseDuration,
-		RenewDeadline:   o.RenewDeadline,
-		RetryPeriod:     o.RetryPeriod,
-		ReleaseOnCancel: true,
-		Name:            o.LeaderElectName,
-		WatchDog:        electionCheck,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(leaderCtx context.Context) {
-				started.Store(true)
-				defer close(done)
-				logger.Info("Became leader", "identity", id)
-				metrics.Leader.Set(1)
-				// Stop on shutdown (ctx) or on a lost lease (leaderCtx).
-				runCtx, stop := context.WithCancel(leaderCtx)
-				defer stop()
-				defer context.AfterFunc(ctx, stop)()
-				runErr = ctrl.Run(runCtx)
-			},
-			OnStoppedLeading: func() {
-				metrics.Leader.Set(0)
-				if ctx.Err() == nil {
-					cancel(ErrLostLease)
-				}
-			},
-			OnNewLeader: func(identity string) {
-				if identity != id {
-					logger.Info("Following leader", "leader", identity)
-				}
-			},
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("leader election: %w", err)
-	}
-	le.Run(leCtx)
-	if cause := context.Cause(ctx); errors.Is(cause, ErrLostLease) {
-		return ErrLostLease
-	}
-	select {
-	case <-done:
-	default:
-	}
-	return runErr
+	return runElected(ctx, *c.LeaderElection, evClient.CoordinationV1(), electionCheck,
+		c.Controller.SyncTimeout, metrics, ctrl.Run)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
@@ -227,62 +133,10 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// newCloud builds the cloud. It reports whether the cloud applies the
-// --cloud-qps budget and request metrics itself (GCE does, per HTTP call).
-func newCloud(ctx context.Context, o *Options, m *controller.Metrics) (cloud.Interface, bool, error) {
-	switch o.Cloud {
-	case "fake":
-		c, err := fake.New(fake.Options{
-			PodRange:        netip.MustParsePrefix(o.ClusterCIDR),
-			Latency:         o.FakeLatency,
-			ErrorRate:       o.FakeErrorRate,
-			RateLimit:       o.FakeRateLimit,
-			RateBurst:       int(o.FakeRateLimit) + 1,
-			AutoRegister:    o.FakeAutoReg,
-			ProviderSchemes: o.FakeSchemes,
-			StatePath:       o.FakeStateFile,
-		})
-		return c, false, err
-	case "gce":
-		cfg := gce.Config{
-			Project:         o.GCEProject,
-			Region:          o.GCERegion,
-			Zone:            o.GCEZone,
-			Subnetwork:      o.GCESubnetwork,
-			SecondaryRange:  o.GCESecondaryRange,
-			Endpoint:        o.GCEEndpoint,
-			QPS:             o.CloudQPS,
-			Burst:           o.CloudBurst,
-			Observe:         m.ObserveCloudRequest,
-			RateLimitWindow: o.GCEQuotaWindow,
-			PollInterval:    o.GCEPollInterval,
-		}
-		logger := klog.FromContext(ctx)
-		cfg.Logf = func(format string, args ...any) { logger.Info(fmt.Sprintf(format, args...)) }
-		if o.ClusterCIDR != "" {
-			cfg.PodRange = netip.MustParsePrefix(o.ClusterCIDR)
-		}
-		if cfg.Project == "" || cfg.Zone == "" || cfg.Subnetwork == "" || cfg.SecondaryRange == "" {
-			mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			err := gce.FillFromMetadata(mctx, &cfg)
-			cancel()
-			if err != nil {
-				return nil, false, fmt.Errorf("GCE settings from the metadata server (or give --gce-project, --gce-zone, --gce-subnetwork, --gce-secondary-range): %w", err)
-			}
-		}
-		klog.FromContext(ctx).Info("GCE cloud", "project", cfg.Project, "region", cfg.Region, "zone", cfg.Zone,
-			"subnetwork", cfg.Subnetwork, "secondaryRange", cfg.SecondaryRange, "endpoint", cfg.Endpoint)
-		c, err := gce.New(ctx, cfg)
-		return c, true, err
-	default:
-		return nil, false, fmt.Errorf("cloud %q not supported", o.Cloud)
-	}
-}
-
 // serve starts /metrics and /healthz, /readyz. /readyz is OK once the node
 // cache is synced (a standby is ready to take over); its body says whether
 // this process leads and has rebuilt its state.
-func serve(ctx context.Context, o *Options, reg *prometheus.Registry, ctrl *controller.Controller,
+func serve(ctx context.Context, c Config, reg *prometheus.Registry, ctrl *controller.Controller,
 	synced cache.InformerSynced, election *leaderelection.HealthzAdaptor) error {
 	listen := func(addr string, h http.Handler) error {
 		if addr == "" {
@@ -320,15 +174,15 @@ func serve(ctx context.Context, o *Options, reg *prometheus.Registry, ctrl *cont
 			fmt.Fprintln(w, "ok: standby")
 		}
 	})
-	if o.MetricsAddr == o.HealthAddr && o.MetricsAddr != "" {
+	if c.MetricsAddr == c.HealthAddr && c.MetricsAddr != "" {
 		mm.Handle("/healthz", hm)
 		mm.Handle("/readyz", hm)
-		return listen(o.MetricsAddr, mm)
+		return listen(c.MetricsAddr, mm)
 	}
-	if err := listen(o.MetricsAddr, mm); err != nil {
+	if err := listen(c.MetricsAddr, mm); err != nil {
 		return err
 	}
-	return listen(o.HealthAddr, hm)
+	return listen(c.HealthAddr, hm)
 }
 
 // serveAdmin serves the administrative socket, readable and writable by

@@ -1,8 +1,9 @@
-// Package app is the node agent's application layer: flags into Options,
-// Options validated (a pure function, one-line errors), Options turned into
-// the agent's Config, and Run wiring the clients, metrics, events and
-// health endpoints around the agent. The command's main only parses and
-// calls it.
+// Package app is the node agent's application layer, shaped like the
+// controller's: flags into Options (NewOptions, AddFlags), Options checked
+// (Validate, which changes nothing, one-line errors), Options parsed once
+// into the typed Config (Config), and Run wiring the clients, metrics,
+// events and health endpoints around the agent from that Config. The
+// command's main only parses and calls it.
 package app
 
 import (
@@ -49,8 +50,10 @@ type Options struct {
 	ClusterCIDRs  []string
 }
 
-// NewOptions returns the defaults; nodeName comes from $NODE_NAME and
-// pluginDir is where the aliasip-cni to install sits (next to the agent).
+// NewOptions returns the defaults: here, in the flags' defaults, and (for
+// the two that depend on --cloud) in cloudDefaults. nodeName comes from
+// $NODE_NAME and pluginDir is where the aliasip-cni to install sits (next
+// to the agent): the command's main reads both before the flags are parsed.
 func NewOptions(nodeName, pluginDir string) *Options {
 	return &Options{
 		NodeName:      nodeName,
@@ -102,71 +105,94 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of /metrics, /healthz and /readyz (empty: off).")
 }
 
-// Validate checks the options; the error is one line.
+// cloudDefaults returns the two defaults that depend on --cloud, for the
+// flags left empty: the guest agent's configuration file (read on GCE
+// only) and the fabric. It changes nothing.
+func (o *Options) cloudDefaults() (guestAgentConfig, fabric string) {
+	guestAgentConfig, fabric = o.GuestAgentConfig, o.Fabric
+	if guestAgentConfig == "" && o.Cloud == "gce" {
+		guestAgentConfig = "/etc/default/instance_configs.cfg"
+	}
+	if fabric == "" {
+		fabric = map[string]string{"gce": "none", "fake": "routes"}[o.Cloud]
+	}
+	return guestAgentConfig, fabric
+}
+
+// Config is what Run runs on: the options parsed into typed values, with
+// the defaults that depend on --cloud applied. Options.Config builds it.
+type Config struct {
+	// Agent configures the agent.
+	Agent agent.Config
+	// Kubeconfig is the kubeconfig's path (empty: in-cluster).
+	Kubeconfig string
+	// MetricsAddr serves /metrics, /healthz and /readyz (empty: off).
+	MetricsAddr string
+}
+
+// Validate checks the options; the error is one line. It changes nothing:
+// it is Config without the result.
 func (o *Options) Validate() error {
+	_, err := o.Config()
+	return err
+}
+
+// Config checks the options and parses them, once, into the Config Run
+// runs on; the error is one line. It changes nothing.
+func (o *Options) Config() (Config, error) {
 	if o.NodeName == "" {
-		return fmt.Errorf("--node-name (or $NODE_NAME) is required")
+		return Config{}, fmt.Errorf("--node-name (or $NODE_NAME) is required")
 	}
 	switch o.Cloud {
 	case "gce", "fake":
 	default:
-		return fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
+		return Config{}, fmt.Errorf("--cloud=%q: want gce or fake", o.Cloud)
 	}
-	if o.GuestAgentConfig == "" && o.Cloud == "gce" {
-		o.GuestAgentConfig = "/etc/default/instance_configs.cfg"
-	}
-	switch o.Fabric {
-	case "":
-		o.Fabric = map[string]string{"gce": "none", "fake": "routes"}[o.Cloud]
+	guestAgentConfig, fabric := o.cloudDefaults()
+	switch fabric {
 	case "none", "routes":
 	default:
-		return fmt.Errorf("--fabric=%q: want none or routes", o.Fabric)
+		return Config{}, fmt.Errorf("--fabric=%q: want none or routes", o.Fabric)
 	}
 	for name, v := range map[string]string{"--cni-conf-dir": o.CNIConfDir, "--cni-bin-dir": o.CNIBinDir, "--state-dir": o.StateDir, "--socket": o.Socket} {
 		if v == "" || !filepath.IsAbs(v) {
-			return fmt.Errorf("%s=%q: want an absolute path", name, v)
+			return Config{}, fmt.Errorf("%s=%q: want an absolute path", name, v)
 		}
 	}
 	if o.IPCooldown < 0 || o.PodGCGrace < 0 || o.PodGCInterval <= 0 || o.ResyncPeriod <= 0 {
-		return fmt.Errorf("--ip-cooldown and --pod-gc-grace must not be negative, --pod-gc-interval and --resync-period must be positive")
+		return Config{}, fmt.Errorf("--ip-cooldown and --pod-gc-grace must not be negative, --pod-gc-interval and --resync-period must be positive")
 	}
 	if o.MasqConfigMap != "" {
 		ns, name, ok := strings.Cut(o.MasqConfigMap, "/")
 		if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
-			return fmt.Errorf("--masq-config=%q: want NAMESPACE/NAME", o.MasqConfigMap)
+			return Config{}, fmt.Errorf("--masq-config=%q: want NAMESPACE/NAME", o.MasqConfigMap)
 		}
 	}
+	var clusterCIDRs []netip.Prefix
 	for _, c := range o.ClusterCIDRs {
-		if p, err := netip.ParsePrefix(c); err != nil || p.Masked() != p {
-			return fmt.Errorf("--cluster-cidr=%q: want a network in CIDR notation, e.g. 10.244.0.0/16", c)
+		p, err := netip.ParsePrefix(c)
+		if err != nil || p.Masked() != p {
+			return Config{}, fmt.Errorf("--cluster-cidr=%q: want a network in CIDR notation, e.g. 10.244.0.0/16", c)
 		}
+		clusterCIDRs = append(clusterCIDRs, p)
 	}
 	if o.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
-			return fmt.Errorf("--metrics-addr=%q: %v", o.MetricsAddr, err)
+			return Config{}, fmt.Errorf("--metrics-addr=%q: %v", o.MetricsAddr, err)
 		}
 	}
-	return nil
-}
-
-// Config turns the options into the agent's Config.
-func (o *Options) Config() agent.Config {
-	c := agent.Config{
+	a := agent.Config{
 		NodeName: o.NodeName, HostInterface: o.HostInterface, NetNS: o.NetNS, Cloud: o.Cloud,
-		FabricRoutes: o.Fabric == "routes",
+		FabricRoutes: fabric == "routes",
 		CNIConfDir:   o.CNIConfDir, CNIBinDir: o.CNIBinDir, StateDir: o.StateDir, Socket: o.Socket,
 		PluginBinary: o.PluginBinary, PluginLogFile: o.PluginLogFile, ChainPortmap: o.ChainPortmap,
 		IPCooldown: o.IPCooldown, PodGCGrace: o.PodGCGrace, PodGCInterval: o.PodGCInterval, ResyncPeriod: o.ResyncPeriod,
-		GuestAgentConfig: o.GuestAgentConfig, ProcSys: o.ProcSys,
+		GuestAgentConfig: guestAgentConfig, ProcSys: o.ProcSys,
 		Masquerade: o.Masquerade, MasqConfigMap: o.MasqConfigMap,
-	}
-	for _, cidr := range o.ClusterCIDRs {
-		if p, err := netip.ParsePrefix(cidr); err == nil {
-			c.ClusterCIDRs = append(c.ClusterCIDRs, p)
-		}
+		ClusterCIDRs: clusterCIDRs,
 	}
 	if o.Cloud == "gce" {
-		c.AliasCheck = agent.GCEAliasCheck
+		a.AliasCheck = agent.GCEAliasCheck
 	}
-	return c
+	return Config{Agent: a, Kubeconfig: o.Kubeconfig, MetricsAddr: o.MetricsAddr}, nil
 }

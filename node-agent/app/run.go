@@ -18,20 +18,27 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
 
 	"github.com/aliasip/aliasip/node-agent/agent"
 )
 
-// Run runs the agent with the options until ctx ends: the Kubernetes
-// client, the event recorder, the metrics and health endpoints, then the
-// agent itself.
+// Run runs the agent until ctx ends: the Kubernetes client, the event
+// recorder, the metrics and health endpoints, then the agent itself. It
+// parses the options (Options.Config) and runs on what that returns.
 func Run(ctx context.Context, o *Options) error {
+	c, err := o.Config()
+	if err != nil {
+		return err
+	}
+	// The start-up line logs the flags as given; these two depend on --cloud.
+	klog.FromContext(ctx).Info("Defaults for --cloud",
+		"fabricRoutes", c.Agent.FabricRoutes, "guestAgentConfig", c.Agent.GuestAgentConfig)
 	var cfg *rest.Config
-	var err error
-	if o.Kubeconfig == "" {
+	if c.Kubeconfig == "" {
 		cfg, err = rest.InClusterConfig()
 	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+		cfg, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
 	}
 	if err != nil {
 		return fmt.Errorf("kubernetes client config: %w", err)
@@ -46,17 +53,17 @@ func Run(ctx context.Context, o *Options) error {
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
 	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "aliasip-agent", Host: o.NodeName})
-	a := agent.New(o.Config(), client, recorder, agent.NewMetrics(reg))
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "aliasip-agent", Host: c.Agent.NodeName})
+	a := agent.New(c.Agent, client, recorder, agent.NewMetrics(reg))
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return err
 	}
 	a.SetDynamicClient(dyn)
-	if o.MetricsAddr != "" {
-		ln, err := net.Listen("tcp", o.MetricsAddr)
+	if c.MetricsAddr != "" {
+		ln, err := net.Listen("tcp", c.MetricsAddr)
 		if err != nil {
-			return fmt.Errorf("listen %s: %w", o.MetricsAddr, err)
+			return fmt.Errorf("listen %s: %w", c.MetricsAddr, err)
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
