@@ -4,8 +4,10 @@
 // Like GCE, an instance's alias list is replaced as a whole under a
 // fingerprint (a stale fingerprint is rejected), ranges from the pod range
 // must lie inside it and may not overlap a range on any instance, and a NIC
-// holds at most cloud.MaxAliasRangesPerNIC ranges. Operation latency, an
-// error rate and a rate limit can be injected.
+// holds at most cloud.MaxAliasRangesPerNIC ranges. AddAlias keeps the
+// contract of cloud.Interface as cloud/gce does; both are checked by the
+// same table, package cloud/cloudtest. Operation latency, an error rate
+// and a rate limit can be injected.
 //
 // With Options.StatePath set, the state lives in a JSON file guarded by an
 // advisory lock, so several processes (a restarted controller, two
@@ -69,6 +71,10 @@ type Options struct {
 	// Seed, when not zero, makes ErrorRate's failures a deterministic
 	// sequence.
 	Seed uint64
+	// BeforeUpdate, if set, is called with every UpdateInterface request
+	// before it is handled (as gcetest.Options.BeforeUpdate is): a test
+	// changes the NIC there, between a writer's read and its write.
+	BeforeUpdate func(name string, aliases []cloud.AliasRange)
 }
 
 // Fault is a failure injected into one Interface method (see Inject).
@@ -160,6 +166,21 @@ func (c *Cloud) RegisterInstance(name string) error {
 			return false, nil
 		}
 		c.state.Instances[name] = &instance{Fingerprint: 1}
+		return true, nil
+	})
+}
+
+// ApplyAliases sets an instance's alias ranges as another client's update
+// does when it completes: at once, with a new fingerprint, unvalidated
+// (gcetest.Server.ApplyAliases does the same on the GCE test server).
+func (c *Cloud) ApplyAliases(name string, aliases ...cloud.AliasRange) error {
+	return c.withState(func() (bool, error) {
+		in, ok := c.state.Instances[name]
+		if !ok {
+			return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
+		}
+		in.Aliases = slices.Clone(aliases)
+		in.Fingerprint++
 		return true, nil
 	})
 }
@@ -344,6 +365,9 @@ func (c *Cloud) GetInterface(ctx context.Context, name string) ([]cloud.AliasRan
 // UpdateInterface replaces the NIC's alias list as a whole, GCE-style: the
 // fingerprint must be the current one, and the new list is validated.
 func (c *Cloud) UpdateInterface(ctx context.Context, name string, fingerprint uint64, aliases []cloud.AliasRange) error {
+	if c.opts.BeforeUpdate != nil {
+		c.opts.BeforeUpdate(name, slices.Clone(aliases))
+	}
 	if err := c.admit(ctx, "update"); err != nil {
 		return err
 	}
@@ -419,15 +443,41 @@ func (c *Cloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.Al
 	return c.add(ctx, inst.Name, a)
 }
 
+// add appends a to the NIC's list. As cloud/gce's AddAlias does, it adds
+// nothing when a re-read (after a stale fingerprint) shows a range of a's
+// secondary range that its first read did not: the caller chose a.CIDR
+// from the NIC it saw, so it gets cloud.ErrStaleFingerprint and decides
+// again (the contract written on cloud.Interface.AddAlias).
 func (c *Cloud) add(ctx context.Context, name string, a cloud.AliasRange) error {
-	return c.modify(ctx, name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
+	var before map[netip.Prefix]bool
+	var appeared netip.Prefix
+	err := c.modify(ctx, name, func(list []cloud.AliasRange) ([]cloud.AliasRange, bool) {
+		same := map[netip.Prefix]bool{}
 		for _, b := range list {
 			if b.CIDR == a.CIDR {
 				return nil, false
 			}
+			if b.RangeName == a.RangeName {
+				same[b.CIDR] = true
+			}
+		}
+		if before == nil {
+			before = same
+		} else {
+			for p := range same {
+				if !before[p] {
+					appeared = p
+					return nil, false
+				}
+			}
 		}
 		return append(list, a), true
 	})
+	if err == nil && appeared.IsValid() {
+		return fmt.Errorf("instance %q: add %v: the NIC gained %v of range %s meanwhile; not adding a second: %w",
+			name, a.CIDR, appeared, a.RangeName, cloud.ErrStaleFingerprint)
+	}
+	return err
 }
 
 // RemoveAlias implements cloud.Interface.
