@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -152,14 +151,7 @@ func TestPodGCKeepsSandboxTheHostHolds(t *testing.T) {
 // namespace lives; once the runtime removes the namespace (the kernel
 // destroys its veths), pod GC frees it.
 func TestPodGCFollowsTheHost(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and veths")
-	}
-	host, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { host.Close(); testutils.UnmountNS(host) })
+	host := newNetNS(t)
 	pod, err := testutils.NewNS()
 	if err != nil {
 		t.Fatal(err)

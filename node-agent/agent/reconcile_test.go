@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,6 +20,21 @@ import (
 	"github.com/aliasip/aliasip/node-agent/ipam"
 )
 
+// newNetNS returns a fresh network namespace, removed when the test ends;
+// the test is skipped when not root.
+func newNetNS(t *testing.T) ns.NetNS {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces and links")
+	}
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close(); testutils.UnmountNS(n) })
+	return n
+}
+
 // TestReconcileKeepsPodAddedDuringPass: a pod whose ADD completes while a
 // reconcile pass runs keeps its route. The pass is held inside, before it
 // reads the host's routes (its first sysctl read blocks on a FIFO), while
@@ -31,14 +45,7 @@ import (
 // BenchmarkAgentRestart's setup, 250 pods eight at a time, as
 // "routesRemoved=2" then "routesRepaired=2" 0.6 s later).
 func TestReconcileKeepsPodAddedDuringPass(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and links")
-	}
-	host, err := testutils.NewNS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { host.Close(); testutils.UnmountNS(host) })
+	host := newNetNS(t)
 	const veth = "alitestpod001"
 	if err := host.Do(func(ns.NetNS) error {
 		return upVeth("eth0", "uplink")
@@ -88,21 +95,34 @@ func TestReconcileKeepsPodAddedDuringPass(t *testing.T) {
 		defer close(done)
 		a.reconcile(ctx)
 	}()
-	// The pass is inside once it waits on the FIFO: opening it for writing
-	// without blocking succeeds only while a reader has it open.
-	var w *os.File
-	for w == nil {
-		f, err := os.OpenFile(fifo, os.O_WRONLY|unix.O_NONBLOCK, 0)
-		switch {
-		case err == nil:
-			w = f
-		case !errors.Is(err, unix.ENXIO):
-			t.Fatal(err)
-		case ctx.Err() != nil:
-			t.Fatal("the reconcile pass never read ip_forward")
-		default:
-			time.Sleep(time.Millisecond)
+	// The pass is inside once it waits on the FIFO: opening it for
+	// writing blocks until a reader has it open.
+	opened := make(chan *os.File, 1)
+	go func() {
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
 		}
+		opened <- f
+	}()
+	// unblock frees a blocked open (a reader's open wakes it) on failure.
+	unblock := func() {
+		if r, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
+			r.Close()
+		}
+	}
+	var w *os.File
+	select {
+	case w = <-opened:
+	case <-done:
+		unblock()
+		t.Fatal("the reconcile pass ended without reading ip_forward")
+	case <-ctx.Done():
+		unblock()
+		t.Fatal("the reconcile pass never read ip_forward")
+	}
+	if w == nil {
+		t.FailNow()
 	}
 
 	// The ADD, as aliasip-cni makes it: allocate, then the veth (up), then

@@ -102,17 +102,9 @@ func BenchmarkAgentRestart(b *testing.B) {
 		}
 		idle = d
 	}
-	dir := b.TempDir()
-	agentBin, pluginBin := nodeBinaries(b, dir)
+	dir, agentBin, pluginBin, cp, fabric := nodeBench(b)
 	ctx := context.Background()
-	cp := startControlPlane(b, dir)
-	defer cp.Stop()
 	client := cp.Client(0)
-	fabric, err := framework.NewFabric()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fabric.Close()
 
 	// Two identical nodes: one gets the pods, the other stays empty.
 	var nodes []*agentNode
@@ -152,7 +144,8 @@ func BenchmarkAgentRestart(b *testing.B) {
 	setup := time.Since(setupStart)
 	// The agent's reconciler ran through those ADDs: it should have had
 	// nothing to repair or remove (each pass that coalesced their netlink
-	// events is done within a second).
+	// events is done within a second). A sleep: the agent shows no count
+	// of its passes to wait for.
 	time.Sleep(time.Second)
 	fmt.Printf("\nsetup: %d pods (Pod objects and CNI ADD, 8 at a time) on %s in %.1f s; its agent meanwhile: %s\n",
 		len(pods), busy.Name, setup.Seconds(), busy.repairCounters())
@@ -174,18 +167,18 @@ func BenchmarkAgentRestart(b *testing.B) {
 	}
 	defer pr.Close()
 	pr.Reset()
+	// A window of whole rounds in which every pod answered.
 	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
-		time.Sleep(100 * time.Millisecond)
 		g := pr.Result()
 		pr.Reset()
-		return g.lostPods == 0, nil
+		return g.rounds > 0 && g.lostPods == 0, fmt.Errorf("%d of %d pods missed a reply in %d rounds", g.lostPods, g.pods, g.rounds)
 	}); err != nil {
 		b.Fatalf("not every pod answers pings from the fabric: %v", err)
 	}
 
 	// The noise floor: the same window with no restart.
 	pr.Reset()
-	time.Sleep(settleAfterReady)
+	time.Sleep(settleAfterReady) // the window measured
 	baseline := pr.Result()
 
 	var results []restartResult
@@ -205,7 +198,7 @@ func BenchmarkAgentRestart(b *testing.B) {
 			if err != nil {
 				b.Fatalf("%s, %v: %v (agent log %s)", n.Name, sig, err, n.Agent.Log)
 			}
-			time.Sleep(settleAfterReady)
+			time.Sleep(settleAfterReady) // the window measured: until this long after ready
 			if n.pods > 0 {
 				r.gap = pr.Result()
 			}
@@ -217,6 +210,8 @@ func BenchmarkAgentRestart(b *testing.B) {
 	// Idle: both agents side by side in one window; the prober keeps
 	// running, so the window also shows any gap a periodic pass causes.
 	for _, n := range nodes {
+		// The window starts 10 s after an agent's start at the earliest,
+		// by definition: no start-up work in the idle figure.
 		if wait := 10*time.Second - time.Since(n.started); wait > 0 {
 			time.Sleep(wait)
 		}
@@ -234,7 +229,7 @@ func BenchmarkAgentRestart(b *testing.B) {
 	pr.SetInterval(10 * probeInterval)
 	pr.Reset()
 	idleStart := time.Now()
-	time.Sleep(idle)
+	time.Sleep(idle) // the window measured
 	idleGap := pr.Result()
 	window := time.Since(idleStart)
 	cpu := make([]time.Duration, len(pids))
@@ -320,23 +315,18 @@ func (n *agentNode) start() error {
 func (n *agentNode) waitReady(ctx context.Context, timeout time.Duration) (time.Duration, error) {
 	hc := &http.Client{Timeout: time.Second}
 	url := "http://" + n.Metrics + "/readyz"
-	deadline := time.Now().Add(timeout)
-	for {
+	var ready time.Duration
+	if err := framework.Poll(ctx, 5*time.Millisecond, timeout, func() (bool, error) {
 		if n.Agent.Exited() {
-			return 0, fmt.Errorf("agent exited: %v (see %s)", n.Agent.Wait(), n.Agent.Log)
+			return false, framework.Stop(fmt.Errorf("agent exited: %v", n.Agent.Wait()))
 		}
-		if _, ok := httpGet(hc, url); ok {
-			return time.Since(n.started), nil
-		}
-		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("agent of %s not ready after %v (see %s)", n.Name, timeout, n.Agent.Log)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
+		_, ok := httpGet(hc, url)
+		ready = time.Since(n.started)
+		return ok, nil
+	}); err != nil {
+		return 0, fmt.Errorf("agent of %s not ready (see %s): %w", n.Name, n.Agent.Log, err)
 	}
+	return ready, nil
 }
 
 // restart stops the agent with sig, starts a new one, waits until it is

@@ -80,16 +80,8 @@ func BenchmarkCNIAddDel(b *testing.B) {
 	if _, err := os.Stat("/usr/lib/cni/ptp"); err != nil {
 		b.Skipf("skipping: Debian's containernetworking-plugins missing: %v (run make deps)", err)
 	}
-	dir := b.TempDir()
-	agentBin, pluginBin := nodeBinaries(b, dir)
+	dir, agentBin, pluginBin, cp, fabric := nodeBench(b)
 	ctx := context.Background()
-	cp := startControlPlane(b, dir)
-	defer cp.Stop()
-	fabric, err := framework.NewFabric()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fabric.Close()
 
 	// aliasip: node, Node object with its podCIDR, agent.
 	an, err := fabric.AddNode("bench-aliasip", filepath.Join(dir, "aliasip"))

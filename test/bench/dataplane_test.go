@@ -100,17 +100,9 @@ func BenchmarkDataPlane(b *testing.B) {
 			b.Skipf("skipping: %s not installed: %v (run make deps)", bin, err)
 		}
 	}
-	dir := b.TempDir()
-	agentBin, pluginBin := nodeBinaries(b, dir)
+	dir, agentBin, pluginBin, cp, fabric := nodeBench(b)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cp := startControlPlane(b, dir)
-	defer cp.Stop()
-	fabric, err := framework.NewFabric()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fabric.Close()
 
 	alias, err := dpAliasip(ctx, fabric, cp, dir, agentBin, pluginBin)
 	defer alias.close()

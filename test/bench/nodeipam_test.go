@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -16,6 +15,8 @@ import (
 
 	"crypto/tls"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aliasip/aliasip/test/framework"
@@ -45,21 +46,17 @@ func BenchmarkNodeAllocation(b *testing.B) {
 	if errors.Is(err, framework.ErrNotInstalled) {
 		b.Skipf("skipping: %v", err)
 	}
-	dir := b.TempDir()
-	ctrlBin, err := framework.BuildBinary(dir, "aliasip-controller", "./controller/cmd/aliasip-controller")
-	if err != nil {
-		b.Fatal(err)
-	}
+	dir, ctrlBin, cp := controllerBench(b)
 	ctx := context.Background()
-	cp := startControlPlane(b, dir)
-	defer cp.Stop()
 
+	client := cp.Client(0)
+	const probeNode = "bench-probe"
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", framework.FreePort())
 	contenders := []struct {
 		name  string
 		bin   string
 		args  []string
-		ready func() bool
+		ready func() (bool, error)
 	}{
 		{
 			name: "kube-controller-manager nodeipam",
@@ -72,7 +69,19 @@ func BenchmarkNodeAllocation(b *testing.B) {
 				"--leader-elect=false", "--use-service-account-credentials=false",
 				"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(framework.FreePort()),
 			},
-			ready: func() bool { return true },
+			// It has no readiness signal for one controller: a probe
+			// Node given a podCIDR shows its allocator at work.
+			ready: func() (bool, error) {
+				n, err := client.CoreV1().Nodes().Get(ctx, probeNode, metav1.GetOptions{})
+				if apierrors.IsNotFound(err) {
+					_, err = client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: probeNode}}, metav1.CreateOptions{})
+					return false, err
+				}
+				if err != nil {
+					return false, err
+				}
+				return n.Spec.PodCIDR != "", fmt.Errorf("probe node %s has no podCIDR yet", probeNode)
+			},
 		},
 		{
 			name: "aliasip-controller, fake cloud 0 ms",
@@ -84,19 +93,18 @@ func BenchmarkNodeAllocation(b *testing.B) {
 				// Default cloud flags: the fake cloud has no budget.
 				"--leader-elect=false", "--metrics-addr", metricsAddr, "--health-addr", metricsAddr,
 			},
-			ready: func() bool {
+			ready: func() (bool, error) {
 				resp, err := http.Get("http://" + metricsAddr + "/readyz")
 				if err != nil {
-					return false
+					return false, err
 				}
 				body, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
-				return strings.Contains(string(body), "rebuilt")
+				return strings.Contains(string(body), "rebuilt"), fmt.Errorf("/readyz: %s", body)
 			},
 		},
 	}
 
-	client := cp.Client(0)
 	var results []result
 	for i, c := range contenders {
 		if err := framework.DeleteAllNodes(ctx, client); err != nil {
@@ -106,13 +114,13 @@ func BenchmarkNodeAllocation(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := framework.Eventually(ctx, time.Minute, func() (bool, error) { return c.ready(), nil }); err != nil {
+		if err := framework.Eventually(ctx, time.Minute, c.ready); err != nil {
 			p.Stop()
 			b.Fatalf("%s not ready: %v", c.name, err)
 		}
-		// Give kube-controller-manager time to start its informers; it
-		// has no readiness signal for one controller.
-		time.Sleep(2 * time.Second)
+		if err := framework.DeleteAllNodes(ctx, client); err != nil { // the probe
+			b.Fatal(err)
+		}
 		before, err := writeCounts(cp)
 		if err != nil {
 			b.Fatal(err)
@@ -138,7 +146,9 @@ func BenchmarkNodeAllocation(b *testing.B) {
 			p.Stop()
 			b.Fatalf("%s: nodes did not all get a podCIDR: %v", c.name, err)
 		}
-		// Let trailing event writes land before counting.
+		// Let trailing event writes land before counting: the end of the
+		// window counted, part of the method (nothing tells when a
+		// contender has no more writes to make).
 		time.Sleep(3 * time.Second)
 		after, err := writeCounts(cp)
 		p.Stop()
@@ -216,37 +226,4 @@ func label(line, name string) string {
 	}
 	rest := line[i+len(name)+2:]
 	return rest[:strings.IndexByte(rest, '"')]
-}
-
-// startControlPlane starts etcd and kube-apiserver under dir, or skips the
-// benchmark when hack/deps.sh has not installed them.
-// nodeBinaries returns aliasip-agent and aliasip-cni, from `make build` or
-// built into dir.
-func nodeBinaries(b *testing.B, dir string) (agent, plugin string) {
-	b.Helper()
-	agent, err := framework.BuildBinary(dir, "aliasip-agent", "./node-agent/cmd/aliasip-agent")
-	if err != nil {
-		b.Fatal(err)
-	}
-	plugin, err = framework.BuildBinary(dir, "aliasip-cni", "./node-agent/cmd/aliasip-cni")
-	if err != nil {
-		b.Fatal(err)
-	}
-	return agent, plugin
-}
-
-func startControlPlane(b *testing.B, dir string) *framework.ControlPlane {
-	b.Helper()
-	cp, err := framework.StartControlPlane(context.Background(), filepath.Join(dir, "cp"))
-	if errors.Is(err, framework.ErrNotInstalled) {
-		b.Skipf("skipping: %v", err)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	return cp
-}
-
-func TestMain(m *testing.M) {
-	os.Exit(m.Run())
 }

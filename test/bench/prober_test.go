@@ -48,6 +48,7 @@ type gapResult struct {
 	worst    netip.Addr
 	lostPods int // targets that missed a reply to a round of the window
 	pods     int
+	rounds   int // rounds sent in the window
 }
 
 func startProber(from ns.NetNS, targets []netip.Addr, interval time.Duration) (*prober, error) {
@@ -201,10 +202,11 @@ func (p *prober) Result() gapResult {
 	end, endRound := time.Now(), p.round
 	p.winEnd = endRound
 	p.mu.Unlock()
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // the reply timeout: a later reply is a loss
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	r := gapResult{pods: len(p.targets)}
+	r := gapResult{pods: len(p.targets), rounds: int(endRound - p.winRound)}
 	for i, t := range p.targets {
 		g := p.longest[i]
 		if open := end.Sub(p.last[i]); p.last[i].Before(end) && open > g {

@@ -338,13 +338,16 @@ func TestInstallAndFlags(t *testing.T) {
 	agentCanPatchOnlyItsOwnNode(ctx, t, cp, client)
 
 	// The rendered flags pass each binary's validation: a bad flag exits 2
-	// at once; a good command line starts and keeps running.
+	// at once; a good command line gets through its set-up to its work —
+	// the controller runs its workers, the agent waits for its (missing)
+	// Node — and is still running.
 	for _, c := range []struct {
-		bin  string
-		args []string
+		bin     string
+		running string // the log line of a daemon at work
+		args    []string
 	}{
-		{ctrl, append(dep.Spec.Template.Spec.Containers[0].Args, "--kubeconfig", cp.Kubeconfig, "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0")},
-		{agent, append(ds.Spec.Template.Spec.Containers[0].Args, "--kubeconfig", cp.Kubeconfig, "--node-name", "no-such-node",
+		{ctrl, "Controller running", append(dep.Spec.Template.Spec.Containers[0].Args, "--kubeconfig", cp.Kubeconfig, "--metrics-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0")},
+		{agent, "Not ready", append(ds.Spec.Template.Spec.Containers[0].Args, "--kubeconfig", cp.Kubeconfig, "--node-name", "no-such-node",
 			"--metrics-addr", "127.0.0.1:0", "--state-dir", filepath.Join(dir, "state"), "--socket", filepath.Join(dir, "s.sock"),
 			"--cni-conf-dir", filepath.Join(dir, "conf"), "--cni-bin-dir", filepath.Join(dir, "bin"))},
 	} {
@@ -352,10 +355,11 @@ func TestInstallAndFlags(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Second)
-		if p.Exited() {
+		if err := p.WaitLog(ctx, time.Minute, c.running); err != nil {
 			b, _ := os.ReadFile(p.Log)
-			t.Errorf("%s with the chart's flags exited: %v\n%s", filepath.Base(c.bin), p.Wait(), b)
+			t.Errorf("%s with the chart's flags: %v\n%s", filepath.Base(c.bin), err, b)
+		} else if p.Exited() {
+			t.Errorf("%s with the chart's flags exited: %v", filepath.Base(c.bin), p.Wait())
 		}
 		p.Stop()
 	}

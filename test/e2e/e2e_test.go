@@ -250,6 +250,7 @@ func TestAgentRestartWithFiftyPods(t *testing.T) {
 		mu      sync.Mutex
 		lastOK  = map[netip.Addr]time.Time{}
 		longest time.Duration
+		rounds  int // probe rounds over all pods completed
 		stop    = make(chan struct{})
 		done    = make(chan struct{})
 	)
@@ -278,9 +279,34 @@ func TestAgentRestartWithFiftyPods(t *testing.T) {
 				lastOK[p.IP] = time.Now()
 				mu.Unlock()
 			}
+			mu.Lock()
+			rounds++
+			mu.Unlock()
 		}
 	}()
-	time.Sleep(500 * time.Millisecond)
+	defer func() {
+		select {
+		case <-done:
+		default:
+			close(stop) // a failure below ends the probes too
+			<-done
+		}
+	}()
+	// roundsDone waits until n more probe rounds than now have completed.
+	roundsDone := func(n int) {
+		t.Helper()
+		mu.Lock()
+		want := rounds + n
+		mu.Unlock()
+		if err := framework.Eventually(ctx, time.Minute, func() (bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return rounds >= want, fmt.Errorf("%d of %d probe rounds", rounds, want)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roundsDone(1) // a baseline: every pod probed once before the restart
 	restartStart := time.Now()
 	busy.Agent.Stop()
 	if err := lc.StartAgent(busy); err != nil {
@@ -290,7 +316,8 @@ func TestAgentRestartWithFiftyPods(t *testing.T) {
 		t.Fatal(err)
 	}
 	restart := time.Since(restartStart)
-	time.Sleep(time.Second)
+	// A whole round begun after the restart: every pod probed since.
+	roundsDone(2)
 	close(stop)
 	<-done
 	t.Logf("agent restart took %v; longest stretch between two answered probes of one pod %v", restart, longest)

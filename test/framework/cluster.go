@@ -2,6 +2,7 @@ package framework
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -66,31 +67,57 @@ func DeleteAllNodes(ctx context.Context, client kubernetes.Interface) error {
 	})
 }
 
-// Eventually polls cond every 100 ms until it holds, fails, or timeout passes.
+// Eventually is Poll every 100 ms: the one poller of the tests.
 func Eventually(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
+	return Poll(ctx, 100*time.Millisecond, timeout, cond)
+}
+
+// Poll calls cond every interval (the first time at once) until it
+// reports true, ctx ends or timeout passes; then, once more at the
+// deadline. An error from cond does not end the polling: it is the state
+// cond saw, and the last one is in the error Poll returns, so a cond says
+// why it is not done yet by returning one ("3 of 5 nodes"). An error
+// wrapped by Stop ends the polling at once (a process that exited).
+func Poll(ctx context.Context, interval, timeout time.Duration, cond func() (bool, error)) error {
 	deadline := time.Now().Add(timeout)
-	var lastErr error
+	var last error
+	failed := func(why error) error {
+		if last != nil {
+			return fmt.Errorf("%w; last: %w", why, last)
+		}
+		return why
+	}
 	for {
 		ok, err := cond()
 		if ok {
 			return nil
 		}
 		if err != nil {
-			lastErr = err
+			last = err
+			var s stopError
+			if errors.As(err, &s) {
+				return s.err
+			}
 		}
 		if time.Now().After(deadline) {
-			if lastErr != nil {
-				return fmt.Errorf("timed out after %v: last error: %w", timeout, lastErr)
-			}
-			return fmt.Errorf("timed out after %v", timeout)
+			return failed(fmt.Errorf("timed out after %v", timeout))
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+			return failed(ctx.Err())
+		case <-time.After(min(interval, time.Until(deadline)+time.Millisecond)):
 		}
 	}
 }
+
+// Stop wraps err so that Poll (and Eventually) return it at once instead of
+// polling on.
+func Stop(err error) error { return stopError{err} }
+
+type stopError struct{ err error }
+
+func (s stopError) Error() string { return s.err.Error() }
+func (s stopError) Unwrap() error { return s.err }
 
 // Snapshot is the cluster's allocation state as seen from outside: nodes'
 // podCIDRs and the cloud's alias ranges from the pod range.

@@ -117,13 +117,8 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := waitFor(ctx, 30*time.Second, func() bool {
-		resp, err := http.Get(etcdURL + "/health")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
+	if err := Eventually(ctx, 30*time.Second, func() (bool, error) {
+		return healthy(http.DefaultClient, cp.etcd, etcdURL+"/health", "")
 	}); err != nil {
 		return nil, fmt.Errorf("etcd did not become healthy (see %s/etcd.log): %w", dir, err)
 	}
@@ -179,18 +174,8 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 		return nil, err
 	}
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	if err := waitFor(ctx, 90*time.Second, func() bool {
-		if cp.apiserver.Exited() {
-			return false
-		}
-		req, _ := http.NewRequest("GET", cp.URL+"/readyz", nil)
-		req.Header.Set("Authorization", "Bearer "+cp.Token)
-		resp, err := hc.Do(req)
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
+	if err := Eventually(ctx, 90*time.Second, func() (bool, error) {
+		return healthy(hc, cp.apiserver, cp.URL+"/readyz", cp.Token)
 	}); err != nil {
 		return nil, fmt.Errorf("kube-apiserver did not become ready (see %s/kube-apiserver.log): %w", dir, err)
 	}
@@ -251,21 +236,29 @@ func FreePort() int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+// healthy reports whether url answers 200 (with token as bearer, if set);
+// the error says what it answered instead, and ends the polling (Stop) if
+// p, the process serving it, has exited.
+func healthy(hc *http.Client, p *Process, url, token string) (bool, error) {
+	if p.Exited() {
+		return false, Stop(fmt.Errorf("exited: %v", p.Wait()))
 	}
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return false, Stop(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return false, err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return true, nil
 }
 
 func writeRSAKey(path string) error {

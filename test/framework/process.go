@@ -1,10 +1,12 @@
 package framework
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -105,4 +107,22 @@ func (p *Process) Stop() {
 func (p *Process) Wait() error {
 	<-p.done
 	return p.err
+}
+
+// WaitLog waits until the process's log holds line (a substring), the
+// fact that it got that far; it fails at once if the process exits first.
+func (p *Process) WaitLog(ctx context.Context, timeout time.Duration, line string) error {
+	return Eventually(ctx, timeout, func() (bool, error) {
+		b, err := os.ReadFile(p.Log)
+		if err != nil {
+			return false, err
+		}
+		if strings.Contains(string(b), line) {
+			return true, nil
+		}
+		if p.Exited() {
+			return false, Stop(fmt.Errorf("exited before logging %q: %v", line, p.Wait()))
+		}
+		return false, nil
+	})
 }

@@ -222,14 +222,21 @@ func TestGCERefusedNodeHoldsOneBlock(t *testing.T) {
 	}
 	e.waitEvent("bad-0", corev1.EventTypeWarning, "CloudAliasRefused", time.Minute)
 	writesAt := func() int { return s.Count("instances.updateNetworkInterface") }
+	// Five more refused writes, the fact that the controller kept trying;
+	// meanwhile the blocks used are sampled.
+	const retries = 5
 	start, w0 := time.Now(), writesAt()
 	maxUsed := 0.0
-	for time.Since(start) < 20*time.Second {
+	if err := framework.Eventually(e.ctx, 2*time.Minute, func() (bool, error) {
 		if v, ok := c.metric("aliasip_pool_blocks", `state="used"`); ok && v > maxUsed {
 			maxUsed = v
 		}
-		time.Sleep(100 * time.Millisecond)
+		w := writesAt() - w0
+		return w >= retries, fmt.Errorf("%d of %d more writes for the refused node", w, retries)
+	}); err != nil {
+		t.Fatal(err)
 	}
+	took := time.Since(start)
 	if maxUsed > 6 {
 		t.Errorf("up to %v blocks used for 5 healthy nodes and one refused node; want at most 6", maxUsed)
 	}
@@ -244,10 +251,12 @@ func TestGCERefusedNodeHoldsOneBlock(t *testing.T) {
 			t.Errorf("healthy node %s: podCIDR %q, %v", h, n.Spec.PodCIDR, err)
 		}
 	}
-	// Backoff: exponential from 50 ms to a minute, so 20 s see a handful
-	// of writes, not one per sync.
-	if writes := writesAt() - w0; writes > 12 {
-		t.Errorf("%d writes for the refused node in 20 s: not backing off", writes)
+	// Backoff: exponential from 50 ms to a minute. Five retries after the
+	// first refusal wait at least 100 ms + 200 ms + 400 ms + 800 ms (the
+	// first of them may have been under way at start): 1.5 s. Retried
+	// hot, the five take a few milliseconds.
+	if took < 1500*time.Millisecond {
+		t.Errorf("%d writes for the refused node in %v: not backing off", retries, took)
 	}
 	if v, _ := c.metric("aliasip_allocations_total", `result="refused"`); v == 0 {
 		t.Error("aliasip_allocations_total{result=\"refused\"} is 0")

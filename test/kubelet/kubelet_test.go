@@ -209,6 +209,8 @@ func TestAgentRolloutRestart(t *testing.T) {
 	gaps := map[string]*gap{}
 	var mu sync.Mutex
 	stop := make(chan struct{})
+	stopPolls := sync.OnceFunc(func() { close(stop) })
+	defer stopPolls() // a failed wait below ends the polls too
 	var wg sync.WaitGroup
 	start := time.Now()
 	for _, p := range pods {
@@ -242,13 +244,29 @@ func TestAgentRolloutRestart(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(time.Second) // a baseline before the restart
+	// answeredSince: every pod has answered a poll after t, the fact
+	// that the client saw each of them then.
+	answeredSince := func(t time.Time) func() (bool, error) {
+		return func() (bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			for name, g := range gaps {
+				if !g.lastOK.After(t) {
+					return false, fmt.Errorf("pod %s has not answered since %v", name, t.Format(time.StampMilli))
+				}
+			}
+			return true, nil
+		}
+	}
+	// A baseline before the restart: every pod answered once.
+	eventually(t, ctx, 30*time.Second, "every pod answering before the restart", answeredSince(start))
 	t0 := time.Now()
 	e.kubectl(t, "-n", releaseNS, "rollout", "restart", "daemonset/aliasip-agent")
 	e.kubectl(t, "-n", releaseNS, "rollout", "status", "daemonset/aliasip-agent", "--timeout=4m")
 	restart := time.Since(t0)
-	time.Sleep(2 * time.Second)
-	close(stop)
+	// Every pod answered after the rollout: its gaps have closed.
+	eventually(t, ctx, time.Minute, "every pod answering after the restart", answeredSince(t0.Add(restart)))
+	stopPolls()
 	wg.Wait()
 	var worst time.Duration
 	for name, g := range gaps {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -399,16 +400,13 @@ func TestTwoNodesFabric(t *testing.T) {
 // the Node's NetworkUnavailable condition False.
 func TestAgentWaitsForPodCIDR(t *testing.T) {
 	e := newEnv(t)
-	name := fmt.Sprintf("nn-%d", nodeSeq.Add(1))
-	n, err := e.fabric.AddNode(name, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.nodes = append(e.nodes, n)
+	n := e.bareNode()
+	name := n.Name
 	if err := n.RegisterNode(e.ctx, e.client, ""); err != nil {
 		t.Fatal(err)
 	}
 	args := append(n.AgentArgs(cp.Kubeconfig, pluginBin), "--v", "2")
+	var err error
 	n.Agent, err = framework.StartProcess(filepath.Join(n.Dir, "agent.log"), nil, agentBin, args...)
 	if err != nil {
 		t.Fatal(err)
@@ -455,41 +453,52 @@ func TestAgentWaitsForPodCIDR(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(n.BinDir, "aliasip-cni")); err != nil {
 		t.Errorf("plugin not installed: %v", err)
 	}
-	// A restarted agent leaves the condition as it is: its
-	// lastTransitionTime is when the network became available, not the
-	// last restart.
-	transition := func() metav1.Time {
+	// A restarted agent keeps the condition's lastTransitionTime: it is
+	// when the network became available, not the last restart. An agent
+	// that finds the condition as it would write it writes nothing, which
+	// leaves no trace to wait for; so the message is made stale while no
+	// agent runs, and the new agent's rewrite of it is the fact that it
+	// looked.
+	condition := func() corev1.NodeCondition {
 		node, err := e.client.CoreV1().Nodes().Get(e.ctx, name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, c := range node.Status.Conditions {
 			if c.Type == corev1.NodeNetworkUnavailable {
-				return c.LastTransitionTime
+				return c
 			}
 		}
-		return metav1.Time{}
+		return corev1.NodeCondition{}
 	}
-	before := transition()
-	time.Sleep(1100 * time.Millisecond) // condition times have 1 s resolution
+	before := condition()
 	n.Agent.Stop()
+	stale := []byte(`{"status":{"conditions":[{"type":"NetworkUnavailable","status":"False","reason":"AliasipReady","message":"stale"}]}}`)
+	if _, err := e.client.CoreV1().Nodes().PatchStatus(e.ctx, name, stale); err != nil {
+		t.Fatal(err)
+	}
+	if c := condition(); c.Message != "stale" || !c.LastTransitionTime.Equal(&before.LastTransitionTime) {
+		t.Fatalf("the stale patch left %+v", c)
+	}
+	// Condition times have a resolution of one second: a new time written
+	// now must be one that differs from before's.
+	if err := framework.Eventually(e.ctx, 2*time.Second, func() (bool, error) {
+		return metav1.Now().Rfc3339Copy().After(before.LastTransitionTime.Time), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	n.Agent, err = framework.StartProcess(filepath.Join(n.Dir, "agent2.log"), nil, agentBin, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
-		resp, err := http.Get("http://" + n.Metrics + "/readyz")
-		if err != nil {
-			return false, nil
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		c := condition()
+		return c.Message == before.Message, fmt.Errorf("message %q", c.Message)
 	}); err != nil {
-		t.Fatalf("restarted agent not ready: %v", err)
+		t.Fatalf("the restarted agent never rewrote the stale condition: %v", err)
 	}
-	time.Sleep(500 * time.Millisecond) // ensureNetworkAvailable runs right after ready
-	if after := transition(); !after.Equal(&before) {
-		t.Errorf("NetworkUnavailable lastTransitionTime moved from %v to %v on an agent restart", before, after)
+	if after := condition(); !after.LastTransitionTime.Equal(&before.LastTransitionTime) || after.Status != corev1.ConditionFalse {
+		t.Errorf("NetworkUnavailable moved from %v (%s) to %v (%s) on an agent restart", before.LastTransitionTime, before.Status, after.LastTransitionTime, after.Status)
 	}
 	p := e.pod(n, "late")
 	if _, err := framework.Ping(p.NS, n.IP, 3*time.Second); err != nil {
@@ -651,12 +660,7 @@ func TestPodGoneFromAPICollected(t *testing.T) {
 // chained on the next resync.
 func TestBareNodeWithoutPortmap(t *testing.T) {
 	e := newEnv(t)
-	name := fmt.Sprintf("nn-%d", nodeSeq.Add(1))
-	n, err := e.fabric.AddNode(name, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.nodes = append(e.nodes, n)
+	n := e.bareNode()
 	portmap := filepath.Join(n.BinDir, "portmap")
 	if err := os.Remove(portmap); err != nil {
 		t.Fatal(err)
@@ -780,52 +784,58 @@ func TestGuestAgentRouteReadded(t *testing.T) {
 		t.Errorf("aliasip_gce_guest_agent_ip_aliases on B (ip_aliases = false) = %v, want 0", v)
 	}
 
-	// The "guest agent": ip route replace table local local PODCIDR dev eth0 proto 66, every second.
-	stop := make(chan struct{})
-	readds := 0
+	// The "guest agent": ip route replace table local local PODCIDR dev
+	// eth0 proto 66, every second, eight times; meanwhile the client
+	// connects every 50 ms (the probe rate is the measurement).
+	const wantReadds = 8
+	var readds atomic.Int32
+	readder := make(chan struct{})
 	go func() {
+		defer close(readder)
 		tk := time.NewTicker(time.Second)
 		defer tk.Stop()
-		for {
-			a.NS.Do(func(ns.NetNS) error {
+		for readds.Load() < wantReadds && e.ctx.Err() == nil {
+			if err := a.NS.Do(func(ns.NetNS) error {
 				eth0, err := netlink.LinkByName("eth0")
 				if err != nil {
 					return err
 				}
 				_, dst, _ := net.ParseCIDR(podCIDR)
-				err = netlink.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Table: unix.RT_TABLE_LOCAL,
+				return netlink.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: dst, Table: unix.RT_TABLE_LOCAL,
 					Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST, Protocol: 66})
-				if err == nil {
-					readds++
-				}
-				return err
-			})
-			select {
-			case <-stop:
-				return
-			case <-tk.C:
+			}); err == nil {
+				readds.Add(1)
 			}
+			<-tk.C
 		}
 	}()
 	var probes, lost int
-	end := time.Now().Add(8 * time.Second)
-	for time.Now().Before(end) {
+	tk := time.NewTicker(50 * time.Millisecond)
+	for done := false; !done; {
 		probes++
 		if dial() != nil {
 			lost++
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-readder:
+			done = true
+		case <-tk.C:
+		}
 	}
-	close(stop)
-	time.Sleep(100 * time.Millisecond)
-	removed := agentMetric(t, a, "aliasip_guest_agent_routes_removed_total", "")
-	t.Logf("guest route re-added %d times in 8 s: %d of %d connects lost (%.1f%%); %v removals", readds, lost, probes, 100*float64(lost)/float64(probes), removed)
-	if readds < 6 {
-		t.Fatalf("only %d re-adds: the test did not exercise the agent", readds)
+	tk.Stop()
+	if n := readds.Load(); n < wantReadds {
+		t.Fatalf("only %d re-adds: the test did not exercise the agent", n)
 	}
-	if removed < float64(readds)-1 {
-		t.Errorf("%v removals for %d re-adds", removed, readds)
+	// Each re-add is removed on its netlink event; the last one may still
+	// be on its way.
+	var removed float64
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		removed = agentMetric(t, a, "aliasip_guest_agent_routes_removed_total", "")
+		return removed >= wantReadds, fmt.Errorf("%v removals for %d re-adds", removed, wantReadds)
+	}); err != nil {
+		t.Error(err)
 	}
+	t.Logf("guest route re-added %d times: %d of %d connects lost (%.1f%%); %v removals", wantReadds, lost, probes, 100*float64(lost)/float64(probes), removed)
 	// Without the event-driven removal a route would live until the next
 	// resync (30 s here) and almost every connect would fail.
 	if lost*10 > probes {
@@ -861,17 +871,7 @@ func servePodWith(t *testing.T, p *framework.Pod, answer func(net.Conn) string) 
 	}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte(answer(c)))
-			c.Close()
-		}
-	}()
+	serveTCP(t, ln, func(c net.Conn) { c.Write([]byte(answer(c))) })
 }
 
 // A state file left with 0 bytes (a power loss on XFS) does not

@@ -93,24 +93,14 @@ func newOutside(t *testing.T, f *framework.Fabric) *outside {
 		if err != nil {
 			return err
 		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					// One line per line read: the peer as seen.
-					sc := bufio.NewScanner(c)
-					fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-					for sc.Scan() {
-						fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
-					}
-				}()
+		serveTCP(t, ln, func(c net.Conn) {
+			// One line per line read: the peer as seen.
+			sc := bufio.NewScanner(c)
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+			for sc.Scan() {
+				fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
 			}
-		}()
+		})
 		pc, err := net.ListenPacket("udp", ":9")
 		if err != nil {
 			return err

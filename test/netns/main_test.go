@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -109,14 +110,10 @@ func newEnv(t *testing.T) *env {
 		e.client.CoreV1().Pods("default").DeleteCollection(context.Background(), metav1.DeleteOptions{GracePeriodSeconds: new(int64)}, metav1.ListOptions{})
 		f.Close()
 		for _, d := range e.dirs {
-			var err error
-			for i := 0; i < 10; i++ {
-				if err = os.RemoveAll(d); err == nil {
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			if err != nil {
+			if err := framework.Eventually(context.Background(), time.Second, func() (bool, error) {
+				err := os.RemoveAll(d)
+				return err == nil, err
+			}); err != nil {
 				t.Logf("removing %s: %v", d, err)
 			}
 		}
@@ -142,16 +139,24 @@ func (e *env) nodeDir(name string) string {
 // extra flags go to the agent. It waits until the conflist is written.
 func (e *env) node(podCIDR string, extra ...string) *framework.Node {
 	e.t.Helper()
+	n := e.bareNode()
+	if err := n.RegisterNode(e.ctx, e.client, podCIDR); err != nil {
+		e.t.Fatal(err)
+	}
+	e.startAgent(n, extra...)
+	return n
+}
+
+// bareNode creates a node on the fabric, not yet registered and with no
+// agent, closed and its Node deleted by the env's cleanup.
+func (e *env) bareNode() *framework.Node {
+	e.t.Helper()
 	name := fmt.Sprintf("nn-%d", nodeSeq.Add(1))
 	n, err := e.fabric.AddNode(name, e.nodeDir(name))
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	e.nodes = append(e.nodes, n)
-	if err := n.RegisterNode(e.ctx, e.client, podCIDR); err != nil {
-		e.t.Fatal(err)
-	}
-	e.startAgent(n, extra...)
 	return n
 }
 
@@ -166,7 +171,7 @@ func (e *env) startAgent(n *framework.Node, extra ...string) {
 	n.Agent = p
 	if err := framework.Eventually(e.ctx, 30*time.Second, func() (bool, error) {
 		if p.Exited() {
-			return false, fmt.Errorf("agent exited: %v", p.Wait())
+			return false, framework.Stop(fmt.Errorf("agent exited: %v", p.Wait()))
 		}
 		_, err := os.Stat(filepath.Join(n.ConfDir, "10-aliasip.conflist"))
 		if err != nil {
@@ -225,4 +230,22 @@ func (e *env) waitNodeEvent(n *framework.Node, reason string) {
 	}); err != nil {
 		e.t.Errorf("no Warning %s event on node %s: %v", reason, n.Name, err)
 	}
+}
+
+// serveTCP accepts connections on ln until the test ends, each handled by
+// handle in a goroutine of its own and closed after it.
+func serveTCP(t *testing.T, ln net.Listener, handle func(net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
 }
