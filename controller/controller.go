@@ -327,7 +327,10 @@ func (c *Controller) Run(ctx context.Context) error {
 	wg.Go(func() { wait.UntilWithContext(ctx, c.collectLeaks, c.cfg.GCInterval) })
 	wg.Go(func() {
 		level := 0
-		wait.UntilWithContext(ctx, func(context.Context) { level = c.alertDefaultRange(level) }, time.Second)
+		wait.UntilWithContext(ctx, func(context.Context) {
+			level = c.alertDefaultRange(level)
+			c.metrics.AlertPasses.Inc()
+		}, time.Second)
 	})
 	if c.ranges != nil {
 		wg.Go(func() { c.runRanges(ctx) })

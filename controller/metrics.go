@@ -20,6 +20,7 @@ type Metrics struct {
 	Panics        prometheus.Counter
 	LeakedRemoved prometheus.Counter
 	PartialLists  prometheus.Counter
+	AlertPasses   prometheus.Counter
 	Requeued      prometheus.Counter
 	Releases      prometheus.Counter
 	NodeWrites    prometheus.Counter
@@ -93,6 +94,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "aliasip_leaked_aliases_removed_total",
 			Help: "Alias ranges from the pod range removed from instances that have no Node.",
 		}),
+		AlertPasses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_default_range_alert_passes_total",
+			Help: "Passes of the default range's exhaustion check (one a second): a pass that raised nothing is still counted.",
+		}),
 		PartialLists: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_instance_lists_partial_total",
 			Help: "Instance lists (rebuild, leak collection) that could not read every zone; the missing zones' instances were treated as unknown.",
@@ -115,7 +120,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.Allocations, m.CloudCalls, m.CloudCallTime, m.CloudRequests, m.CloudLatency, m.SyncLatency, m.Mismatches,
-		m.Dropped, m.Panics, m.LeakedRemoved, m.PartialLists, m.Requeued, m.Releases, m.NodeWrites, m.Leader)
+		m.Dropped, m.Panics, m.LeakedRemoved, m.AlertPasses, m.PartialLists, m.Requeued, m.Releases, m.NodeWrites, m.Leader)
 	reg.MustRegister(&poolCollector{m: m, desc: prometheus.NewDesc("aliasip_pool_blocks",
 		"Blocks of each pod range (range: a PodRange's name, or \"default\" for the flags' range) by state: used, free, cooling (cooling blocks count as used too).",
 		[]string{"range", "state"}, nil)})

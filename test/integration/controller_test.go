@@ -493,7 +493,18 @@ func (e *env) expectReuseAfterCooldown(node, freed string, deleted time.Time, co
 // not once a second.
 func TestDefaultRangeExhaustionEvents(t *testing.T) {
 	e := newEnv(t, "10.42.0.0/21") // eight /24 blocks
-	e.startController("controller-1", "--leader-elect=false")
+	c := e.startController("controller-1", "--leader-elect=false")
+	// morePasses waits until the alert loop ran n more passes.
+	morePasses := func(n float64) {
+		t.Helper()
+		start, _ := c.metric("aliasip_default_range_alert_passes_total", "")
+		if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) {
+			v, _ := c.metric("aliasip_default_range_alert_passes_total", "")
+			return v >= start+n, nil
+		}); err != nil {
+			t.Fatalf("the alert loop did not run %v more passes: %v", n, err)
+		}
+	}
 	cm := "aliasip-testdefaultrangeexhaustionevents-cooling"
 	events := func(reason string) int {
 		evs, err := e.client.CoreV1().Events("kube-system").List(e.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + cm + ",reason=" + reason})
@@ -516,11 +527,7 @@ func TestDefaultRangeExhaustionEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitConverged(30 * time.Second)
-	// Two alert passes at 75 %. Kept as a sleep: the alert loop (one pass
-	// a second, controller.go) leaves no trace of a pass that records
-	// nothing — no pass counter, log line or event — so there is no fact
-	// to wait for; one needs a counter incremented in that loop.
-	time.Sleep(2 * time.Second)
+	morePasses(2) // two alert passes at 75 %
 	if n := events("PodRangeNearlyExhausted") + events("PodRangeExhausted"); n != 0 {
 		t.Fatalf("%d exhaustion events at 6 of 8 blocks", n)
 	}
@@ -536,7 +543,7 @@ func TestDefaultRangeExhaustionEvents(t *testing.T) {
 	if err := framework.Eventually(e.ctx, 15*time.Second, func() (bool, error) { return events("PodRangeExhausted") == 1, nil }); err != nil {
 		t.Fatalf("no PodRangeExhausted event at 8 of 8 blocks: %v", err)
 	}
-	time.Sleep(3 * time.Second) // more passes at the same level (a sleep for the reason above)
+	morePasses(3) // more passes at the same level
 	if a, b := events("PodRangeNearlyExhausted"), events("PodRangeExhausted"); a != 1 || b != 1 {
 		t.Fatalf("events repeated: %d nearly exhausted, %d exhausted; want one each", a, b)
 	}
