@@ -100,9 +100,12 @@ func runElected(ctx context.Context, cfg LeaderElection, client coordinationv1.C
 	if cause := context.Cause(ctx); errors.Is(cause, ErrLostLease) {
 		return ErrLostLease
 	}
+	// runErr is run's to write until done is closed: read it only then
+	// (run may still be going after the sync timeout, or never started).
 	select {
 	case <-done:
+		return runErr
 	default:
+		return nil
 	}
-	return runErr
 }
