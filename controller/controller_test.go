@@ -15,110 +15,22 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/informers"
-	k8sfake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/fake"
 )
-
-// adds returns the blocks AddAlias was asked for, in order.
-func adds(fc *fake.Cloud) []netip.Prefix {
-	var out []netip.Prefix
-	for _, c := range fc.Log() {
-		if c.Method == "AddAlias" {
-			out = append(out, c.CIDR)
-		}
-	}
-	return out
-}
-
-type harness struct {
-	t        *testing.T
-	ctx      context.Context
-	client   *k8sfake.Clientset
-	cloud    *fake.Cloud
-	ctrl     *Controller
-	recorder *record.FakeRecorder
-	metrics  *Metrics
-	informer cache.SharedIndexInformer
-}
-
-func newHarness(t *testing.T, cluster string, nodes ...string) *harness {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	var objs []runtime.Object
-	for _, n := range nodes {
-		objs = append(objs, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n}})
-	}
-	client := k8sfake.NewClientset(objs...)
-	fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(cluster), AutoRegister: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, ctx: ctx, client: client, cloud: fc, recorder: record.NewFakeRecorder(100)}
-	factory := informers.NewSharedInformerFactory(client, 0)
-	h.metrics = NewMetrics(prometheus.NewRegistry())
-	h.ctrl = New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000}, client, factory.Core().V1().Nodes(), h.cloud, h.recorder, h.metrics)
-	h.informer = factory.Core().V1().Nodes().Informer()
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
-	if err := h.ctrl.rebuild(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// syncSeen syncs once the informer shows want for the node's podCIDR.
-func (h *harness) syncSeen(node, wantPodCIDR string) error {
-	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n, err := h.ctrl.nodes.Get(node)
-		if err == nil && n.Spec.PodCIDR == wantPodCIDR {
-			break
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("informer never showed podCIDR %q on %s", wantPodCIDR, node)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return h.ctrl.safeSync(h.ctx, node)
-}
-
-func (h *harness) podCIDR(node string) string {
-	n, err := h.client.CoreV1().Nodes().Get(h.ctx, node, metav1.GetOptions{})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return n.Spec.PodCIDR
-}
-
-func (h *harness) events() string {
-	var out []string
-	for {
-		select {
-		case e := <-h.recorder.Events:
-			out = append(out, e)
-		default:
-			return strings.Join(out, "\n")
-		}
-	}
-}
 
 // A transient cloud failure keeps the node's reservation: the retry asks for
 // the same block, so a write that did land is not doubled elsewhere.
 func TestTransientAddFailureKeepsBlock(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
 	h.cloud.Inject("AddAlias", fake.Fault{Err: cloud.ErrUnavailable, Times: 1})
-	if err := h.syncSeen("n1", ""); !errors.Is(err, cloud.ErrUnavailable) {
+	if err := h.syncNode("n1"); !errors.Is(err, cloud.ErrUnavailable) {
 		t.Fatalf("first sync: %v, want the cloud error", err)
 	}
-	if err := h.syncSeen("n1", ""); err != nil {
+	if err := h.syncNode("n1"); err != nil {
 		t.Fatal(err)
 	}
 	if a := adds(h.cloud); len(a) != 2 || a[0] != a[1] {
@@ -143,14 +55,14 @@ func TestPatchFailureThenAdopt(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	if err := h.syncSeen("n1", ""); err == nil || !strings.Contains(err.Error(), "injected") {
+	if err := h.syncNode("n1"); err == nil || !strings.Contains(err.Error(), "injected") {
 		t.Fatalf("first sync: %v", err)
 	}
 	aliases, _ := h.cloud.Aliases(h.ctx, cloud.InstanceRef{Name: "n1"})
 	if len(aliases) != 1 {
 		t.Fatalf("aliases after a failed patch: %v", aliases)
 	}
-	if err := h.syncSeen("n1", ""); err != nil {
+	if err := h.syncNode("n1"); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.podCIDR("n1"); got != aliases[0].CIDR.String() {
@@ -169,7 +81,7 @@ func TestPatchFailureThenAdopt(t *testing.T) {
 func TestConflictingBlockNeverReused(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/22", "n1", "n2")
 	h.cloud.Inject("AddAlias", fake.Fault{Err: cloud.ErrRangeConflict, Times: 1})
-	if err := h.syncSeen("n1", ""); !errors.Is(err, cloud.ErrRangeConflict) {
+	if err := h.syncNode("n1"); !errors.Is(err, cloud.ErrRangeConflict) {
 		t.Fatalf("first sync: %v", err)
 	}
 	bad := adds(h.cloud)[0]
@@ -178,7 +90,7 @@ func TestConflictingBlockNeverReused(t *testing.T) {
 		t.Errorf("the conflicting block is not held back for %v (cooling until %v, %v)", conflictHold, until, held)
 	}
 	for _, n := range []string{"n1", "n2"} {
-		if err := h.syncSeen(n, ""); err != nil {
+		if err := h.syncNode(n); err != nil {
 			t.Fatal(err)
 		}
 		if got := h.podCIDR(n); got == bad.String() || got == "" {
@@ -190,11 +102,11 @@ func TestConflictingBlockNeverReused(t *testing.T) {
 func TestExhaustedAndPanicRecovered(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/23", "a", "b", "c")
 	for _, n := range []string{"a", "b"} {
-		if err := h.syncSeen(n, ""); err != nil {
+		if err := h.syncNode(n); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := h.syncSeen("c", ""); !errors.Is(err, errExhausted) {
+	if err := h.syncNode("c"); !errors.Is(err, errExhausted) {
 		t.Fatalf("third node: %v, want errExhausted", err)
 	}
 	if ev := h.events(); !strings.Contains(ev, "Warning "+EventCIDRNotAvailable) {
@@ -212,7 +124,7 @@ func TestExhaustedAndPanicRecovered(t *testing.T) {
 	if testutil.ToFloat64(p.metrics.Panics) != 1 {
 		t.Error("panic not counted")
 	}
-	if err := p.syncSeen("fine", ""); err != nil || p.podCIDR("fine") == "" {
+	if err := p.syncNode("fine"); err != nil || p.podCIDR("fine") == "" {
 		t.Fatalf("the next node after a panic: %v", err)
 	}
 }
@@ -222,7 +134,7 @@ func TestExhaustedAndPanicRecovered(t *testing.T) {
 // limit nor dropped.
 func TestExhaustedNodeNeverDropped(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/24", "a", "b")
-	if err := h.syncSeen("a", ""); err != nil {
+	if err := h.syncNode("a"); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < maxRetries+5; i++ {
@@ -245,7 +157,7 @@ func TestExhaustedNodeNeverDropped(t *testing.T) {
 // cools down; the podCIDR's alias stays.
 func TestExtraAliasRemoved(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
-	if err := h.syncSeen("n1", ""); err != nil {
+	if err := h.syncNode("n1"); err != nil {
 		t.Fatal(err)
 	}
 	podCIDR := netip.MustParsePrefix(h.podCIDR("n1"))
@@ -253,7 +165,7 @@ func TestExtraAliasRemoved(t *testing.T) {
 	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, cloud.AliasRange{CIDR: extra, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.syncSeen("n1", podCIDR.String()); err != nil {
+	if err := h.syncNode("n1"); err != nil {
 		t.Fatal(err)
 	}
 	aliases, _ := h.cloud.Aliases(h.ctx, cloud.InstanceRef{Name: "n1"})
@@ -273,27 +185,16 @@ func TestExtraAliasRemoved(t *testing.T) {
 // from the node that has since adopted the block on the same instance.
 func TestGhostOwnerReleaseSparesNewHolder(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "old")
-	if err := h.syncSeen("old", ""); err != nil {
+	if err := h.syncNode("old"); err != nil {
 		t.Fatal(err)
 	}
 	cidr := netip.MustParsePrefix(h.podCIDR("old"))
 	// The instance is re-registered under a new name before the old Node's
 	// deletion is handled.
 	inst := cloud.InstanceRef{Name: "old"}
-	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "old", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	h.deleteNode("old")
 	// (Under its FQDN: the instance is the name's first label.)
-	newNode := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "old.new"}, Spec: corev1.NodeSpec{ProviderID: "fake://old"}}
-	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, newNode, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// The controller's view, set directly rather than waited for.
-	indexer := h.informer.GetIndexer()
-	if old, ok, _ := indexer.GetByKey("old"); ok {
-		indexer.Delete(old)
-	}
-	indexer.Add(newNode)
+	h.createNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "old.new"}, Spec: corev1.NodeSpec{ProviderID: "fake://old"}})
 	if err := h.ctrl.safeSync(h.ctx, "old.new"); err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +215,7 @@ func TestGhostOwnerReleaseSparesNewHolder(t *testing.T) {
 func TestSyncDeadline(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
 	ctrl := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000, SyncTimeout: 200 * time.Millisecond},
-		h.client, informers.NewSharedInformerFactory(h.client, 0).Core().V1().Nodes(), h.cloud, h.recorder, NewMetrics(prometheus.NewRegistry()))
+		h.client, nodeInformer{newTestInformer(&corev1.Node{})}, h.cloud, h.recorder, NewMetrics(prometheus.NewRegistry()))
 	ctrl.nodes, ctrl.blocks, ctrl.podRange, ctrl.rangeName = h.ctrl.nodes, h.ctrl.blocks, h.ctrl.podRange, h.ctrl.rangeName
 	h.cloud.Inject("AddAlias", fake.Fault{Delay: time.Hour}) // hangs until the sync's context ends
 	ctrl.queue.Add("n1")
@@ -385,11 +286,11 @@ func TestCorruptCoolingNotReady(t *testing.T) {
 	}
 }
 
-// flakyStore fails its first saves.
+// flakyStore fails its first saves, and sends each set it saves on landed.
 type flakyStore struct {
-	mu    sync.Mutex
-	fails int
-	saved map[netip.Prefix]time.Time
+	mu     sync.Mutex
+	fails  int
+	landed chan map[netip.Prefix]time.Time
 }
 
 func (f *flakyStore) Load(context.Context) (map[netip.Prefix]time.Time, error) {
@@ -403,7 +304,7 @@ func (f *flakyStore) Save(_ context.Context, m map[netip.Prefix]time.Time) error
 		f.fails--
 		return errors.New("injected save failure")
 	}
-	f.saved = m
+	f.landed <- m
 	return nil
 }
 
@@ -414,38 +315,30 @@ func TestCoolingSaveRetried(t *testing.T) {
 	coolingRetry = 50 * time.Millisecond
 	t.Cleanup(func() { coolingRetry = old })
 	h := newHarness(t, "10.0.0.0/16", "n1")
-	store := &flakyStore{fails: 3}
+	store := &flakyStore{fails: 3, landed: make(chan map[netip.Prefix]time.Time, 100)}
 	h.ctrl.cfg.Cooling = store
 	h.ctrl.cfg.ReleaseCooldown = time.Hour
-	if err := h.syncSeen("n1", ""); err != nil {
+	if err := h.syncNode("n1"); err != nil {
 		t.Fatal(err)
 	}
 	cidr := netip.MustParsePrefix(h.podCIDR("n1"))
 	go h.ctrl.runCooldown(h.ctx)
-	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "n1", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := h.ctrl.nodes.Get("n1"); err != nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	h.deleteNode("n1")
 	if err := h.ctrl.safeSync(h.ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	// Three saves fail; runCooldown retries every coolingRetry. The
+	// deadline only bounds a failing test.
+	deadline := time.After(10 * time.Second)
 	for {
-		store.mu.Lock()
-		_, ok := store.saved[cidr]
-		store.mu.Unlock()
-		if ok {
-			break
-		}
-		if time.Now().After(deadline) {
+		select {
+		case saved := <-store.landed:
+			if _, ok := saved[cidr]; ok {
+				return
+			}
+		case <-deadline:
 			t.Fatalf("the cooling set with %v was never saved after failed saves", cidr)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -456,7 +349,7 @@ func TestCoolingSaveRetried(t *testing.T) {
 func TestAdoptAfterReservationCoolsReserved(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n1")
 	h.cloud.Inject("AddAlias", fake.Fault{Err: cloud.ErrUnavailable, Times: 1})
-	if err := h.syncSeen("n1", ""); !errors.Is(err, cloud.ErrUnavailable) {
+	if err := h.syncNode("n1"); !errors.Is(err, cloud.ErrUnavailable) {
 		t.Fatalf("first sync: %v", err)
 	}
 	reserved := adds(h.cloud)[0]
@@ -464,7 +357,7 @@ func TestAdoptAfterReservationCoolsReserved(t *testing.T) {
 	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "n1"}, cloud.AliasRange{CIDR: other, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.syncSeen("n1", ""); err != nil {
+	if err := h.syncNode("n1"); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.podCIDR("n1"); got != other.String() {

@@ -24,6 +24,7 @@ import (
 	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
 	aliasipinformers "github.com/aliasip/aliasip/controller/generated/informers/externalversions"
+	aliasipv1informers "github.com/aliasip/aliasip/controller/generated/informers/externalversions/aliasip/v1alpha1"
 	aliasiplisters "github.com/aliasip/aliasip/controller/generated/listers/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/internal/blocksize"
 )
@@ -64,7 +65,12 @@ type podRanges struct {
 // installed the controller runs with the default range only and starts
 // using PodRanges when the CRD appears.
 func (c *Controller) UsePodRanges(client versioned.Interface, disc discovery.DiscoveryInterface, resync time.Duration) {
-	inf := aliasipinformers.NewSharedInformerFactory(client, resync).Aliasip().V1alpha1().PodRanges()
+	c.usePodRanges(client, disc, aliasipinformers.NewSharedInformerFactory(client, resync).Aliasip().V1alpha1().PodRanges())
+}
+
+// usePodRanges is UsePodRanges with the PodRange informer given (a test
+// gives one it seeds itself).
+func (c *Controller) usePodRanges(client versioned.Interface, disc discovery.DiscoveryInterface, inf aliasipv1informers.PodRangeInformer) {
 	r := &podRanges{
 		client:   client,
 		disc:     disc,

@@ -8,75 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/informers"
-	k8sfake "k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/aliasip/aliasip/cloud"
 	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
-	rangefake "github.com/aliasip/aliasip/controller/generated/clientset/versioned/fake"
 	"github.com/aliasip/aliasip/fake"
 )
-
-// rangeHarness is a harness whose controller uses PodRanges (a fake
-// clientset for them); the PodRange informer is synced before the rebuild,
-// as Run does.
-type rangeHarness struct {
-	*harness
-	prs *rangefake.Clientset
-}
-
-func newRangeHarness(t *testing.T, cluster string, nodes []*corev1.Node, ranges ...*aliasipv1.PodRange) *rangeHarness {
-	t.Helper()
-	return newRangeHarnessCloud(t, cluster, nil, nodes, ranges...)
-}
-
-// newRangeHarnessCloud is newRangeHarness with prep run on the fake cloud
-// before the rebuild.
-func newRangeHarnessCloud(t *testing.T, cluster string, prep func(*fake.Cloud), nodes []*corev1.Node, ranges ...*aliasipv1.PodRange) *rangeHarness {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	var objs []runtime.Object
-	for _, n := range nodes {
-		objs = append(objs, n)
-	}
-	client := k8sfake.NewClientset(objs...)
-	fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(cluster), AutoRegister: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if prep != nil {
-		prep(fc)
-	}
-	h := &harness{t: t, ctx: ctx, client: client, cloud: fc, recorder: record.NewFakeRecorder(1000)}
-	factory := informers.NewSharedInformerFactory(client, 0)
-	h.metrics = NewMetrics(prometheus.NewRegistry())
-	h.ctrl = New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000}, client, factory.Core().V1().Nodes(), h.cloud, h.recorder, h.metrics)
-	h.informer = factory.Core().V1().Nodes().Informer()
-	var robjs []runtime.Object
-	for _, pr := range ranges {
-		robjs = append(robjs, pr)
-	}
-	prs := rangefake.NewSimpleClientset(robjs...)
-	h.ctrl.UsePodRanges(prs, client.Discovery(), 0)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
-	h.ctrl.ranges.run(ctx)
-	if !cache.WaitForCacheSync(ctx.Done(), h.ctrl.ranges.informer.HasSynced) {
-		t.Fatal("PodRange informer never synced")
-	}
-	if err := h.ctrl.rebuild(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return &rangeHarness{harness: h, prs: prs}
-}
 
 func podRange(name, cidr string, mask int32, selector map[string]string) *aliasipv1.PodRange {
 	return &aliasipv1.PodRange{
@@ -88,34 +27,6 @@ func podRange(name, cidr string, mask int32, selector map[string]string) *aliasi
 
 func labelledNode(name string, l map[string]string) *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: l}}
-}
-
-// drain empties the node queue and returns what it held.
-func (h *harness) drain() []string {
-	var out []string
-	for h.ctrl.queue.Len() > 0 {
-		k, _ := h.ctrl.queue.Get()
-		h.ctrl.queue.Done(k)
-		h.ctrl.queue.Forget(k)
-		out = append(out, k)
-	}
-	return out
-}
-
-// waitQueued waits until the node queue holds node (the informer's
-// handlers run after its cache is updated, so this polls).
-func (h *harness) waitQueued(node string) bool {
-	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	var seen []string
-	for time.Now().Before(deadline) {
-		seen = append(seen, h.drain()...)
-		if slices.Contains(seen, node) {
-			return true
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return false
 }
 
 // A node's labels decide which PodRange it gets a block from: a change of
@@ -133,11 +44,9 @@ func TestLabelChangeQueuesNode(t *testing.T) {
 	// The fake clientset keeps resourceVersions as given: a new one, as
 	// the API server would write, so the update is not taken for a resync.
 	n.Labels, n.ResourceVersion = map[string]string{"pool": "b"}, "2"
-	if _, err := h.client.CoreV1().Nodes().Update(h.ctx, n, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if !h.waitQueued("n1") {
-		t.Fatal("a label change did not queue the node")
+	h.updateNode(n)
+	if q := h.drain(); !slices.Contains(q, "n1") {
+		t.Fatalf("a label change did not queue the node (queued: %v)", q)
 	}
 }
 
@@ -160,11 +69,11 @@ func TestSelectorChangeWakesWaitingNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := h.syncSeen("a1", ""); err != nil {
+	if err := h.syncNode("a1"); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []string{"a2", "c1"} {
-		if err := h.syncSeen(n, ""); !errors.Is(err, errExhausted) {
+		if err := h.syncNode(n); !errors.Is(err, errExhausted) {
 			t.Fatalf("%s: %v, want it waiting", n, err)
 		}
 	}
@@ -178,15 +87,7 @@ func TestSelectorChangeWakesWaitingNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		pr.Spec.NodeSelector = *sel
-		if _, err := h.prs.AliasipV1alpha1().PodRanges().Update(h.ctx, pr, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		if err := wait5s(func() bool {
-			got, err := h.ctrl.ranges.lister.Get(name)
-			return err == nil && got.Spec.NodeSelector.String() == sel.String()
-		}); err != nil {
-			t.Fatalf("informer never showed %s's new selector", name)
-		}
+		h.updateRange(pr)
 		if err := h.ctrl.syncRange(h.ctx, name); err != nil {
 			t.Fatal(err)
 		}
@@ -198,7 +99,7 @@ func TestSelectorChangeWakesWaitingNodes(t *testing.T) {
 		}
 	}
 	for n, want := range map[string]string{"a2": "b", "c1": "default"} {
-		if err := h.syncSeen(n, ""); err != nil {
+		if err := h.syncNode(n); err != nil {
 			t.Fatal(err)
 		}
 		nd, err := h.client.CoreV1().Nodes().Get(h.ctx, n, metav1.GetOptions{})
@@ -211,42 +112,25 @@ func TestSelectorChangeWakesWaitingNodes(t *testing.T) {
 	}
 }
 
-func wait5s(cond func() bool) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nil
-}
-
 // A PodRange the range worker has not made a pool of yet (just created;
 // on GCE, its subnetwork read failing) holds back the nodes it selects:
 // they wait for it instead of taking — and keeping — a default block,
 // and get a block of it once it is a pool.
 func TestPendingPodRangeHoldsBackItsNodes(t *testing.T) {
 	h := newRangeHarness(t, "10.0.0.0/16", []*corev1.Node{labelledNode("p1", map[string]string{"pool": "p"})})
-	if _, err := h.prs.AliasipV1alpha1().PodRanges().Create(h.ctx,
-		podRange("late", "10.3.0.0/24", 28, map[string]string{"pool": "p"}), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	h.createRange(podRange("late", "10.3.0.0/24", 28, map[string]string{"pool": "p"}))
+	// The informer's handler queued the range for the range worker
+	// (which is not running).
+	if h.ctrl.ranges.queue.Len() == 0 {
+		t.Fatal("the new PodRange was not queued")
 	}
-	if err := wait5s(func() bool { _, err := h.ctrl.ranges.lister.Get("late"); return err == nil }); err != nil {
-		t.Fatal("informer never showed the PodRange")
-	}
-	// The informer's handler runs after its cache is updated: wait until
-	// it queued the range for the range worker (which is not running).
-	if err := wait5s(func() bool { return h.ctrl.ranges.queue.Len() > 0 }); err != nil {
-		t.Fatal("the new PodRange was never queued")
-	}
-	if err := h.syncSeen("p1", ""); !errors.Is(err, errExhausted) {
+	if err := h.syncNode("p1"); !errors.Is(err, errExhausted) {
 		t.Fatalf("p1, selected only by a PodRange not synced yet: %v (podCIDR %q), want it waiting", err, h.podCIDR("p1"))
 	}
 	if err := h.ctrl.syncRange(h.ctx, "late"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.syncSeen("p1", ""); err != nil {
+	if err := h.syncNode("p1"); err != nil {
 		t.Fatal(err)
 	}
 	if got := h.podCIDR("p1"); !netip.MustParsePrefix("10.3.0.0/24").Contains(netip.MustParsePrefix(got).Addr()) {
@@ -283,7 +167,7 @@ func TestRebuildKeepsTheRangeInUse(t *testing.T) {
 	}
 	writes := len(adds(h.cloud))
 	h.client.ClearActions()
-	if err := h.syncSeen("n", "10.4.1.0/28"); err != nil {
+	if err := h.syncNode("n"); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range h.client.Actions() {

@@ -46,13 +46,7 @@ func TestRebuildKeepsCoolingOfRemovedRange(t *testing.T) {
 		t.Fatalf("the rebuild dropped the cooling block %v of a removed range", gone)
 	}
 	// The range comes back: the block is not free.
-	if _, err := h.prs.AliasipV1alpha1().PodRanges().Create(h.ctx,
-		podRange("again", "10.9.0.0/24", 28, map[string]string{"pool": "a"}), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait5s(func() bool { _, err := h.ctrl.ranges.lister.Get("again"); return err == nil }); err != nil {
-		t.Fatal("informer never showed the PodRange")
-	}
+	h.createRange(podRange("again", "10.9.0.0/24", 28, map[string]string{"pool": "a"}))
 	if err := h.ctrl.syncRange(h.ctx, "again"); err != nil {
 		t.Fatal(err)
 	}
@@ -79,12 +73,7 @@ func TestSharedBlockPassesToTheSurvivor(t *testing.T) {
 	if err := h.cloud.AddAlias(h.ctx, cloud.InstanceRef{Name: "old"}, cloud.AliasRange{CIDR: shared, RangeName: "pods"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "old", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait5s(func() bool { _, err := h.ctrl.nodes.Get("old"); return err != nil }); err != nil {
-		t.Fatal("informer never showed the deletion")
-	}
+	h.deleteNode("old")
 	if err := h.ctrl.safeSync(h.ctx, "old"); err != nil {
 		t.Fatal(err)
 	}

@@ -10,18 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/informers"
-	k8sfake "k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/aliasip/aliasip/cloud"
 	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
-	rangefake "github.com/aliasip/aliasip/controller/generated/clientset/versioned/fake"
 	"github.com/aliasip/aliasip/fake"
 )
 
@@ -42,10 +35,10 @@ func TestReviewCrossedReservationsDeadlock(t *testing.T) {
 	h := newHarness(t, "10.0.0.0/16", "n", "m")
 	stale := fmt.Errorf("the NIC gained another alias meanwhile: %w", cloud.ErrStaleFingerprint)
 	h.cloud.Inject("AddAlias", fake.Fault{Err: stale, Times: 2})
-	if err := h.syncSeen("n", ""); !errors.Is(err, cloud.ErrStaleFingerprint) {
+	if err := h.syncNode("n"); !errors.Is(err, cloud.ErrStaleFingerprint) {
 		t.Fatalf("sync n: %v", err)
 	}
-	if err := h.syncSeen("m", ""); !errors.Is(err, cloud.ErrStaleFingerprint) {
+	if err := h.syncNode("m"); !errors.Is(err, cloud.ErrStaleFingerprint) {
 		t.Fatalf("sync m: %v", err)
 	}
 	h.ctrl.blocks.mu.Lock()
@@ -66,10 +59,10 @@ func TestReviewCrossedReservationsDeadlock(t *testing.T) {
 		h.ctrl.collectLeaks(h.ctx) // the drift re-queue, for good measure
 		h.drain()
 		if h.podCIDR("n") == "" {
-			errN = h.syncSeen("n", "")
+			errN = h.syncNode("n")
 		}
 		if h.podCIDR("m") == "" {
-			errM = h.syncSeen("m", "")
+			errM = h.syncNode("m")
 		}
 	}
 	if h.podCIDR("n") == "" || h.podCIDR("m") == "" {
@@ -96,30 +89,20 @@ func TestReviewHandOverLeaksHeirsOtherBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	// x gets its own block the ordinary way.
-	if err := h.syncSeen("x", ""); err != nil {
+	if err := h.syncNode("x"); err != nil {
 		t.Fatal(err)
 	}
 	own := netip.MustParsePrefix(h.podCIDR("x"))
 	// x's kubelet deletes and re-creates its Node with the shared podCIDR;
 	// the controller sees only the new object.
-	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "x", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	x2 := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "x", CreationTimestamp: metav1.NewTime(time.Unix(3, 0))},
-		Spec: corev1.NodeSpec{PodCIDR: shared.String(), PodCIDRs: []string{shared.String()}}}
-	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, x2, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.syncSeen("x", shared.String()); err != nil {
+	h.deleteNode("x")
+	h.createNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "x", CreationTimestamp: metav1.NewTime(time.Unix(3, 0))},
+		Spec: corev1.NodeSpec{PodCIDR: shared.String(), PodCIDRs: []string{shared.String()}}})
+	if err := h.syncNode("x"); err != nil {
 		t.Fatal(err) // CIDRMismatch: nothing changes
 	}
 	// old goes: the block passes to x.
-	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "old", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait5s(func() bool { _, err := h.ctrl.nodes.Get("old"); return err != nil }); err != nil {
-		t.Fatal("informer never showed the deletion")
-	}
+	h.deleteNode("old")
 	if err := h.ctrl.safeSync(h.ctx, "old"); err != nil {
 		t.Fatal(err)
 	}
@@ -127,12 +110,7 @@ func TestReviewHandOverLeaksHeirsOtherBlock(t *testing.T) {
 	if err := h.cloud.DeleteInstance("x"); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "x", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait5s(func() bool { _, err := h.ctrl.nodes.Get("x"); return err != nil }); err != nil {
-		t.Fatal("informer never showed the deletion")
-	}
+	h.deleteNode("x")
 	if err := h.ctrl.safeSync(h.ctx, "x"); err != nil {
 		t.Fatal(err)
 	}
@@ -196,34 +174,26 @@ func TestReviewCoolingWaitLosesTheBlockToAnother(t *testing.T) {
 		fc.AddAlias(t.Context(), cloud.InstanceRef{Name: "d"}, cloud.AliasRange{CIDR: b, RangeName: "pods"})
 	}, []*corev1.Node{d, m})
 	h.ctrl.cfg.ReleaseCooldown = time.Hour
-	if err := h.syncSeen("m", ""); !errors.Is(err, errExhausted) {
+	if err := h.syncNode("m"); !errors.Is(err, errExhausted) {
 		t.Fatalf("sync m: %v, want it waiting", err)
 	}
 	// d goes: b cools down.
-	if err := h.client.CoreV1().Nodes().Delete(h.ctx, "d", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := wait5s(func() bool { _, err := h.ctrl.nodes.Get("d"); return err != nil }); err != nil {
-		t.Fatal("informer never showed the deletion")
-	}
+	h.deleteNode("d")
 	if err := h.ctrl.safeSync(h.ctx, "d"); err != nil {
 		t.Fatal(err)
 	}
 	// A kubelet registers n with podCIDR b: it waits for the cooldown.
-	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}, Spec: corev1.NodeSpec{PodCIDR: b.String(), PodCIDRs: []string{b.String()}}}
-	if _, err := h.client.CoreV1().Nodes().Create(h.ctx, n, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.syncSeen("n", b.String()); !errors.Is(err, errExhausted) {
+	h.createNode(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}, Spec: corev1.NodeSpec{PodCIDR: b.String(), PodCIDRs: []string{b.String()}}})
+	if err := h.syncNode("n"); !errors.Is(err, errExhausted) {
 		t.Fatalf("sync n: %v, want it waiting for the cooldown", err)
 	}
 	// The cooldown ends; the woken nodes sync first (n is in backoff).
 	later := time.Now().Add(2 * time.Hour)
 	_, _, _, woken, _ := h.ctrl.blocks.expire(later, later.Add(time.Minute))
 	for _, w := range woken {
-		_ = h.syncSeen(w, h.podCIDR(w))
+		_ = h.syncNode(w)
 	}
-	_ = h.syncSeen("n", b.String())
+	_ = h.syncNode("n")
 	if h.podCIDR("m") == b.String() {
 		t.Fatalf("n's podCIDR is %v (told it is repaired after the cooldown), and the controller gave %v to m as well (woken: %v); events:\n%s",
 			b, h.podCIDR("m"), woken, h.events())
@@ -258,21 +228,9 @@ func (r *rangeReader) SecondaryRange(_ context.Context, name string) (netip.Pref
 // owned, and the leak collector never counts the alias as ours — the
 // alias stays on the VM forever (issue 21 defect 4, by another path).
 func TestReviewUnresolvedRangeDeletedDropsFinalizer(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	blk := netip.MustParsePrefix("10.8.0.0/24")
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n", Labels: map[string]string{"pool": "b", aliasipv1.NodeLabel: "b"}},
 		Spec: corev1.NodeSpec{PodCIDR: blk.String(), PodCIDRs: []string{blk.String()}}}
-	client := k8sfake.NewClientset(node)
-	fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix("10.0.0.0/16"), AutoRegister: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fc.RegisterInstance("n")
-	if err := fc.AddAlias(ctx, cloud.InstanceRef{Name: "n"}, cloud.AliasRange{CIDR: blk, RangeName: "pods-b"}); err != nil {
-		t.Fatal(err)
-	}
-	rr := &rangeReader{Cloud: fc, fail: true, cidrs: map[string]netip.Prefix{"pods-b": netip.MustParsePrefix("10.8.0.0/16")}}
 	mask := int32(24)
 	now := metav1.Now()
 	pr := &aliasipv1.PodRange{
@@ -280,27 +238,25 @@ func TestReviewUnresolvedRangeDeletedDropsFinalizer(t *testing.T) {
 		Spec: aliasipv1.PodRangeSpec{SecondaryRangeName: "pods-b", MaskSize: &mask,
 			NodeSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pool": "b"}}},
 	}
-	factory := informers.NewSharedInformerFactory(client, 0)
-	ctrl := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000}, client, factory.Core().V1().Nodes(), rr,
-		record.NewFakeRecorder(1000), NewMetrics(prometheus.NewRegistry()))
-	prs := rangefake.NewSimpleClientset([]runtime.Object{pr}...)
-	ctrl.UsePodRanges(prs, client.Discovery(), 0)
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
-	ctrl.ranges.run(ctx)
-	if !cache.WaitForCacheSync(ctx.Done(), ctrl.ranges.informer.HasSynced) {
-		t.Fatal("PodRange informer never synced")
-	}
-	if err := ctrl.rebuild(ctx); err != nil {
-		t.Fatal(err)
-	}
+	h := startHarness(t, harnessConfig{
+		cluster: "10.0.0.0/16", nodes: []*corev1.Node{node}, podRanges: true, ranges: []*aliasipv1.PodRange{pr},
+		prep: func(fc *fake.Cloud) {
+			fc.RegisterInstance("n")
+			if err := fc.AddAlias(t.Context(), cloud.InstanceRef{Name: "n"}, cloud.AliasRange{CIDR: blk, RangeName: "pods-b"}); err != nil {
+				t.Fatal(err)
+			}
+		},
+		cloudOf: func(fc *fake.Cloud) cloud.Interface {
+			return &rangeReader{Cloud: fc, fail: true, cidrs: map[string]netip.Prefix{"pods-b": netip.MustParsePrefix("10.8.0.0/16")}}
+		},
+	})
 	// The range worker handles the deletion while the range is unresolved.
-	if err := ctrl.syncRange(ctx, "b"); err != nil {
+	if err := h.ctrl.syncRange(h.ctx, "b"); err != nil {
 		t.Logf("syncRange: %v", err)
 	}
-	got, err := prs.AliasipV1alpha1().PodRanges().Get(ctx, "b", metav1.GetOptions{})
+	got, err := h.prs.AliasipV1alpha1().PodRanges().Get(h.ctx, "b", metav1.GetOptions{})
 	if err == nil && !slices.Contains(got.Finalizers, aliasipv1.Finalizer) {
-		aliases, _ := fc.Aliases(ctx, cloud.InstanceRef{Name: "n"})
+		aliases, _ := h.cloud.Aliases(h.ctx, cloud.InstanceRef{Name: "n"})
 		t.Fatalf("finalizer of PodRange b removed while node n (podCIDR %v) holds a block of it and its VM carries %v", blk, aliases)
 	}
 }

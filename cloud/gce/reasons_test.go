@@ -204,7 +204,12 @@ func TestCallsPerNode(t *testing.T) {
 // The test server's side of the rules the client relies on, through the
 // raw compute client.
 func TestServerFollowsEvidence(t *testing.T) {
-	s := newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, Faults: gcetest.Faults{WaitAtOnce: true}})
+	// The quota windows' clock, stepped by the test.
+	var clockMu sync.Mutex
+	clock := time.Date(2024, 1, 1, 10, 0, 0, 0, time.UTC)
+	now := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return clock }
+	step := func(d time.Duration) { clockMu.Lock(); defer clockMu.Unlock(); clock = clock.Add(d) }
+	s := newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, Faults: gcetest.Faults{WaitAtOnce: true}, Now: now})
 	s.AddInstance(zone, "vm", &compute.AliasIpRange{IpCidrRange: "10.64.1.0/24", SubnetworkRangeName: "pods"})
 	s.AddInstance(zone, "vm2")
 	svc, err := compute.NewService(ctx, option.WithEndpoint(s.Endpoint()), option.WithoutAuthentication())
@@ -218,10 +223,11 @@ func TestServerFollowsEvidence(t *testing.T) {
 		}
 		return in.NetworkInterfaces[0].Fingerprint
 	}
+	// waitDone waits on the server's side for the operation to end (once
+	// WaitAtOnce is off, wait blocks until it is done or WaitMax passed).
 	waitDone := func(op *compute.Operation) *compute.Operation {
 		for op.Status != "DONE" {
-			time.Sleep(50 * time.Millisecond)
-			if op, err = svc.ZoneOperations.Get("test-project", zone, op.Name).Do(); err != nil {
+			if op, err = svc.ZoneOperations.Wait("test-project", zone, op.Name).Do(); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -238,6 +244,7 @@ func TestServerFollowsEvidence(t *testing.T) {
 	if err != nil || w.Status == "DONE" {
 		t.Errorf("wait on a 300ms operation returned %v %v at once; want RUNNING", w.Status, err)
 	}
+	s.SetFaults(gcetest.Faults{})
 	waitDone(op)
 	if got := serverPrefixes(s, "vm"); got != "pods:10.64.1.0/24" {
 		t.Errorf("PATCH without aliasIpRanges changed them to %q", got)
@@ -264,8 +271,7 @@ func TestServerFollowsEvidence(t *testing.T) {
 		t.Errorf("an unsupported filter was not refused: %v", err)
 	}
 	// Quota windows: refused until the next window, then served again.
-	s.SetFaults(gcetest.Faults{RateLimit: 2, RateWindow: 300 * time.Millisecond})
-	time.Sleep(time.Until(time.Now().Truncate(300 * time.Millisecond).Add(300 * time.Millisecond)))
+	s.SetFaults(gcetest.Faults{RateLimit: 2, RateWindow: time.Minute})
 	codes := []int{}
 	for i := 0; i < 3; i++ {
 		_, err := svc.Instances.Get("test-project", zone, "vm").Do()
@@ -278,7 +284,7 @@ func TestServerFollowsEvidence(t *testing.T) {
 		}
 		codes = append(codes, code)
 	}
-	time.Sleep(time.Until(time.Now().Truncate(300 * time.Millisecond).Add(300 * time.Millisecond)))
+	step(time.Minute)
 	if _, err := svc.Instances.Get("test-project", zone, "vm").Do(); err != nil {
 		t.Errorf("next window still refused: %v", err)
 	}
@@ -291,13 +297,18 @@ func TestServerFollowsEvidence(t *testing.T) {
 // NIC; it must not overwrite what the finished write recorded, and a
 // change the cache says is already made is confirmed before it is skipped.
 func TestListDuringWriteKeepsCacheTrue(t *testing.T) {
-	s := newServer(t, gcetest.Options{OpDelay: 400 * time.Millisecond})
+	// The list starts once the write is accepted, its operation running
+	// (for 400ms).
+	writing := make(chan struct{})
+	var once sync.Once
+	s := newServer(t, gcetest.Options{OpDelay: 400 * time.Millisecond,
+		Accepted: func(string, string) { once.Do(func() { close(writing) }) }})
 	s.AddInstance(zone, "vm")
 	c := newCloud(t, s, nil)
 	x, y := netip.MustParsePrefix("10.64.1.0/24"), netip.MustParsePrefix("10.64.2.0/24")
 	listed := make(chan error, 1)
 	go func() {
-		time.Sleep(100 * time.Millisecond)
+		<-writing
 		_, err := c.ListInstances(ctx)
 		listed <- err
 	}()
@@ -416,26 +427,15 @@ func TestOperationNotFoundIsConfirmed(t *testing.T) {
 		}
 	})
 	t.Run("instance gone meanwhile", func(t *testing.T) {
-		s := newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, Faults: gcetest.Faults{
-			OpError: gcetest.OpError{Code: "RESOURCE_NOT_FOUND", Status: 404, Message: "The resource 'projects/test-project/zones/us-central1-a/instances/vm' was not found"}}})
+		// The instance is deleted once the write is in, before its
+		// operation ends.
+		var s *gcetest.Server
+		s = newServer(t, gcetest.Options{OpDelay: 300 * time.Millisecond, Faults: gcetest.Faults{
+			OpError: gcetest.OpError{Code: "RESOURCE_NOT_FOUND", Status: 404, Message: "The resource 'projects/test-project/zones/us-central1-a/instances/vm' was not found"}},
+			Accepted: func(z, name string) { s.DeleteInstance(z, name) }})
 		s.AddInstance(zone, "vm", &compute.AliasIpRange{IpCidrRange: p.String(), SubnetworkRangeName: "pods"})
 		c := newCloud(t, s, nil)
-		done := make(chan error, 1)
-		go func() { done <- c.RemoveAlias(ctx, ref("vm"), p) }()
-		// Delete the instance once the write is in, before its operation ends.
-		deadline := time.Now().Add(10 * time.Second)
-		for s.Count("instances.updateNetworkInterface") == 0 {
-			select {
-			case err := <-done:
-				t.Fatalf("RemoveAlias returned %v before writing", err)
-			case <-time.After(5 * time.Millisecond):
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("no write")
-			}
-		}
-		s.DeleteInstance(zone, "vm")
-		if err := <-done; err != nil {
+		if err := c.RemoveAlias(ctx, ref("vm"), p); err != nil {
 			t.Errorf("RemoveAlias from an instance confirmed gone = %v, want nil", err)
 		}
 	})

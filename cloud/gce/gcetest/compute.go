@@ -257,6 +257,15 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 		return
 	}
 	reqID := r.URL.Query().Get("requestId")
+	accepted := false
+	if s.opts.Accepted != nil {
+		// Deferred first, so it runs after the unlock below.
+		defer func() {
+			if accepted {
+				s.opts.Accepted(zone, name)
+			}
+		}()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if reqID != "" {
@@ -368,6 +377,7 @@ func (s *Server) updateNIC(w http.ResponseWriter, r *http.Request, zone, name st
 		in.aliases = desired
 	}
 	s.ops[opName] = o
+	accepted = true
 	if reqID != "" {
 		s.requests[reqID] = opName
 	}

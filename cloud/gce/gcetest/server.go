@@ -45,7 +45,7 @@ type Faults struct {
 	// (https://cloud.google.com/compute/api-quota, "Rate quotas").
 	RateLimit float64
 	// RateWindow is the quota window (default one minute), aligned to the
-	// wall clock like GCE's.
+	// clock (Options.Now) like GCE's.
 	RateWindow time.Duration
 	// WaitAtOnce: zoneOperations.wait returns the operation at once, done
 	// or not. GCE documents that wait "might return after zero seconds"
@@ -128,10 +128,18 @@ type Options struct {
 	Faults  Faults
 	// Metadata describes the VM the metadata server speaks for.
 	Metadata Metadata
+	// Now is the clock of the quota windows (default time.Now): a test
+	// steps from one window to the next without waiting for the wall clock.
+	Now func() time.Time
 	// BeforeUpdate, if set, is called with every updateNetworkInterface
 	// request once parsed, before it is handled: a test pauses a caller
 	// there to inject an interleaving.
 	BeforeUpdate func(zone, name string, nic *compute.NetworkInterface)
+	// Accepted, if set, is called once an updateNetworkInterface request
+	// is accepted and its operation runs, before the caller has the
+	// answer: a test acts "once the write is in" there, on a fact rather
+	// than after a while. The server's lock is not held.
+	Accepted func(zone, name string)
 }
 
 // Server is the fake GCE. It is safe for concurrent use.
@@ -184,6 +192,9 @@ func NewServer(opts Options) *Server {
 	}
 	if opts.WaitMax <= 0 {
 		opts.WaitMax = 2 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
 	}
 	s := &Server{
 		opts:      opts,
@@ -241,7 +252,7 @@ func (s *Server) allow(method string) bool {
 	if s.faults.RateLimit <= 0 {
 		return true
 	}
-	w := time.Now().Truncate(s.faults.RateWindow)
+	w := s.opts.Now().Truncate(s.faults.RateWindow)
 	if !w.Equal(s.window) {
 		s.window, s.inWindow = w, map[string]int{}
 	}
@@ -256,7 +267,7 @@ func (s *Server) allowFilterCost(n int) bool {
 	if s.faults.FilteredListCost <= 0 {
 		return true
 	}
-	w := time.Now().Truncate(s.faults.FilterCostWindow)
+	w := s.opts.Now().Truncate(s.faults.FilterCostWindow)
 	if !w.Equal(s.costStart) {
 		s.costStart, s.cost = w, 0
 	}
