@@ -33,6 +33,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/internal/sleep"
 )
 
 // Options configures a fake Cloud.
@@ -372,7 +373,7 @@ func (c *Cloud) UpdateInterface(ctx context.Context, name string, fingerprint ui
 		return err
 	}
 	// The operation takes its time before it is applied, like a zone operation.
-	if err := sleep(ctx, c.opts.Latency); err != nil {
+	if err := sleep.For(ctx, c.opts.Latency); err != nil {
 		return err
 	}
 	return c.withState(func() (bool, error) {
@@ -625,18 +626,4 @@ func (c *Cloud) save() error {
 
 func contains(outer, inner netip.Prefix) bool {
 	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

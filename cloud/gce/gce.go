@@ -54,6 +54,7 @@ import (
 	"google.golang.org/api/option"
 
 	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/internal/sleep"
 )
 
 // Observer is told about every HTTP call: its API method (for example
@@ -462,7 +463,7 @@ func (c *Cloud) modify(ctx context.Context, inst cloud.InstanceRef, change func(
 			// busy): the NIC may have changed; re-read after a pause.
 			lastErr = err
 			c.nics.forget(inst, seq)
-			if err := sleep(ctx, c.backoff(attempt)); err != nil {
+			if err := sleep.For(ctx, c.backoff(attempt)); err != nil {
 				return err
 			}
 			continue

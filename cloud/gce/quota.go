@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/internal/sleep"
 )
 
 // budgetTransport waits for the quota gate and the QPS budget before each
@@ -95,7 +96,7 @@ func (c *Cloud) retry(ctx context.Context, method string, fn func() error) error
 			}
 			continue // the transport waits at the gate
 		}
-		if serr := sleep(ctx, c.backoff(attempt)); serr != nil {
+		if serr := sleep.For(ctx, c.backoff(attempt)); serr != nil {
 			return err
 		}
 	}
@@ -178,7 +179,7 @@ func (g *gate) wait(ctx context.Context, group string) error {
 	until := g.until[group]
 	g.mu.Unlock()
 	if d := time.Until(until); d > 0 {
-		return sleep(ctx, d)
+		return sleep.For(ctx, d)
 	}
 	return nil
 }
@@ -192,15 +193,4 @@ func (c *Cloud) backoff(attempt int) time.Duration {
 
 func retriable(err error) bool {
 	return errors.Is(err, cloud.ErrRateLimited) || errors.Is(err, cloud.ErrUnavailable)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -138,14 +138,11 @@ func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (
 
 	case api.OpRelease:
 		var att api.Attachment
-		if err := decode(body, &att); err != nil {
-			return nil, err
-		}
-		store, err := a.openStore()
+		store, err := a.decodeForStore(body, &att)
 		if err != nil {
 			return nil, err
 		}
-		al, found, err := store.Release(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
+		al, found, err := store.Release(keyOf(att))
 		if err != nil {
 			return nil, err
 		}
@@ -154,22 +151,16 @@ func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (
 
 	case api.OpGet:
 		var att api.Attachment
-		if err := decode(body, &att); err != nil {
-			return nil, err
-		}
-		store, err := a.openStore()
+		store, err := a.decodeForStore(body, &att)
 		if err != nil {
 			return nil, err
 		}
-		al, found := store.Get(ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName})
+		al, found := store.Get(keyOf(att))
 		return info(al, found), nil
 
 	case api.OpGC:
 		var req api.GCRequest
-		if err := decode(body, &req); err != nil {
-			return nil, err
-		}
-		store, err := a.openStore()
+		store, err := a.decodeForStore(body, &req)
 		if err != nil {
 			return nil, err
 		}
@@ -193,6 +184,20 @@ func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (
 	default: // api.OpStatus
 		return a.Status(), nil
 	}
+}
+
+// decodeForStore decodes a request that the IPAM store answers into v,
+// then returns the store (openStore).
+func (a *Agent) decodeForStore(body json.RawMessage, v any) (*ipam.Store, error) {
+	if err := decode(body, v); err != nil {
+		return nil, err
+	}
+	return a.openStore()
+}
+
+// keyOf is the IPAM key of an attachment.
+func keyOf(att api.Attachment) ipam.Key {
+	return ipam.Key{ContainerID: att.ContainerID, IfName: att.IfName}
 }
 
 // openStore returns the IPAM store, or "not ready" when it is not open yet

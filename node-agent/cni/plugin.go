@@ -127,6 +127,24 @@ func hostVeth(args *skel.CmdArgs, p podInfo) string {
 	return datapath.HostVethName("", args.ContainerID+"/"+args.IfName)
 }
 
+// setUp parses the network configuration and opens the plugin's log
+// (logger); the caller calls done when finished.
+func setUp(args *skel.CmdArgs) (conf *NetConf, lg *log.Logger, done func(), err error) {
+	if conf, err = parseConf(args.StdinData); err != nil {
+		return nil, nil, nil, err
+	}
+	lg, done = logger(conf)
+	return conf, lg, done, nil
+}
+
+// agent returns a context bounded by the configured timeout, its cancel,
+// and a client of the node agent with the same timeout.
+func (conf *NetConf) agent() (context.Context, context.CancelFunc, *api.Client) {
+	timeout := time.Duration(conf.TimeoutSeconds) * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	return ctx, cancel, api.NewClient(conf.Socket, timeout)
+}
+
 // agentError turns an agent failure into a CNI error naming the cause.
 func agentError(what string, err error) error {
 	var ae *sockrpc.Error
@@ -146,17 +164,15 @@ func agentError(what string, err error) error {
 
 func cmdAdd(args *skel.CmdArgs) error {
 	start := time.Now()
-	conf, err := parseConf(args.StdinData)
+	conf, lg, done, err := setUp(args)
 	if err != nil {
 		return err
 	}
-	lg, done := logger(conf)
 	defer done()
 	pod := podOf(args)
 	veth := hostVeth(args, pod)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	ctx, cancel, client := conf.agent()
 	defer cancel()
-	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	allocStart := time.Now()
 	alloc, err := client.Allocate(ctx, api.AllocateRequest{Attachment: att, Namespace: pod.namespace, Pod: pod.name, PodUID: pod.uid, HostVeth: veth})
@@ -216,16 +232,14 @@ func breakdown(start, allocStart time.Time, allocTook time.Duration, ipamMicros 
 // agent cannot be reached, so the address is freed on a later call rather
 // than leaked.
 func cmdDel(args *skel.CmdArgs) error {
-	conf, err := parseConf(args.StdinData)
+	conf, lg, done, err := setUp(args)
 	if err != nil {
 		return err
 	}
-	lg, done := logger(conf)
 	defer done()
 	pod := podOf(args)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	ctx, cancel, client := conf.agent()
 	defer cancel()
-	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
 	rel, relErr := client.Release(ctx, api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName})
 	veth := hostVeth(args, pod)
 	if relErr == nil && rel.HostVeth != "" {
@@ -269,9 +283,8 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err := datapath.CheckPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: veth, ContainerID: args.ContainerID, IP: ip}); err != nil {
 		return types.NewError(ErrCheckFailed, "pod data path is broken", err.Error())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	ctx, cancel, client := conf.agent()
 	defer cancel()
-	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
 	got, err := client.Get(ctx, api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName})
 	if err != nil {
 		return agentError("look up allocation", err)
@@ -288,19 +301,17 @@ func cmdCheck(args *skel.CmdArgs) error {
 // cmdGC releases every allocation not in cni.dev/valid-attachments and
 // removes their host veths.
 func cmdGC(args *skel.CmdArgs) error {
-	conf, err := parseConf(args.StdinData)
+	conf, lg, done, err := setUp(args)
 	if err != nil {
 		return err
 	}
-	lg, done := logger(conf)
 	defer done()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	ctx, cancel, client := conf.agent()
 	defer cancel()
 	valid := make([]api.Attachment, 0, len(conf.ValidAttachments))
 	for _, a := range conf.ValidAttachments {
 		valid = append(valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
-	client := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second)
 	res, err := client.GC(ctx, valid)
 	if err != nil {
 		return agentError("garbage-collect allocations", err)
@@ -317,9 +328,9 @@ func cmdStatus(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(conf.TimeoutSeconds)*time.Second)
+	ctx, cancel, client := conf.agent()
 	defer cancel()
-	st, err := api.NewClient(conf.Socket, time.Duration(conf.TimeoutSeconds)*time.Second).Status(ctx)
+	st, err := client.Status(ctx)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, "aliasip node agent unreachable", err.Error())
 	}

@@ -29,26 +29,8 @@ var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Ver
 // and waits until the API server serves them (condition Established:
 // https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#create-a-customresourcedefinition).
 func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
-	client, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		return err
-	}
-	sort.Strings(files)
-	crds := client.Resource(crdResource)
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return err
-		}
-		obj := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
-			return fmt.Errorf("%s: %w", f, err)
-		}
-		_, err = crds.Create(ctx, obj, metav1.CreateOptions{})
+	return eachCRD(cfg, dir, func(crds dynamic.ResourceInterface, f string, obj *unstructured.Unstructured) error {
+		_, err := crds.Create(ctx, obj, metav1.CreateOptions{})
 		if apierrors.IsAlreadyExists(err) {
 			cur, gerr := crds.Get(ctx, obj.GetName(), metav1.GetOptions{})
 			if gerr != nil {
@@ -77,31 +59,14 @@ func InstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 		}); err != nil {
 			return fmt.Errorf("CRD %s not established: %w", name, err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // UninstallCRDs deletes the CRDs in dir's *.yaml files (and with them
 // every object of theirs) and waits until they are gone.
 func UninstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
-	client, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		return err
-	}
-	crds := client.Resource(crdResource)
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			return err
-		}
-		obj := &unstructured.Unstructured{}
-		if err := yaml.Unmarshal(b, &obj.Object); err != nil {
-			return fmt.Errorf("%s: %w", f, err)
-		}
+	return eachCRD(cfg, dir, func(crds dynamic.ResourceInterface, _ string, obj *unstructured.Unstructured) error {
 		name := obj.GetName()
 		if err := crds.Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("delete CRD %s: %w", name, err)
@@ -112,6 +77,45 @@ func UninstallCRDs(ctx context.Context, cfg *rest.Config, dir string) error {
 		}); err != nil {
 			return fmt.Errorf("CRD %s not gone: %w", name, err)
 		}
+		return nil
+	})
+}
+
+// eachCRD calls fn with the CRD client of cfg's API server and each CRD
+// manifest of dir's *.yaml files (its path and object), in name order,
+// until fn or a read fails.
+func eachCRD(cfg *rest.Config, dir string, fn func(crds dynamic.ResourceInterface, f string, obj *unstructured.Unstructured) error) error {
+	client, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	crds := client.Resource(crdResource)
+	for _, f := range files {
+		obj, err := readCRD(f)
+		if err != nil {
+			return err
+		}
+		if err := fn(crds, f, obj); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// readCRD reads one CRD manifest.
+func readCRD(f string) (*unstructured.Unstructured, error) {
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil, err
+	}
+	obj := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(b, &obj.Object); err != nil {
+		return nil, fmt.Errorf("%s: %w", f, err)
+	}
+	return obj, nil
 }

@@ -34,34 +34,10 @@ func lookup(ctx context.Context, out io.Writer, names []string, server string, s
 			return (&net.Dialer{}).DialContext(ctx, network, server)
 		}
 	}
-	var failed []string
-	for _, name := range names {
-		var addrs []string
-		var err error
-		for try := 0; try <= retries; try++ {
-			if try > 0 {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(time.Second):
-				}
-			}
-			lctx, cancel := context.WithTimeout(ctx, timeout)
-			addrs, err = r.LookupHost(lctx, name)
-			cancel()
-			if err == nil {
-				break
-			}
-		}
-		if err != nil {
-			fmt.Fprintf(out, "FAIL %s: %v\n", name, err)
-			failed = append(failed, name)
-			continue
-		}
-		fmt.Fprintf(out, "OK %s -> %s\n", name, strings.Join(addrs, " "))
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d names did not resolve: %s", len(failed), len(names), strings.Join(failed, " "))
-	}
-	return nil
+	return checkEach(ctx, out, names, retries, "names did not resolve", func(name string) (string, error) {
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		addrs, err := r.LookupHost(lctx, name)
+		return strings.Join(addrs, " "), err
+	})
 }

@@ -38,6 +38,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/aliasip/aliasip/internal/sleep"
 )
 
 // Answer is what the server returns on GET /.
@@ -182,31 +184,40 @@ func get(ctx context.Context, out io.Writer, urls []string, timeout time.Duratio
 	// A new connection per GET: each one is a fresh test of the path (and
 	// of a Service's load balancing), not a reused keep-alive.
 	hc := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
-	var failed []string
-	for _, u := range urls {
-		var a Answer
+	return checkEach(ctx, out, urls, retries, "URLs failed", func(u string) (string, error) {
+		a, err := getOne(ctx, hc, u)
+		return fmt.Sprintf("%s on %s (seen from %s)", a.PodIP, a.Node, a.Peer), err
+	})
+}
+
+// checkEach runs check on every item, each tried up to 1+retries times a
+// second apart, and prints "OK ITEM -> WHAT" (what check returned) or
+// "FAIL ITEM: ERR" for each. It fails if any item failed ("N of M
+// failed: ITEMS"), or at once if ctx ends while it waits to try again.
+func checkEach(ctx context.Context, out io.Writer, items []string, retries int, failed string, check func(string) (string, error)) error {
+	var bad []string
+	for _, it := range items {
+		var what string
 		var err error
 		for try := 0; try <= retries; try++ {
 			if try > 0 {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(time.Second):
+				if serr := sleep.For(ctx, time.Second); serr != nil {
+					return serr
 				}
 			}
-			if a, err = getOne(ctx, hc, u); err == nil {
+			if what, err = check(it); err == nil {
 				break
 			}
 		}
 		if err != nil {
-			fmt.Fprintf(out, "FAIL %s: %v\n", u, err)
-			failed = append(failed, u)
+			fmt.Fprintf(out, "FAIL %s: %v\n", it, err)
+			bad = append(bad, it)
 			continue
 		}
-		fmt.Fprintf(out, "OK %s -> %s on %s (seen from %s)\n", u, a.PodIP, a.Node, a.Peer)
+		fmt.Fprintf(out, "OK %s -> %s\n", it, what)
 	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d URLs failed: %s", len(failed), len(urls), strings.Join(failed, " "))
+	if len(bad) > 0 {
+		return fmt.Errorf("%d of %d %s: %s", len(bad), len(items), failed, strings.Join(bad, " "))
 	}
 	return nil
 }
