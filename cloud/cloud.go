@@ -1,6 +1,7 @@
 // Package cloud defines the small view of a cloud provider that aliasip's
 // controller programs against: read the alias IP ranges on a VM's network
-// interface, add one, remove one, list instances, and look up the pod range.
+// interface, add one, remove one, read the interface's IPv6 range, list
+// instances, and look up the pod range.
 //
 // Two implementations exist: package fake (in memory, for tests, kind and
 // local clusters) and package cloud/gce (Google Compute Engine).
@@ -70,10 +71,13 @@ type AliasRange struct {
 	RangeName string
 }
 
-// Instance is one VM and the alias ranges on its primary NIC.
+// Instance is one VM: the alias ranges and the IPv6 range of its primary NIC.
 type Instance struct {
 	Ref     InstanceRef
 	Aliases []AliasRange
+	// IPv6 is what IPv6Range reports for the instance: its primary NIC's
+	// internal IPv6 range, or the zero Prefix when it has none.
+	IPv6 netip.Prefix
 }
 
 // Interface is what the controller needs of a cloud. All methods are safe for
@@ -96,6 +100,14 @@ type Interface interface {
 	// RemoveAlias removes cidr from the NIC, keeping the others. Removing a
 	// range that is not there, or from a vanished instance, succeeds.
 	RemoveAlias(ctx context.Context, inst InstanceRef, cidr netip.Prefix) error
+	// IPv6Range returns the internal IPv6 range of the instance's primary
+	// NIC, masked: on GCE the /96 a dual-stack NIC is given from its
+	// subnetwork's /64. A NIC without one (IPv4-only, or dual-stack but
+	// not assigned an address yet) gives the zero Prefix and a nil error;
+	// a missing instance an error wrapping ErrInstanceNotFound. Like
+	// Aliases it may be served from what the cloud last read of the NIC:
+	// a range that arrives or goes later is seen after ListInstances.
+	IPv6Range(ctx context.Context, inst InstanceRef) (netip.Prefix, error)
 	// ListInstances returns every instance the cloud knows in our scope.
 	// When some zones could not be read it returns the instances of the
 	// others together with an error wrapping ErrPartialList; callers must

@@ -66,6 +66,13 @@ func (b *budgetCloud) Aliases(ctx context.Context, inst cloud.InstanceRef) (out 
 	return out, err
 }
 
+// IPv6Range is budgeted and counted like Aliases: on GCE both are reads
+// of the same NIC (from its cache, or instances.get).
+func (b *budgetCloud) IPv6Range(ctx context.Context, inst cloud.InstanceRef) (p netip.Prefix, err error) {
+	err = b.call(ctx, "IPv6Range", func() error { p, err = b.inner.IPv6Range(ctx, inst); return err })
+	return p, err
+}
+
 func (b *budgetCloud) AddAlias(ctx context.Context, inst cloud.InstanceRef, a cloud.AliasRange) error {
 	return b.call(ctx, "AddAlias", func() error { return b.inner.AddAlias(ctx, inst, a) })
 }

@@ -1,6 +1,7 @@
 package fake_test
 
 import (
+	"net/netip"
 	"testing"
 
 	"github.com/aliasip/aliasip/cloud"
@@ -15,6 +16,7 @@ func TestContract(t *testing.T) {
 		c, err := fake.New(fake.Options{
 			PodRange:     cloudtest.PodRange.CIDR,
 			RangeName:    cloudtest.PodRange.RangeName,
+			IPv6Range:    cloudtest.IPv6Range,
 			BeforeUpdate: func(string, []cloud.AliasRange) { h.hook.Fire() },
 		})
 		if err != nil {
@@ -32,11 +34,29 @@ type harness struct {
 	hook cloudtest.Hook
 }
 
+// AddInstance makes an IPv4-only instance: the fake, having an IPv6
+// range, gives every instance it creates a /96, so it is taken away.
 func (h *harness) AddInstance(t *testing.T, name string) cloud.InstanceRef {
 	if err := h.c.RegisterInstance(name); err != nil {
 		t.Fatal(err)
 	}
+	if err := h.c.SetIPv6(name, netip.Prefix{}); err != nil {
+		t.Fatal(err)
+	}
 	return cloud.InstanceRef{Name: name}
+}
+
+func (h *harness) AddDualStackInstance(t *testing.T, name string) cloud.InstanceRef {
+	if err := h.c.RegisterInstance(name); err != nil {
+		t.Fatal(err)
+	}
+	return cloud.InstanceRef{Name: name}
+}
+
+func (h *harness) SetIPv6(t *testing.T, inst cloud.InstanceRef, p netip.Prefix) {
+	if err := h.c.SetIPv6(inst.Name, p); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (h *harness) DeleteInstance(t *testing.T, inst cloud.InstanceRef) {

@@ -9,6 +9,11 @@
 // same table, package cloud/cloudtest. Operation latency, an error rate
 // and a rate limit can be injected.
 //
+// With Options.IPv6Range set, every instance the fake creates is
+// dual-stack, as a VM on a GCE dual-stack subnetwork is: its NIC gets the
+// next /96 of the range (IPv6Range reports it). SetIPv6 and AssignIPv6
+// change it later, as for a node whose IPv6 arrives after it joined.
+//
 // With Options.StatePath set, the state lives in a JSON file guarded by an
 // advisory lock, so several processes (a restarted controller, two
 // controllers in leader election, a test checking the result) share one cloud.
@@ -67,6 +72,20 @@ type Options struct {
 	// StatePath, when set, persists the state in that file (shared between
 	// processes). Otherwise the state is in memory only.
 	StatePath string
+	// IPv6Range, when valid, is the subnetwork's internal IPv6 range: each
+	// instance the fake creates gets the next /96 of it, in creation
+	// order, and keeps it (the counter and every instance's range are in
+	// the state file, so they are stable across processes). It must be an
+	// IPv6 prefix of /96 or shorter. Take a ULA /64 (RFC 4193), shaped like
+	// GCE's: a subnet is a /64 and each VM gets a /96 of it, and GCE's ULA
+	// ranges come from fd20::/20 (Google Cloud blog, "Planning an IPv6
+	// network on Google Cloud", 2023; compute/v1 Network.enableUlaInternalIpv6:
+	// "assign a /48 from google defined ULA prefix fd20::/20"), for example
+	// fd20:0:0:1::/64, which leaves room for 2^32 instances. Slots are not
+	// reused; once the range is used up, new instances are IPv4-only.
+	// Instances created before the range was set stay IPv4-only until
+	// AssignIPv6 or SetIPv6. Zero: every instance is IPv4-only.
+	IPv6Range netip.Prefix
 	// MaxAliases overrides cloud.MaxAliasRangesPerNIC (0: the default).
 	MaxAliases int
 	// Seed, when not zero, makes ErrorRate's failures a deterministic
@@ -119,12 +138,23 @@ var _ cloud.Interface = (*Cloud)(nil)
 
 type state struct {
 	Instances map[string]*instance `json:"instances"`
+	// NextIPv6 is the index of the next /96 of Options.IPv6Range.
+	NextIPv6 uint64 `json:"nextIPv6,omitempty"`
 }
 
 type instance struct {
 	Fingerprint uint64             `json:"fingerprint"`
 	Aliases     []cloud.AliasRange `json:"aliases"`
+	// IPv6 is the NIC's IPv6 range; the zero Prefix (stored as "") when
+	// it has none.
+	IPv6 netip.Prefix `json:"ipv6"`
 }
+
+// IPv6PrefixLen is the length of each instance's IPv6 range, GCE's: "Each
+// IPv6-enabled VM will be assigned a /96 address range from the subnet"
+// (Google Cloud blog, "Planning an IPv6 network on Google Cloud", 2023,
+// https://cloud.google.com/blog/products/networking/how-to-create-a-ipv6-network-in-google-cloud/).
+const IPv6PrefixLen = 96
 
 // New returns a fake cloud.
 func New(opts Options) (*Cloud, error) {
@@ -137,6 +167,12 @@ func New(opts Options) (*Cloud, error) {
 	}
 	if opts.MaxAliases <= 0 {
 		opts.MaxAliases = cloud.MaxAliasRangesPerNIC
+	}
+	if opts.IPv6Range.IsValid() {
+		if !opts.IPv6Range.Addr().Is6() || opts.IPv6Range.Addr().Is4In6() || opts.IPv6Range.Bits() > IPv6PrefixLen {
+			return nil, fmt.Errorf("fake cloud: IPv6 range %v: want an IPv6 prefix of /%d or shorter", opts.IPv6Range, IPv6PrefixLen)
+		}
+		opts.IPv6Range = opts.IPv6Range.Masked()
 	}
 	if opts.ErrorRate < 0 || opts.ErrorRate > 1 {
 		return nil, fmt.Errorf("fake cloud: error rate %v outside [0,1]", opts.ErrorRate)
@@ -166,9 +202,65 @@ func (c *Cloud) RegisterInstance(name string) error {
 		if _, ok := c.state.Instances[name]; ok {
 			return false, nil
 		}
-		c.state.Instances[name] = &instance{Fingerprint: 1}
+		c.state.Instances[name] = c.newInstance()
 		return true, nil
 	})
+}
+
+// newInstance is a new instance with no aliases and, when the fake has an
+// IPv6 range, the next /96 of it; the state's lock is held.
+func (c *Cloud) newInstance() *instance {
+	return &instance{Fingerprint: 1, IPv6: c.nextIPv6()}
+}
+
+// nextIPv6 takes the next /96 of Options.IPv6Range, or returns the zero
+// Prefix when there is no range or it is used up; the state's lock is held.
+func (c *Cloud) nextIPv6() netip.Prefix {
+	if !c.opts.IPv6Range.IsValid() {
+		return netip.Prefix{}
+	}
+	p, err := cloud.Subprefix(c.opts.IPv6Range, IPv6PrefixLen, c.state.NextIPv6)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	c.state.NextIPv6++
+	return p
+}
+
+// SetIPv6 sets an instance's IPv6 range as another client's change of
+// the NIC's stack type does when it completes: at once, with a new
+// fingerprint, unvalidated (gcetest.Server.SetIPv6 does the same on the
+// GCE test server). The zero Prefix makes the NIC IPv4-only.
+func (c *Cloud) SetIPv6(name string, p netip.Prefix) error {
+	return c.withState(func() (bool, error) {
+		in, ok := c.state.Instances[name]
+		if !ok {
+			return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
+		}
+		in.IPv6 = p
+		in.Fingerprint++
+		return true, nil
+	})
+}
+
+// AssignIPv6 gives an instance the next /96 of Options.IPv6Range, as
+// SetIPv6 would, and returns it: a node whose IPv6 arrives after it
+// joined. It fails when the fake has no IPv6 range or it is used up.
+func (c *Cloud) AssignIPv6(name string) (netip.Prefix, error) {
+	var p netip.Prefix
+	err := c.withState(func() (bool, error) {
+		in, ok := c.state.Instances[name]
+		if !ok {
+			return false, fmt.Errorf("instance %q: %w", name, cloud.ErrInstanceNotFound)
+		}
+		if p = c.nextIPv6(); !p.IsValid() {
+			return false, fmt.Errorf("instance %q: no IPv6 range to assign from (IPv6 range %v)", name, c.opts.IPv6Range)
+		}
+		in.IPv6 = p
+		in.Fingerprint++
+		return true, nil
+	})
+	return p, err
 }
 
 // ApplyAliases sets an instance's alias ranges as another client's update
@@ -207,8 +299,8 @@ func (c *Cloud) Calls() map[string]int {
 	return out
 }
 
-// Inject queues a fault for method ("AddAlias", "RemoveAlias", "Aliases"
-// or "ListInstances"); a method's faults apply in the order injected.
+// Inject queues a fault for method ("AddAlias", "RemoveAlias", "Aliases",
+// "IPv6Range" or "ListInstances"); a method's faults apply in the order injected.
 func (c *Cloud) Inject(method string, f Fault) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -308,7 +400,7 @@ func (c *Cloud) InstanceFor(ctx context.Context, providerID, nodeName string) (c
 		}
 		switch {
 		case owned && c.opts.AutoRegister:
-			c.state.Instances[name] = &instance{Fingerprint: 1}
+			c.state.Instances[name] = c.newInstance()
 			return true, nil
 		case owned:
 			return false, fmt.Errorf("instance %q: %w (auto-registration is off)", name, cloud.ErrInstanceNotFound)
@@ -343,6 +435,27 @@ func (c *Cloud) Aliases(ctx context.Context, inst cloud.InstanceRef) ([]cloud.Al
 	}
 	aliases, _, err := c.GetInterface(ctx, inst.Name)
 	return aliases, err
+}
+
+// IPv6Range implements cloud.Interface: the range the instance's NIC was
+// given (Options.IPv6Range, SetIPv6, AssignIPv6), or the zero Prefix.
+func (c *Cloud) IPv6Range(ctx context.Context, inst cloud.InstanceRef) (netip.Prefix, error) {
+	if err := c.fault(ctx, "IPv6Range", inst.Name); err != nil {
+		return netip.Prefix{}, err
+	}
+	if err := c.admit(ctx, "get"); err != nil {
+		return netip.Prefix{}, err
+	}
+	var p netip.Prefix
+	err := c.withState(func() (bool, error) {
+		in, ok := c.state.Instances[inst.Name]
+		if !ok {
+			return false, fmt.Errorf("instance %q: %w", inst.Name, cloud.ErrInstanceNotFound)
+		}
+		p = in.IPv6
+		return false, nil
+	})
+	return p, err
 }
 
 // GetInterface returns the NIC's alias ranges and its fingerprint.
@@ -526,7 +639,7 @@ func (c *Cloud) ListInstances(ctx context.Context) ([]cloud.Instance, error) {
 	var out []cloud.Instance
 	err := c.withState(func() (bool, error) {
 		for name, in := range c.state.Instances {
-			out = append(out, cloud.Instance{Ref: cloud.InstanceRef{Name: name}, Aliases: slices.Clone(in.Aliases)})
+			out = append(out, cloud.Instance{Ref: cloud.InstanceRef{Name: name}, Aliases: slices.Clone(in.Aliases), IPv6: in.IPv6})
 		}
 		return false, nil
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -352,5 +353,100 @@ func TestAddRangeAlias(t *testing.T) {
 	}
 	if got, _ := c.Aliases(ctx, a); len(got) != 1 {
 		t.Errorf("after RemoveAlias: %v", got)
+	}
+}
+
+// Each instance gets the next /96 of the IPv6 range, in creation order,
+// and keeps it; the state file carries the ranges and the counter, so a
+// second process (a restarted controller) neither moves nor reuses one.
+// The goldens are written out.
+func TestIPv6RangePerInstance(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cloud.json")
+	opts := Options{StatePath: path, IPv6Range: netip.MustParsePrefix("fd20:0:0:1::/64"), AutoRegister: true, ProviderSchemes: []string{"kind"}}
+	a := mustNew(t, opts)
+	if err := a.RegisterInstance("vm-a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.InstanceFor(ctx, "kind://docker/c/vm-b", "vm-b"); err != nil {
+		t.Fatal(err)
+	}
+	b := mustNew(t, opts) // another process on the same state
+	if err := b.RegisterInstance("vm-c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteInstance("vm-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RegisterInstance("vm-d"); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]netip.Prefix{
+		"vm-b": netip.MustParsePrefix("fd20:0:0:1:0:1::/96"),
+		"vm-c": netip.MustParsePrefix("fd20:0:0:1:0:2::/96"),
+		"vm-d": netip.MustParsePrefix("fd20:0:0:1:0:3::/96"), // vm-a's fd20:0:0:1::/96 is not reused
+	}
+	for _, c := range []*Cloud{a, b} {
+		list, err := c.ListInstances(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]netip.Prefix{}
+		for _, in := range list {
+			got[in.Ref.Name] = in.IPv6
+			if p, err := c.IPv6Range(ctx, in.Ref); err != nil || p != in.IPv6 {
+				t.Errorf("IPv6Range(%s) = %v, %v, want %v as listed", in.Ref.Name, p, err, in.IPv6)
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("ListInstances ranges = %v, want %v", got, want)
+		}
+	}
+
+	// A range taken away and given again: the next /96.
+	if err := a.SetIPv6("vm-b", netip.Prefix{}); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := b.IPv6Range(ctx, ref("vm-b")); err != nil || p.IsValid() {
+		t.Fatalf("IPv6Range(vm-b) after SetIPv6(none) = %v, %v, want none", p, err)
+	}
+	if p, err := b.AssignIPv6("vm-b"); err != nil || p != netip.MustParsePrefix("fd20:0:0:1:0:4::/96") {
+		t.Fatalf("AssignIPv6(vm-b) = %v, %v, want fd20:0:0:1:0:4::/96", p, err)
+	}
+	if p, err := a.IPv6Range(ctx, ref("vm-b")); err != nil || p != netip.MustParsePrefix("fd20:0:0:1:0:4::/96") {
+		t.Fatalf("IPv6Range(vm-b) = %v, %v, want fd20:0:0:1:0:4::/96", p, err)
+	}
+	if _, err := a.IPv6Range(ctx, ref("vm-a")); !errors.Is(err, cloud.ErrInstanceNotFound) {
+		t.Fatalf("IPv6Range(vm-a) after delete = %v, want ErrInstanceNotFound", err)
+	}
+}
+
+// Without a range every instance is IPv4-only; a range that is used up
+// leaves new instances IPv4-only; a range that is not IPv6, or too small
+// for a /96, is refused.
+func TestIPv6RangeLimits(t *testing.T) {
+	c := mustNew(t, Options{})
+	c.RegisterInstance("vm")
+	if p, err := c.IPv6Range(ctx, ref("vm")); err != nil || p.IsValid() {
+		t.Fatalf("IPv6Range without a range = %v, %v, want none", p, err)
+	}
+	if _, err := c.AssignIPv6("vm"); err == nil {
+		t.Fatal("AssignIPv6 without a range succeeded")
+	}
+
+	small := mustNew(t, Options{IPv6Range: netip.MustParsePrefix("fd20:0:0:1::/95")})
+	for _, name := range []string{"a", "b", "c"} {
+		small.RegisterInstance(name)
+	}
+	want := map[string]netip.Prefix{"a": netip.MustParsePrefix("fd20:0:0:1::/96"), "b": netip.MustParsePrefix("fd20:0:0:1:0:1::/96"), "c": {}}
+	for name, w := range want {
+		if p, err := small.IPv6Range(ctx, ref(name)); err != nil || p != w {
+			t.Errorf("IPv6Range(%s) = %v, %v, want %s", name, p, err, w)
+		}
+	}
+
+	for _, r := range []string{"10.0.0.0/8", "::ffff:10.0.0.0/104", "fd20:0:0:1::/112"} {
+		if _, err := New(Options{PodRange: netip.MustParsePrefix("10.0.0.0/16"), IPv6Range: netip.MustParsePrefix(r)}); err == nil {
+			t.Errorf("New with IPv6 range %s succeeded", r)
+		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -22,18 +23,27 @@ import (
 	"github.com/aliasip/aliasip/cloud"
 )
 
-// The subnetwork every cloud under test has: its PodRange is PodRange, and
-// OtherRange is a second secondary range beside it.
+// The subnetwork every cloud under test has: its PodRange is PodRange,
+// OtherRange is a second secondary range beside it, and IPv6Range is its
+// internal IPv6 range, a ULA /64 like those GCE gives from fd20::/20.
 var (
 	PodRange   = cloud.AliasRange{CIDR: netip.MustParsePrefix("10.64.0.0/14"), RangeName: "pods"}
 	OtherRange = cloud.AliasRange{CIDR: netip.MustParsePrefix("10.96.0.0/16"), RangeName: "services"}
+	IPv6Range  = netip.MustParsePrefix("fd20:1:2:3::/64")
 )
 
 // Harness is what the contract needs of a cloud beyond cloud.Interface.
 type Harness interface {
 	// AddInstance creates an instance with no alias ranges, on the
-	// subnetwork, and returns its reference.
+	// subnetwork, and returns its reference. Its NIC is IPv4-only.
 	AddInstance(t *testing.T, name string) cloud.InstanceRef
+	// AddDualStackInstance creates an instance as AddInstance does whose
+	// NIC is dual-stack and has been given its IPv6 range, the next of
+	// IPv6Range the cloud hands out.
+	AddDualStackInstance(t *testing.T, name string) cloud.InstanceRef
+	// SetIPv6 sets the NIC's IPv6 range as another client's change of its
+	// stack type does when it completes; the zero Prefix removes it.
+	SetIPv6(t *testing.T, inst cloud.InstanceRef, p netip.Prefix)
 	// DeleteInstance deletes an instance.
 	DeleteInstance(t *testing.T, inst cloud.InstanceRef)
 	// Apply sets an instance's alias ranges as another client's update
@@ -120,6 +130,33 @@ func (e *env) want(t *testing.T, inst cloud.InstanceRef, want ...cloud.AliasRang
 	}
 	if render(got) != render(want) {
 		t.Fatalf("Aliases(%s) = [%s], want [%s]", inst, render(got), render(want))
+	}
+}
+
+// ipv6 calls IPv6Range and fails the test on an error.
+func (e *env) ipv6(t *testing.T, inst cloud.InstanceRef) netip.Prefix {
+	t.Helper()
+	p, err := e.c.IPv6Range(e.ctx, inst)
+	if err != nil {
+		t.Fatalf("IPv6Range(%s) = %v", inst, err)
+	}
+	return p
+}
+
+// wantList checks that ListInstances names exactly the instances of want,
+// each with its IPv6 range.
+func (e *env) wantList(t *testing.T, want map[cloud.InstanceRef]netip.Prefix) {
+	t.Helper()
+	list, err := e.c.ListInstances(e.ctx)
+	if err != nil {
+		t.Fatalf("ListInstances = %v", err)
+	}
+	got := map[cloud.InstanceRef]netip.Prefix{}
+	for _, in := range list {
+		got[in.Ref] = in.IPv6
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("ListInstances IPv6 ranges = %v, want %v", got, want)
 	}
 }
 
@@ -357,6 +394,96 @@ var rows = []struct {
 			}
 			// The list refreshed what the cloud knows of b.
 			e.want(t, b, other("10.96.1.0/24"), pod("10.64.2.0/24"))
+		},
+	},
+	{
+		// A dual-stack NIC has an internal IPv6 range: ipv6Address with
+		// internalIpv6PrefixLength (compute/v1 NetworkInterface,
+		// https://cloud.google.com/compute/docs/reference/rest/v1/instances),
+		// a /96 of the subnetwork's /64 ("The IPv6 subnet size is /64 ...
+		// Each IPv6-enabled VM will be assigned a /96 address range from
+		// the subnet", Google Cloud blog, "Planning an IPv6 network on
+		// Google Cloud", 2023). Two NICs' ranges are apart; a NIC keeps
+		// its range across reads, alias writes (the write sends only
+		// aliasIpRanges, "PATCH semantics") and lists.
+		name: "IPv6Range: a dual-stack NIC's /96 of the subnetwork's range",
+		run: func(t *testing.T, e *env) {
+			a, b := e.h.AddDualStackInstance(t, "a"), e.h.AddDualStackInstance(t, "b")
+			pa, pb := e.ipv6(t, a), e.ipv6(t, b)
+			for _, p := range []netip.Prefix{pa, pb} {
+				if p.Bits() != 96 || p != p.Masked() || !IPv6Range.Contains(p.Addr()) {
+					t.Fatalf("IPv6Range = %v, want a /96 inside %v", p, IPv6Range)
+				}
+			}
+			if pa.Overlaps(pb) {
+				t.Fatalf("IPv6Range(a) = %v and IPv6Range(b) = %v overlap", pa, pb)
+			}
+			e.add(t, a, pod("10.64.1.0/24"), nil)
+			if got := e.ipv6(t, a); got != pa {
+				t.Fatalf("IPv6Range(a) after an alias write = %v, want %v", got, pa)
+			}
+			e.wantList(t, map[cloud.InstanceRef]netip.Prefix{a: pa, b: pb})
+			if got := e.ipv6(t, b); got != pb {
+				t.Fatalf("IPv6Range(b) after a list = %v, want %v", got, pb)
+			}
+		},
+	},
+	{
+		// stackType: "If not specified, IPV4_ONLY is used." (compute/v1
+		// NetworkInterface.stackType): such a NIC has no ipv6Address, and
+		// that is no error (cloud.Interface.IPv6Range).
+		name: "IPv6Range: an IPv4-only NIC has none",
+		run: func(t *testing.T, e *env) {
+			vm := e.h.AddInstance(t, "vm")
+			if got := e.ipv6(t, vm); got.IsValid() {
+				t.Fatalf("IPv6Range(%s) = %v, want none", vm, got)
+			}
+			e.wantList(t, map[cloud.InstanceRef]netip.Prefix{vm: {}})
+		},
+	},
+	{
+		// stackType "can be both set at instance creation and update
+		// network interface operations" (compute/v1
+		// NetworkInterface.stackType): a node's NIC may get its range
+		// after the node joined, or lose it. A cloud that serves
+		// IPv6Range from what it last read sees the change after
+		// ListInstances (cloud.Interface.IPv6Range).
+		name: "IPv6Range: a range that arrives, or goes, later",
+		run: func(t *testing.T, e *env) {
+			vm := e.h.AddInstance(t, "vm")
+			if got := e.ipv6(t, vm); got.IsValid() {
+				t.Fatalf("IPv6Range(%s) = %v, want none", vm, got)
+			}
+			p := netip.MustParsePrefix("fd20:1:2:3:0:ff::/96")
+			e.h.SetIPv6(t, vm, p)
+			e.wantList(t, map[cloud.InstanceRef]netip.Prefix{vm: p})
+			if got := e.ipv6(t, vm); got != p {
+				t.Fatalf("IPv6Range(%s) after a list = %v, want %v", vm, got, p)
+			}
+			e.h.SetIPv6(t, vm, netip.Prefix{})
+			e.wantList(t, map[cloud.InstanceRef]netip.Prefix{vm: {}})
+			if got := e.ipv6(t, vm); got.IsValid() {
+				t.Fatalf("IPv6Range(%s) after a list = %v, want none", vm, got)
+			}
+		},
+	},
+	{
+		// A missing instance, as for Aliases: ErrInstanceNotFound,
+		// whether never seen or gone by the last list.
+		name: "IPv6Range: a missing instance",
+		run: func(t *testing.T, e *env) {
+			ghost := e.h.AddDualStackInstance(t, "ghost")
+			e.h.DeleteInstance(t, ghost)
+			if p, err := e.c.IPv6Range(e.ctx, ghost); !errors.Is(err, cloud.ErrInstanceNotFound) {
+				t.Fatalf("IPv6Range(%s) = %v, %v, want ErrInstanceNotFound", ghost, p, err)
+			}
+			gone := e.h.AddDualStackInstance(t, "gone")
+			e.ipv6(t, gone)
+			e.h.DeleteInstance(t, gone)
+			e.wantList(t, map[cloud.InstanceRef]netip.Prefix{})
+			if p, err := e.c.IPv6Range(e.ctx, gone); !errors.Is(err, cloud.ErrInstanceNotFound) {
+				t.Fatalf("IPv6Range(%s) after a list = %v, %v, want ErrInstanceNotFound", gone, p, err)
+			}
 		},
 	},
 	{

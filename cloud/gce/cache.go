@@ -2,6 +2,7 @@ package gce
 
 import (
 	"context"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -16,6 +17,7 @@ type nicState struct {
 	name        string
 	subnetwork  string
 	aliases     []*compute.AliasIpRange
+	ipv6        netip.Prefix // nicIPv6; the zero Prefix when none
 	fingerprint string
 	// seq orders the reads and writes the state comes from: a state is
 	// never replaced by one from a read that began before it was recorded.
@@ -32,7 +34,7 @@ func newNICState(nic *compute.NetworkInterface) *nicState {
 	if name == "" {
 		name = "nic0"
 	}
-	return &nicState{name: name, subnetwork: nic.Subnetwork, aliases: nic.AliasIpRanges, fingerprint: nic.Fingerprint}
+	return &nicState{name: name, subnetwork: nic.Subnetwork, aliases: nic.AliasIpRanges, ipv6: nicIPv6(nic), fingerprint: nic.Fingerprint}
 }
 
 // nicCache holds the NICs of the instances we manage, filled by lists (and
@@ -104,7 +106,10 @@ func (m *nicCache) applied(inst cloud.InstanceRef, from *nicState, aliases []*co
 		return
 	}
 	m.seq++
-	m.m[k] = &nicState{name: from.name, subnetwork: from.subnetwork, aliases: aliases, seq: m.seq, writeSeq: writeSeq}
+	// The write sent only aliasIpRanges, and the call "follows PATCH
+	// semantics" (InstancesService.UpdateNetworkInterface): the NIC's
+	// IPv6 range is as it was read.
+	m.m[k] = &nicState{name: from.name, subnetwork: from.subnetwork, aliases: aliases, ipv6: from.ipv6, seq: m.seq, writeSeq: writeSeq}
 }
 
 // forget drops what a read or write begun before seq recorded.

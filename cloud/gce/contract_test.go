@@ -23,6 +23,7 @@ func TestContract(t *testing.T) {
 				cloudtest.PodRange.RangeName:   cloudtest.PodRange.CIDR,
 				cloudtest.OtherRange.RangeName: cloudtest.OtherRange.CIDR,
 			},
+			IPv6Range:    cloudtest.IPv6Range,
 			BeforeUpdate: func(string, string, *compute.NetworkInterface) { h.hook.Fire() },
 		})
 		t.Cleanup(s.Close)
@@ -51,6 +52,15 @@ type contractHarness struct {
 func (h *contractHarness) AddInstance(t *testing.T, name string) cloud.InstanceRef {
 	h.s.AddInstance(zone, name)
 	return ref(name)
+}
+
+func (h *contractHarness) AddDualStackInstance(t *testing.T, name string) cloud.InstanceRef {
+	h.s.AddInstanceDualStack(zone, name)
+	return ref(name)
+}
+
+func (h *contractHarness) SetIPv6(t *testing.T, inst cloud.InstanceRef, p netip.Prefix) {
+	h.s.SetIPv6(inst.Zone, inst.Name, p)
 }
 
 func (h *contractHarness) DeleteInstance(t *testing.T, inst cloud.InstanceRef) {

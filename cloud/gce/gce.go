@@ -17,6 +17,8 @@
 // successful operation proves the new state, so nothing is read back: one
 // node costs one write plus its share of lists and polls. A list that
 // could not reach every zone is reported as partial (cloud.ErrPartialList).
+// nic0's internal IPv6 range (IPv6Range, ipv6.go) is read from the same
+// cached NIC, at no extra call.
 //
 // # Errors by reason
 //
@@ -521,7 +523,7 @@ func (c *Cloud) ListInstances(ctx context.Context) ([]cloud.Instance, error) {
 	}
 	out := make([]cloud.Instance, 0, len(states))
 	for ref, st := range states {
-		out = append(out, cloud.Instance{Ref: ref, Aliases: toAliases(st.aliases)})
+		out = append(out, cloud.Instance{Ref: ref, Aliases: toAliases(st.aliases), IPv6: st.ipv6})
 	}
 	slices.SortFunc(out, func(a, b cloud.Instance) int { return strings.Compare(a.Ref.String(), b.Ref.String()) })
 	if len(unreachable) > 0 {

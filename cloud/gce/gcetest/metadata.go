@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -71,6 +72,11 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 			val, ok = s.metadataAliases(md.InstanceName, strings.TrimPrefix(sub, "ip-aliases/"), r.URL.Query())
 			break
 		}
+		if i == 0 && (sub == "ipv6s" || sub == "ipv6s/" || sub == "dhcpv6-refresh") {
+			// nic0's IPv6 comes from the instance itself.
+			val, ok = s.metadataIPv6(md.InstanceName, sub, r.URL.Query())
+			break
+		}
 		if i >= len(md.NetworkInterfaces) {
 			ok = false
 			break
@@ -132,5 +138,52 @@ func (s *Server) metadataAliases(name, key string, q url.Values) (string, bool) 
 			return "", false
 		}
 		return ranges[i], true
+	}
+}
+
+// metadataIPv6 answers nic0's IPv6 keys; a NIC without an IPv6 range has
+// none of them (404), as an IPv4-only NIC has no ip-aliases entries.
+//
+//   - ipv6s lists the NIC's IPv6 addresses (kubernetes/cloud-provider-gcp
+//     providers/gce/gce_instances.go reads instance/network-interfaces/N/ipv6s
+//     for a node's InternalIP: "Both internal and external IPv6 addresses
+//     are written to this array"; grpc-go's google-c2p resolver reads
+//     network-interfaces/0/ipv6s to learn whether the VM has IPv6). Its
+//     listing is one entry a line, each ending in "/": cloud-provider-gcp
+//     splits the answer on "/\n" and takes the first non-empty entry as
+//     the address. With recursive=true&alt=json the addresses come as a
+//     JSON array, by the directory rules of
+//     https://cloud.google.com/compute/docs/metadata/querying-metadata
+//     (UNVERIFIED for this key: no public copy of the answer was found).
+//     The address is the one compute's ipv6Address gives (render).
+//   - dhcpv6-refresh: the GCE guest agent
+//     (GoogleCloudPlatform/guest-agent metadata/metadata.go
+//     NetworkInterfaces.DHCPv6Refresh; google_guest_agent/network/manager/
+//     common.go interfaceListsIpv4Ipv6) counts a NIC as IPv6-capable when
+//     this key is not empty, and then gets the address itself by DHCPv6
+//     (dhclient -6); it reads no address from the metadata for a
+//     primary NIC. The value here is arbitrary (UNVERIFIED: the agent's
+//     tests use "123456"; GCE's own value was not found): only its
+//     presence is read.
+func (s *Server) metadataIPv6(name, key string, q url.Values) (string, bool) {
+	s.mu.Lock()
+	var p netip.Prefix
+	for _, in := range s.instances {
+		if in.name == name {
+			p = in.ipv6
+		}
+	}
+	s.mu.Unlock()
+	if !p.IsValid() {
+		return "", false
+	}
+	switch {
+	case key == "dhcpv6-refresh":
+		return "1", true
+	case q.Get("recursive") == "true":
+		b, _ := json.Marshal([]string{p.Addr().String()})
+		return string(b), true
+	default:
+		return p.Addr().String() + "/\n", true
 	}
 }

@@ -2,13 +2,15 @@
 // Engine for what aliasip uses, so the real google.golang.org/api/compute/v1
 // client (and the metadata client) can be driven over HTTP.
 //
-// Served: instances get/list/aggregatedList, instances.updateNetworkInterface
+// Served: instances get/list/aggregatedList (nic0 IPv4-only or dual-stack,
+// with its IPv6 range), instances.updateNetworkInterface
 // (400 without a fingerprint, 412 on a stale one, PATCH semantics, ranges
 // checked against the NIC's subnetwork, overlaps with other instances
 // reported inside the operation, the 150-range limit, requestId
 // idempotence), zone operations get/wait/list (wait may return before the
 // operation is done, even at once; list takes the `name eq RE2` filter),
-// subnetworks get, and the metadata server with its Metadata-Flavor check.
+// subnetworks get (with the subnetwork's IPv6 range), and the metadata
+// server with its Metadata-Flavor check.
 // Faults can be injected: a 5xx rate, forced 412s, per-minute quota windows
 // answered with 403 rateLimitExceeded, and operations that fail with
 // GCE's error codes.
@@ -26,6 +28,8 @@ import (
 	"time"
 
 	compute "google.golang.org/api/compute/v1"
+
+	"github.com/aliasip/aliasip/cloud"
 )
 
 // MaxAliasRanges is GCE's per-NIC limit.
@@ -120,6 +124,16 @@ type Options struct {
 	Subnetwork      string
 	PrimaryRange    netip.Prefix
 	SecondaryRanges map[string]netip.Prefix
+	// IPv6Range, when valid, makes the subnetwork dual-stack with this
+	// internal IPv6 range (a /64 on GCE, see AddInstanceDualStack):
+	// subnetworks.get reports it as internalIpv6Prefix ("The internal
+	// IPv6 address range that is owned by this subnetwork.") with
+	// stackType IPV4_IPV6 and ipv6AccessType INTERNAL ("VMs on this
+	// subnet will be assigned IPv6 addresses that are only accessible over
+	// the VPC network."), google.golang.org/api/compute/v1 Subnetwork.
+	// ipv6CidrRange is not served: "[Output Only] This field is for
+	// internal use." (same schema).
+	IPv6Range netip.Prefix
 	// OpDelay is how long an operation stays RUNNING before it is DONE.
 	OpDelay time.Duration
 	// WaitMax is the longest operations.wait blocks before returning the
@@ -161,6 +175,7 @@ type Server struct {
 	maxURL    int            // longest request URI received
 	// unreachable zones: aggregatedList leaves them out
 	unreachable map[string]bool
+	nextIPv6    uint64 // index of the next /96 of IPv6Range to give out
 }
 
 type instance struct {
@@ -171,6 +186,7 @@ type instance struct {
 	aliases     []*compute.AliasIpRange
 	pending     []*compute.AliasIpRange // set while an update operation runs
 	busy        bool
+	ipv6        netip.Prefix // nic0's internal IPv6 range; zero: IPV4_ONLY
 }
 
 // NewServer starts a server.
@@ -190,6 +206,7 @@ func NewServer(opts Options) *Server {
 	if !opts.PrimaryRange.IsValid() {
 		opts.PrimaryRange = netip.MustParsePrefix("10.128.0.0/20")
 	}
+	opts.IPv6Range = opts.IPv6Range.Masked()
 	if opts.WaitMax <= 0 {
 		opts.WaitMax = 2 * time.Second
 	}
@@ -319,6 +336,62 @@ func (s *Server) AddInstanceOn(zone, name, subnetwork string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.instances[zone+"/"+name] = &instance{zone: zone, name: name, subnetwork: subnetwork, id: uint64(len(s.instances) + 1000), fingerprint: 1}
+}
+
+// IPv6PrefixLen is the length of the IPv6 range GCE gives a dual-stack VM
+// NIC: "The IPv6 subnet size is /64 (e.g., fd20:a:b:c::/64). Each
+// IPv6-enabled VM will be assigned a /96 address range from the subnet"
+// (Google Cloud blog, "Planning an IPv6 network on Google Cloud", 2023,
+// https://cloud.google.com/blog/products/networking/how-to-create-a-ipv6-network-in-google-cloud/).
+const IPv6PrefixLen = 96
+
+// AddInstanceDualStack creates an instance like AddInstance whose nic0 is
+// dual-stack (stackType IPV4_IPV6) and has the next /96 of
+// Options.IPv6Range, which it returns. It panics when the server has no
+// IPv6 range or the range is used up.
+func (s *Server) AddInstanceDualStack(zone, name string) netip.Prefix {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.nextIPv6Locked()
+	s.instances[zone+"/"+name] = &instance{zone: zone, name: name, id: uint64(len(s.instances) + 1000), fingerprint: 1, ipv6: p}
+	return p
+}
+
+// NextIPv6 returns the next /96 of Options.IPv6Range, given to no
+// instance yet, for SetIPv6. It panics as AddInstanceDualStack does.
+func (s *Server) NextIPv6() netip.Prefix {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nextIPv6Locked()
+}
+
+func (s *Server) nextIPv6Locked() netip.Prefix {
+	if !s.opts.IPv6Range.IsValid() {
+		panic("gcetest: a dual-stack instance needs Options.IPv6Range")
+	}
+	p, err := cloud.Subprefix(s.opts.IPv6Range, IPv6PrefixLen, s.nextIPv6)
+	if err != nil {
+		panic("gcetest: " + err.Error())
+	}
+	s.nextIPv6++
+	return p
+}
+
+// SetIPv6 sets nic0's internal IPv6 range as another client's
+// updateNetworkInterface changing its stackType does when it completes
+// (stackType "can be both set at instance creation and update network
+// interface operations", compute/v1 NetworkInterface.stackType): p makes
+// the NIC IPV4_IPV6 with that range; the zero Prefix makes it IPV4_ONLY
+// without one. The fingerprint changes, as with ApplyAliases. A node
+// whose IPv6 arrives after it joined is an instance added IPv4-only that
+// is given its range later.
+func (s *Server) SetIPv6(zone, name string, p netip.Prefix) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if in, ok := s.instances[zone+"/"+name]; ok {
+		in.ipv6 = p
+		in.fingerprint++
+	}
 }
 
 // ApplyAliases sets an instance's alias ranges as an operation another
