@@ -138,6 +138,12 @@ const (
 	EventCloudAliasRefused = "CloudAliasRefused"
 	// EventInstanceNotFound: the node's providerID names no known instance.
 	EventInstanceNotFound = "InstanceNotFound"
+	// EventIPv6NotAssigned: dual-stack, and the node's NIC has no IPv6
+	// range yet: the node waits for it before getting its podCIDRs.
+	EventIPv6NotAssigned = "IPv6NotAssigned"
+	// EventIPv6CIDRMismatch: dual-stack, and the node's IPv6 podCIDR is not
+	// the /112 of its NIC's IPv6 range (or it has none): left alone.
+	EventIPv6CIDRMismatch = "IPv6CIDRMismatch"
 	// EventInstanceNotNode: the node's providerID names an instance that is
 	// not the node's own (another name): nothing is done for it.
 	EventInstanceNotNode = "InstanceNotNode"
@@ -178,6 +184,10 @@ type Config struct {
 	// SyncTimeout bounds one node's sync, cloud operations included, so a
 	// hung call cannot hold a worker forever (default 3m).
 	SyncTimeout time.Duration
+	// DualStack: a node's podCIDRs are [its IPv4 block, the first /112 of
+	// its NIC's IPv6 range], written together; a node whose NIC has no
+	// IPv6 range yet waits (podCIDRs are immutable once set).
+	DualStack bool
 }
 
 // assignment is a block the controller holds for a node.
@@ -206,6 +216,9 @@ type Controller struct {
 	wakeCh  chan struct{}
 	// accepting: informer events are queued (from the rebuild's list on).
 	accepting atomic.Bool
+	// ipv6Waiting: dual-stack nodes waiting for their NIC's IPv6 range
+	// (guarded by mu); the leak collector's list queues them when it comes.
+	ipv6Waiting map[string]bool
 }
 
 // New builds a controller. client is used for Node writes only; events go
@@ -233,11 +246,12 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 				&workqueue.TypedBucketRateLimiter[string]{Limiter: rate.NewLimiter(50, 500)},
 			),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "aliasip-nodes"}),
-		recorder: recorder,
-		metrics:  m,
-		blocks:   newBlocks(),
-		leakSeen: map[string]time.Time{},
-		wakeCh:   make(chan struct{}, 1),
+		recorder:    recorder,
+		metrics:     m,
+		blocks:      newBlocks(),
+		leakSeen:    map[string]time.Time{},
+		ipv6Waiting: map[string]bool{},
+		wakeCh:      make(chan struct{}, 1),
 	}
 	m.poolSource = c.blocks.stats
 	nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -376,10 +390,12 @@ func (c *Controller) handleErr(ctx context.Context, key string, err error) {
 		return
 	}
 	logger := klog.FromContext(ctx)
-	if errors.Is(err, errExhausted) {
+	if errors.Is(err, errExhausted) || errors.Is(err, errWaitIPv6) {
 		// Not a failure of the node: it waits in c.waiting and is queued
-		// again as soon as a block is freed (runCooldown), or at the next
-		// resync. It is never dropped for waiting.
+		// again as soon as a block is freed (runCooldown), or — waiting
+		// for its NIC's IPv6 range — when the leak collector's list shows
+		// the range (requeueIfDrifted), or at the next resync. It is never
+		// dropped for waiting.
 		c.queue.Forget(key)
 		return
 	}

@@ -130,6 +130,9 @@ type harnessConfig struct {
 	prep func(*fake.Cloud)
 	// cloudOf is the cloud the controller uses (default: the fake).
 	cloudOf func(*fake.Cloud) cloud.Interface
+	// dualStack: the cluster is dual-stack, the fake's instances get /96s
+	// of fd20:0:0:1::/64.
+	dualStack bool
 }
 
 func startHarness(t *testing.T, hc harnessConfig) *harness {
@@ -140,7 +143,11 @@ func startHarness(t *testing.T, hc harnessConfig) *harness {
 	for _, n := range hc.nodes {
 		objs = append(objs, n.DeepCopy())
 	}
-	fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(hc.cluster), AutoRegister: true})
+	fo := fake.Options{PodRange: netip.MustParsePrefix(hc.cluster), AutoRegister: true}
+	if hc.dualStack {
+		fo.IPv6Range = netip.MustParsePrefix("fd20:0:0:1::/64")
+	}
+	fc, err := fake.New(fo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +163,7 @@ func startHarness(t *testing.T, hc harnessConfig) *harness {
 	for _, n := range hc.nodes {
 		_ = h.nodeInf.GetIndexer().Add(n.DeepCopy())
 	}
-	h.ctrl = New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000}, h.client, nodeInformer{h.nodeInf}, cl, h.recorder, h.metrics)
+	h.ctrl = New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1000, CloudBurst: 1000, DualStack: hc.dualStack}, h.client, nodeInformer{h.nodeInf}, cl, h.recorder, h.metrics)
 	if hc.podRanges {
 		var robjs []runtime.Object
 		h.rangeInf = newTestInformer(&aliasipv1.PodRange{})

@@ -100,7 +100,10 @@ func (c *Controller) requeueIfDrifted(ctx context.Context, name string, in cloud
 	// node's) was reported by the node's sync and stays as it is until a
 	// Node event: it is not queued again every interval.
 	ownPodCIDR := perr == nil && isBlock && c.blocks.holder(podCIDR) == name
-	drifted := unrecorded ||
+	c.mu.Lock()
+	ipv6Came := c.ipv6Waiting[name] && in.IPv6.IsValid()
+	c.mu.Unlock()
+	drifted := ipv6Came || unrecorded ||
 		(ownPodCIDR && len(ours) > 1) ||
 		(node.Spec.PodCIDR == "" && len(ours) > 0 && !othersOnly) ||
 		(ownPodCIDR && len(ours) == 0)

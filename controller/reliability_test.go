@@ -2,6 +2,9 @@ package controller
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"net/netip"
 	"strings"
 	"testing"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/aliasip/aliasip/cloud"
 	aliasipv1 "github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
+	"github.com/aliasip/aliasip/fake"
 )
 
 // memCooling is a CoolingStore in memory.
@@ -125,5 +129,53 @@ func TestSamePrefixSpellings(t *testing.T) {
 	}
 	if samePrefix("fd00:10::/120", p) || samePrefix("", p) {
 		t.Error("another prefix, or none, matched")
+	}
+}
+
+// Dual-stack (issue 23): a node whose NIC has no IPv6 range yet gets
+// nothing — no block, no alias, no podCIDR — and waits without counting
+// as failing; once its NIC has the range, the leak collector's list queues
+// it and it gets [IPv4 block, the NIC's first /112] in one patch.
+func TestDualStackNodeWaitsForIPv6AndRecovers(t *testing.T) {
+	h := startHarness(t, harnessConfig{cluster: "10.0.0.0/16", dualStack: true,
+		nodes: []*corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: "n"}}},
+		prep: func(fc *fake.Cloud) {
+			fc.RegisterInstance("n")
+			if err := fc.SetIPv6("n", netip.Prefix{}); err != nil {
+				t.Fatal(err)
+			}
+		}})
+	if err := h.syncNode("n"); !errors.Is(err, errWaitIPv6) {
+		t.Fatalf("sync without IPv6: %v, want errWaitIPv6", err)
+	}
+	if p := h.podCIDR("n"); p != "" {
+		t.Fatalf("n got podCIDR %s without its IPv6", p)
+	}
+	if a, _ := h.cloud.Aliases(h.ctx, cloud.InstanceRef{Name: "n"}); len(a) != 0 {
+		t.Fatalf("n's NIC got %v while it waits", a)
+	}
+	h.ctrl.handleErr(h.ctx, "n", fmt.Errorf("x: %w", errWaitIPv6))
+	if h.ctrl.queue.NumRequeues("n") != 0 {
+		t.Error("a node waiting for its IPv6 range is retried as a failure")
+	}
+	h.drain()
+	v6, err := h.cloud.AssignIPv6("n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ctrl.collectLeaks(h.ctx)
+	if q := h.drain(); !slices.Contains(q, "n") {
+		t.Fatalf("the list showed n's IPv6 range %v, but n was not queued (queue %v)", v6, q)
+	}
+	if err := h.syncNode("n"); err != nil {
+		t.Fatal(err)
+	}
+	n, err := h.client.CoreV1().Nodes().Get(h.ctx, "n", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want6 := netip.PrefixFrom(v6.Addr(), 112).String()
+	if len(n.Spec.PodCIDRs) != 2 || n.Spec.PodCIDRs[0] != n.Spec.PodCIDR || n.Spec.PodCIDRs[1] != want6 {
+		t.Errorf("podCIDRs %v (podCIDR %s), want [the IPv4 block, %s]", n.Spec.PodCIDRs, n.Spec.PodCIDR, want6)
 	}
 }

@@ -49,18 +49,21 @@ func TestStateTableRows(t *testing.T) {
 		return n
 	}
 	for _, tc := range []struct {
-		name     string
-		nodes    []*corev1.Node
-		aliases  map[string][]string // instance -> alias CIDRs before
-		owned    map[string]string   // node -> block held before (deleted nodes)
-		cooling  []string            // blocks cooling down before
-		inflight map[string]string   // block -> node whose alias write runs
-		sync     string
-		wantErr  error
-		patch    string              // podCIDR patched on the synced node ("" none)
-		label    string              // pod-range label patched alone ("" none)
-		after    map[string][]string // instance -> alias CIDRs after
-		events   []string            // "Type Reason", in order
+		name      string
+		nodes     []*corev1.Node
+		aliases   map[string][]string // instance -> alias CIDRs before
+		owned     map[string]string   // node -> block held before (deleted nodes)
+		cooling   []string            // blocks cooling down before
+		inflight  map[string]string   // block -> node whose alias write runs
+		dualStack bool                // the cluster is dual-stack
+		noIPv6    []string            // instances whose NIC has no IPv6 range
+		patch6    string              // the IPv6 podCIDR the patch must carry
+		sync      string
+		wantErr   error
+		patch     string              // podCIDR patched on the synced node ("" none)
+		label     string              // pod-range label patched alone ("" none)
+		after     map[string][]string // instance -> alias CIDRs after
+		events    []string            // "Type Reason", in order
 	}{
 		{
 			name:  "empty, none: assign",
@@ -188,6 +191,45 @@ func TestStateTableRows(t *testing.T) {
 			events: []string{"Normal CIDRPending"},
 		},
 		{
+			name:      "dual-stack, empty, none: assign IPv4 and the NIC's first /112 in one patch",
+			nodes:     []*corev1.Node{node("n", "", "")},
+			dualStack: true,
+			sync:      "n", patch: "10.0.0.0/24", patch6: "fd20:0:0:1::/112",
+			after:  map[string][]string{"n": {"10.0.0.0/24"}},
+			events: []string{"Normal CIDRAssigned"},
+		},
+		{
+			name:      "dual-stack, empty, present: adopt with the IPv6 /112",
+			nodes:     []*corev1.Node{node("n", "", "")},
+			aliases:   map[string][]string{"n": {"10.0.7.0/24"}},
+			dualStack: true,
+			sync:      "n", patch: "10.0.7.0/24", patch6: "fd20:0:0:1::/112",
+			after:  map[string][]string{"n": {"10.0.7.0/24"}},
+			events: []string{"Normal CIDRAssigned"},
+		},
+		{
+			name:      "dual-stack, the NIC has no IPv6 range yet: wait, no block, no alias",
+			nodes:     []*corev1.Node{node("n", "", "")},
+			noIPv6:    []string{"n"},
+			dualStack: true,
+			sync:      "n", wantErr: errWaitIPv6,
+			after:  map[string][]string{"n": nil},
+			events: []string{"Warning IPv6NotAssigned"},
+		},
+		{
+			name: "dual-stack, in sync, an IPv6 podCIDR that is not the NIC's: report, touch nothing",
+			nodes: []*corev1.Node{func() *corev1.Node {
+				n := ranged("default", node("n", "10.0.3.0/24", ""))
+				n.Spec.PodCIDRs = []string{"10.0.3.0/24", "fd99::/112"}
+				return n
+			}()},
+			aliases:   map[string][]string{"n": {"10.0.3.0/24"}},
+			dualStack: true,
+			sync:      "n",
+			after:     map[string][]string{"n": {"10.0.3.0/24"}},
+			events:    []string{"Warning IPv6CIDRMismatch"},
+		},
+		{
 			name:   "providerID naming another node's VM: refused, that VM untouched",
 			nodes:  []*corev1.Node{node("v", "", ""), node("evil", "", "fake://v")},
 			sync:   "evil",
@@ -223,7 +265,8 @@ func TestStateTableRows(t *testing.T) {
 				objs = append(objs, n)
 			}
 			client := k8sfake.NewClientset(objs...)
-			fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(podRange), AutoRegister: true, ProviderSchemes: []string{"fake"}})
+			fc, err := fake.New(fake.Options{PodRange: netip.MustParsePrefix(podRange), AutoRegister: true, ProviderSchemes: []string{"fake"},
+				IPv6Range: netip.MustParsePrefix("fd20:0:0:1::/64")})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -239,8 +282,15 @@ func TestStateTableRows(t *testing.T) {
 			for _, n := range tc.nodes {
 				informer.Informer().GetIndexer().Add(n)
 			}
+			for _, inst := range tc.noIPv6 {
+				fc.RegisterInstance(inst)
+				if err := fc.SetIPv6(inst, netip.Prefix{}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			recorder := record.NewFakeRecorder(10)
 			c := New(Config{MaskSize: 24, Workers: 1, CloudQPS: 1e6, CloudBurst: 1e6}, client, informer, fc, recorder, NewMetrics(prometheus.NewRegistry()))
+			c.cfg.DualStack = tc.dualStack
 			if err := c.rebuild(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -278,6 +328,10 @@ func TestStateTableRows(t *testing.T) {
 				t.Errorf("Node writes %v, want none", patches)
 			case tc.patch != "" && (len(patches) != 1 || !strings.Contains(patches[0], `"podCIDR":"`+tc.patch+`"`)):
 				t.Errorf("Node writes %v, want one patch to %s", patches, tc.patch)
+			case tc.patch6 != "" && !strings.Contains(patches[0], `"podCIDRs":["`+tc.patch+`","`+tc.patch6+`"]`):
+				t.Errorf("Node writes %v, want podCIDRs [%s, %s] in one patch", patches, tc.patch, tc.patch6)
+			case tc.patch != "" && tc.patch6 == "" && !strings.Contains(patches[0], `"podCIDRs":["`+tc.patch+`"]`):
+				t.Errorf("Node writes %v, want podCIDRs [%s] alone", patches, tc.patch)
 			case tc.label != "":
 				want := fmt.Sprintf(`%s {"metadata":{"labels":{%q:%q}}}`, tc.sync, aliasipv1.NodeLabel, tc.label)
 				if len(patches) != 1 || patches[0] != want {

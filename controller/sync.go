@@ -72,10 +72,15 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 		}
 	}
 	switch r {
-	case rowAssign:
-		return c.assign(ctx, node, st.inst)
-	case rowAdopt:
-		return c.adopt(ctx, node, st.inst, st.blocks, st.ours)
+	case rowAssign, rowAdopt:
+		v6, err := c.ipv6PodCIDR(ctx, node, st.inst)
+		if err != nil {
+			return err
+		}
+		if r == rowAssign {
+			return c.assign(ctx, node, st.inst, v6)
+		}
+		return c.adopt(ctx, node, st.inst, st.blocks, st.ours, v6)
 	case rowOutOfRange:
 		return c.outOfRange(node)
 	case rowWrongSize:
@@ -189,6 +194,67 @@ func (c *Controller) classify(st nodeState) row {
 	}
 }
 
+// errWaitIPv6 marks a dual-stack node whose NIC has no IPv6 range yet.
+var errWaitIPv6 = errors.New("waiting for the NIC's IPv6 range")
+
+// ipv6PodCIDR returns, on a dual-stack cluster, the IPv6 podCIDR a node
+// gets: the first /112 of its NIC's IPv6 range (a /96 on GCE). GKE's
+// allocator does the same: kubernetes/cloud-provider-gcp
+// providers/gce/gce_instances.go GetIPV6Address masks the NIC's IPv6
+// address to /112, and pkg/controller/nodeipam/ipam/cloud_cidr_allocator.go
+// writes it as the second podCIDR, IPv4 first. No alias is needed: the VPC
+// routes the NIC's whole /96 to the VM. Single-stack, it is the zero
+// Prefix. A NIC without an IPv6 range yet makes the node wait (an Event,
+// errWaitIPv6, retried; the leak collector's list queues it once the
+// range is there): podCIDRs are immutable once set, so it must not get
+// its IPv4 block alone.
+func (c *Controller) ipv6PodCIDR(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef) (netip.Prefix, error) {
+	if !c.cfg.DualStack {
+		return netip.Prefix{}, nil
+	}
+	r, err := c.cloud.IPv6Range(ctx, inst)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("read the IPv6 range of %s: %w", inst, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !r.IsValid() || r.Bits() > 112 {
+		if !c.ipv6Waiting[node.Name] {
+			c.recorder.Eventf(node, corev1.EventTypeWarning, EventIPv6NotAssigned,
+				"Dual-stack: the NIC of %s has no IPv6 range yet; the node gets its podCIDRs (IPv4 and IPv6 together) once it has one", inst)
+		}
+		c.ipv6Waiting[node.Name] = true
+		return netip.Prefix{}, fmt.Errorf("node %s: %w", node.Name, errWaitIPv6)
+	}
+	delete(c.ipv6Waiting, node.Name)
+	return netip.PrefixFrom(r.Masked().Addr(), 112), nil
+}
+
+// checkIPv6 reports, on a dual-stack cluster, a node in sync whose IPv6
+// podCIDR is missing or is not the /112 of its NIC's range (foreign: left
+// alone, as podCIDRs are immutable).
+func (c *Controller) checkIPv6(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef) {
+	if !c.cfg.DualStack {
+		return
+	}
+	var got netip.Prefix
+	for _, s := range node.Spec.PodCIDRs {
+		if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is6() {
+			got = p
+		}
+	}
+	r, err := c.cloud.IPv6Range(ctx, inst)
+	if err != nil {
+		return
+	}
+	switch {
+	case !got.IsValid():
+		c.mismatch(node, EventIPv6CIDRMismatch, "Dual-stack, but the node's podCIDRs %v have no IPv6 prefix (set before dual-stack; podCIDRs cannot change)", node.Spec.PodCIDRs)
+	case !r.IsValid() || got != netip.PrefixFrom(r.Masked().Addr(), 112):
+		c.mismatch(node, EventIPv6CIDRMismatch, "IPv6 podCIDR %v is not the first /112 of the NIC's IPv6 range %v; leaving it alone", got, r)
+	}
+}
+
 // outOfRange is the row "podCIDR in no range": foreign, left alone.
 func (c *Controller) outOfRange(node *corev1.Node) error {
 	c.mu.Lock()
@@ -233,7 +299,7 @@ func (c *Controller) mismatch(node *corev1.Node, reason, format string, args ...
 
 // assign is the row "podCIDR empty, no alias": reserve a block, add the
 // alias (waiting for the cloud), then patch the podCIDR.
-func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef) error {
+func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, v6 netip.Prefix) error {
 	cidr, rng, err := c.blocks.reserve(node.Name, inst, node.Labels)
 	if errors.Is(err, allocator.ErrRangeExhausted) {
 		c.metrics.Allocations.WithLabelValues("exhausted").Inc()
@@ -275,7 +341,7 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 		}
 		return fmt.Errorf("add alias %v to %s: %w", cidr, inst, err)
 	}
-	if err := c.patchPodCIDR(ctx, node, cidr, rng); err != nil {
+	if err := c.patchPodCIDR(ctx, node, cidr, v6, rng); err != nil {
 		return err
 	}
 	c.metrics.Allocations.WithLabelValues("assigned").Inc()
@@ -287,7 +353,7 @@ func (c *Controller) assign(ctx context.Context, node *corev1.Node, inst cloud.I
 // adopt is the row "podCIDR empty, alias present": the alias (a crash or a
 // failed patch after the alias was added) becomes the podCIDR; any others
 // are removed at the next sync (the extra-alias row).
-func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, blocks, ours []netip.Prefix) error {
+func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, blocks, ours []netip.Prefix, v6 netip.Prefix) error {
 	cidr := blocks[0]
 	conflict, err := c.claim(node, cidr, inst)
 	if err != nil {
@@ -301,7 +367,7 @@ func (c *Controller) adopt(ctx context.Context, node *corev1.Node, inst cloud.In
 		return err
 	}
 	rng, _, _ := c.blocks.rangeOf(cidr)
-	if err := c.patchPodCIDR(ctx, node, cidr, rng); err != nil {
+	if err := c.patchPodCIDR(ctx, node, cidr, v6, rng); err != nil {
 		return err
 	}
 	c.metrics.Allocations.WithLabelValues("adopted").Inc()
@@ -332,6 +398,7 @@ func (c *Controller) inSync(ctx context.Context, node *corev1.Node, st nodeState
 	if err := c.blocks.occupy(st.ours...); err != nil {
 		return err
 	}
+	c.checkIPv6(ctx, node, st.inst)
 	return c.ensureLabel(ctx, node, st.podCIDR)
 }
 
@@ -469,9 +536,16 @@ func (c *Controller) addAlias(ctx context.Context, node string, inst cloud.Insta
 
 // patchPodCIDR writes spec.podCIDR, spec.podCIDRs and the label naming the
 // block's range (aliasipv1.NodeLabel) in one patch.
-func (c *Controller) patchPodCIDR(ctx context.Context, node *corev1.Node, cidr netip.Prefix, rng string) error {
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}},"spec":{"podCIDR":%q,"podCIDRs":[%q]}}`,
-		aliasipv1.NodeLabel, rng, cidr.String(), cidr.String())
+func (c *Controller) patchPodCIDR(ctx context.Context, node *corev1.Node, cidr, v6 netip.Prefix, rng string) error {
+	// spec.podCIDRs holds at most one prefix per family, IPv4 first here as
+	// GKE writes them, and spec.podCIDR is podCIDRs[0]
+	// (https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/node-v1/#NodeSpec).
+	cidrs := fmt.Sprintf("%q", cidr.String())
+	if v6.IsValid() {
+		cidrs += fmt.Sprintf(",%q", v6.String())
+	}
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}},"spec":{"podCIDR":%q,"podCIDRs":[%s]}}`,
+		aliasipv1.NodeLabel, rng, cidr.String(), cidrs)
 	c.metrics.NodeWrites.Inc()
 	_, err := c.client.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, []byte(patch), metav1PatchOptions)
 	if err != nil {

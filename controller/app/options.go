@@ -37,6 +37,7 @@ type Options struct {
 	Cloud            string
 	ClusterCIDR      string
 	NodeCIDRMaskSize int
+	DualStack        bool
 	Workers          int
 	CloudQPS         float64
 	CloudBurst       int
@@ -79,6 +80,7 @@ type Options struct {
 	FakeErrorRate float64
 	FakeRateLimit float64
 	FakeStateFile string
+	FakeIPv6Range string
 	FakeAutoReg   bool
 	FakeSchemes   []string
 }
@@ -163,6 +165,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Cloud, "cloud", o.Cloud, "Cloud provider: gce or fake.")
 	fs.StringVar(&o.ClusterCIDR, "cluster-cidr", o.ClusterCIDR, "Pod range (required with --cloud=fake).")
 	fs.IntVar(&o.NodeCIDRMaskSize, "node-cidr-mask-size", o.NodeCIDRMaskSize, "Mask size of each node's block.")
+	fs.BoolVar(&o.DualStack, "dual-stack", o.DualStack, "Dual-stack: each node's podCIDRs are its IPv4 block and the first /112 of its NIC's IPv6 range (GCE: the NIC's /96; fake: --fake-ipv6-range), written together; a node whose NIC has no IPv6 range yet waits.")
 	fs.IntVar(&o.Workers, "workers", o.Workers, "Nodes synced concurrently.")
 	fs.Float64Var(&o.CloudQPS, "cloud-qps", o.CloudQPS, "Client-side budget of cloud calls per second (default 20 with --cloud=gce; unlimited with --cloud=fake unless set).")
 	fs.IntVar(&o.CloudBurst, "cloud-burst", o.CloudBurst, "Burst of the cloud call budget.")
@@ -196,6 +199,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.Float64Var(&o.FakeErrorRate, "fake-error-rate", o.FakeErrorRate, "Fake cloud: fraction of calls failing with 503.")
 	fs.Float64Var(&o.FakeRateLimit, "fake-rate-limit", o.FakeRateLimit, "Fake cloud: calls per second accepted (0: unlimited).")
 	fs.StringVar(&o.FakeStateFile, "fake-state-file", o.FakeStateFile, "Fake cloud: persist state in this file, shared between processes (empty: in memory).")
+	fs.StringVar(&o.FakeIPv6Range, "fake-ipv6-range", o.FakeIPv6Range, "Fake cloud: the subnetwork's internal IPv6 range (a ULA /64 such as fd20:0:0:1::/64); each instance gets the next /96 of it, as a GCE dual-stack subnet gives each NIC. Empty: instances are IPv4-only.")
 	fs.BoolVar(&o.FakeAutoReg, "fake-auto-register", o.FakeAutoReg, "Fake cloud: every node without a providerID, or with one of --fake-provider-schemes, is an instance.")
 	fs.StringSliceVar(&o.FakeSchemes, "fake-provider-schemes", o.FakeSchemes, "Fake cloud: comma-separated providerID schemes it owns; a node with one (kind://docker/CLUSTER/NODE) is the instance named after the last \"/\". Nodes with other schemes (gce://, aws://) get InstanceNotFound.")
 }
@@ -328,6 +332,10 @@ func (o *Options) Config() (Config, error) {
 		return Config{}, fmt.Errorf("--node-cidr-mask-size=%d: %v", o.NodeCIDRMaskSize, err)
 	}
 	switch {
+	case o.DualStack && podRange.IsValid() && podRange.Addr().Is6():
+		return Config{}, fmt.Errorf("--dual-stack with --cluster-cidr=%v: the pod range is the IPv4 side (the IPv6 side comes from each NIC's IPv6 range)", podRange)
+	case o.DualStack && o.Cloud == "fake" && o.FakeIPv6Range == "":
+		return Config{}, fmt.Errorf("--dual-stack with --cloud=fake needs --fake-ipv6-range (the subnetwork's IPv6 range the instances' /96s come from)")
 	case o.Workers < 1:
 		return Config{}, fmt.Errorf("--workers=%d: must be at least 1", o.Workers)
 	case cloudQPS <= 0 || o.CloudBurst < 1:
@@ -360,8 +368,17 @@ func (o *Options) Config() (Config, error) {
 		}
 	}
 
+	var fakeIPv6 netip.Prefix
+	if o.FakeIPv6Range != "" {
+		p, err := netip.ParsePrefix(o.FakeIPv6Range)
+		if err != nil || !p.Addr().Is6() || p.Masked() != p || p.Bits() > 96 {
+			return Config{}, fmt.Errorf("--fake-ipv6-range=%q: want an IPv6 network of /96 or larger, e.g. fd20:0:0:1::/64", o.FakeIPv6Range)
+		}
+		fakeIPv6 = p
+	}
 	c := Config{
 		Controller: controller.Config{
+			DualStack:       o.DualStack,
 			MaskSize:        o.NodeCIDRMaskSize,
 			Workers:         o.Workers,
 			ReleaseCooldown: releaseCooldown,
@@ -406,6 +423,7 @@ func (o *Options) Config() (Config, error) {
 			AutoRegister:    o.FakeAutoReg,
 			ProviderSchemes: slices.Clone(o.FakeSchemes),
 			StatePath:       o.FakeStateFile,
+			IPv6Range:       fakeIPv6,
 		}
 		c.Controller.CloudQPS, c.Controller.CloudBurst = cloudQPS, o.CloudBurst
 	}

@@ -48,6 +48,13 @@ func TestValidate(t *testing.T) {
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes=9p"}, `"9p" is not a URI scheme`},
 		{[]string{"--cloud=gce", "--fake-provider-schemes=kind/"}, "--fake-provider-schemes"},
 		{[]string{"--cloud=gce", "--cluster-cidr=fd00:10::/48", "--node-cidr-mask-size=64"}, "IPv6 pod ranges are not supported with --cloud=gce"},
+		// Dual-stack: the IPv6 side comes from the NICs.
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--dual-stack", "--fake-ipv6-range=fd20:0:0:1::/64"}, ""},
+		{[]string{"--cloud=gce", "--dual-stack"}, ""},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--dual-stack"}, "needs --fake-ipv6-range"},
+		{[]string{"--cloud=fake", "--cluster-cidr=fd00::/48", "--node-cidr-mask-size=64", "--dual-stack", "--fake-ipv6-range=fd20::/64"}, "the pod range is the IPv4 side"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-ipv6-range=10.0.0.0/8"}, "--fake-ipv6-range"},
+		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-ipv6-range=fd20::/112"}, "--fake-ipv6-range"},
 		// An empty list: only nodes without a providerID are instances.
 		{[]string{"--cloud=fake", "--cluster-cidr=10.0.0.0/16", "--fake-provider-schemes="}, ""},
 	} {
