@@ -24,8 +24,11 @@ type fileState struct {
 	// continues it.
 	Generation string `json:"generation,omitempty"`
 	// Seq is the last journal record the snapshot holds.
-	Seq         uint64                   `json:"seq,omitempty"`
-	PodCIDR     netip.Prefix             `json:"podCIDR"`
+	Seq     uint64       `json:"seq,omitempty"`
+	PodCIDR netip.Prefix `json:"podCIDR"`
+	// IPv6PodCIDR is the IPv6 block of a dual-stack store; omitted (zero)
+	// when single-stack, as in every state written before dual-stack.
+	IPv6PodCIDR netip.Prefix             `json:"ipv6PodCIDR,omitzero"`
 	Allocations []Allocation             `json:"allocations"`
 	Cooling     map[netip.Addr]time.Time `json:"cooling,omitempty"`
 }
@@ -42,7 +45,7 @@ func (s *Store) load() error {
 }
 
 // read fills the maps from the snapshot and the journal. With no cidr set
-// (ReadAllocations) the snapshot's is taken.
+// (ReadAllocations) the snapshot's blocks are taken.
 func (s *Store) read() error {
 	journal, jerr := os.ReadFile(s.path + JournalSuffix)
 	if jerr != nil && !errors.Is(jerr, os.ErrNotExist) {
@@ -65,10 +68,13 @@ func (s *Store) read() error {
 		return fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, err)
 	}
 	if !s.cidr.IsValid() {
-		s.cidr = st.PodCIDR
+		s.cidr, s.cidr6 = st.PodCIDR, st.IPv6PodCIDR
 	}
-	if st.PodCIDR.IsValid() && st.PodCIDR != s.cidr {
-		return fmt.Errorf("%w: %s holds %v, the node now has %v", ErrPodCIDRChanged, s.path, st.PodCIDR, s.cidr)
+	// A snapshot that records its blocks (all but the oldest) records both:
+	// no IPv6 block is single-stack, and differs from a dual-stack store's.
+	recorded := st.PodCIDR.IsValid() || st.IPv6PodCIDR.IsValid()
+	if (st.PodCIDR.IsValid() && st.PodCIDR != s.cidr) || (recorded && st.IPv6PodCIDR != s.cidr6) {
+		return fmt.Errorf("%w: %s holds %v, the node now has %v", ErrPodCIDRChanged, s.path, blocks(st.PodCIDR, st.IPv6PodCIDR), s.PodCIDRs())
 	}
 	for i := range st.Allocations {
 		if err := s.add(&st.Allocations[i]); err != nil {
@@ -98,25 +104,43 @@ type journalHeader struct {
 	Generation string `json:"generation"`
 }
 
+// blocks formats the blocks a snapshot records, as PodCIDRs would.
+func blocks(v4, v6 netip.Prefix) []netip.Prefix {
+	if v6.IsValid() {
+		return []netip.Prefix{v4, v6}
+	}
+	return []netip.Prefix{v4}
+}
+
 // add puts a stored allocation in the maps, refusing what no save writes.
+// A dual-stack allocation without an IPv6 address is one Recover kept.
 func (s *Store) add(a *Allocation) error {
 	if !s.cidr.Contains(a.IP) {
 		return fmt.Errorf("%v (%s) outside %v", a.IP, a.Key, s.cidr)
 	}
-	if other, dup := s.byIP[a.IP]; dup && other != a.Key {
-		return fmt.Errorf("%v held by both %s and %s", a.IP, other, a.Key)
+	if a.IPv6.IsValid() && !s.cidr6.Contains(a.IPv6) {
+		return fmt.Errorf("%v (%s) outside the IPv6 block %v", a.IPv6, a.Key, s.cidr6)
+	}
+	for _, ip := range a.addrs() {
+		if other, dup := s.byIP[ip]; dup && other != a.Key {
+			return fmt.Errorf("%v held by both %s and %s", ip, other, a.Key)
+		}
 	}
 	if old, ok := s.allocs[a.Key]; ok {
-		delete(s.byIP, old.IP)
+		for _, ip := range old.addrs() {
+			delete(s.byIP, ip)
+		}
 	}
 	s.allocs[a.Key] = a
-	s.byIP[a.IP] = a.Key
-	delete(s.cooling, a.IP)
+	for _, ip := range a.addrs() {
+		s.byIP[ip] = a.Key
+		delete(s.cooling, ip)
+	}
 	return nil
 }
 
-// record is one journal line: an allocation made, or one released (and
-// when its address may be reused).
+// record is one journal line: an allocation made (both of its addresses),
+// or one released (and when its addresses may be reused).
 type record struct {
 	Seq       uint64      `json:"seq"`
 	Add       *Allocation `json:"add,omitempty"`
@@ -150,9 +174,11 @@ func (s *Store) replay(journal []byte) error {
 		}
 		if a, ok := s.allocs[*r.Del]; ok {
 			delete(s.allocs, a.Key)
-			delete(s.byIP, a.IP)
-			if r.CoolUntil != nil {
-				s.cooling[a.IP] = *r.CoolUntil
+			for _, ip := range a.addrs() {
+				delete(s.byIP, ip)
+				if r.CoolUntil != nil {
+					s.cooling[ip] = *r.CoolUntil
+				}
 			}
 		}
 	}
@@ -275,7 +301,7 @@ func (s *Store) truncateJournal(size int64) error {
 
 // snapshot is the state as the snapshot file holds it.
 func (s *Store) snapshot() fileState {
-	st := fileState{Generation: s.gen, Seq: s.seq, PodCIDR: s.cidr, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
+	st := fileState{Generation: s.gen, Seq: s.seq, PodCIDR: s.cidr, IPv6PodCIDR: s.cidr6, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
 	for _, a := range s.allocs {
 		st.Allocations = append(st.Allocations, *a)
 	}

@@ -20,7 +20,18 @@ import (
 // with ErrPodCIDRChanged, an empty or unreadable one with ErrCorrupt: the
 // caller decides what becomes of it (see Recover).
 func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
-	s, err := newStore(path, podCIDR, cooldown)
+	return OpenDualStack(path, podCIDR, netip.Prefix{}, cooldown)
+}
+
+// OpenDualStack is Open for a dual-stack node: v4 is its IPv4 block (the
+// podCIDR Open takes), v6 its IPv6 block (its second podCIDR, a /112 on
+// GCE), which the same rule as the controller's (internal/blocksize) wants
+// a /126 or larger. Each allocation then holds an address of each. The
+// zero v6 opens the store single-stack, as Open does. A state written for
+// other blocks — a single-stack one included — is refused with
+// ErrPodCIDRChanged.
+func OpenDualStack(path string, v4, v6 netip.Prefix, cooldown time.Duration) (*Store, error) {
+	s, err := newStore(path, v4, v6, cooldown)
 	if err != nil {
 		return nil, err
 	}
@@ -35,7 +46,17 @@ func Open(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, er
 // host (the pods' veths and routes), when the state file was lost. The
 // caller moves the bad file aside first.
 func Recover(path string, podCIDR netip.Prefix, cooldown time.Duration, allocs []Allocation) (*Store, error) {
-	s, err := newStore(path, podCIDR, cooldown)
+	return RecoverDualStack(path, podCIDR, netip.Prefix{}, cooldown, allocs)
+}
+
+// RecoverDualStack is Recover for the blocks OpenDualStack takes. An
+// allocation is kept for its IPv4 address, as by Recover; its IPv6
+// address is kept with it if it is a valid one of the IPv6 block, held by
+// no other, and dropped otherwise (the pod keeps its IPv4 address alone:
+// a pod found on the host is never given an address it was not seen with).
+// An allocation without a valid IPv4 address is dropped whole.
+func RecoverDualStack(path string, v4, v6 netip.Prefix, cooldown time.Duration, allocs []Allocation) (*Store, error) {
+	s, err := newStore(path, v4, v6, cooldown)
 	if err != nil {
 		return nil, err
 	}
@@ -47,11 +68,16 @@ func Recover(path string, podCIDR netip.Prefix, cooldown time.Duration, allocs [
 		if _, dup := s.byIP[a.IP]; dup {
 			continue
 		}
+		if _, dup := s.byIP[a.IPv6]; dup || !s.cidr6.Contains(a.IPv6) || s.reserved(a.IPv6) {
+			a.IPv6 = netip.Addr{}
+		}
 		if a.Created.IsZero() {
 			a.Created = s.now().UTC()
 		}
 		s.allocs[a.Key] = &a
-		s.byIP[a.IP] = a.Key
+		for _, ip := range a.addrs() {
+			s.byIP[ip] = a.Key
+		}
 	}
 	if err := s.compact(); err != nil {
 		s.release()
@@ -85,7 +111,7 @@ func MoveAside(path, aside string) error {
 	return nil
 }
 
-func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store, error) {
+func newStore(path string, podCIDR, v6 netip.Prefix, cooldown time.Duration) (*Store, error) {
 	podCIDR = podCIDR.Masked()
 	if !podCIDR.Addr().Is4() {
 		return nil, fmt.Errorf("podCIDR %v: want an IPv4 range", podCIDR)
@@ -93,6 +119,16 @@ func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store
 	// The same rule the controller applies before handing a block out.
 	if err := blocksize.Check(podCIDR); err != nil {
 		return nil, fmt.Errorf("podCIDR %v: %w", podCIDR, err)
+	}
+	if v6 != (netip.Prefix{}) {
+		// An IPv4-mapped range (::ffff:a.b.c.d) is IPv4 in disguise.
+		if v6.IsValid() && (!v6.Addr().Is6() || v6.Addr().Is4In6()) {
+			return nil, fmt.Errorf("IPv6 block %v: want an IPv6 range", v6)
+		}
+		if err := blocksize.Check(v6); err != nil { // an invalid prefix too
+			return nil, fmt.Errorf("IPv6 block %v: %w", v6, err)
+		}
+		v6 = v6.Masked()
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
@@ -111,7 +147,7 @@ func newStore(path string, podCIDR netip.Prefix, cooldown time.Duration) (*Store
 		return nil, fmt.Errorf("IPAM journal: %w", err)
 	}
 	return &Store{
-		path: path, cidr: podCIDR, cooldown: cooldown, now: time.Now, lock: lock, journal: journal,
+		path: path, cidr: podCIDR, cidr6: v6, cooldown: cooldown, now: time.Now, lock: lock, journal: journal,
 		allocs: map[Key]*Allocation{}, byIP: map[netip.Addr]Key{}, cooling: map[netip.Addr]time.Time{},
 	}, nil
 }

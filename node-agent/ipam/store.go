@@ -3,6 +3,16 @@
 // namespace/name and host veth recorded, persisted so that a crash or
 // restart of the agent loses nothing.
 //
+// A store is single-stack (Open: the node's IPv4 block) or dual-stack
+// (OpenDualStack: the IPv4 block and the node's IPv6 block, its second
+// podCIDR). A dual-stack attachment holds one address of each block, as
+// one transaction: Allocate hands out both or neither, in one journal
+// record, and Release and Retain free both together, each cooling down.
+// The blocks a state was written for are recorded in it: a store opened
+// with other blocks — another IPv4 block, an IPv6 block added, changed or
+// dropped — is refused with ErrPodCIDRChanged, since a node's podCIDRs
+// never change (a changed set is another Node object).
+//
 // The state is a snapshot (one JSON file) and a journal beside it (one JSON
 // record per line). A change is one record appended to the journal with a
 // single write and made durable with fdatasync before the call returns: one
@@ -28,7 +38,8 @@
 // Freed addresses cool down before reuse, so a packet for a deleted pod is
 // not delivered to its successor. The podCIDR's network address, its first
 // address (the gateway address by convention) and its broadcast address are
-// never handed out.
+// never handed out; of the IPv6 block, only its Subnet-Router anycast
+// address (see reserved).
 package ipam
 
 import (
@@ -41,10 +52,12 @@ import (
 	"time"
 )
 
-// ErrExhausted: every address of the podCIDR is in use or cooling down.
+// ErrExhausted: every address of the podCIDR (or, dual-stack, of the IPv6
+// block) is in use or cooling down.
 var ErrExhausted = errors.New("pod IP range exhausted")
 
-// ErrPodCIDRChanged: the state file was written for another podCIDR.
+// ErrPodCIDRChanged: the state file was written for another podCIDR, or
+// for another IPv6 block (or none, or one where the store now has none).
 var ErrPodCIDRChanged = errors.New("IPAM state is for another podCIDR")
 
 // ErrCorrupt: the state file is empty or cannot be read as state.
@@ -65,15 +78,30 @@ type Key struct {
 
 func (k Key) String() string { return k.ContainerID + "/" + k.IfName }
 
-// Allocation is one pod address.
+// Allocation is one attachment's pod addresses.
 type Allocation struct {
 	Key
-	Namespace string     `json:"namespace,omitempty"`
-	Pod       string     `json:"pod,omitempty"`
-	PodUID    string     `json:"podUID,omitempty"`
-	HostVeth  string     `json:"hostVeth,omitempty"`
-	IP        netip.Addr `json:"ip"`
-	Created   time.Time  `json:"created"`
+	Namespace string `json:"namespace,omitempty"`
+	Pod       string `json:"pod,omitempty"`
+	PodUID    string `json:"podUID,omitempty"`
+	HostVeth  string `json:"hostVeth,omitempty"`
+	// IP is the pod's IPv4 address, of the podCIDR.
+	IP netip.Addr `json:"ip"`
+	// IPv6 is the pod's IPv6 address, of the IPv6 block, on a dual-stack
+	// store; zero on a single-stack one (omitted from the state file, which
+	// then reads as it did before dual-stack), and on an allocation that
+	// Recover rebuilt from a pod whose IPv6 address was not found.
+	IPv6    netip.Addr `json:"ipv6,omitzero"`
+	Created time.Time  `json:"created"`
+}
+
+// addrs returns the allocation's addresses: its IPv4 one, then its IPv6
+// one if it has one.
+func (a *Allocation) addrs() []netip.Addr {
+	if a.IPv6.IsValid() {
+		return []netip.Addr{a.IP, a.IPv6}
+	}
+	return []netip.Addr{a.IP}
 }
 
 // Request asks for an address.
@@ -88,7 +116,8 @@ type Request struct {
 // Store is the allocator. It is safe for concurrent use.
 type Store struct {
 	path     string
-	cidr     netip.Prefix
+	cidr     netip.Prefix // the IPv4 block
+	cidr6    netip.Prefix // the IPv6 block; zero when single-stack
 	cooldown time.Duration
 	now      func() time.Time
 
@@ -103,18 +132,33 @@ type Store struct {
 	// broken: a failed write may have left a record in the journal that
 	// could not be taken out again; the next change rewrites the snapshot
 	// (which covers it) before anything is appended.
-	broken  bool
-	allocs  map[Key]*Allocation
+	broken bool
+	allocs map[Key]*Allocation
+	// byIP and cooling hold the addresses of both families: an IPv4 and
+	// an IPv6 netip.Addr never compare equal.
 	byIP    map[netip.Addr]Key
 	cooling map[netip.Addr]time.Time
-	next    netip.Addr
+	next    netip.Addr // IPv4 next-fit cursor
+	next6   netip.Addr // IPv6 next-fit cursor
 }
 
-// PodCIDR returns the range addresses come from.
+// PodCIDR returns the IPv4 range addresses come from.
 func (s *Store) PodCIDR() netip.Prefix { return s.cidr }
 
-// Allocate returns the attachment's address, allocating one if it has none
-// (a repeated ADD gets the same address).
+// PodCIDRs returns the blocks addresses come from, in the order of a
+// node's spec.podCIDRs: the IPv4 block, then the IPv6 block if the store
+// is dual-stack.
+func (s *Store) PodCIDRs() []netip.Prefix {
+	if s.cidr6.IsValid() {
+		return []netip.Prefix{s.cidr, s.cidr6}
+	}
+	return []netip.Prefix{s.cidr}
+}
+
+// Allocate returns the attachment's addresses, allocating them if it has
+// none (a repeated ADD gets the same ones). On a dual-stack store it hands
+// out an IPv4 and an IPv6 address, or neither (ErrExhausted when either
+// block has none free), made durable in one journal record.
 func (s *Store) Allocate(req Request) (Allocation, error) {
 	if req.ContainerID == "" || req.IfName == "" {
 		return Allocation{}, errors.New("container ID and interface name are required")
@@ -127,24 +171,41 @@ func (s *Store) Allocate(req Request) (Allocation, error) {
 	if a, ok := s.allocs[req.Key]; ok {
 		return *a, nil
 	}
-	ip, ok := s.findFree()
+	// Both addresses are found before anything changes: an exhausted IPv6
+	// block leaves the IPv4 one (and its cursor) as it was.
+	ip, ok := s.findFree(s.cidr, s.next)
 	if !ok {
-		return Allocation{}, fmt.Errorf("%w: all %d addresses of %v in use or cooling down", ErrExhausted, s.usable(), s.cidr)
+		return Allocation{}, fmt.Errorf("%w: all %d addresses of %v in use or cooling down", ErrExhausted, usable(s.cidr), s.cidr)
 	}
-	a := &Allocation{Key: req.Key, Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostVeth: req.HostVeth, IP: ip, Created: s.now().UTC()}
+	var ip6 netip.Addr
+	if s.cidr6.IsValid() {
+		if ip6, ok = s.findFree(s.cidr6, s.next6); !ok {
+			return Allocation{}, fmt.Errorf("%w: all %d addresses of the IPv6 block %v in use or cooling down", ErrExhausted, usable(s.cidr6), s.cidr6)
+		}
+	}
+	a := &Allocation{Key: req.Key, Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostVeth: req.HostVeth, IP: ip, IPv6: ip6, Created: s.now().UTC()}
 	s.allocs[req.Key] = a
-	s.byIP[ip] = req.Key
-	delete(s.cooling, ip)
+	for _, x := range a.addrs() {
+		s.byIP[x] = req.Key
+		delete(s.cooling, x) // expired: findFree returns no address cooling down
+	}
 	s.next = ip.Next()
+	if ip6.IsValid() {
+		s.next6 = ip6.Next()
+	}
+	// One record holds both addresses: a crash leaves the whole allocation
+	// in the journal or none of it (a torn last record is dropped).
 	if err := s.write(record{Add: a}); err != nil {
 		delete(s.allocs, req.Key)
-		delete(s.byIP, ip)
+		for _, x := range a.addrs() {
+			delete(s.byIP, x)
+		}
 		return Allocation{}, err
 	}
 	return *a, nil
 }
 
-// Release frees the attachment's address (it cools down first) and returns
+// Release frees the attachment's addresses (both cool down first) and returns
 // the allocation it had; releasing an unknown attachment returns false.
 func (s *Store) Release(k Key) (Allocation, bool, error) {
 	s.mu.Lock()
@@ -164,8 +225,8 @@ func (s *Store) Release(k Key) (Allocation, bool, error) {
 	return *a, true, nil
 }
 
-// Retain releases every allocation for which keep returns false, and
-// returns those released.
+// Retain releases every allocation for which keep returns false (both of
+// its addresses), and returns those released.
 func (s *Store) Retain(keep func(Allocation) bool) ([]Allocation, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -218,16 +279,48 @@ func (s *Store) List() []Allocation {
 	return out
 }
 
-// Stats returns the addresses in use, free now, and cooling down.
+// Stats returns the IPv4 block's addresses in use, free now, and cooling
+// down. StatsByFamily counts the IPv6 block's too.
 func (s *Store) Stats() (used, free, cooling int) {
+	st := s.StatsByFamily()[0]
+	return st.Used, st.Free, st.Cooling
+}
+
+// FamilyStats counts one block's addresses.
+type FamilyStats struct {
+	// Block is the IPv4 or the IPv6 block (Block.Addr().Is6()).
+	Block netip.Prefix
+	// Used are held by allocations, Cooling were released and may not be
+	// handed out yet, Free may be handed out now. Used+Free+Cooling is the
+	// number of addresses the store may ever hand out of the block, which
+	// for an IPv6 block of more than 2^63 addresses is saturated at
+	// math.MaxInt.
+	Used, Free, Cooling int
+}
+
+// StatsByFamily returns each block's counts, in PodCIDRs order: the IPv4
+// block, then the IPv6 block on a dual-stack store.
+func (s *Store) StatsByFamily() []FamilyStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	for _, t := range s.cooling {
-		if now.Before(t) {
-			cooling++
+	out := make([]FamilyStats, 0, 2)
+	for _, block := range s.PodCIDRs() {
+		st := FamilyStats{Block: block}
+		for ip, t := range s.cooling {
+			if block.Contains(ip) && now.Before(t) {
+				st.Cooling++
+			}
 		}
+		for _, a := range s.allocs {
+			for _, ip := range a.addrs() {
+				if block.Contains(ip) {
+					st.Used++
+				}
+			}
+		}
+		st.Free = usable(block) - st.Used - st.Cooling
+		out = append(out, st)
 	}
-	used = len(s.allocs)
-	return used, s.usable() - used - cooling, cooling
+	return out
 }
