@@ -125,7 +125,7 @@ func TestGCEConvergesUnderFaults(t *testing.T) {
 	e, s := newGCEEnv(t, "10.32.0.0/14", gcetest.Options{
 		OpDelay: 500 * time.Millisecond,
 		WaitMax: 200 * time.Millisecond,
-		Faults: gcetest.Faults{Rate5xx: 0.2, Force412: 0.1, RateLimit: 60, RateWindow: time.Second,
+		Faults: gcetest.Faults{Rate5xx: 0.2, Force412: 0.1, RateLimit: 20, RateWindow: time.Second,
 			OpNotReady: 0.05, OpStaleFingerprint: 0.05},
 	})
 	c := e.startController("controller", "--cloud-qps", "150", "--cloud-burst", "150", "--workers", "40",
