@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -66,6 +68,42 @@ func PrepareHost(hostIface string) (int, error) {
 		changed += n
 	}
 	return changed, nil
+}
+
+// PrepareHostIPv6 applies the host-wide IPv6 settings of a dual-stack node
+// and reports how many it had to change. hostIface is the node's NIC.
+//
+// IPv6 forwarding is one switch for the whole host: conf/all/forwarding
+// "Enable global IPv6 forwarding between all interfaces" and "also sets all
+// interfaces' Host/Router setting 'forwarding'" (ip-sysctl.rst). A router
+// interface ignores router advertisements "unless accept_ra is 2"
+// (ip-sysctl.rst, forwarding, TRUE (1), 3.), and the kernel drops the
+// default routes it learnt from them as forwarding is switched on
+// (net/ipv6/route.c, rt6_purge_dflt_routers, spares accept_ra=2 links). A
+// NIC that takes its IPv6 default route from RAs, as a GCE VM's does,
+// would lose it. So the NIC's accept_ra goes from 1 to 2 first; 0 (static
+// configuration) and 2 are left as they are.
+func PrepareHostIPv6(hostIface string) (int, error) {
+	changed := 0
+	raKey := "net/ipv6/conf/" + hostIface + "/accept_ra"
+	cur, err := os.ReadFile(filepath.Join(ProcSys, raKey))
+	if err != nil {
+		return 0, fmt.Errorf("sysctl %s: %w", raKey, err)
+	}
+	if strings.TrimSpace(string(cur)) == "1" {
+		// Keep taking router advertisements on the NIC once forwarding is on.
+		n, err := ensureSysctl(raKey, "2")
+		if err != nil {
+			return 0, fmt.Errorf("sysctl %s=2: %w", raKey, err)
+		}
+		changed += n
+	}
+	// Route IPv6 between the NIC and the pods' veths.
+	n, err := ensureSysctl("net/ipv6/conf/all/forwarding", "1")
+	if err != nil {
+		return changed, fmt.Errorf("sysctl net/ipv6/conf/all/forwarding=1: %w", err)
+	}
+	return changed + n, nil
 }
 
 // RemoveGuestAgentRoute deletes the `local` route the GCE guest agent adds
