@@ -133,9 +133,12 @@ func RemoveGuestAgentRoute(podCIDR netip.Prefix, proto int) (bool, error) {
 	return removed, nil
 }
 
-// PodRoute is a wanted /32 route to a pod's host veth.
+// PodRoute is a wanted /32 route to a pod's host veth, and, for a
+// dual-stack pod, a wanted /128 route with the veth's IPv6 configuration.
 type PodRoute struct {
-	IP       netip.Addr
+	IP netip.Addr
+	// IPv6 is the pod's IPv6 address (zero: IPv4 only).
+	IPv6     netip.Addr
 	HostVeth string
 	// Settling: the pod's ADD may still be running (its address was
 	// allocated moments ago). The plugin brings the host veth up, then sets
@@ -171,12 +174,31 @@ type Report struct {
 // ran in between would "repair" what the plugin is about to do (and the
 // kernel refuses a route through a link that is down, ENETDOWN).
 func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, guestProto int) (Report, error) {
+	return ReconcileDualStack(podCIDR, netip.Prefix{}, hostIface, want, guestProto)
+}
+
+// ReconcileDualStack is Reconcile for a node with an IPv6 block too
+// (podCIDR6; the zero Prefix: exactly Reconcile). On top of Reconcile's
+// work it re-applies PrepareHostIPv6, gives every up pod with an IPv6
+// address its host veth's IPv6 sysctls (ConfigureHostVethIPv6), the
+// gateway address GatewayIPv6 and its /128 route back, and removes /128
+// routes of podCIDR6 to "ali" veths that no pod wants. Repaired gateway
+// addresses count as repaired routes (the pod's IPv6 default route
+// depends on it as its IPv4 one does on proxy-ARP).
+func ReconcileDualStack(podCIDR, podCIDR6 netip.Prefix, hostIface string, want func() []PodRoute, guestProto int) (Report, error) {
 	var rep Report
 	var errs []error
 	if n, err := PrepareHost(hostIface); err != nil {
 		errs = append(errs, err)
 	} else {
 		rep.SysctlsRepaired += n
+	}
+	if podCIDR6.IsValid() {
+		if n, err := PrepareHostIPv6(hostIface); err != nil {
+			errs = append(errs, err)
+		} else {
+			rep.SysctlsRepaired += n
+		}
 	}
 	if removed, err := RemoveGuestAgentRoute(podCIDR, guestProto); err != nil {
 		errs = append(errs, err)
@@ -219,10 +241,32 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, g
 			correct[ip] = r.LinkIndex
 		}
 	}
+	if podCIDR6.IsValid() {
+		routes6, err := netlinksafe.RouteListFiltered(unix.AF_INET6, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return rep, errors.Join(append(errs, err)...)
+		}
+		for _, r := range routes6 {
+			if r.Dst == nil || maskBits(r.Dst.Mask) != 128 || r.LinkIndex == 0 {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(r.Dst.IP)
+			if !ok || !podCIDR6.Contains(ip) {
+				continue
+			}
+			podRoutes = append(podRoutes, hostRoute{r, ip})
+			if r.Gw == nil {
+				correct[ip] = r.LinkIndex
+			}
+		}
+	}
 
 	wanted := map[netip.Addr]string{}
 	for _, w := range want() {
 		wanted[w.IP] = w.HostVeth
+		if w.IPv6.IsValid() && podCIDR6.IsValid() {
+			wanted[w.IPv6] = w.HostVeth
+		}
 		link, ok := byName[w.HostVeth]
 		if !ok {
 			continue // the pod's veth is gone (or not made yet): nothing to route to
@@ -230,8 +274,9 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, g
 		if link.Attrs().Flags&net.FlagUp == 0 {
 			continue // an ADD in progress
 		}
+		v6 := w.IPv6.IsValid() && podCIDR6.IsValid()
 		if w.Settling {
-			if correct[w.IP] != link.Attrs().Index {
+			if correct[w.IP] != link.Attrs().Index || (v6 && correct[w.IPv6] != link.Attrs().Index) {
 				rep.Settling++
 			}
 			continue
@@ -240,6 +285,9 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, g
 		rep.SysctlsRepaired += n
 		if err != nil {
 			errs = append(errs, err)
+		}
+		if v6 {
+			repairHostIPv6(link, w, correct, &rep, &errs)
 		}
 		if correct[w.IP] == link.Attrs().Index {
 			continue
@@ -259,7 +307,7 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, g
 		if wanted[hr.ip] == link.Attrs().Name {
 			continue
 		}
-		// ip route del IP/32 dev aliXXX: a vanished pod's route.
+		// ip route del IP/32 (or IP6/128) dev aliXXX: a vanished pod's route.
 		r := hr.route
 		if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
 			errs = append(errs, err)
@@ -270,6 +318,46 @@ func Reconcile(podCIDR netip.Prefix, hostIface string, want func() []PodRoute, g
 	return rep, errors.Join(errs...)
 }
 
+// repairHostIPv6 gives a dual-stack pod's host veth back its IPv6
+// sysctls, the gateway address and the /128 route, counting what it had
+// to change.
+func repairHostIPv6(link netlink.Link, w PodRoute, correct map[netip.Addr]int, rep *Report, errs *[]error) {
+	n, err := ConfigureHostVethIPv6(w.HostVeth)
+	rep.SysctlsRepaired += n
+	if err != nil {
+		*errs = append(*errs, err)
+		return // without IPv6 on the veth, neither address nor route is taken
+	}
+	addrs, err := netlinksafe.AddrList(link, unix.AF_INET6)
+	if err != nil {
+		*errs = append(*errs, err)
+		return
+	}
+	hasGW := false
+	for _, a := range addrs {
+		hasGW = hasGW || (a.IP.Equal(GatewayIPv6.AsSlice()) && a.Flags&unix.IFA_F_DADFAILED == 0)
+	}
+	if !hasGW {
+		// ip addr replace fe80::ecee:eeff:feee:eeee/64 dev aliXXX nodad:
+		// the pod's IPv6 gateway (see SetupPod).
+		gw := &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(GatewayIPv6, 64)), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrReplace(link, gw); err != nil {
+			*errs = append(*errs, fmt.Errorf("add %v to %s: %w", GatewayIPv6, w.HostVeth, err))
+		} else {
+			rep.RoutesRepaired++
+		}
+	}
+	if correct[w.IPv6] == link.Attrs().Index {
+		return
+	}
+	// ip -6 route replace IP6/128 dev aliXXX
+	if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipNet(netip.PrefixFrom(w.IPv6, 128))}); err != nil {
+		*errs = append(*errs, fmt.Errorf("route %v dev %s: %w", w.IPv6, w.HostVeth, err))
+		return
+	}
+	rep.RoutesRepaired++
+}
+
 // FabricRoute sends another node's podCIDR to that node's address.
 type FabricRoute struct {
 	PodCIDR netip.Prefix
@@ -278,12 +366,20 @@ type FabricRoute struct {
 
 // SyncFabric emulates the VPC: "ip route replace PODCIDR via NODEIP proto
 // 201" for each wanted route, and removes proto-201 routes no longer wanted.
-// It reports how many routes it added or changed and removed.
+// It reports how many routes it added or changed and removed. A route is
+// IPv4 or IPv6 (a node's IPv6 block via its IPv6 address); the proto-201
+// routes of both families are read, so an IPv6 one no longer wanted goes
+// too.
 func SyncFabric(want []FabricRoute) (changed, removed int, err error) {
 	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: ProtoFabric}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return 0, 0, err
 	}
+	routes6, err := netlinksafe.RouteListFiltered(unix.AF_INET6, &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: ProtoFabric}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
+		return 0, 0, err
+	}
+	routes = append(routes, routes6...)
 	have := map[netip.Prefix]netip.Addr{}
 	var errs []error
 	wanted := map[netip.Prefix]bool{}
@@ -291,8 +387,13 @@ func SyncFabric(want []FabricRoute) (changed, removed int, err error) {
 		wanted[w.PodCIDR] = true
 	}
 	for _, r := range routes {
-		p, ok := prefixOf(r.Dst.IP, r.Dst.Mask)
-		gw, _ := netip.AddrFromSlice(r.Gw.To4())
+		var p netip.Prefix
+		ok := false
+		if r.Dst != nil { // nil: a default route, never one SyncFabric adds
+			p, ok = prefixOf(r.Dst.IP, r.Dst.Mask)
+		}
+		gw, _ := netip.AddrFromSlice(r.Gw)
+		gw = gw.Unmap()
 		if ok && wanted[p] {
 			have[p] = gw
 			continue
@@ -332,9 +433,14 @@ func prefixOf(ip []byte, mask []byte) (netip.Prefix, bool) {
 }
 
 // HostPod is a pod found on the host: a /32 route of the podCIDR through a
-// veth whose alias names the pod's container (SetupPod writes it).
+// veth whose alias names the pod's container (SetupPod writes it), and,
+// for a dual-stack pod, the /128 route of the IPv6 block through the same
+// veth.
 type HostPod struct {
-	IP          netip.Addr
+	IP netip.Addr
+	// IPv6 is the address of the /128 route through HostVeth (zero: none
+	// found, or the node is single-stack).
+	IPv6        netip.Addr
 	HostVeth    string
 	ContainerID string
 }
@@ -343,6 +449,13 @@ type HostPod struct {
 // when its file was lost: every /32 route of the main table inside podCIDR
 // whose link is a veth with an alias.
 func HostPods(podCIDR netip.Prefix) ([]HostPod, error) {
+	return HostPodsDualStack(podCIDR, netip.Prefix{})
+}
+
+// HostPodsDualStack is HostPods for a node with an IPv6 block too: each pod
+// also gets the address of the /128 route of podCIDR6 through its veth
+// (the first, should there be several). The zero podCIDR6: HostPods.
+func HostPodsDualStack(podCIDR, podCIDR6 netip.Prefix) ([]HostPod, error) {
 	links, err := netlinksafe.LinkList()
 	if err != nil {
 		return nil, err
@@ -354,6 +467,26 @@ func HostPods(podCIDR netip.Prefix) ([]HostPod, error) {
 	routes, err := netlinksafe.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, err
+	}
+	// The IPv6 address of each veth: its /128 route of the IPv6 block.
+	v6 := map[int]netip.Addr{}
+	if podCIDR6.IsValid() {
+		routes6, err := netlinksafe.RouteListFiltered(unix.AF_INET6, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range routes6 {
+			if r.Dst == nil || r.Gw != nil {
+				continue
+			}
+			p, ok := prefixOf(r.Dst.IP, r.Dst.Mask)
+			if !ok || p.Bits() != 128 || !podCIDR6.Contains(p.Addr()) {
+				continue
+			}
+			if cur, seen := v6[r.LinkIndex]; !seen || p.Addr().Less(cur) {
+				v6[r.LinkIndex] = p.Addr()
+			}
+		}
 	}
 	var out []HostPod
 	for _, r := range routes {
@@ -368,7 +501,7 @@ func HostPods(podCIDR netip.Prefix) ([]HostPod, error) {
 		if !ok || l.Type() != "veth" || l.Attrs().Alias == "" {
 			continue
 		}
-		out = append(out, HostPod{IP: p.Addr(), HostVeth: l.Attrs().Name, ContainerID: l.Attrs().Alias})
+		out = append(out, HostPod{IP: p.Addr(), IPv6: v6[r.LinkIndex], HostVeth: l.Attrs().Name, ContainerID: l.Attrs().Alias})
 	}
 	return out, nil
 }
