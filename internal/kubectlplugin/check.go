@@ -406,6 +406,11 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 				id = "pod " + al.Namespace + "/" + al.Pod
 			}
 			hold(ip, holder{n.Name, id, "allocation of " + podName(al.Namespace, al.Pod, al.ContainerID)})
+			// A dual-stack allocation holds its IPv6 address too: another
+			// holder of it is a duplicate like one of the IPv4 address.
+			if ip6, err := netip.ParseAddr(al.IPv6); err == nil {
+				hold(ip6, holder{n.Name, id, "allocation of " + podName(al.Namespace, al.Pod, al.ContainerID)})
+			}
 			if !block.Contains(ip) {
 				add(Finding{Kind: KindAllocationOutside, Class: ClassMismatch, Node: n.Name, IP: al.IP, Namespace: al.Namespace, Pod: al.Pod,
 					Message: fmt.Sprintf("node %s: %s holds %s, outside the podCIDR %v", n.Name, podName(al.Namespace, al.Pod, al.ContainerID), al.IP, block)})

@@ -42,6 +42,10 @@ func TestCheckHealthyClusterStates(t *testing.T) {
 		{"a dual-stack pod whose other address is not the agent's", func(s *Snapshot) {
 			s.Pods[0].Status.PodIPs = append(s.Pods[0].Status.PodIPs, corev1.PodIP{IP: "fd00::5"})
 		}},
+		{"a dual-stack pod whose IPv6 address its agent holds", func(s *Snapshot) {
+			s.Pods[0].Status.PodIPs = append(s.Pods[0].Status.PodIPs, corev1.PodIP{IP: "fd00::5"})
+			s.Agents["a"].Allocations[0].IPv6 = "fd00::5"
+		}},
 		{"a static pod (its mirror has another UID)", func(s *Snapshot) {
 			p := pod("kube-system", "proxy-a", "mirror-uid", "a", "10.0.1.7")
 			p.Annotations = map[string]string{"kubernetes.io/config.mirror": "0123abcd", "kubernetes.io/config.hash": "0123abcd"}
@@ -79,6 +83,12 @@ func TestCheckFindsMore(t *testing.T) {
 			delete(s.Agents, "b")
 			s.Unread["b"] = "exec: timeout"
 			s.Pods = append(s.Pods, pod("other", "web", "u5", "b", "10.0.1.5"))
+		}, []string{"duplicate/duplicate-ip"}},
+		{"another node's running pod has an allocation's IPv6 address", func(s *Snapshot) {
+			s.Agents["a"].Allocations[0].IPv6 = "fd00::5"
+			p := pod("other", "x", "u9", "b", "10.0.2.20")
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: "fd00::5"})
+			s.Pods = append(s.Pods, p)
 		}, []string{"duplicate/duplicate-ip"}},
 		{"an older sandbox of a running pod whose DEL never came", func(s *Snapshot) {
 			s.Agents["a"].Allocations = append(s.Agents["a"].Allocations, alloc("10.0.1.8", "default", "web", "u1", "c0", 2*time.Hour))

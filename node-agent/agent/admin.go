@@ -30,9 +30,12 @@ func (a *Agent) admin(ctx context.Context, op sockrpc.Op, body json.RawMessage) 
 			return out, nil
 		}
 		out.PodCIDR = store.PodCIDR().String()
+		if blocks := store.PodCIDRs(); len(blocks) > 1 {
+			out.PodCIDRIPv6 = blocks[1].String()
+		}
 		for _, al := range store.List() {
 			out.Allocations = append(out.Allocations, api.AllocationEntry{
-				IP: al.IP.String(), ContainerID: al.ContainerID, IfName: al.IfName,
+				IP: al.IP.String(), IPv6: addrString(al.IPv6), ContainerID: al.ContainerID, IfName: al.IfName,
 				Namespace: al.Namespace, Pod: al.Pod, PodUID: al.PodUID, HostVeth: al.HostVeth, Created: al.Created,
 			})
 		}

@@ -129,10 +129,13 @@ type Agent struct {
 	mu      sync.Mutex
 	store   *ipam.Store
 	podCIDR netip.Prefix
-	mtu     int
-	iface   string
-	ready   bool
-	reason  string
+	// podCIDR6 is the node's IPv6 block (the IPv6 entry of its
+	// spec.podCIDRs); zero when the node is single-stack.
+	podCIDR6 netip.Prefix
+	mtu      int
+	iface    string
+	ready    bool
+	reason   string
 	// nodeLost: this node's Node object is gone or lost its podCIDR; ADD
 	// is refused until it is back with the same podCIDR.
 	nodeLost bool
@@ -162,14 +165,14 @@ func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder,
 	return a
 }
 
-func (a *Agent) ipStats() (used, free, cooling int) {
+func (a *Agent) ipStats() []ipam.FamilyStats {
 	a.mu.Lock()
 	s := a.store
 	a.mu.Unlock()
 	if s == nil {
-		return 0, 0, 0
+		return nil
 	}
-	return s.Stats()
+	return s.StatsByFamily()
 }
 
 // inHost runs fn in the node's network namespace.
@@ -194,6 +197,9 @@ func (a *Agent) Status() api.Status {
 	st := api.Status{Ready: a.ready, Reason: a.reason}
 	if a.podCIDR.IsValid() {
 		st.PodCIDR = a.podCIDR.String()
+	}
+	if a.podCIDR6.IsValid() {
+		st.PodCIDRIPv6 = a.podCIDR6.String()
 	}
 	return st
 }
@@ -259,12 +265,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.New("informers never synced")
 	}
 
-	podCIDR, err := a.waitPodCIDR(ctx)
+	podCIDR, podCIDR6, err := a.waitPodCIDR(ctx)
 	if err != nil {
 		return err
 	}
-	logger.Info("Node podCIDR", "podCIDR", podCIDR)
-	if err := a.prepare(ctx, podCIDR); err != nil {
+	if podCIDR6.IsValid() {
+		logger.Info("Node podCIDRs (dual-stack)", "podCIDR", podCIDR, "podCIDRIPv6", podCIDR6)
+	} else {
+		logger.Info("Node podCIDR", "podCIDR", podCIDR)
+	}
+	if err := a.prepare(ctx, podCIDR, podCIDR6); err != nil {
 		return err
 	}
 	srv, err := a.serveSocket(ctx)
@@ -359,8 +369,9 @@ func (a *Agent) checkGuestAgent(ctx context.Context) {
 	}
 }
 
-// prepare readies the host and opens IPAM.
-func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
+// prepare readies the host and opens IPAM: single-stack, or with podCIDR6
+// (the node's IPv6 block) dual-stack, IPv6 prepared on the host too.
+func (a *Agent) prepare(ctx context.Context, podCIDR, podCIDR6 netip.Prefix) error {
 	a.checkGuestAgent(ctx)
 	var iface string
 	var mtu int
@@ -379,6 +390,11 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 		if _, err := datapath.PrepareHost(iface); err != nil {
 			return err
 		}
+		if podCIDR6.IsValid() {
+			if _, err := datapath.PrepareHostIPv6(iface); err != nil {
+				return err
+			}
+		}
 		if removed, err := datapath.RemoveGuestAgentRoute(podCIDR, a.guestProto); err != nil {
 			return err
 		} else if removed {
@@ -391,15 +407,19 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 		return fmt.Errorf("prepare host: %w", err)
 	}
 	statePath := filepath.Join(a.cfg.StateDir, "ipam.json")
-	store, err := ipam.Open(statePath, podCIDR, a.cfg.IPCooldown)
+	store, err := ipam.OpenDualStack(statePath, podCIDR, podCIDR6, a.cfg.IPCooldown)
 	if errors.Is(err, ipam.ErrPodCIDRChanged) {
 		// The node was given another block (its Node object was deleted
 		// and re-created, say). Addresses of the old block are not ours to
 		// route any more: keep the old state aside for the operator and
 		// start afresh rather than crash-loop.
 		aside := fmt.Sprintf("%s.%d.old", statePath, time.Now().Unix())
-		klog.FromContext(ctx).Error(err, "Node podCIDR changed; moving the old IPAM state aside", "podCIDR", podCIDR, "oldState", aside)
-		a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "IPAM state was for another podCIDR (%v); kept aside in %s, now serving %v", err, aside, podCIDR)
+		serving := fmt.Sprint(podCIDR)
+		if podCIDR6.IsValid() {
+			serving = fmt.Sprint(blocksOf(podCIDR, podCIDR6))
+		}
+		klog.FromContext(ctx).Error(err, "Node podCIDR changed; moving the old IPAM state aside", "podCIDR", serving, "oldState", aside)
+		a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "IPAM state was for another podCIDR (%v); kept aside in %s, now serving %s", err, aside, serving)
 		if rerr := ipam.MoveAside(statePath, aside); rerr != nil {
 			return fmt.Errorf("%w (and moving it aside failed: %v)", err, rerr)
 		}
@@ -413,16 +433,16 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 			}
 			klog.FromContext(ctx).Info("Tore down the old block's pods", "count", len(old))
 		}
-		store, err = ipam.Open(statePath, podCIDR, a.cfg.IPCooldown)
+		store, err = ipam.OpenDualStack(statePath, podCIDR, podCIDR6, a.cfg.IPCooldown)
 	}
 	if errors.Is(err, ipam.ErrCorrupt) {
-		store, err = a.recoverState(ctx, statePath, podCIDR, err)
+		store, err = a.recoverState(ctx, statePath, podCIDR, podCIDR6, err)
 	}
 	if err != nil {
 		return err
 	}
 	a.mu.Lock()
-	a.store, a.podCIDR, a.iface, a.mtu = store, podCIDR, iface, mtu
+	a.store, a.podCIDR, a.podCIDR6, a.iface, a.mtu = store, podCIDR, podCIDR6, iface, mtu
 	a.mu.Unlock()
 	return nil
 }
@@ -430,10 +450,11 @@ func (a *Agent) prepare(ctx context.Context, podCIDR netip.Prefix) error {
 // recoverState handles a lost state file (0 bytes after a power loss, or
 // corrupt): it is moved aside, and the allocations are rebuilt from the
 // host — each pod's /32 route through a veth whose alias names its
-// container — so no live pod's address is handed out again. The interface
+// container, and on a dual-stack node its /128 route through the same veth
+// — so no live pod's address is handed out again. The interface
 // name is eth0: the one Kubernetes runtimes give the pod network
 // (containerd's CRI plugin, pkg/cri/server, the defaultIfName constant).
-func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR netip.Prefix, cause error) (*ipam.Store, error) {
+func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR, podCIDR6 netip.Prefix, cause error) (*ipam.Store, error) {
 	aside := fmt.Sprintf("%s.%d.corrupt", statePath, time.Now().Unix())
 	// Linked, not moved: the bad state stays in place until Recover has
 	// written its replacement, so an agent killed in between recovers
@@ -444,16 +465,16 @@ func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR neti
 	var pods []datapath.HostPod
 	if err := a.inHost(func() error {
 		var err error
-		pods, err = datapath.HostPods(podCIDR)
+		pods, err = datapath.HostPodsDualStack(podCIDR, podCIDR6)
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("%w; rebuilding from the host failed: %v", cause, err)
 	}
 	allocs := make([]ipam.Allocation, 0, len(pods))
 	for _, p := range pods {
-		allocs = append(allocs, ipam.Allocation{Key: ipam.Key{ContainerID: p.ContainerID, IfName: "eth0"}, HostVeth: p.HostVeth, IP: p.IP})
+		allocs = append(allocs, ipam.Allocation{Key: ipam.Key{ContainerID: p.ContainerID, IfName: "eth0"}, HostVeth: p.HostVeth, IP: p.IP, IPv6: p.IPv6})
 	}
-	store, err := ipam.Recover(statePath, podCIDR, a.cfg.IPCooldown, allocs)
+	store, err := ipam.RecoverDualStack(statePath, podCIDR, podCIDR6, a.cfg.IPCooldown, allocs)
 	if err != nil {
 		return nil, err
 	}

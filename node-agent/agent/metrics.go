@@ -1,6 +1,10 @@
 package agent
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/aliasip/aliasip/node-agent/ipam"
+)
 
 // Metrics are the agent's Prometheus metrics, all prefixed aliasip_.
 type Metrics struct {
@@ -29,7 +33,9 @@ type Metrics struct {
 	EgressFailed      prometheus.Counter
 	EgressConfigValid prometheus.Gauge
 	EgressNonMasq     prometheus.Gauge
-	ipSource          func() (used, free, cooling int)
+	// ipSource counts each block's addresses (ipam.Store.StatsByFamily):
+	// the IPv4 block, then the IPv6 block on a dual-stack node.
+	ipSource func() []ipam.FamilyStats
 }
 
 // NewMetrics creates the metrics and registers them on reg.
@@ -95,17 +101,41 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(m.EgressProgrammed, m.EgressRepaired, m.EgressFailed, m.EgressConfigValid, m.EgressNonMasq)
 	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved, m.MaxPodsOverBlock)
 	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.StateRecovered, m.FabricRoutes, m.Ready)
-	for _, s := range []string{"used", "free", "cooling"} {
-		state := s
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "aliasip_pod_ips", Help: "Addresses of the node's podCIDR by state.", ConstLabels: prometheus.Labels{"state": state},
-		}, func() float64 {
-			if m.ipSource == nil {
-				return 0
-			}
-			u, f, c := m.ipSource()
-			return float64(map[string]int{"used": u, "free": f, "cooling": c}[state])
-		}))
-	}
+	reg.MustRegister(&podIPsCollector{m: m})
 	return m
+}
+
+// podIPsDesc is aliasip_pod_ips: a node's pod addresses by state and family.
+// The family label came with dual-stack; a single-stack node has only the
+// ipv4 series, so a query by state alone reads what it read before.
+var podIPsDesc = prometheus.NewDesc("aliasip_pod_ips", "Addresses of the node's podCIDR by state (and family: ipv4 the podCIDR, ipv6 the IPv6 block of a dual-stack node).",
+	[]string{"family", "state"}, nil)
+
+// podIPsCollector reports aliasip_pod_ips for each block the store has:
+// the ipv4 series always (zero before the store opens), the ipv6 ones on a
+// dual-stack node.
+type podIPsCollector struct{ m *Metrics }
+
+func (c *podIPsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- podIPsDesc }
+
+func (c *podIPsCollector) Collect(ch chan<- prometheus.Metric) {
+	var stats []ipam.FamilyStats
+	if c.m.ipSource != nil {
+		stats = c.m.ipSource()
+	}
+	if len(stats) == 0 {
+		stats = []ipam.FamilyStats{{}}
+	}
+	for _, st := range stats {
+		family := "ipv4"
+		if st.Block.Addr().Is6() {
+			family = "ipv6"
+		}
+		for _, v := range []struct {
+			state string
+			n     int
+		}{{"used", st.Used}, {"free", st.Free}, {"cooling", st.Cooling}} {
+			ch <- prometheus.MustNewConstMetric(podIPsDesc, prometheus.GaugeValue, float64(v.n), family, v.state)
+		}
+	}
 }

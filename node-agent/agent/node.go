@@ -23,7 +23,7 @@ import (
 // aside and the old block's pods torn down.
 func (a *Agent) checkOwnNode(ctx context.Context) {
 	a.mu.Lock()
-	cur, lost := a.podCIDR, a.nodeLost
+	cur, cur6, lost := a.podCIDR, a.podCIDR6, a.nodeLost
 	a.mu.Unlock()
 	if !cur.IsValid() {
 		return // not serving yet: waitPodCIDR decides
@@ -41,7 +41,8 @@ func (a *Agent) checkOwnNode(ctx context.Context) {
 		return
 	}
 	p, err := netip.ParsePrefix(node.Spec.PodCIDR)
-	if err == nil && p.Masked() == cur {
+	p6, err6 := nodeIPv6Block(node)
+	if err == nil && p.Masked() == cur && err6 == nil && p6 == cur6 {
 		a.checkMaxPods(ctx, node, cur)
 		if lost {
 			a.mu.Lock()
@@ -54,16 +55,49 @@ func (a *Agent) checkOwnNode(ctx context.Context) {
 		}
 		return
 	}
-	reason := fmt.Sprintf("podCIDR changed from %v to %q", cur, node.Spec.PodCIDR)
+	// A changed IPv6 block (added, dropped or another) is handled like a
+	// changed podCIDR: the agent restarts on the node's new blocks.
+	old, now := cur.String(), node.Spec.PodCIDR
+	if cur6.IsValid() || len(node.Spec.PodCIDRs) > 1 {
+		old, now = fmt.Sprint(blocksOf(cur, cur6)), fmt.Sprint(node.Spec.PodCIDRs)
+	}
+	reason := fmt.Sprintf("podCIDR changed from %v to %q", old, now)
 	a.setNotReady(reason)
-	a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "The node's podCIDR changed from %v to %s; the agent stops serving %v and restarts on the new block", cur, node.Spec.PodCIDR, cur)
-	klog.FromContext(ctx).Info("PodCIDR changed; stopping", "old", cur, "new", node.Spec.PodCIDR)
+	a.event(corev1.EventTypeWarning, EventPodCIDRChanged, "The node's podCIDR changed from %v to %s; the agent stops serving %v and restarts on the new block", old, now, old)
+	klog.FromContext(ctx).Info("PodCIDR changed; stopping", "old", old, "new", now)
 	a.mu.Lock()
 	stop := a.stop
 	a.mu.Unlock()
 	if stop != nil {
 		stop(ErrPodCIDRChanged)
 	}
+}
+
+// blocksOf lists the node's blocks the way spec.podCIDRs does: the IPv4
+// block, then the IPv6 block if there is one.
+func blocksOf(v4, v6 netip.Prefix) []string {
+	if v6.IsValid() {
+		return []string{v4.String(), v6.String()}
+	}
+	return []string{v4.String()}
+}
+
+// nodeIPv6Block returns the node's IPv6 podCIDR: the IPv6 entry of
+// spec.podCIDRs (the controller's --dual-stack writes [IPv4 block, IPv6
+// block]; the API server allows at most one per family), masked, or the
+// zero Prefix when it has none — the node is single-stack. An entry that
+// does not parse is an error: the node's blocks cannot be known.
+func nodeIPv6Block(node *corev1.Node) (netip.Prefix, error) {
+	for _, c := range node.Spec.PodCIDRs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("podCIDRs entry %q: %w", c, err)
+		}
+		if p.Addr().Is6() && !p.Addr().Is4In6() {
+			return p.Masked(), nil
+		}
+	}
+	return netip.Prefix{}, nil
 }
 
 // checkMaxPods warns when the kubelet may run more pods than the node's
@@ -95,8 +129,10 @@ func (a *Agent) checkMaxPods(ctx context.Context, node *corev1.Node, block netip
 }
 
 // waitPodCIDR waits until the node has a podCIDR (and, on GCE, it is an
-// alias range of this VM's NIC).
-func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
+// alias range of this VM's NIC), and returns it and the node's IPv6 block
+// (nodeIPv6Block; zero when single-stack). The IPv6 block needs no alias
+// check: the VPC routes the NIC's whole IPv6 range to the VM.
+func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, netip.Prefix, error) {
 	logger := klog.FromContext(ctx)
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
@@ -115,6 +151,11 @@ func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
 				reason = fmt.Sprintf("podCIDR %q: %v", node.Spec.PodCIDR, err)
 				break
 			}
+			p6, err := nodeIPv6Block(node)
+			if err != nil {
+				reason = err.Error()
+				break
+			}
 			if a.cfg.AliasCheck != nil {
 				ok, err := a.cfg.AliasCheck(ctx, p)
 				if err != nil || !ok {
@@ -122,7 +163,7 @@ func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
 					break
 				}
 			}
-			return p.Masked(), nil
+			return p.Masked(), p6, nil
 		}
 		a.setNotReady(reason)
 		if reason != lastReason {
@@ -131,7 +172,7 @@ func (a *Agent) waitPodCIDR(ctx context.Context) (netip.Prefix, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return netip.Prefix{}, ctx.Err()
+			return netip.Prefix{}, netip.Prefix{}, ctx.Err()
 		case <-t.C:
 		}
 	}
@@ -160,12 +201,16 @@ func (a *Agent) ensureNetworkAvailable(ctx context.Context) {
 // lastTransitionTime keeps the time it really changed.
 func (a *Agent) markNetworkAvailable(ctx context.Context) error {
 	a.mu.Lock()
-	podCIDR := a.podCIDR
+	podCIDR, podCIDR6 := a.podCIDR, a.podCIDR6
 	a.mu.Unlock()
 	now := metav1.Now()
+	msg := "aliasip routes this node's podCIDR " + podCIDR.String()
+	if podCIDR6.IsValid() {
+		msg += " and its IPv6 block " + podCIDR6.String()
+	}
 	cond := corev1.NodeCondition{
 		Type: corev1.NodeNetworkUnavailable, Status: corev1.ConditionFalse,
-		Reason: ConditionReason, Message: "aliasip routes this node's podCIDR " + podCIDR.String(),
+		Reason: ConditionReason, Message: msg,
 		LastTransitionTime: now, LastHeartbeatTime: now,
 	}
 	if node, err := a.nodes.Get(a.cfg.NodeName); err == nil {

@@ -120,7 +120,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		klog.FromContext(ctx).Error(err, "Updating the CNI config")
 	}
 	a.mu.Lock()
-	store, podCIDR, iface, guestProto := a.store, a.podCIDR, a.iface, a.guestProto
+	store, podCIDR, podCIDR6, iface, guestProto := a.store, a.podCIDR, a.podCIDR6, a.iface, a.guestProto
 	a.mu.Unlock()
 	// The allocations are read after the host's routes (Reconcile calls
 	// want then): a pod whose ADD completes during the pass is either in
@@ -131,7 +131,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 		now := time.Now()
 		for _, al := range store.List() {
 			if al.HostVeth != "" {
-				want = append(want, datapath.PodRoute{IP: al.IP, HostVeth: al.HostVeth, Settling: now.Sub(al.Created) < settleWindow})
+				want = append(want, datapath.PodRoute{IP: al.IP, IPv6: al.IPv6, HostVeth: al.HostVeth, Settling: now.Sub(al.Created) < settleWindow})
 			}
 		}
 		return want
@@ -139,7 +139,7 @@ func (a *Agent) reconcile(ctx context.Context) {
 	var rep datapath.Report
 	err := a.inHost(func() error {
 		var err error
-		rep, err = datapath.Reconcile(podCIDR, iface, want, guestProto)
+		rep, err = datapath.ReconcileDualStack(podCIDR, podCIDR6, iface, want, guestProto)
 		return err
 	})
 	// A settling pod without its route yet: look again once it settled,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -132,8 +133,8 @@ func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (
 		case err != nil:
 			return nil, fail("error", sockrpc.CodeInvalid, err.Error())
 		}
-		logger.V(2).Info("Allocated", "pod", req.Namespace+"/"+req.Pod, "container", req.ContainerID, "ip", al.IP)
-		return api.AllocateResponse{IP: al.IP.String(), PodCIDR: podCIDR.String(), MTU: mtu,
+		logger.V(2).Info("Allocated", "pod", req.Namespace+"/"+req.Pod, "container", req.ContainerID, "ip", al.IP, "ipv6", al.IPv6)
+		return api.AllocateResponse{IP: al.IP.String(), IPv6: addrString(al.IPv6), PodCIDR: podCIDR.String(), MTU: mtu,
 			IPAMMicros: time.Since(ipamStart).Microseconds()}, nil
 
 	case api.OpRelease:
@@ -175,7 +176,7 @@ func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (
 		resp := api.GCResponse{Released: []api.AllocationInfo{}}
 		for _, al := range gone {
 			resp.Released = append(resp.Released, info(al, true))
-			logger.Info("CNI GC released", "pod", al.Namespace+"/"+al.Pod, "container", al.ContainerID, "ip", al.IP)
+			logger.Info("CNI GC released", "pod", al.Namespace+"/"+al.Pod, "container", al.ContainerID, "ip", al.IP, "ipv6", al.IPv6)
 		}
 		a.metrics.GCReleased.WithLabelValues("cni_gc").Add(float64(len(gone)))
 		a.signal(a.kick)
@@ -220,5 +221,14 @@ func info(al ipam.Allocation, found bool) api.AllocationInfo {
 	if !found {
 		return api.AllocationInfo{}
 	}
-	return api.AllocationInfo{Found: true, ContainerID: al.ContainerID, IP: al.IP.String(), HostVeth: al.HostVeth}
+	return api.AllocationInfo{Found: true, ContainerID: al.ContainerID, IP: al.IP.String(), IPv6: addrString(al.IPv6), HostVeth: al.HostVeth}
+}
+
+// addrString is ip as text, "" for the zero Addr (a single-stack
+// allocation's IPv6, left out of the answer).
+func addrString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
 }

@@ -43,7 +43,10 @@ type AllocateRequest struct {
 type AllocateResponse struct {
 	IP      string `json:"ip"`      // the pod address, e.g. 10.4.1.7
 	PodCIDR string `json:"podCIDR"` // the node's block
-	MTU     int    `json:"mtu"`     // of the host interface
+	// IPv6 is the pod's IPv6 address, of the node's IPv6 block, when the
+	// node is dual-stack ("" when single-stack).
+	IPv6 string `json:"ipv6,omitempty"`
+	MTU  int    `json:"mtu"` // of the host interface
 	// IPAMMicros is the agent's time in IPAM for this call (lock, pick,
 	// durable save): the plugin logs it in its ADD breakdown.
 	IPAMMicros int64 `json:"ipamMicros,omitempty"`
@@ -55,7 +58,9 @@ type AllocationInfo struct {
 	Found       bool   `json:"found"`
 	ContainerID string `json:"containerID,omitempty"`
 	IP          string `json:"ip,omitempty"`
-	HostVeth    string `json:"hostVeth,omitempty"`
+	// IPv6 is the allocation's IPv6 address on a dual-stack node.
+	IPv6     string `json:"ipv6,omitempty"`
+	HostVeth string `json:"hostVeth,omitempty"`
 }
 
 // GCRequest lists the attachments that are still valid.
@@ -73,6 +78,8 @@ type Status struct {
 	Ready   bool   `json:"ready"`
 	Reason  string `json:"reason,omitempty"`
 	PodCIDR string `json:"podCIDR,omitempty"`
+	// PodCIDRIPv6 is the node's IPv6 block when it is dual-stack.
+	PodCIDRIPv6 string `json:"podCIDRIPv6,omitempty"`
 }
 
 // The calls.
@@ -93,15 +100,19 @@ const (
 // Allocations is the agent's view of its node: every address it has handed
 // out.
 type Allocations struct {
-	Node        string            `json:"node"`
-	PodCIDR     string            `json:"podCIDR,omitempty"`
+	Node    string `json:"node"`
+	PodCIDR string `json:"podCIDR,omitempty"`
+	// PodCIDRIPv6 is the node's IPv6 block when it is dual-stack.
+	PodCIDRIPv6 string            `json:"podCIDRIPv6,omitempty"`
 	Ready       bool              `json:"ready"`
 	Allocations []AllocationEntry `json:"allocations"`
 }
 
 // AllocationEntry is one allocation as the agent persisted it.
 type AllocationEntry struct {
-	IP          string    `json:"ip"`
+	IP string `json:"ip"`
+	// IPv6 is the allocation's IPv6 address on a dual-stack node.
+	IPv6        string    `json:"ipv6,omitempty"`
 	ContainerID string    `json:"containerID"`
 	IfName      string    `json:"ifName"`
 	Namespace   string    `json:"namespace,omitempty"`

@@ -185,20 +185,39 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInternal, "agent returned a bad address", alloc.IP)
 	}
-	res, err := datapath.SetupPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: veth, ContainerID: args.ContainerID, IP: ip, MTU: alloc.MTU})
+	var ip6 netip.Addr
+	if alloc.IPv6 != "" {
+		if ip6, err = netip.ParseAddr(alloc.IPv6); err != nil || !ip6.Is6() {
+			if _, rerr := client.Release(ctx, att); rerr != nil {
+				lg.Printf("ADD %s: release after a bad IPv6 address: %v", args.ContainerID, rerr)
+			}
+			return types.NewError(types.ErrInternal, "agent returned a bad IPv6 address", alloc.IPv6)
+		}
+	}
+	res, err := datapath.SetupPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: veth, ContainerID: args.ContainerID, IP: ip, IPv6: ip6, MTU: alloc.MTU})
 	if err != nil {
-		lg.Printf("ADD %s %s/%s: data path: %v; releasing %v", args.ContainerID, pod.namespace, pod.name, err, ip)
+		lg.Printf("ADD %s %s/%s: data path: %v; releasing %s", args.ContainerID, pod.namespace, pod.name, err, addrs(ip, ip6))
 		datapath.TeardownPod(veth, args.ContainerID)
 		if _, rerr := client.Release(ctx, att); rerr != nil {
 			lg.Printf("ADD %s: release after failure: %v", args.ContainerID, rerr)
 		}
 		return types.NewError(ErrDataPath, "build pod data path", err.Error())
 	}
+	result := addResult(veth, args.IfName, args.Netns, res, ip, ip6)
+	lg.Printf("ADD %s %s/%s: %s on %s in %v [%s]", args.ContainerID, pod.namespace, pod.name, addrs(ip, ip6), veth, time.Since(start), breakdown(start, allocStart, allocTook, alloc.IPAMMicros, res.Phases))
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+// addResult is ADD's CNI result: the host veth and the pod's interface;
+// the pod's IPv4 address (/32, gateway GatewayIP) and, when it has one,
+// its IPv6 address (/128, gateway GatewayIPv6), IPv4 first, as the
+// runtime reports them in status.podIPs; a default route of each family.
+func addResult(veth, ifName, netns string, res *datapath.SetupResult, ip, ip6 netip.Addr) *current.Result {
 	result := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
 			{Name: veth, Mac: res.HostMAC.String()},
-			{Name: args.IfName, Mac: res.PodMAC.String(), Sandbox: args.Netns},
+			{Name: ifName, Mac: res.PodMAC.String(), Sandbox: netns},
 		},
 		IPs: []*current.IPConfig{{
 			Interface: current.Int(1),
@@ -207,8 +226,23 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}},
 		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: datapath.GatewayIP.AsSlice()}},
 	}
-	lg.Printf("ADD %s %s/%s: %v on %s in %v [%s]", args.ContainerID, pod.namespace, pod.name, ip, veth, time.Since(start), breakdown(start, allocStart, allocTook, alloc.IPAMMicros, res.Phases))
-	return types.PrintResult(result, conf.CNIVersion)
+	if ip6.IsValid() {
+		result.IPs = append(result.IPs, &current.IPConfig{
+			Interface: current.Int(1),
+			Address:   net.IPNet{IP: ip6.AsSlice(), Mask: net.CIDRMask(128, 128)},
+			Gateway:   datapath.GatewayIPv6.AsSlice(),
+		})
+		result.Routes = append(result.Routes, &types.Route{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, GW: datapath.GatewayIPv6.AsSlice()})
+	}
+	return result
+}
+
+// addrs is the pod's addresses for the log: "IP" or "IP,IP6".
+func addrs(ip, ip6 netip.Addr) string {
+	if ip6.IsValid() {
+		return ip.String() + "," + ip6.String()
+	}
+	return ip.String()
 }
 
 // breakdown is the ADD log's account of where the time went, in µs:
@@ -253,7 +287,11 @@ func cmdDel(args *skel.CmdArgs) error {
 		lg.Printf("DEL %s: release: %v", args.ContainerID, relErr)
 		return agentError("release pod IP", relErr)
 	}
-	lg.Printf("DEL %s %s/%s: released=%v %s", args.ContainerID, pod.namespace, pod.name, rel.Found, rel.IP)
+	if rel.IPv6 != "" {
+		lg.Printf("DEL %s %s/%s: released=%v %s,%s", args.ContainerID, pod.namespace, pod.name, rel.Found, rel.IP, rel.IPv6)
+	} else {
+		lg.Printf("DEL %s %s/%s: released=%v %s", args.ContainerID, pod.namespace, pod.name, rel.Found, rel.IP)
+	}
 	return nil
 }
 
@@ -279,8 +317,16 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if !ok {
 		return types.NewError(ErrCheckFailed, "prevResult address is not IPv4", prev.IPs[0].Address.String())
 	}
+	// A dual-stack pod's IPv6 address follows its IPv4 one (addResult).
+	var ip6 netip.Addr
+	for _, c := range prev.IPs[1:] {
+		if a, ok := netip.AddrFromSlice(c.Address.IP); ok && c.Address.IP.To4() == nil {
+			ip6 = a
+			break
+		}
+	}
 	veth := prev.Interfaces[0].Name
-	if err := datapath.CheckPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: veth, ContainerID: args.ContainerID, IP: ip}); err != nil {
+	if err := datapath.CheckPod(datapath.Pod{NetNS: args.Netns, IfName: args.IfName, HostVeth: veth, ContainerID: args.ContainerID, IP: ip, IPv6: ip6}); err != nil {
 		return types.NewError(ErrCheckFailed, "pod data path is broken", err.Error())
 	}
 	ctx, cancel, client := conf.agent()
@@ -294,6 +340,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	if got.IP != ip.String() {
 		return types.NewError(ErrCheckFailed, "the agent's address differs from the ADD result", fmt.Sprintf("%s vs %v", got.IP, ip))
+	}
+	if want6 := addrString(ip6); got.IPv6 != want6 {
+		return types.NewError(ErrCheckFailed, "the agent's IPv6 address differs from the ADD result", fmt.Sprintf("%q vs %q", got.IPv6, want6))
 	}
 	return nil
 }
@@ -318,7 +367,11 @@ func cmdGC(args *skel.CmdArgs) error {
 	}
 	for _, r := range res.Released {
 		datapath.TeardownPod(r.HostVeth, r.ContainerID)
-		lg.Printf("GC released %s (%s)", r.IP, r.HostVeth)
+		if r.IPv6 != "" {
+			lg.Printf("GC released %s,%s (%s)", r.IP, r.IPv6, r.HostVeth)
+		} else {
+			lg.Printf("GC released %s (%s)", r.IP, r.HostVeth)
+		}
 	}
 	return nil
 }
@@ -338,4 +391,12 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrPluginNotAvailable, "aliasip node agent not ready", st.Reason)
 	}
 	return nil
+}
+
+// addrString is ip as text, "" for the zero Addr.
+func addrString(ip netip.Addr) string {
+	if !ip.IsValid() {
+		return ""
+	}
+	return ip.String()
 }

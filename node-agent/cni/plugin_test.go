@@ -1,7 +1,10 @@
 package cni
 
 import (
+	"encoding/json"
 	"errors"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/aliasip/aliasip/internal/sockrpc"
 	"github.com/aliasip/aliasip/node-agent/api"
+	"github.com/aliasip/aliasip/node-agent/datapath"
 )
 
 func TestParseConf(t *testing.T) {
@@ -89,5 +93,33 @@ func TestHostVethHeldIsTryAgainLater(t *testing.T) {
 	var te *types.Error
 	if !errors.As(err, &te) || te.Code != types.ErrTryAgainLater || !strings.Contains(te.Details, "is held") {
 		t.Fatalf("agentError: %#v, want code %d with the agent's message", err, types.ErrTryAgainLater)
+	}
+}
+
+// ADD's result: the IPv4 address first, as before; a dual-stack pod's IPv6
+// address after it with GatewayIPv6, and a default route per family.
+func TestAddResult(t *testing.T) {
+	res := &datapath.SetupResult{HostMAC: datapath.HostVethMAC, PodMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}
+	ip := netip.MustParseAddr("10.1.0.5")
+	for _, tc := range []struct {
+		name string
+		ip6  netip.Addr
+		want string
+	}{
+		{"single-stack", netip.Addr{}, `{"cniVersion":"1.1.0","interfaces":[{"mac":"ee:ee:ee:ee:ee:ee","name":"ali0"},{"mac":"02:00:00:00:00:01","name":"eth0","sandbox":"/run/netns/p"}],` +
+			`"ips":[{"address":"10.1.0.5/32","gateway":"169.254.1.1","interface":1}],"routes":[{"dst":"0.0.0.0/0","gw":"169.254.1.1"}]}`},
+		{"dual-stack", netip.MustParseAddr("fd00:1::5"), `{"cniVersion":"1.1.0","interfaces":[{"mac":"ee:ee:ee:ee:ee:ee","name":"ali0"},{"mac":"02:00:00:00:00:01","name":"eth0","sandbox":"/run/netns/p"}],` +
+			`"ips":[{"address":"10.1.0.5/32","gateway":"169.254.1.1","interface":1},{"address":"fd00:1::5/128","gateway":"fe80::ecee:eeff:feee:eeee","interface":1}],` +
+			`"routes":[{"dst":"0.0.0.0/0","gw":"169.254.1.1"},{"dst":"::/0","gw":"fe80::ecee:eeff:feee:eeee"}]}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := json.Marshal(addResult("ali0", "eth0", "/run/netns/p", res, ip, tc.ip6))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != tc.want {
+				t.Errorf("result\n got %s\nwant %s", b, tc.want)
+			}
+		})
 	}
 }
