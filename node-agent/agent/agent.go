@@ -7,6 +7,11 @@
 // vanished pods, allocations of pods gone from the API are collected after a
 // grace period, and with --fabric=routes other nodes' podCIDRs are routed
 // via their InternalIPs the way the VPC routes alias ranges.
+//
+// A node whose spec.podCIDRs carries an IPv6 block (the controller's
+// --dual-stack) is dual-stack: each pod gets an address of each block in
+// one IPAM transaction, both routed (/32 and /128), reconciled and
+// released together. Without one, nothing of IPv6 is touched.
 package agent
 
 import (
