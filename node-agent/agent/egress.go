@@ -46,22 +46,28 @@ const (
 var podRangeGVR = schema.GroupVersionResource{Group: "aliasip.io", Version: "v1alpha1", Resource: "podranges"}
 
 // masq is the agent's egress masquerade: its inputs (the ConfigMap, the
-// PodRanges, the Nodes' blocks, this node's block and subnet), the last
-// good configuration, and the table it keeps right.
+// PodRanges, this node's blocks and subnets), the last good
+// configuration, and the tables it keeps right: ip aliasip, and on a
+// dual-stack node ip6 aliasip, each kept, repaired and reported alike.
 type masq struct {
-	table   *egress.Table
+	tables  []*masqTable
 	kick    chan struct{}
 	cmSync  cache.InformerSynced
 	cms     corelisters.ConfigMapLister
 	ranges  cache.GenericLister // nil: PodRanges not followed
 	rSynced cache.InformerSynced
 
-	mu       sync.Mutex
-	cfg      egress.Config // the last good configuration
-	known    bool          // cfg was read in this process (not just the defaults)
-	cmSeen   string        // the ConfigMap data last parsed (one event per bad version)
-	applied  string        // Describe of the rules last written or found in place
-	lastWant egress.Rules
+	mu     sync.Mutex
+	cfg    egress.Config // the last good configuration
+	known  bool          // cfg was read in this process (not just the defaults)
+	cmSeen string        // the ConfigMap data last parsed (one event per bad version)
+}
+
+// masqTable is one family's table and how its rules are computed.
+type masqTable struct {
+	table   *egress.Table
+	rules   func(*masq) (egress.Rules, error)
+	applied string // Describe of the rules last written or found in place (under masq.mu)
 }
 
 // SetDynamicClient gives the agent a dynamic client to follow PodRanges
@@ -77,7 +83,23 @@ func (a *Agent) startEgress(ctx context.Context) *masq {
 	if a.nodeNS != nil {
 		fd = int(a.nodeNS.Fd())
 	}
-	m := &masq{table: egress.NewTable(fd), kick: make(chan struct{}, 1), cfg: egress.Defaults(a.cfg.Cloud)}
+	m := &masq{kick: make(chan struct{}, 1), cfg: egress.Defaults(a.cfg.Cloud)}
+	m.tables = []*masqTable{{table: egress.NewTable(fd), rules: a.egressRules}}
+	a.mu.Lock()
+	dualStack := a.podCIDR6.IsValid()
+	a.mu.Unlock()
+	if dualStack {
+		m.tables = append(m.tables, &masqTable{table: egress.NewTable6(fd), rules: a.egressRules6})
+	} else {
+		// A single-stack node has no ip6 table; one left from when this
+		// node was dual-stack (a podCIDRs change restarts the agent)
+		// would masquerade a block the node no longer has.
+		if existed, err := egress.NewTable6(fd).Delete(); err != nil {
+			klog.FromContext(ctx).Error(err, "Removing the IPv6 masquerade table of a single-stack node")
+		} else if existed {
+			klog.FromContext(ctx).Info("Single-stack node: removed the IPv6 masquerade table", "table", "ip6 "+egress.TableName)
+		}
+	}
 	if a.cfg.MasqConfigMap != "" {
 		ns, name := splitRef(a.cfg.MasqConfigMap)
 		// One object, listed and watched by name: RBAC grants list and
@@ -147,13 +169,15 @@ func splitRef(ref string) (ns, name string) {
 	return "", ref
 }
 
-// egressLoop keeps the table right: on a change of its inputs, on an
-// nftables event about the table, and every resyncInterval.
+// egressLoop keeps the tables right: on a change of their inputs, on an
+// nftables event about either table, and every resyncInterval. One
+// monitor serves both tables: events are told apart by the table's name,
+// which they share.
 func (a *Agent) egressLoop(ctx context.Context, m *masq) {
 	logger := klog.FromContext(ctx)
 	events := make(chan struct{}, 1)
 	go func() {
-		if err := m.table.Watch(ctx, func() { a.signal(events) }); err != nil && ctx.Err() == nil {
+		if err := m.tables[0].table.Watch(ctx, func() { a.signal(events) }); err != nil && ctx.Err() == nil {
 			logger.Error(err, "nftables monitor failed; the masquerade table is checked every resyncInterval")
 		}
 	}()
@@ -190,11 +214,19 @@ func (a *Agent) egressLoop(ctx context.Context, m *masq) {
 	}
 }
 
-// syncEgress computes the rules and writes them if the table differs.
+// syncEgress computes the rules and writes each table that differs.
 func (a *Agent) syncEgress(ctx context.Context, m *masq) {
-	logger := klog.FromContext(ctx)
 	a.loadMasqConfig(ctx, m)
-	want, err := a.egressRules(m)
+	for _, t := range m.tables {
+		a.syncEgressTable(ctx, m, t)
+	}
+}
+
+// syncEgressTable writes one table if it differs from its rules.
+func (a *Agent) syncEgressTable(ctx context.Context, m *masq, t *masqTable) {
+	fam := t.table.Family()
+	logger := klog.FromContext(ctx).WithValues("table", fam+" "+egress.TableName)
+	want, err := t.rules(m)
 	if err != nil {
 		logger.Error(err, "Masquerade rules")
 		return
@@ -207,35 +239,39 @@ func (a *Agent) syncEgress(ctx context.Context, m *masq) {
 		// malformed, or could not be read): a table an earlier agent
 		// wrote from the last good one stays as it is. Only a node with
 		// no table at all gets the defaults, so its pods reach the outside.
-		if cur, err := m.table.Read(); err == nil && cur != "" {
+		if cur, err := t.table.Read(); err == nil && cur != "" {
 			logger.Info("No good masquerade configuration yet; keeping the rules in place", "configMap", a.cfg.MasqConfigMap)
 			return
 		}
 	}
 	m.mu.Lock()
-	wantText := egress.Describe(want)
-	wasApplied := m.applied == wantText
+	wantText := t.table.Describe(want)
+	wasApplied := t.applied == wantText
 	m.mu.Unlock()
-	changed, err := m.table.Sync(want)
+	changed, err := t.table.Sync(want)
 	if err != nil {
 		a.metrics.EgressFailed.Inc()
 		logger.Error(err, "Writing the masquerade rules")
-		a.event(corev1.EventTypeWarning, EventEgressRulesFailed, "Writing the egress masquerade rules (nftables table ip %s) failed: %v; pods' traffic leaving the cluster may carry their own addresses until it succeeds", egress.TableName, err)
+		a.event(corev1.EventTypeWarning, EventEgressRulesFailed, "Writing the egress masquerade rules (nftables table %s %s) failed: %v; pods' traffic leaving the cluster may carry their own addresses until it succeeds", fam, egress.TableName, err)
 		return
 	}
 	m.mu.Lock()
-	m.applied, m.lastWant = wantText, want
+	t.applied = wantText
 	m.mu.Unlock()
-	a.metrics.EgressNonMasq.Set(float64(len(want.NonMasquerade)))
+	if t == m.tables[0] {
+		// The gauge is the ip table's, as before dual-stack (the metric
+		// has no family label to keep the two apart).
+		a.metrics.EgressNonMasq.Set(float64(len(want.NonMasquerade)))
+	}
 	switch {
 	case changed && wasApplied:
 		a.metrics.EgressRepaired.Inc()
-		logger.Info("Masquerade table repaired: it had been flushed, deleted or edited", "table", egress.TableName)
-		a.event(corev1.EventTypeWarning, EventEgressRulesRepaired, "The egress masquerade table (nftables table ip %s) had been flushed, deleted or edited; aliasip wrote it back", egress.TableName)
+		logger.Info("Masquerade table repaired: it had been flushed, deleted or edited")
+		a.event(corev1.EventTypeWarning, EventEgressRulesRepaired, "The egress masquerade table (nftables table %s %s) had been flushed, deleted or edited; aliasip wrote it back", fam, egress.TableName)
 	case changed:
 		a.metrics.EgressProgrammed.Inc()
 		logger.Info("Masquerade rules written", "podBlocks", want.PodBlocks, "nonMasquerade", want.NonMasquerade)
-		a.event(corev1.EventTypeNormal, EventEgressRulesProgrammed, "Egress masquerade rules written (nftables table ip %s): traffic from %v to anything outside %d non-masquerade ranges leaves with the node's address", egress.TableName, want.PodBlocks, len(want.NonMasquerade))
+		a.event(corev1.EventTypeNormal, EventEgressRulesProgrammed, "Egress masquerade rules written (nftables table %s %s): traffic from %v to anything outside %d non-masquerade ranges leaves with the node's address", fam, egress.TableName, want.PodBlocks, len(want.NonMasquerade))
 	}
 }
 
@@ -287,7 +323,7 @@ func (a *Agent) loadMasqConfig(ctx context.Context, m *masq) {
 	}
 	a.metrics.EgressConfigValid.Set(1)
 	m.cfg, m.known = c, true
-	klog.FromContext(ctx).Info("Masquerade configuration applied", "configMap", a.cfg.MasqConfigMap, "nonMasqueradeCIDRs", c.NonMasqueradeCIDRs, "masqLinkLocal", c.MasqLinkLocal, "resyncInterval", c.ResyncInterval)
+	klog.FromContext(ctx).Info("Masquerade configuration applied", "configMap", a.cfg.MasqConfigMap, "nonMasqueradeCIDRs", c.NonMasqueradeCIDRs, "masqLinkLocal", c.MasqLinkLocal, "masqLinkLocalIPv6", c.MasqLinkLocalIPv6, "resyncInterval", c.ResyncInterval)
 }
 
 // egressRules is the wanted table: this node's block is masqueraded on its
@@ -314,26 +350,81 @@ func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 	// 0.0.0.0/0 there must not turn masquerade off on every other node.
 	// Every block lies in the default range or a PodRange, which are here.
 	r.NonMasquerade = append(r.NonMasquerade, podCIDR)
-	if m.ranges != nil {
-		objs, _ := m.ranges.List(labels.Everything())
-		for _, o := range objs {
-			u, ok := o.(*unstructured.Unstructured)
-			if !ok {
-				continue
-			}
-			if p, ok := podRangeInUse(u); ok {
-				r.NonMasquerade = append(r.NonMasquerade, p)
-			}
-		}
-	}
+	r.NonMasquerade = append(r.NonMasquerade, m.podRanges()...)
 	subnets, err := a.hostSubnets(iface)
 	if err != nil {
 		return r, fmt.Errorf("the node's subnet on %s: %w", iface, err)
 	}
 	r.NonMasquerade = append(r.NonMasquerade, subnets...)
+	// The ip table holds IPv4 only (the table drops the rest too); the
+	// list is logged and counted, so it says what the table holds.
+	r.NonMasquerade = slices.DeleteFunc(r.NonMasquerade, func(p netip.Prefix) bool { return !p.Addr().Is4() })
 	slices.SortFunc(r.NonMasquerade, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
 	r.NonMasquerade = slices.Compact(r.NonMasquerade)
 	return r, nil
+}
+
+// podRanges returns the CIDRs of the PodRanges in use (podRangeInUse), of
+// either family.
+func (m *masq) podRanges() []netip.Prefix {
+	if m.ranges == nil {
+		return nil
+	}
+	var out []netip.Prefix
+	objs, _ := m.ranges.List(labels.Everything())
+	for _, o := range objs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		if p, ok := podRangeInUse(u); ok {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// egressRules6 is the wanted ip6 table of a dual-stack node (rules6).
+func (a *Agent) egressRules6(m *masq) (egress.Rules, error) {
+	a.mu.Lock()
+	block, iface := a.podCIDR6, a.iface
+	a.mu.Unlock()
+	m.mu.Lock()
+	cfg := m.cfg
+	m.mu.Unlock()
+	subnets, err := a.hostSubnets6(iface)
+	if err != nil {
+		return egress.Rules{}, fmt.Errorf("the node's IPv6 subnet on %s: %w", iface, err)
+	}
+	return rules6(cfg, block, a.cfg.ClusterCIDRs, m.podRanges(), subnets), nil
+}
+
+// rules6 is the ip6 table: the node's IPv6 block is masqueraded on its way
+// to anything but the configuration's IPv6 nonMasqueradeCIDRs, fe80::/10
+// (unless masqLinkLocalIPv6), the IPv6 --cluster-cidr, the IPv6 PodRanges,
+// this node's IPv6 block and the IPv6 subnets of its interface. Entries of
+// the other family are left out. As for IPv4, other Nodes' IPv6 podCIDRs
+// are not taken: a kubelet can write any podCIDRs into the Node it
+// creates, and ::/0 there must not turn masquerade off on every node.
+func rules6(cfg egress.Config, block netip.Prefix, clusterCIDRs, podRanges, subnets []netip.Prefix) egress.Rules {
+	r := egress.Rules{PodBlocks: []netip.Prefix{block}}
+	var all []netip.Prefix
+	all = append(all, cfg.NonMasqueradeCIDRs...)
+	if !cfg.MasqLinkLocalIPv6 {
+		all = append(all, egress.LinkLocalIPv6)
+	}
+	all = append(all, clusterCIDRs...)
+	all = append(all, block)
+	all = append(all, podRanges...)
+	all = append(all, subnets...)
+	for _, p := range all {
+		if p.IsValid() && p.Addr().Is6() && !p.Addr().Is4In6() {
+			r.NonMasquerade = append(r.NonMasquerade, p.Masked())
+		}
+	}
+	slices.SortFunc(r.NonMasquerade, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
+	r.NonMasquerade = slices.Compact(r.NonMasquerade)
+	return r
 }
 
 // podRangeInUse returns the CIDR of a PodRange the controller hands blocks
@@ -388,8 +479,38 @@ func (a *Agent) hostSubnets(iface string) ([]netip.Prefix, error) {
 	return out, err
 }
 
-// removeEgress deletes the table: masquerade turned off (--masquerade=false,
-// a Cloud NAT set-up) removes what an earlier agent wrote.
+// hostSubnets6 returns the IPv6 networks of the host interface's global
+// addresses (the node's IPv6 subnet: other nodes). Link-local addresses
+// are left to masqLinkLocalIPv6, and a /128 address names no subnet.
+func (a *Agent) hostSubnets6(iface string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	err := a.inHost(func() error {
+		l, err := netlink.LinkByName(iface)
+		if err != nil {
+			return err
+		}
+		addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			return err
+		}
+		for _, ad := range addrs {
+			if ad.IPNet == nil {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ad.IP)
+			ones, bits := ad.Mask.Size()
+			if ok && bits == 128 && ones < 128 && ip.Is6() && !ip.Is4In6() && !ip.IsLinkLocalUnicast() {
+				out = append(out, netip.PrefixFrom(ip, ones).Masked())
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// removeEgress deletes the tables: masquerade turned off
+// (--masquerade=false, a Cloud NAT set-up) removes what an earlier agent
+// wrote, the ip6 table too (the ip table's Delete takes both).
 func (a *Agent) removeEgress(ctx context.Context) {
 	fd := -1
 	if a.nodeNS != nil {
@@ -400,6 +521,6 @@ func (a *Agent) removeEgress(ctx context.Context) {
 	case err != nil:
 		klog.FromContext(ctx).Error(err, "Removing the masquerade table (masquerade is off)")
 	case existed:
-		klog.FromContext(ctx).Info("Masquerade is off: removed the masquerade table", "table", egress.TableName)
+		klog.FromContext(ctx).Info("Masquerade is off: removed the masquerade tables", "table", egress.TableName)
 	}
 }

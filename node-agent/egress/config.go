@@ -8,7 +8,10 @@
 //
 // The non-masquerade set is configured in ip-masq-agent's format (a
 // ConfigMap key "config" holding YAML or JSON with nonMasqueradeCIDRs,
-// masqLinkLocal, resyncInterval), so a GKE user's ConfigMap works unchanged.
+// masqLinkLocal, masqLinkLocalIPv6, resyncInterval), so a GKE user's
+// ConfigMap works unchanged. A dual-stack node also masquerades its IPv6
+// block in a second table, ip6 aliasip, from the same configuration's
+// IPv6 entries, as ip-masq-agent --enable-ipv6 does in ip6tables.
 package egress
 
 import (
@@ -32,6 +35,10 @@ const ConfigKey = "config"
 // true, as ip-masq-agent does (its linkLocalCIDR, RFC 3927).
 var LinkLocal = netip.MustParsePrefix("169.254.0.0/16")
 
+// LinkLocalIPv6 is fe80::/10: not masqueraded unless masqLinkLocalIPv6
+// is true, as ip-masq-agent does (its linkLocalCIDRIPv6, RFC 4291).
+var LinkLocalIPv6 = netip.MustParsePrefix("fe80::/10")
+
 // cidrLimit is ip-masq-agent's default cidrLimit: "limit to 64 CIDRs
 // (excluding link-local) to protect against really bad mistakes"
 // (kubernetes-sigs/ip-masq-agent cmd/ip-masq-agent/ip-masq-agent.go
@@ -49,11 +56,15 @@ const MinResyncInterval = time.Second
 // Config is the masquerade configuration: ip-masq-agent's fields, parsed.
 type Config struct {
 	// NonMasqueradeCIDRs are destinations pods reach with their own
-	// addresses (IPv4 only here; IPv6 entries are accepted and ignored
-	// until the data path is dual-stack).
+	// addresses, of either family: the IPv4 entries go to the ip table,
+	// the IPv6 ones to a dual-stack node's ip6 table (ip-masq-agent
+	// splits its one list the same way, isIPv6CIDR). A single-stack
+	// node has no use for the IPv6 entries.
 	NonMasqueradeCIDRs []netip.Prefix
 	// MasqLinkLocal: masquerade traffic to 169.254.0.0/16 too.
 	MasqLinkLocal bool
+	// MasqLinkLocalIPv6: masquerade traffic to fe80::/10 too.
+	MasqLinkLocalIPv6 bool
 	// ResyncInterval is how often the rules are checked and repaired.
 	ResyncInterval time.Duration
 }
@@ -66,6 +77,12 @@ type Config struct {
 // "Default non-masquerade destinations"; kubernetes-sigs/ip-masq-agent
 // cmd/ip-masq-agent/ip-masq-agent.go NewMasqConfig). Destinations in the
 // VPC therefore see pods' own addresses.
+//
+// There are no IPv6 defaults: ip-masq-agent's default list has IPv4
+// ranges only (NewMasqConfig), and GKE's page lists no IPv6 default
+// destinations, so a dual-stack pod's IPv6 traffic keeps its address only
+// to link-local, the node's own block and subnet, the IPv6 --cluster-cidr
+// and PodRanges, and nonMasqueradeCIDRs' IPv6 entries.
 func GCEDefaults() Config {
 	return Config{NonMasqueradeCIDRs: mustPrefixes(
 		"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", // RFC 1918
@@ -156,6 +173,9 @@ func Parse(data []byte, def Config) (Config, error) {
 	}
 	if f.MasqLinkLocal != nil {
 		c.MasqLinkLocal = *f.MasqLinkLocal
+	}
+	if f.MasqLinkLocalIPv6 != nil {
+		c.MasqLinkLocalIPv6 = *f.MasqLinkLocalIPv6
 	}
 	if f.ResyncInterval != nil {
 		d, err := time.ParseDuration(*f.ResyncInterval)

@@ -44,7 +44,7 @@ func TestParse(t *testing.T) {
 		{
 			name: "ip-masq-agent's other fields are accepted",
 			data: "nonMasqueradeCIDRs: [10.0.0.0/8]\nmasqLinkLocalIPv6: true\ncidrLimit: 2\n",
-			want: Config{NonMasqueradeCIDRs: prefixes("10.0.0.0/8"), ResyncInterval: DefaultResyncInterval},
+			want: Config{NonMasqueradeCIDRs: prefixes("10.0.0.0/8"), MasqLinkLocalIPv6: true, ResyncInterval: DefaultResyncInterval},
 		},
 		{name: "misspelt field", data: "nonMasqueradeCIRDs: [10.0.0.0/8]\n", err: `unknown field "nonMasqueradeCIRDs"`},
 		{name: "not a CIDR", data: "nonMasqueradeCIDRs: [10.0.0.0]\n", err: `"10.0.0.0" is not a CIDR`},

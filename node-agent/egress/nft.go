@@ -14,9 +14,12 @@ import (
 	"go4.org/netipx"
 )
 
-// TableName is the nftables table aliasip owns (family ip). Nothing else
-// of the host's ruleset is touched: kube-proxy (iptables or nftables mode)
-// and portmap keep their own tables and chains.
+// TableName is the nftables table aliasip owns: "table ip aliasip", and
+// on a dual-stack node "table ip6 aliasip" beside it (ip6 masquerade is
+// its own table: an ip table's chains see IPv4 packets only, nft(8)
+// ADDRESS FAMILIES). Nothing else of the host's ruleset is touched:
+// kube-proxy (iptables or nftables mode) and portmap keep their own
+// tables and chains.
 const TableName = "aliasip"
 
 const (
@@ -25,7 +28,30 @@ const (
 	setNonMasq    = "nonmasq"
 	ipv4SrcOffset = 12 // the IPv4 header's source address
 	ipv4DstOffset = 16 // and destination address
+	ipv6SrcOffset = 8  // the IPv6 header's source address
+	ipv6DstOffset = 24 // and destination address
 )
+
+// family is what differs between the ip and the ip6 table.
+type family struct {
+	nft            nftables.TableFamily
+	name           string // as nft(8) names it
+	key            nftables.SetDatatype
+	src, dst, size uint32
+	max            netip.Addr // the last address
+}
+
+var (
+	familyIPv4 = family{nftables.TableFamilyIPv4, "ip", nftables.TypeIPAddr, ipv4SrcOffset, ipv4DstOffset, 4, netip.MustParseAddr("255.255.255.255")}
+	familyIPv6 = family{nftables.TableFamilyIPv6, "ip6", nftables.TypeIP6Addr, ipv6SrcOffset, ipv6DstOffset, 16, netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")}
+)
+
+func (f family) has(a netip.Addr) bool {
+	if f.nft == nftables.TableFamilyIPv6 {
+		return a.Is6() && !a.Is4In6()
+	}
+	return a.Is4()
+}
 
 // chainPriority is srcnat + 10. Base chains on one hook run in priority
 // order and a connection's source NAT is decided by the first chain that
@@ -41,6 +67,8 @@ var chainPriority = nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource +
 //
 //	ip saddr @pod_blocks ip daddr != @nonmasq masquerade fully-random
 //
+// (ip6 saddr and ip6 daddr in the ip6 table; prefixes of the other
+// family are left out of its sets)
 // in a nat chain on postrouting. Masquerade takes the address of the
 // interface the packet leaves by (the node's), and fully-random picks
 // source ports at random as kube-proxy's --random-fully masquerade does,
@@ -52,20 +80,38 @@ type Rules struct {
 	NonMasquerade []netip.Prefix
 }
 
-// Table programs and reads the aliasip table in one network namespace.
+// Table programs and reads one aliasip table (ip or ip6) in one network
+// namespace.
 type Table struct {
 	opts []nftables.ConnOption
+	fam  family
 }
 
-// NewTable returns the table of the network namespace open at netnsFd
+// NewTable returns the ip table of the network namespace open at netnsFd
 // (-1: this process's).
 func NewTable(netnsFd int) *Table {
-	t := &Table{}
+	return newTable(netnsFd, familyIPv4)
+}
+
+// NewTable6 returns the ip6 table (a dual-stack node's IPv6 masquerade)
+// of the network namespace open at netnsFd (-1: this process's).
+func NewTable6(netnsFd int) *Table {
+	return newTable(netnsFd, familyIPv6)
+}
+
+func newTable(netnsFd int, fam family) *Table {
+	t := &Table{fam: fam}
 	if netnsFd >= 0 {
 		t.opts = append(t.opts, nftables.WithNetNSFd(netnsFd))
 	}
 	return t
 }
+
+// Family is the table's family as nft(8) names it: "ip" or "ip6".
+func (t *Table) Family() string { return t.fam.name }
+
+// Describe renders want as Read renders this table in the kernel.
+func (t *Table) Describe(want Rules) string { return describe(t.fam, want) }
 
 func (t *Table) conn() (*nftables.Conn, error) {
 	return nftables.New(t.opts...)
@@ -77,7 +123,7 @@ func (t *Table) conn() (*nftables.Conn, error) {
 // re-creates the table, so packets see either the old rules or the new,
 // never none; established connections keep their conntrack NAT bindings.
 func (t *Table) Sync(want Rules) (changed bool, err error) {
-	wantText := Describe(want)
+	wantText := t.Describe(want)
 	got, err := t.Read()
 	if err != nil {
 		return false, err
@@ -89,19 +135,19 @@ func (t *Table) Sync(want Rules) (changed bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	table := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
+	table := &nftables.Table{Name: TableName, Family: t.fam.nft}
 	// Add, delete, add: idempotent whether or not the table exists
 	// (nft(8): "delete table" of a table just added in the same
 	// transaction; kindnet's CleanRules relies on the same).
 	c.AddTable(table)
 	c.DelTable(table)
 	c.AddTable(table)
-	pods := &nftables.Set{Table: table, Name: setPodBlocks, KeyType: nftables.TypeIPAddr, Interval: true}
-	if err := c.AddSet(pods, intervalElements(want.PodBlocks)); err != nil {
+	pods := &nftables.Set{Table: table, Name: setPodBlocks, KeyType: t.fam.key, Interval: true}
+	if err := c.AddSet(pods, intervalElements(t.fam, want.PodBlocks)); err != nil {
 		return false, fmt.Errorf("set %s: %w", setPodBlocks, err)
 	}
-	nonMasq := &nftables.Set{Table: table, Name: setNonMasq, KeyType: nftables.TypeIPAddr, Interval: true}
-	if err := c.AddSet(nonMasq, intervalElements(want.NonMasquerade)); err != nil {
+	nonMasq := &nftables.Set{Table: table, Name: setNonMasq, KeyType: t.fam.key, Interval: true}
+	if err := c.AddSet(nonMasq, intervalElements(t.fam, want.NonMasquerade)); err != nil {
 		return false, fmt.Errorf("set %s: %w", setNonMasq, err)
 	}
 	accept := nftables.ChainPolicyAccept
@@ -110,40 +156,58 @@ func (t *Table) Sync(want Rules) (changed bool, err error) {
 		Hooknum: nftables.ChainHookPostrouting, Priority: chainPriority, Policy: &accept,
 	})
 	c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4SrcOffset, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: t.fam.src, Len: t.fam.size},
 		&expr.Lookup{SourceRegister: 1, SetName: pods.Name, SetID: pods.ID},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4DstOffset, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: t.fam.dst, Len: t.fam.size},
 		&expr.Lookup{SourceRegister: 1, SetName: nonMasq.Name, SetID: nonMasq.ID, Invert: true},
 		&expr.Masq{FullyRandom: true},
 	}})
 	if err := c.Flush(); err != nil {
-		return false, fmt.Errorf("program table ip %s: %w", TableName, err)
+		return false, fmt.Errorf("program table %s %s: %w", t.fam.name, TableName, err)
 	}
 	return true, nil
 }
 
 // Delete removes the table (the explicit clean-up: masquerade turned off,
 // or `aliasip-agent cleanup`). Deleting a table that is not there is not
-// an error.
+// an error. The ip table's Delete removes the ip6 table too, in the same
+// transaction: the one call that turns masquerade off leaves no IPv6
+// masquerade of a dual-stack node behind. existed reports whether either
+// was there.
 func (t *Table) Delete() (existed bool, err error) {
 	c, err := t.conn()
 	if err != nil {
 		return false, err
 	}
-	if _, ok, err := t.find(c); err != nil || !ok {
-		return false, err
+	fams := []family{t.fam}
+	if t.fam.nft == nftables.TableFamilyIPv4 {
+		fams = append(fams, familyIPv6)
 	}
-	table := &nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4}
-	c.AddTable(table)
-	c.DelTable(table)
+	var names []string
+	for _, f := range fams {
+		_, ok, err := (&Table{fam: f}).find(c)
+		if err != nil {
+			return false, err
+		}
+		if ok {
+			table := &nftables.Table{Name: TableName, Family: f.nft}
+			c.AddTable(table)
+			c.DelTable(table)
+			names = append(names, f.name)
+		}
+	}
+	if len(names) == 0 {
+		return false, nil
+	}
 	if err := c.Flush(); err != nil {
-		return true, fmt.Errorf("delete table ip %s: %w", TableName, err)
+		return true, fmt.Errorf("delete table %s %s: %w", strings.Join(names, ","), TableName, err)
 	}
 	return true, nil
 }
 
+// find looks the table up over c (c's namespace is the one searched).
 func (t *Table) find(c *nftables.Conn) (*nftables.Table, bool, error) {
-	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	tables, err := c.ListTablesOfFamily(t.fam.nft)
 	if err != nil {
 		return nil, false, fmt.Errorf("list tables: %w", err)
 	}
@@ -168,7 +232,7 @@ func (t *Table) Read() (string, error) {
 		return "", err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "table ip %s", TableName)
+	fmt.Fprintf(&b, "table %s %s", t.fam.name, TableName)
 	if table.Flags != 0 {
 		// dormant turns every base chain off while sets, chains and
 		// rules stay as written: a difference to repair.
@@ -186,12 +250,12 @@ func (t *Table) Read() (string, error) {
 			return "", fmt.Errorf("list set %s: %w", s.Name, err)
 		}
 		kind := "set"
-		if !s.Interval || s.KeyType.Name != nftables.TypeIPAddr.Name {
+		if !s.Interval || s.KeyType.Name != t.fam.key.Name {
 			kind = fmt.Sprintf("set(interval=%v,type=%s)", s.Interval, s.KeyType.Name)
 		}
-		fmt.Fprintf(&b, "%s %s %s\n", kind, s.Name, rangesText(elementRanges(elems)))
+		fmt.Fprintf(&b, "%s %s %s\n", kind, s.Name, rangesText(elementRanges(t.fam, elems)))
 	}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	chains, err := c.ListChainsOfTableFamily(t.fam.nft)
 	if err != nil {
 		return "", fmt.Errorf("list chains: %w", err)
 	}
@@ -212,18 +276,21 @@ func (t *Table) Read() (string, error) {
 	return b.String(), nil
 }
 
-// Describe renders want in the form Read renders the kernel's table.
-func Describe(want Rules) string {
+// Describe renders want in the form Read renders the kernel's ip table
+// (Table.Describe for either table).
+func Describe(want Rules) string { return describe(familyIPv4, want) }
+
+func describe(f family, want Rules) string {
 	accept := nftables.ChainPolicyAccept
 	ch := &nftables.Chain{Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: chainPriority, Policy: &accept}
-	return fmt.Sprintf("table ip %s\nset %s %s\nset %s %s\nchain %s %s\nrule %s\n", TableName,
-		setNonMasq, rangesText(merge(want.NonMasquerade)),
-		setPodBlocks, rangesText(merge(want.PodBlocks)),
+	return fmt.Sprintf("table %s %s\nset %s %s\nset %s %s\nchain %s %s\nrule %s\n", f.name, TableName,
+		setNonMasq, rangesText(merge(f, want.NonMasquerade)),
+		setPodBlocks, rangesText(merge(f, want.PodBlocks)),
 		chainName, chainText(ch),
 		exprsText([]expr.Any{
-			&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: ipv4SrcOffset, Len: 4},
+			&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: f.src, Len: f.size},
 			&expr.Lookup{SetName: setPodBlocks},
-			&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: ipv4DstOffset, Len: 4},
+			&expr.Payload{Base: expr.PayloadBaseNetworkHeader, Offset: f.dst, Len: f.size},
 			&expr.Lookup{SetName: setNonMasq, Invert: true},
 			&expr.Masq{FullyRandom: true},
 		}))
@@ -262,13 +329,13 @@ func exprsText(es []expr.Any) string {
 	return strings.Join(parts, " ")
 }
 
-// merge returns the IPv4 prefixes as the smallest list of ranges
+// merge returns the prefixes of family f as the smallest list of ranges
 // (overlaps and neighbours joined): what an interval set can hold, since
 // the kernel refuses overlapping intervals.
-func merge(ps []netip.Prefix) []netipx.IPRange {
+func merge(f family, ps []netip.Prefix) []netipx.IPRange {
 	var b netipx.IPSetBuilder
 	for _, p := range ps {
-		if p.IsValid() && p.Addr().Is4() {
+		if p.IsValid() && f.has(p.Addr()) {
 			b.AddPrefix(p.Masked())
 		}
 	}
@@ -276,19 +343,18 @@ func merge(ps []netip.Prefix) []netipx.IPRange {
 	return s.Ranges()
 }
 
-// maxIPv4 is the last IPv4 address: an interval reaching it has no end
-// element (there is no next address), as nft writes such a range.
-var maxIPv4 = netip.MustParseAddr("255.255.255.255")
-
 // intervalElements turns prefixes into an interval set's elements: each
 // range is its first address, then the address after its last flagged as
 // an interval end (nft(8) "flags interval"; the kernel's rbtree set
 // keeps the two as separate elements).
-func intervalElements(ps []netip.Prefix) []nftables.SetElement {
+//
+// An interval reaching the family's last address has no end element
+// (there is no next address), as nft writes such a range.
+func intervalElements(f family, ps []netip.Prefix) []nftables.SetElement {
 	var out []nftables.SetElement
-	for _, r := range merge(ps) {
+	for _, r := range merge(f, ps) {
 		out = append(out, nftables.SetElement{Key: r.From().AsSlice()})
-		if r.To() != maxIPv4 {
+		if r.To() != f.max {
 			out = append(out, nftables.SetElement{Key: r.To().Next().AsSlice(), IntervalEnd: true})
 		}
 	}
@@ -297,7 +363,7 @@ func intervalElements(ps []netip.Prefix) []nftables.SetElement {
 
 // elementRanges reads an interval set's elements back into ranges, in
 // whatever order the kernel lists them.
-func elementRanges(elems []nftables.SetElement) []netipx.IPRange {
+func elementRanges(f family, elems []nftables.SetElement) []netipx.IPRange {
 	type point struct {
 		a   netip.Addr
 		end bool
@@ -308,16 +374,19 @@ func elementRanges(elems []nftables.SetElement) []netipx.IPRange {
 		if !ok {
 			continue
 		}
-		pts = append(pts, point{a.Unmap(), e.IntervalEnd})
+		if f.nft == nftables.TableFamilyIPv4 {
+			a = a.Unmap()
+		}
+		pts = append(pts, point{a, e.IntervalEnd})
 	}
 	slices.SortFunc(pts, func(x, y point) int { return x.a.Compare(y.a) })
 	var out []netipx.IPRange
 	for i := 0; i < len(pts); i++ {
 		if pts[i].end {
-			continue // an end with no start (the kernel's leading 0.0.0.0 end)
+			continue // an end with no start (the kernel's leading 0.0.0.0 or :: end)
 		}
 		from := pts[i].a
-		to := maxIPv4
+		to := f.max
 		if i+1 < len(pts) {
 			if pts[i+1].end {
 				to = pts[i+1].a.Prev()
@@ -346,8 +415,8 @@ func rangesText(rs []netipx.IPRange) string {
 	return "{" + strings.Join(parts, ",") + "}"
 }
 
-// Watch calls changed whenever an nftables object of the table is added
-// or removed (someone flushed, deleted or edited it; aliasip's own writes
+// Watch calls changed whenever an nftables object of an aliasip table (of
+// either family: the tables share their name) is added or removed (someone flushed, deleted or edited it; aliasip's own writes
 // too), until ctx ends. Events of other tables are ignored. It returns an
 // error only if the monitor cannot be opened at all; a monitor that ends
 // later (the kernel drops a netlink socket's messages when a burst of
