@@ -60,6 +60,16 @@ pool_b_cidr=10.64.0.0/16   # disjoint from cluster_cidr and service_cidr
 pool_b_max_pods=32         # PodRange maxPodsPerNode and the pool's kubelet maxPods: /26 blocks
 service_cidr=10.96.0.0/16
 net=192.168.90 # the emulated VPC subnet: .1 hub bridge, .2 API server, .11+ nodes
+# Dual-stack, as kind's ipFamily: dual and a GKE dual-stack subnet: the
+# VPC subnet's IPv6 side (::1 the hub, ::11+ the nodes, each node's second
+# InternalIP), the fake cloud's internal IPv6 range (each instance the next
+# /96 of it, its pods the first /112 of that: the chart's ipv6.range), and
+# the Services' IPv6 range (kind's default dual-stack service subnet,
+# kubernetes-sigs/kind pkg/internal/apis/config/default.go
+# SetDefaultsCluster: fd00:10:96::/112).
+net6=fd00:90:: # the VPC subnet's IPv6 /64
+ipv6_range=fd00:10:244::/64
+service_cidr6=fd00:10:96::/112
 api_ip=$net.2
 api_port=6443
 # The outside: RFC 2544's benchmark range 198.18.0.0/15, never a real
@@ -68,6 +78,10 @@ api_port=6443
 outside_ns=aliasip-outside
 outside_gw=198.18.0.1
 outside_ip=198.18.0.10
+# Its IPv6 side: RFC 5180's IPv6 benchmarking range 2001:2::/48, the IPv6
+# twin of 198.18.0.0/15.
+outside_gw6=2001:2::1
+outside_ip6=2001:2::10
 outside_zone=outside.test # RFC 6761: .test is reserved for testing
 # kubeadm's cluster DNS address: the 10th address of the service subnet
 # (kubernetes cmd/kubeadm/app/constants/constants.go GetDNSIP), 10.96.0.10
@@ -83,6 +97,7 @@ die() {
 bin() { echo "$cache/bin/$1"; }
 node_name() { echo "node-$1"; }
 node_ip() { echo "$net.$((10 + $1))"; }
+node_ip6() { echo "$net6$((10 + $1))"; }
 node_pool() { if [ "$1" -le "$nodes" ]; then echo pool-a; else echo pool-b; fi; }
 
 # start NAME CMD... runs CMD in its own session, logging to $dir/logs/NAME.log.
@@ -186,6 +201,10 @@ hub() {
 	ip -n aliasip-hub link set dev lo up
 	ip -n aliasip-hub link add vpc0 type bridge
 	ip -n aliasip-hub addr add "$net.1/24" dev vpc0
+	# nodad (here and for every fixed address below): usable at once, as
+	# a VM's or a router's address is; duplicate address detection would
+	# hold each back for a second (ip-address(8) nodad).
+	ip -n aliasip-hub addr add "${net6}1/64" dev vpc0 nodad
 	ip -n aliasip-hub link set dev vpc0 up
 	# The API server's leg on the VPC.
 	ip link add vpchost0 mtu 1460 type veth peer name api netns aliasip-hub
@@ -212,11 +231,14 @@ outside_net() {
 	ip -n aliasip-hub addr add "$outside_gw/24" dev out0
 	ip -n aliasip-hub link set dev out0 up
 	ip -n "$outside_ns" addr add "$outside_ip/24" dev eth0
+	ip -n aliasip-hub addr add "$outside_gw6/64" dev out0 nodad
+	ip -n "$outside_ns" addr add "$outside_ip6/64" dev eth0 nodad
 	ip -n "$outside_ns" link set dev eth0 up
 	# The way back goes to the node subnet only, and there is no default
 	# route: as on the internet, a packet that arrives with a pod address
 	# (10.244.x, 10.64.x: not masqueraded on its way out) gets no reply.
 	ip -n "$outside_ns" route add "$net.0/24" via "$outside_gw" dev eth0
+	ip -n "$outside_ns" -6 route add "${net6}/64" via "$outside_gw6" dev eth0
 	# Both sysctls are per network namespace: these change the hub's only.
 	# ip_forward: the hub routes between vpc0 and out0.
 	# rp_filter=0: the hub has no route back to the pod ranges, so reverse
@@ -226,6 +248,8 @@ outside_net() {
 	# interface's value (Documentation/networking/ip-sysctl.rst,
 	# rp_filter), so both are cleared.
 	ip netns exec aliasip-hub sysctl -qw net.ipv4.ip_forward=1
+	# The same for IPv6 (which has no reverse path filter of its own).
+	ip netns exec aliasip-hub sysctl -qw net.ipv6.conf.all.forwarding=1
 	for c in all default vpc0 out0; do
 		ip netns exec aliasip-hub sysctl -qw "net.ipv4.conf.$c.rp_filter=0"
 	done
@@ -239,8 +263,9 @@ outside_net() {
 outside_up() {
 	local od=$dir/outside
 	mkdir -p "$od"
+	# On every address of the outside host: $outside_ip and $outside_ip6.
 	start outside-netcheck nsenter --net="/run/netns/$outside_ns" \
-		"$images/bin/netcheck" outside --http "$outside_ip:80" --udp "$outside_ip:9"
+		"$images/bin/netcheck" outside --http ":80" --udp ":9"
 	# An authoritative zone from a zone file (CoreDNS plugin/file): a name
 	# not in it is NXDOMAIN, and a query for a zone this server has no
 	# block for is REFUSED (coredns core/dnsserver/server.go ServeDNS, no
@@ -284,9 +309,11 @@ node_net() {
 	ip -n aliasip-hub link set dev "n$i" master vpc0 up
 	ip -n "$ns" link set dev lo up
 	ip -n "$ns" addr add "$(node_ip "$i")/24" dev eth0
+	ip -n "$ns" addr add "$(node_ip6 "$i")/64" dev eth0 nodad
 	ip -n "$ns" link set dev eth0 up
 	# The default route also lets proxy-ARP answer pods for 169.254.1.1.
 	ip -n "$ns" route add default via "$net.1" dev eth0
+	ip -n "$ns" -6 route add default via "${net6}1" dev eth0
 	ip netns exec "$ns" sysctl -qw net.ipv4.conf.eth0.proxy_arp=1
 }
 
@@ -487,7 +514,7 @@ EOF
 	# (https://kubernetes.io/docs/reference/access-authn-authz/admission-controllers/#noderestriction).
 	start "kubelet-$n" nsenter $(node_ns "$n") \
 		"$(bin kubelet)" --config "$nd/kubelet.yaml" --kubeconfig "$nd/kubelet.kubeconfig" \
-		--hostname-override "$n" --node-ip "$(node_ip "$i")" \
+		--hostname-override "$n" --node-ip "$(node_ip "$i"),$(node_ip6 "$i")" \
 		--node-labels "cloud.google.com/gke-nodepool=$(node_pool "$i")" --v 1
 }
 
@@ -542,7 +569,7 @@ control_plane_up() {
 		--authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
 		--service-account-issuer https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
-		--service-cluster-ip-range "$service_cidr" --allow-privileged=true \
+		--service-cluster-ip-range "$service_cidr,$service_cidr6" --allow-privileged=true \
 		--kubelet-preferred-address-types InternalIP \
 		--kubelet-client-certificate "$p/kubelet-client.crt" --kubelet-client-key "$p/kubelet-client.key" \
 		--profiling=false --v 1
@@ -638,14 +665,15 @@ up() {
 	done
 	log "installing charts/aliasip (as the README's kind section does)"
 	"$(bin helm)" --kubeconfig "$dir/kubeconfig" install aliasip "$root/charts/aliasip" -n kube-system \
-		--set cloud=fake --set clusterCIDR="$cluster_cidr" --set image.pullPolicy=Never --wait --timeout 3m >&2 ||
+		--set cloud=fake --set clusterCIDR="$cluster_cidr" --set ipv6.enabled=true --set ipv6.range="$ipv6_range" \
+		--set image.pullPolicy=Never --wait --timeout 3m >&2 ||
 		{ diagnose; die "helm install failed (logs in $dir/logs)"; }
 	if [ "$pool_b_nodes" -gt 0 ]; then
 		pool_b_up
 	fi
 	kubectl_ wait --for=condition=Ready nodes --all --timeout=120s >&2 || { diagnose; die "nodes not Ready"; }
 	dns_up
-	kubectl_ get nodes -o custom-columns='NAME:.metadata.name,STATUS:.status.conditions[-1].type,POOL:.metadata.labels.cloud\.google\.com/gke-nodepool,RANGE:.metadata.labels.aliasip\.io/pod-range,PODCIDR:.spec.podCIDR,PROVIDERID:.spec.providerID' >&2
+	kubectl_ get nodes -o custom-columns='NAME:.metadata.name,STATUS:.status.conditions[-1].type,POOL:.metadata.labels.cloud\.google\.com/gke-nodepool,RANGE:.metadata.labels.aliasip\.io/pod-range,PODCIDRS:.spec.podCIDRs,PROVIDERID:.spec.providerID' >&2
 	kubectl_ get podranges >&2
 	echo "KUBECONFIG=$dir/kubeconfig"
 }

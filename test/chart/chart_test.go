@@ -123,6 +123,10 @@ func TestLintAndRender(t *testing.T) {
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,egress.config.resyncInterval=1 minute", "/egress/config/resyncInterval"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,egress.config.nonMasqueradeCIRDs={10.0.0.0/8}", "'nonMasqueradeCIRDs' not allowed"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,egress.masquerade=maybe", "/egress/masquerade"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,ipv6.enabled=true", "/ipv6/range"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,ipv6.enabled=true,ipv6.range=10.245.0.0/16", "/ipv6/range"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,ipv6.enabled=yes", "/ipv6/enabled"},
+		{"cloud=fake,clusterCIDR=10.244.0.0/16,ipv6.enable=true", "'enable' not allowed"},
 	} {
 		out, err := run(t, h, "template", "aliasip", chartDir(), "--set", bad.set)
 		if err == nil || !strings.Contains(out, bad.msg) {
@@ -369,6 +373,52 @@ func TestInstallAndFlags(t *testing.T) {
 	}
 	if _, err := client.AppsV1().DaemonSets("kube-system").Get(ctx, "aliasip-agent", metav1.GetOptions{}); err == nil {
 		t.Error("DaemonSet left after uninstall")
+	}
+}
+
+// ipv6.enabled renders the controller's --dual-stack (and with the fake
+// cloud its --fake-ipv6-range), and the agents take ipv6.range as a pod
+// range their egress rules never masquerade; off, nothing of it renders.
+func TestDualStackValues(t *testing.T) {
+	h := helm(t)
+	render := func(set string) string {
+		t.Helper()
+		out, err := run(t, h, "template", "aliasip", chartDir(), "-n", "kube-system", "--set", set)
+		if err != nil {
+			t.Fatalf("--set %s: %v\n%s", set, err, out)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		set        string
+		want, none []string
+	}{{
+		set:  "cloud=fake,clusterCIDR=10.244.0.0/16,ipv6.enabled=true,ipv6.range=fd00:10:244::/64",
+		want: []string{"- --dual-stack=true", "- --fake-ipv6-range=fd00:10:244::/64", "- --cluster-cidr=10.244.0.0/16,fd00:10:244::/64"},
+	}, {
+		set:  "cloud=gce,ipv6.enabled=true",
+		want: []string{"- --dual-stack=true"},
+		none: []string{"--fake-ipv6-range", "--cluster-cidr"},
+	}, {
+		set:  "cloud=gce,ipv6.enabled=true,ipv6.range=2600:1900:4000:1::/64",
+		want: []string{"- --dual-stack=true", "- --cluster-cidr=2600:1900:4000:1::/64"},
+		none: []string{"--fake-ipv6-range"},
+	}, {
+		set:  "cloud=fake,clusterCIDR=10.244.0.0/16,ipv6.range=fd00:10:244::/64",
+		want: []string{"- --cluster-cidr=10.244.0.0/16\n"},
+		none: []string{"--dual-stack", "--fake-ipv6-range", "fd00:10:244::/64"},
+	}} {
+		out := render(c.set)
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("--set %s lacks %q", c.set, w)
+			}
+		}
+		for _, n := range c.none {
+			if strings.Contains(out, n) {
+				t.Errorf("--set %s renders %q", c.set, n)
+			}
+		}
 	}
 }
 

@@ -60,7 +60,9 @@ func (e *clusterEnv) helm(t *testing.T, args ...string) string {
 // chartInstallArgs is the README's kind section's helm install command.
 func chartInstallArgs() []string {
 	return []string{"install", "aliasip", filepath.Join(framework.RepoRoot(), "charts", "aliasip"), "-n", releaseNS,
-		"--set", "cloud=fake", "--set", "clusterCIDR=10.244.0.0/16", "--set", "image.pullPolicy=Never"}
+		"--set", "cloud=fake", "--set", "clusterCIDR=10.244.0.0/16", "--set", "image.pullPolicy=Never",
+		// Dual-stack, as hack/cluster.sh installs it.
+		"--set", "ipv6.enabled=true", "--set", "ipv6.range=fd00:10:244::/64"}
 }
 
 func eventually(t *testing.T, ctx context.Context, timeout time.Duration, what string, cond func() (bool, error)) {
