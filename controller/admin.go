@@ -36,7 +36,7 @@ func (c *Controller) AdminHandler() sockrpc.Handler {
 // cloudView lists the cloud's instances (one listing at a time, under the
 // cloud budget like every other call) with the Node each belongs to.
 func (c *Controller) cloudView(ctx context.Context) (adminapi.CloudView, error) {
-	out := adminapi.CloudView{Ready: c.Ready(), Ranges: []adminapi.Range{}, Instances: []adminapi.Instance{}}
+	out := adminapi.CloudView{Ready: c.Ready(), DualStack: c.cfg.DualStack, Ranges: []adminapi.Range{}, Instances: []adminapi.Instance{}}
 	if !out.Ready {
 		return out, nil // a standby has no state: ask the leader
 	}
@@ -58,6 +58,9 @@ func (c *Controller) cloudView(ctx context.Context) (adminapi.CloudView, error) 
 	}
 	for _, in := range instances {
 		vi := adminapi.Instance{Ref: in.Ref.String(), Node: nodeOf[in.Ref.String()], Aliases: []adminapi.Alias{}}
+		if in.IPv6.IsValid() {
+			vi.IPv6 = in.IPv6.String()
+		}
 		for _, a := range in.Aliases {
 			va := adminapi.Alias{CIDR: a.CIDR.String(), CloudName: a.RangeName}
 			if c.blocks.ours(a) {

@@ -254,6 +254,7 @@ func New(cfg Config, client kubernetes.Interface, nodeInformer coreinformers.Nod
 		wakeCh:      make(chan struct{}, 1),
 	}
 	m.poolSource = c.blocks.stats
+	m.nodeSource = c.nodeStats
 	nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: c.enqueue,
 		UpdateFunc: func(old, cur any) {

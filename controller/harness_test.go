@@ -115,6 +115,7 @@ type harness struct {
 	ctrl     *Controller
 	recorder *record.FakeRecorder
 	metrics  *Metrics
+	reg      *prometheus.Registry // where metrics are registered
 	nodeInf  *testInformer
 	prs      *rangefake.Clientset // nil without PodRanges
 	rangeInf *testInformer        // nil without PodRanges
@@ -158,8 +159,9 @@ func startHarness(t *testing.T, hc harnessConfig) *harness {
 	if hc.cloudOf != nil {
 		cl = hc.cloudOf(fc)
 	}
+	reg := prometheus.NewRegistry()
 	h := &harness{t: t, ctx: ctx, client: k8sfake.NewClientset(objs...), cloud: fc, recorder: record.NewFakeRecorder(1000),
-		metrics: NewMetrics(prometheus.NewRegistry()), nodeInf: newTestInformer(&corev1.Node{})}
+		metrics: NewMetrics(reg), reg: reg, nodeInf: newTestInformer(&corev1.Node{})}
 	for _, n := range hc.nodes {
 		_ = h.nodeInf.GetIndexer().Add(n.DeepCopy())
 	}

@@ -1,10 +1,13 @@
 package controller
 
 import (
+	"maps"
+	"net/netip"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // Metrics are the controller's Prometheus metrics, all prefixed aliasip_.
@@ -26,6 +29,36 @@ type Metrics struct {
 	NodeWrites    prometheus.Counter
 	Leader        prometheus.Gauge
 	poolSource    func() map[string]PoolStats
+	nodeSource    func() NodeStats
+}
+
+// NodeStats is what aliasip_node_podcidrs and aliasip_nodes_waiting_ipv6
+// report: Nodes whose spec.podCIDRs carry a block of each family, and
+// dual-stack Nodes without podCIDRs whose NIC has no IPv6 range yet.
+type NodeStats struct {
+	PodCIDRs    map[string]int // by family: ipv4, ipv6
+	WaitingIPv6 int
+}
+
+// nodeCollector reports the node figures at scrape time, from the
+// informer's cache: a node deleted or given podCIDRs by another writer
+// drops out without a sync.
+type nodeCollector struct {
+	m               *Metrics
+	podCIDRs, wait6 *prometheus.Desc
+}
+
+func (n *nodeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- n.podCIDRs; ch <- n.wait6 }
+
+func (n *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	if n.m.nodeSource == nil {
+		return
+	}
+	st := n.m.nodeSource()
+	for _, f := range []string{"ipv4", "ipv6"} {
+		ch <- prometheus.MustNewConstMetric(n.podCIDRs, prometheus.GaugeValue, float64(st.PodCIDRs[f]), f)
+	}
+	ch <- prometheus.MustNewConstMetric(n.wait6, prometheus.GaugeValue, float64(st.WaitingIPv6))
 }
 
 // poolCollector reports aliasip_pool_blocks{range,state} from the pools
@@ -124,6 +157,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	reg.MustRegister(&poolCollector{m: m, desc: prometheus.NewDesc("aliasip_pool_blocks",
 		"Blocks of each pod range (range: a PodRange's name, or \"default\" for the flags' range) by state: used, free, cooling (cooling blocks count as used too).",
 		[]string{"range", "state"}, nil)})
+	reg.MustRegister(&nodeCollector{m: m,
+		podCIDRs: prometheus.NewDesc("aliasip_node_podcidrs",
+			"Nodes whose spec.podCIDRs carry a block of the family, by family: ipv4, and ipv6 (a dual-stack node's /112 of its NIC's IPv6 range, or a single-stack IPv6 node's block).",
+			[]string{"family"}, nil),
+		wait6: prometheus.NewDesc("aliasip_nodes_waiting_ipv6",
+			"Dual-stack nodes without podCIDRs whose NIC has no IPv6 range yet (IPv6NotAssigned): they get both blocks once it has one.",
+			nil, nil)})
 	return m
 }
 
@@ -131,4 +171,44 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 func (m *Metrics) ObserveCloudRequest(method string, code int, d time.Duration) {
 	m.CloudRequests.WithLabelValues(method, strconv.Itoa(code)).Inc()
 	m.CloudLatency.WithLabelValues(method).Observe(d.Seconds())
+}
+
+// nodeStats counts, from the informer's cache, the Nodes whose podCIDRs
+// carry a block of each family, and the waiting dual-stack nodes that
+// still exist and still have no podCIDR.
+func (c *Controller) nodeStats() NodeStats {
+	st := NodeStats{PodCIDRs: map[string]int{}}
+	nodes, err := c.nodes.List(labels.Everything())
+	if err != nil {
+		return st
+	}
+	c.mu.Lock()
+	waiting := maps.Clone(c.ipv6Waiting)
+	c.mu.Unlock()
+	for _, n := range nodes {
+		fams := map[string]bool{}
+		cidrs := n.Spec.PodCIDRs
+		if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+			cidrs = []string{n.Spec.PodCIDR}
+		}
+		for _, s := range cidrs {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				fams[family(p.Addr())] = true
+			}
+		}
+		for f := range fams {
+			st.PodCIDRs[f]++
+		}
+		if waiting[n.Name] && n.Spec.PodCIDR == "" {
+			st.WaitingIPv6++
+		}
+	}
+	return st
+}
+
+func family(a netip.Addr) string {
+	if a.Unmap().Is4() {
+		return "ipv4"
+	}
+	return "ipv6"
 }

@@ -50,6 +50,9 @@ type nodeState struct {
 func (c *Controller) sync(ctx context.Context, name string) error {
 	node, err := c.nodes.Get(name)
 	if apierrors.IsNotFound(err) {
+		c.mu.Lock()
+		delete(c.ipv6Waiting, name) // a deleted node waits for nothing
+		c.mu.Unlock()
 		return c.release(ctx, name)
 	}
 	if err != nil {

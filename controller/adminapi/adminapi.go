@@ -17,7 +17,11 @@ const (
 type CloudView struct {
 	// Ready: the controller leads and has rebuilt its state. A standby
 	// answers with Ready false and no ranges.
-	Ready     bool       `json:"ready"`
+	Ready bool `json:"ready"`
+	// DualStack: the controller runs with --dual-stack, so every Node's
+	// podCIDRs should be [IPv4 block, the first /112 of its NIC's IPv6
+	// range].
+	DualStack bool       `json:"dualStack,omitempty"`
 	Ranges    []Range    `json:"ranges"`
 	Instances []Instance `json:"instances"`
 }
@@ -42,6 +46,9 @@ type Instance struct {
 	Ref     string  `json:"ref"`
 	Node    string  `json:"node,omitempty"`
 	Aliases []Alias `json:"aliases"`
+	// IPv6 is the internal IPv6 range of the instance's primary NIC (a
+	// /96 on GCE), "" when it has none.
+	IPv6 string `json:"ipv6,omitempty"`
 }
 
 // Alias is one alias range; Range names our range it comes from ("" when

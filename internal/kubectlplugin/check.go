@@ -55,6 +55,8 @@ const (
 	KindAllocationOutside  = "allocation-outside"   // an agent's address outside its node's podCIDR
 	KindPodIPUntracked     = "pod-ip-untracked"     // a running pod's address its agent does not hold
 	KindAllocationMismatch = "allocation-mismatch"  // the agent holds another address for a running pod
+	KindIPv6PodCIDR        = "ipv6-podcidr"         // a dual-stack Node's IPv6 podCIDR is not the first /112 of its NIC's IPv6 range, or one side is missing
+	KindPodIPOutside       = "pod-ip-outside"       // a running pod's IPv6 address outside its dual-stack node's IPv6 podCIDR
 )
 
 var listAll = metav1.ListOptions{}
@@ -160,12 +162,26 @@ func Check(s Snapshot) Report {
 	r := Report{Time: s.Time, Findings: []Finding{}}
 	add := func(f Finding) { r.Findings = append(r.Findings, f) }
 
-	// Nodes' podCIDRs: parse, and no two may overlap.
-	podCIDR := map[string]netip.Prefix{}
+	// Nodes' podCIDRs: parse, and no two may overlap. A dual-stack Node's
+	// IPv6 block (the second of spec.podCIDRs, IPv4 first) is checked the
+	// same way: IPv4 and IPv6 spans never overlap each other.
+	podCIDR, podCIDR6 := map[string]netip.Prefix{}, map[string]netip.Prefix{}
 	var nodeSpans []span
 	for _, n := range s.Nodes {
 		if n.Spec.PodCIDR == "" {
 			continue
+		}
+		for _, c := range n.Spec.PodCIDRs[min(1, len(n.Spec.PodCIDRs)):] {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				add(Finding{Kind: KindPodCIDRInvalid, Class: ClassMismatch, Node: n.Name, CIDR: c,
+					Message: fmt.Sprintf("Node %s: podCIDRs entry %q does not parse", n.Name, c)})
+				continue
+			}
+			if p.Addr().Is6() && !p.Addr().Is4In6() {
+				podCIDR6[n.Name] = p.Masked()
+				nodeSpans = append(nodeSpans, spanOf(p, n.Name))
+			}
 		}
 		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
 		if err != nil {
@@ -188,8 +204,9 @@ func Check(s Snapshot) Report {
 		r.Incomplete = append(r.Incomplete, "cloud: the controller's view could not be read (its aliases, leaks and ranges are not checked)")
 	} else {
 		checkCloud(s, podCIDR, add)
+		checkCloudIPv6(s, podCIDR, podCIDR6, add)
 	}
-	checkAgents(s, podCIDR, add, &r)
+	checkAgents(s, podCIDR, podCIDR6, add, &r)
 
 	sort.SliceStable(r.Findings, func(i, j int) bool {
 		a, b := r.Findings[i], r.Findings[j]
@@ -314,6 +331,56 @@ func checkCloud(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding)) 
 	}
 }
 
+// checkCloudIPv6 compares each Node's IPv6 podCIDR with its NIC's IPv6
+// range as the controller reads it: on a dual-stack cluster the podCIDR
+// is the first /112 of that range (what the controller writes, as GKE's
+// allocator does). A NIC range is only known from a controller that
+// reports it; a missing side is judged only when the controller runs
+// dual-stack.
+func checkCloudIPv6(s Snapshot, podCIDR, podCIDR6 map[string]netip.Prefix, add func(Finding)) {
+	byNode := map[string]adminapi.Instance{}
+	for _, in := range s.Cloud.Instances {
+		if in.Node != "" {
+			byNode[in.Node] = in
+		}
+	}
+	for _, n := range s.Nodes {
+		if _, ok := podCIDR[n.Name]; !ok {
+			continue
+		}
+		in, ok := byNode[n.Name]
+		if !ok {
+			continue // instance-missing, reported with the IPv4 side
+		}
+		got, has := podCIDR6[n.Name]
+		nic, err := netip.ParsePrefix(in.IPv6)
+		hasNIC := err == nil && nic.Addr().Is6()
+		f := Finding{Kind: KindIPv6PodCIDR, Class: ClassMismatch, Node: n.Name, Instance: in.Ref}
+		switch {
+		case has && hasNIC:
+			want := netip.PrefixFrom(nic.Masked().Addr(), 112)
+			if got == want {
+				continue
+			}
+			f.CIDR = got.String()
+			if got.Bits() < nic.Bits() || !nic.Contains(got.Addr()) {
+				f.Message = fmt.Sprintf("Node %s: IPv6 podCIDR %v is not inside its NIC's IPv6 range %v (instance %s); the VPC routes that range, not this block, to the node", n.Name, got, nic.Masked(), in.Ref)
+			} else {
+				f.Message = fmt.Sprintf("Node %s: IPv6 podCIDR %v is not the first /112 of its NIC's IPv6 range %v (instance %s), %v", n.Name, got, nic.Masked(), in.Ref, want)
+			}
+		case has && s.Cloud.DualStack:
+			f.CIDR = got.String()
+			f.Message = fmt.Sprintf("Node %s: IPv6 podCIDR %v, but the NIC of instance %s has no IPv6 range", n.Name, got, in.Ref)
+		case !has && s.Cloud.DualStack:
+			f.CIDR = podCIDR[n.Name].String()
+			f.Message = fmt.Sprintf("Node %s: the cluster is dual-stack but its podCIDRs %v have no IPv6 block (podCIDRs cannot change once set)", n.Name, n.Spec.PodCIDRs)
+		default:
+			continue
+		}
+		add(f)
+	}
+}
+
 // Pod annotations of a static pod's mirror (kubelet's
 // pkg/kubelet/types: ConfigMirrorAnnotationKey, ConfigHashAnnotationKey):
 // the kubelet runs a static pod under a UID of its own (the config hash,
@@ -349,7 +416,7 @@ func addressedSince(p *corev1.Pod) time.Time {
 	return p.CreationTimestamp.Time
 }
 
-func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding), r *Report) {
+func checkAgents(s Snapshot, podCIDR, podCIDR6 map[string]netip.Prefix, add func(Finding), r *Report) {
 	pods := map[string]*corev1.Pod{}
 	for i := range s.Pods {
 		p := &s.Pods[i]
@@ -386,6 +453,24 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 			add(Finding{Kind: KindAgentPodCIDR, Class: ClassMismatch, Node: n.Name, CIDR: ag.PodCIDR,
 				Message: fmt.Sprintf("node %s: the agent works on %s, the Node's podCIDR is %v", n.Name, ag.PodCIDR, block)})
 		}
+		// The IPv6 side: the block the agent works on, against the Node's.
+		// An agent that is not ready may not have opened its state yet
+		// (it reports no IPv6 block then): only one that works on a block
+		// is judged single-stack.
+		block6, dual := podCIDR6[n.Name]
+		agent6, err6 := netip.ParsePrefix(ag.PodCIDRIPv6)
+		switch {
+		case ag.PodCIDRIPv6 != "" && (err6 != nil || !dual || agent6.Masked() != block6):
+			want := " has no IPv6 podCIDR"
+			if dual {
+				want = "'s IPv6 podCIDR is " + block6.String()
+			}
+			add(Finding{Kind: KindAgentPodCIDR, Class: ClassMismatch, Node: n.Name, CIDR: ag.PodCIDRIPv6,
+				Message: fmt.Sprintf("node %s: the agent works on IPv6 block %s, the Node%s", n.Name, ag.PodCIDRIPv6, want)})
+		case ag.PodCIDRIPv6 == "" && dual && ag.Ready && ag.PodCIDR != "":
+			add(Finding{Kind: KindAgentPodCIDR, Class: ClassMismatch, Node: n.Name, CIDR: block6.String(),
+				Message: fmt.Sprintf("node %s: the agent works single-stack on %s, the Node's podCIDRs carry the IPv6 block %v too", n.Name, ag.PodCIDR, block6)})
+		}
 		// The newest sandbox of a pod per interface: the kubelet runs one
 		// at a time, so an older allocation for the same pod and
 		// interface is one whose DEL never came.
@@ -410,6 +495,14 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 			// holder of it is a duplicate like one of the IPv4 address.
 			if ip6, err := netip.ParseAddr(al.IPv6); err == nil {
 				hold(ip6, holder{n.Name, id, "allocation of " + podName(al.Namespace, al.Pod, al.ContainerID)})
+				if !block6.Contains(ip6) {
+					where := "the node has no IPv6 podCIDR"
+					if dual {
+						where = "outside the IPv6 podCIDR " + block6.String()
+					}
+					add(Finding{Kind: KindAllocationOutside, Class: ClassMismatch, Node: n.Name, IP: al.IPv6, Namespace: al.Namespace, Pod: al.Pod,
+						Message: fmt.Sprintf("node %s: %s holds %s, %s", n.Name, podName(al.Namespace, al.Pod, al.ContainerID), al.IPv6, where)})
+				}
 			}
 			if !block.Contains(ip) {
 				add(Finding{Kind: KindAllocationOutside, Class: ClassMismatch, Node: n.Name, IP: al.IP, Namespace: al.Namespace, Pod: al.Pod,
@@ -468,21 +561,43 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 		block, judged := podCIDR[p.Spec.NodeName]
 		judged = judged && s.Agents[p.Spec.NodeName] != nil && s.Time.Sub(addressedSince(p)) >= s.MinAge &&
 			!slices.ContainsFunc(als, func(a api.AllocationEntry) bool { return s.Time.Sub(a.Created) < s.MinAge })
+		block6, dual := podCIDR6[p.Spec.NodeName]
 		for _, pip := range p.Status.PodIPs {
 			ip, err := netip.ParseAddr(pip.IP)
 			if err != nil {
 				continue
 			}
 			hold(ip, holder{p.Spec.NodeName, "pod " + p.Namespace + "/" + p.Name, "running pod " + p.Namespace + "/" + p.Name})
-			// An address outside the node's block is none of the agent's
-			// (another family, another IPAM): only the duplicates above.
-			if !judged || !block.Contains(ip) {
+			if !judged {
 				continue
 			}
-			if !slices.ContainsFunc(als, func(a api.AllocationEntry) bool { return a.IP == ip.String() }) {
+			// The node's block and the allocation's address of the
+			// pod's family.
+			b, held := block, func(a api.AllocationEntry) string { return a.IP }
+			if ip.Is6() && dual {
+				// On a dual-stack node the agent hands out every pod's
+				// IPv6 address from the node's IPv6 block: one outside
+				// it came from somewhere else.
+				if !block6.Contains(ip) {
+					add(Finding{Kind: KindPodIPOutside, Class: ClassMismatch, Node: p.Spec.NodeName, IP: pip.IP, Namespace: p.Namespace, Pod: p.Name,
+						Message: fmt.Sprintf("pod %s/%s on %s runs with %s, outside the node's IPv6 podCIDR %v", p.Namespace, p.Name, p.Spec.NodeName, pip.IP, block6)})
+					continue
+				}
+				b, held = block6, func(a api.AllocationEntry) string { return a.IPv6 }
+			}
+			// Otherwise an address outside the node's block is none of
+			// the agent's (another family on a single-stack node, another
+			// IPAM): only the duplicates above.
+			if !b.Contains(ip) {
+				continue
+			}
+			if !slices.ContainsFunc(als, func(a api.AllocationEntry) bool {
+				h, err := netip.ParseAddr(held(a))
+				return err == nil && h == ip
+			}) {
 				kind, msg := KindPodIPUntracked, "the agent holds no such address for it: it may be handed out again"
 				if len(als) > 0 {
-					kind, msg = KindAllocationMismatch, fmt.Sprintf("the agent holds %s for it", als[0].IP)
+					kind, msg = KindAllocationMismatch, fmt.Sprintf("the agent holds %s for it", cmp.Or(held(als[0]), "no "+familyName(ip)+" address"))
 				}
 				add(Finding{Kind: kind, Class: ClassMismatch, Node: p.Spec.NodeName, IP: pip.IP, Namespace: p.Namespace, Pod: p.Name,
 					Message: fmt.Sprintf("pod %s/%s on %s runs with %s; %s", p.Namespace, p.Name, p.Spec.NodeName, pip.IP, msg)})
@@ -506,6 +621,13 @@ func checkAgents(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding),
 		add(Finding{Kind: KindDuplicateIP, Class: ClassDuplicate, Node: hs[0].node, IP: ip.String(),
 			Message: fmt.Sprintf("%v is held twice: %s", ip, strings.Join(names, "; "))})
 	}
+}
+
+func familyName(ip netip.Addr) string {
+	if ip.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 func podName(ns, pod, container string) string {

@@ -43,6 +43,7 @@ func TestCheckHealthyClusterStates(t *testing.T) {
 			s.Pods[0].Status.PodIPs = append(s.Pods[0].Status.PodIPs, corev1.PodIP{IP: "fd00::5"})
 		}},
 		{"a dual-stack pod whose IPv6 address its agent holds", func(s *Snapshot) {
+			dual(s, "a", "fd00::/112")
 			s.Pods[0].Status.PodIPs = append(s.Pods[0].Status.PodIPs, corev1.PodIP{IP: "fd00::5"})
 			s.Agents["a"].Allocations[0].IPv6 = "fd00::5"
 		}},
@@ -85,6 +86,7 @@ func TestCheckFindsMore(t *testing.T) {
 			s.Pods = append(s.Pods, pod("other", "web", "u5", "b", "10.0.1.5"))
 		}, []string{"duplicate/duplicate-ip"}},
 		{"another node's running pod has an allocation's IPv6 address", func(s *Snapshot) {
+			dual(s, "a", "fd00::/112")
 			s.Agents["a"].Allocations[0].IPv6 = "fd00::5"
 			p := pod("other", "x", "u9", "b", "10.0.2.20")
 			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: "fd00::5"})

@@ -12,6 +12,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/aliasip/aliasip/controller/adminapi"
 	"github.com/aliasip/aliasip/node-agent/api"
 )
@@ -52,10 +54,28 @@ func Status(ctx context.Context, s Source, w io.Writer) error {
 		}
 	}
 	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "RANGE\tNODE\tPODCIDR")
-	type row struct{ rng, node, cidr string }
+	// A dual-stack node's IPv6 block (the second of its podCIDRs) gets a
+	// column of its own when the controller runs dual-stack or any node
+	// has one; single-stack output is unchanged.
+	ipv6Of := func(n *corev1.Node) string {
+		if len(n.Spec.PodCIDRs) > 1 {
+			return n.Spec.PodCIDRs[1]
+		}
+		return ""
+	}
+	dual := v.DualStack
+	for i := range nodes.Items {
+		dual = dual || ipv6Of(&nodes.Items[i]) != ""
+	}
+	if dual {
+		fmt.Fprintln(tw, "RANGE\tNODE\tPODCIDR\tIPV6")
+	} else {
+		fmt.Fprintln(tw, "RANGE\tNODE\tPODCIDR")
+	}
+	type row struct{ rng, node, cidr, cidr6 string }
 	var rows []row
-	for _, n := range nodes.Items {
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
 		rng := "-"
 		if p, err := netip.ParsePrefix(n.Spec.PodCIDR); err == nil {
 			for name, r := range ranges {
@@ -68,7 +88,11 @@ func Status(ctx context.Context, s Source, w io.Writer) error {
 		if cidr == "" {
 			cidr = "(none yet)"
 		}
-		rows = append(rows, row{rng, n.Name, cidr})
+		cidr6 := cmp.Or(ipv6Of(n), "-")
+		if n.Spec.PodCIDR == "" {
+			cidr6 = "(none yet)"
+		}
+		rows = append(rows, row{rng, n.Name, cidr, cidr6})
 	}
 	sort.Slice(rows, func(i, j int) bool {
 		if rows[i].rng != rows[j].rng {
@@ -77,7 +101,11 @@ func Status(ctx context.Context, s Source, w io.Writer) error {
 		return rows[i].node < rows[j].node
 	})
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.rng, r.node, r.cidr)
+		if dual {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.rng, r.node, r.cidr, r.cidr6)
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.rng, r.node, r.cidr)
+		}
 	}
 	return tw.Flush()
 }
