@@ -3,15 +3,24 @@
 // cloud, three nodes (each a network namespace on a shared link that plays
 // the VPC, each with its own aliasip-agent), and pods created the way the
 // kubelet does it (a Pod object, then CNI ADD through libcni in a fresh
-// network namespace). It prints node → podCIDR → alias → pods, then a
+// network namespace). It prints node → podCIDRs → alias → pods, then a
 // pod-to-pod ping matrix with round-trip times, and cleans up — or, with
 // --keep, leaves the cluster running for kubectl until Ctrl-C.
+//
+// It runs dual-stack by default: the controller with --dual-stack and
+// --fake-ipv6-range (--ipv6-range; each instance gets the next /96 of it
+// and each node the first /112 of that as its second podCIDR), every node
+// with an IPv6 address on the shared link and a second InternalIP, every
+// pod with an IPv4 and an IPv6 address, and the ping matrix over both
+// families. --single-stack (or --ipv6-range "") runs IPv4 only.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -33,11 +42,17 @@ func run() error {
 	nodes := flag.Int("nodes", 3, "Nodes to run.")
 	podsPerNode := flag.Int("pods", 2, "Pods per node.")
 	cluster := flag.String("cluster-cidr", "10.100.0.0/16", "Pod range (the fake cloud's secondary range).")
+	ipv6Range := flag.String("ipv6-range", "fd00:100::/64", "The fake cloud's subnetwork IPv6 range (a ULA /64): dual-stack, each instance gets the next /96 of it. Empty: single-stack.")
+	singleStack := flag.Bool("single-stack", false, "IPv4 only (the same as --ipv6-range \"\").")
 	keep := flag.Bool("keep", false, "Keep the cluster running until Ctrl-C.")
 	flag.Parse()
+	if *singleStack {
+		*ipv6Range = ""
+	}
 	if reason := framework.RequireRoot(); reason != "" {
 		return fmt.Errorf("the demo %s", reason)
 	}
+	dual := *ipv6Range != ""
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -47,8 +62,12 @@ func run() error {
 	}
 	step := func(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
 
-	step("starting etcd, kube-apiserver and aliasip-controller --cloud=fake --cluster-cidr=%s (state in %s)", *cluster, dir)
-	lc, err := framework.StartLocalCluster(ctx, dir, framework.LocalClusterOptions{ClusterCIDR: *cluster})
+	ctrlFlags := "--cluster-cidr=" + *cluster
+	if dual {
+		ctrlFlags += " --dual-stack --fake-ipv6-range=" + *ipv6Range
+	}
+	step("starting etcd, kube-apiserver and aliasip-controller --cloud=fake %s (state in %s)", ctrlFlags, dir)
+	lc, err := framework.StartLocalCluster(ctx, dir, framework.LocalClusterOptions{ClusterCIDR: *cluster, IPv6Range: *ipv6Range})
 	if err != nil {
 		return err
 	}
@@ -58,7 +77,11 @@ func run() error {
 		os.RemoveAll(dir)
 	}()
 
-	step("starting %d nodes: one network namespace each on a shared VPC link, one aliasip-agent each", *nodes)
+	if dual {
+		step("starting %d nodes: one network namespace each on a shared dual-stack VPC link (%v, %v), one aliasip-agent each", *nodes, lc.Fabric.Subnet, lc.Fabric.Subnet6)
+	} else {
+		step("starting %d nodes: one network namespace each on a shared VPC link (%v), one aliasip-agent each", *nodes, lc.Fabric.Subnet)
+	}
 	start := time.Now()
 	var all []*framework.Node
 	for i := 0; i < *nodes; i++ {
@@ -73,7 +96,31 @@ func run() error {
 			return err
 		}
 	}
-	step("all nodes have a podCIDR, an alias on the fake cloud, and a ready agent (%v)", time.Since(start).Round(time.Millisecond))
+	if dual {
+		step("all nodes have podCIDRs (an IPv4 block and an IPv6 /112), an alias on the fake cloud, and a ready agent (%v)", time.Since(start).Round(time.Millisecond))
+	} else {
+		step("all nodes have a podCIDR, an alias on the fake cloud, and a ready agent (%v)", time.Since(start).Round(time.Millisecond))
+	}
+	// Each agent routes every other node's blocks via that node's
+	// InternalIP of the same family (--fabric=routes, the fake cloud's
+	// default): wait until all are in place, as they come from Node
+	// events that may trail the agents' readiness.
+	perFamily := 1
+	if dual {
+		perFamily = 2
+	}
+	want := float64(perFamily * (len(all) - 1))
+	if err := framework.Eventually(ctx, time.Minute, func() (bool, error) {
+		for _, n := range all {
+			if v, err := agentMetric(n, "aliasip_fabric_routes"); err != nil || v != want {
+				return false, fmt.Errorf("%s has %v fabric routes, want %v (%v)", n.Name, v, want, err)
+			}
+		}
+		return true, nil
+	}); err != nil {
+		return err
+	}
+	step("every agent routes the other nodes' blocks via their InternalIPs (%v fabric routes each)", want)
 
 	step("creating %d pods per node (Pod object, then CNI ADD through libcni)", *podsPerNode)
 	pods := map[string][]*framework.Pod{}
@@ -98,63 +145,118 @@ func run() error {
 	}
 	fmt.Println()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tINTERNAL IP\tspec.podCIDR\tALIAS ON FAKE CLOUD NIC\tPODS")
-	for _, n := range all {
-		var aliases, ps []string
-		for _, a := range snap.Aliases[n.Name] {
-			aliases = append(aliases, a.String())
+	if dual {
+		// One line per pod: a node's columns on its first line only.
+		fmt.Fprintln(tw, "NODE\tINTERNAL IPs\tspec.podCIDRs\tALIAS ON FAKE CLOUD NIC\tNIC IPv6 RANGE\tPOD\tPOD IPs")
+		for _, n := range all {
+			var aliases []string
+			for _, a := range snap.Aliases[n.Name] {
+				aliases = append(aliases, a.String())
+			}
+			cols := []string{n.Name, n.IP.String() + "," + n.IPv6.String(), strings.Join(snap.PodCIDRs[n.Name], ","), strings.Join(aliases, ","), snap.IPv6[n.Name].String()}
+			for i, p := range pods[n.Name] {
+				if i > 0 {
+					cols = []string{"", "", "", "", ""}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s,%s\n", strings.Join(cols, "\t"), p.Name, p.IP, p.IPv6)
+			}
 		}
-		for _, p := range pods[n.Name] {
-			ps = append(ps, fmt.Sprintf("%s=%s", p.Name, p.IP))
+	} else {
+		fmt.Fprintln(tw, "NODE\tINTERNAL IP\tspec.podCIDR\tALIAS ON FAKE CLOUD NIC\tPODS")
+		for _, n := range all {
+			var aliases, ps []string
+			for _, a := range snap.Aliases[n.Name] {
+				aliases = append(aliases, a.String())
+			}
+			for _, p := range pods[n.Name] {
+				ps = append(ps, fmt.Sprintf("%s=%s", p.Name, p.IP))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, snap.PodCIDR[n.Name], strings.Join(aliases, ","), strings.Join(ps, " "))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.IP, snap.PodCIDR[n.Name], strings.Join(aliases, ","), strings.Join(ps, " "))
 	}
 	tw.Flush()
 
-	fmt.Println()
-	step("ping matrix: one ICMP echo from each pod (rows) to each pod (columns), round-trip time")
-	fmt.Println()
-	tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	header := "FROM \\ TO\t"
-	for _, p := range order {
-		header += p.Name + "\t"
+	failures, pings := 0, 0
+	families := []string{"IPv4"}
+	if dual {
+		families = append(families, "IPv6")
 	}
-	fmt.Fprintln(tw, header)
-	failures := 0
-	for _, from := range order {
-		row := from.Name + "\t"
-		for _, to := range order {
-			if from == to {
-				row += "-\t"
-				continue
-			}
-			rtt, err := framework.Ping(from.NS, to.IP, 2*time.Second)
-			if err != nil {
-				failures++
-				row += "FAIL\t"
-				continue
-			}
-			row += fmt.Sprintf("%.3f ms\t", float64(rtt.Microseconds())/1000)
+	for _, family := range families {
+		fmt.Println()
+		step("%s ping matrix: one ICMP echo from each pod (rows) to each pod's %s address (columns), round-trip time", family, family)
+		fmt.Println()
+		tw = tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
+		header := "FROM \\ TO\t"
+		for _, p := range order {
+			header += p.Name + "\t"
 		}
-		fmt.Fprintln(tw, row)
+		fmt.Fprintln(tw, header)
+		for _, from := range order {
+			row := from.Name + "\t"
+			for _, to := range order {
+				if from == to {
+					row += "-\t"
+					continue
+				}
+				var rtt time.Duration
+				var err error
+				pings++
+				if family == "IPv4" {
+					rtt, err = framework.Ping(from.NS, to.IP, 2*time.Second)
+				} else if !to.IPv6.IsValid() {
+					err = fmt.Errorf("%s has no IPv6 address", to.Name)
+				} else {
+					rtt, err = framework.Ping6(from.NS, to.IPv6, 2*time.Second)
+				}
+				if err != nil {
+					failures++
+					row += "FAIL\t"
+					continue
+				}
+				row += fmt.Sprintf("%.3f ms\t", float64(rtt.Microseconds())/1000)
+			}
+			fmt.Fprintln(tw, row)
+		}
+		tw.Flush()
 	}
-	tw.Flush()
 	fmt.Println()
 	if failures > 0 {
-		return fmt.Errorf("%d pings failed", failures)
+		return fmt.Errorf("%d of %d pings failed", failures, pings)
 	}
-	step("every pod reaches every other pod, across nodes, with no overlay and no bridge")
+	if dual {
+		step("every pod reaches every other pod over IPv4 and IPv6 (%d pings answered), across nodes, with no overlay and no bridge", pings)
+	} else {
+		step("every pod reaches every other pod (%d pings answered), across nodes, with no overlay and no bridge", pings)
+	}
 
 	if *keep {
 		fmt.Printf(`
 The cluster keeps running. Try:
-  kubectl --kubeconfig %s get nodes -o custom-columns=NAME:.metadata.name,PODCIDR:.spec.podCIDR,IP:.status.addresses[0].address
+  kubectl --kubeconfig %s get nodes -o custom-columns=NAME:.metadata.name,PODCIDRS:.spec.podCIDRs,IPS:.status.addresses[*].address
   kubectl --kubeconfig %s get pods -o wide
-  cat %s/fake-cloud.json          # the fake cloud's alias ranges
+  cat %s/fake-cloud.json          # the fake cloud's alias ranges (and IPv6 /96s)
   ip netns list                   # nodes and pods are network namespaces
 Ctrl-C stops and cleans up.
 `, lc.CP.Kubeconfig, lc.CP.Kubeconfig, dir)
 		<-ctx.Done()
 	}
 	return nil
+}
+
+// agentMetric reads one unlabelled sample from the node's agent.
+func agentMetric(n *framework.Node, name string) (float64, error) {
+	resp, err := http.Get("http://" + n.Metrics + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	v, ok := framework.ScrapeMetric(string(body), name, "")
+	if !ok {
+		return 0, fmt.Errorf("no %s", name)
+	}
+	return v, nil
 }

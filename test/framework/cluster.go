@@ -122,8 +122,10 @@ func (s stopError) Unwrap() error { return s.err }
 // Snapshot is the cluster's allocation state as seen from outside: nodes'
 // podCIDRs and the cloud's alias ranges from the pod range.
 type Snapshot struct {
-	PodCIDR map[string]string         // node -> spec.podCIDR ("" if none)
-	Aliases map[string][]netip.Prefix // instance name -> our alias ranges
+	PodCIDR  map[string]string         // node -> spec.podCIDR ("" if none)
+	PodCIDRs map[string][]string       // node -> spec.podCIDRs (both families when dual-stack)
+	Aliases  map[string][]netip.Prefix // instance name -> our alias ranges
+	IPv6     map[string]netip.Prefix   // instance name -> its NIC's IPv6 range, if it has one
 }
 
 // AliasLister is the part of a cloud a snapshot reads.
@@ -147,11 +149,15 @@ func TakeSnapshot(ctx context.Context, client kubernetes.Interface, cl AliasList
 	if err != nil {
 		return nil, err
 	}
-	s := &Snapshot{PodCIDR: map[string]string{}, Aliases: map[string][]netip.Prefix{}}
+	s := &Snapshot{PodCIDR: map[string]string{}, PodCIDRs: map[string][]string{}, Aliases: map[string][]netip.Prefix{}, IPv6: map[string]netip.Prefix{}}
 	for _, n := range nodes.Items {
 		s.PodCIDR[n.Name] = n.Spec.PodCIDR
+		s.PodCIDRs[n.Name] = n.Spec.PodCIDRs
 	}
 	for _, in := range insts {
+		if in.IPv6.IsValid() {
+			s.IPv6[in.Ref.Name] = in.IPv6
+		}
 		for _, a := range in.Aliases {
 			if a.RangeName == rangeName && pr.Contains(a.CIDR.Addr()) {
 				s.Aliases[in.Ref.Name] = append(s.Aliases[in.Ref.Name], a.CIDR)

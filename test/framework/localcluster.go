@@ -27,6 +27,7 @@ type LocalCluster struct {
 	Fabric      *Fabric
 	Cloud       *fake.Cloud // reads the controller's fake cloud state
 	ClusterCIDR netip.Prefix
+	IPv6Range   netip.Prefix // the fake cloud's IPv6 range when dual-stack; else zero
 	Controller  *Process
 
 	opts           LocalClusterOptions
@@ -46,6 +47,13 @@ type LocalClusterOptions struct {
 	ControllerArgs  []string // extra controller flags
 	AgentArgs       []string // extra agent flags
 	ControlPlaneDir string   // default Dir/cp
+	// IPv6Range, when set (a ULA /64 such as fd00:100::/64), makes the
+	// cluster dual-stack: the controller runs with --dual-stack and
+	// --fake-ipv6-range=IPv6Range (each instance gets the next /96 of it,
+	// each node the first /112 of that as its second podCIDR), the fabric
+	// link gets an IPv6 subnet (Fabric.EnableIPv6), and every node an IPv6
+	// address on it (nodad) and a second InternalIP. Empty: single-stack.
+	IPv6Range string
 }
 
 // StartLocalCluster starts the control plane, the fabric and the controller
@@ -55,6 +63,13 @@ func StartLocalCluster(ctx context.Context, dir string, opts LocalClusterOptions
 		opts.ClusterCIDR = "10.100.0.0/16"
 	}
 	lc := &LocalCluster{Dir: dir, opts: opts, ClusterCIDR: netip.MustParsePrefix(opts.ClusterCIDR)}
+	if opts.IPv6Range != "" {
+		p, err := netip.ParsePrefix(opts.IPv6Range)
+		if err != nil || !p.Addr().Is6() {
+			return nil, fmt.Errorf("IPv6Range %q: want an IPv6 prefix such as fd00:100::/64", opts.IPv6Range)
+		}
+		lc.IPv6Range = p.Masked()
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -87,7 +102,12 @@ func StartLocalCluster(ctx context.Context, dir string, opts LocalClusterOptions
 	if lc.Fabric, err = NewFabric(); err != nil {
 		return nil, err
 	}
-	if lc.Cloud, err = fake.New(fake.Options{PodRange: lc.ClusterCIDR, StatePath: lc.cloudState()}); err != nil {
+	if lc.IPv6Range.IsValid() {
+		if err := lc.Fabric.EnableIPv6(); err != nil {
+			return nil, err
+		}
+	}
+	if lc.Cloud, err = fake.New(fake.Options{PodRange: lc.ClusterCIDR, StatePath: lc.cloudState(), IPv6Range: lc.IPv6Range}); err != nil {
 		return nil, err
 	}
 	if err := lc.StartController(); err != nil {
@@ -109,6 +129,9 @@ func (lc *LocalCluster) StartController() error {
 		"--metrics-addr", lc.controllerAddr, "--health-addr", lc.controllerAddr,
 		"--leader-elect-lease-duration", "4s", "--leader-elect-renew-deadline", "3s", "--leader-elect-retry-period", "500ms",
 		"--release-cooldown", "2s", "--gc-interval", "2s", "--leak-grace-period", "5s", "--v", "2",
+	}
+	if lc.IPv6Range.IsValid() {
+		args = append(args, "--dual-stack", "--fake-ipv6-range", lc.IPv6Range.String())
 	}
 	args = append(args, lc.opts.ControllerArgs...)
 	p, err := StartProcess(filepath.Join(lc.Dir, fmt.Sprintf("controller-%d.log", lc.controllerN)), nil, lc.controllerBin, args...)
@@ -200,6 +223,15 @@ func (lc *LocalCluster) RunPod(ctx context.Context, n *Node, name string) (*Pod,
 		return nil, fmt.Errorf("ADD %s on %s: %w", name, n.Name, err)
 	}
 	return p, nil
+}
+
+// PodCIDRs returns the node's spec.podCIDRs from the API (none yet: nil).
+func (lc *LocalCluster) PodCIDRs(ctx context.Context, n *Node) []string {
+	node, err := lc.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	return node.Spec.PodCIDRs
 }
 
 // PodCIDR returns the node's podCIDR from the API ("" if none yet).

@@ -20,6 +20,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -35,11 +37,13 @@ func RequireRoot() string {
 
 // Fabric is the emulated VPC: a bridge in a network namespace of its own,
 // with every node's eth0 attached. Its subnet is 192.168.X.0/24 and the
-// bridge holds .1, the nodes' default gateway.
+// bridge holds .1, the nodes' default gateway. After EnableIPv6 the link
+// is dual-stack: Subnet6 is fd00:192:168:X::/64 and the bridge holds ::1.
 type Fabric struct {
-	NS     ns.NetNS
-	Subnet netip.Prefix
-	nodes  int
+	NS      ns.NetNS
+	Subnet  netip.Prefix
+	Subnet6 netip.Prefix // zero until EnableIPv6
+	nodes   int
 }
 
 var fabricSeq atomic.Int32
@@ -80,6 +84,44 @@ func NewFabric() (*Fabric, error) {
 // Gateway is the bridge's address.
 func (f *Fabric) Gateway() netip.Addr { return f.Subnet.Addr().Next() }
 
+// Gateway6 is the bridge's IPv6 address (the zero Addr before EnableIPv6).
+func (f *Fabric) Gateway6() netip.Addr {
+	if !f.Subnet6.IsValid() {
+		return netip.Addr{}
+	}
+	return f.Subnet6.Addr().Next()
+}
+
+// EnableIPv6 makes the link dual-stack, as a GCE dual-stack subnet is:
+// Subnet6 becomes fd00:192:168:X::/64 (X the third octet of Subnet) and
+// the bridge gets ::1 of it. Nodes added from then on get an IPv6 address
+// too (Node.IPv6); those added before stay IPv4-only.
+func (f *Fabric) EnableIPv6() error {
+	if f.Subnet6.IsValid() {
+		return nil
+	}
+	third := f.Subnet.Addr().As4()[2]
+	subnet := netip.MustParsePrefix(fmt.Sprintf("fd00:192:168:%d::/64", third))
+	err := f.NS.Do(func(ns.NetNS) error {
+		br, err := netlink.LinkByName("vpc0")
+		if err != nil {
+			return err
+		}
+		return addIPv6(br, subnet.Addr().Next())
+	})
+	if err != nil {
+		return fmt.Errorf("fabric IPv6: %w", err)
+	}
+	f.Subnet6 = subnet
+	return nil
+}
+
+// addIPv6 adds ip/64 to the link with nodad: usable at once, as a VM's
+// address is.
+func addIPv6(l netlink.Link, ip netip.Addr) error {
+	return netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD})
+}
+
 // Close removes the fabric namespace (its links go with it).
 func (f *Fabric) Close() {
 	if f.NS != nil {
@@ -94,6 +136,7 @@ type Node struct {
 	Name    string
 	NS      ns.NetNS
 	IP      netip.Addr
+	IPv6    netip.Addr // on a dual-stack fabric (EnableIPv6); else zero
 	Dir     string
 	ConfDir string
 	BinDir  string
@@ -106,18 +149,28 @@ type Node struct {
 }
 
 // AddNode creates a node namespace attached to the fabric, with loopback
-// up, eth0 at the next address and a default route via the bridge.
+// up, eth0 at the next address and a default route via the bridge; on a
+// dual-stack fabric also at the same host number in Subnet6 (nodad), with
+// an IPv6 default route via the bridge.
 func (f *Fabric) AddNode(name, dir string) (*Node, error) {
 	f.nodes++
 	ip := f.Subnet.Addr()
 	for i := 0; i < 10+f.nodes; i++ {
 		ip = ip.Next()
 	}
+	var ip6 netip.Addr
+	if f.Subnet6.IsValid() {
+		// The IPv4 host number written the same way: .11 is ::11.
+		var err error
+		if ip6, err = netip.ParseAddr(fmt.Sprintf("%s%d", f.Subnet6.Addr(), 10+f.nodes)); err != nil {
+			return nil, fmt.Errorf("node %s: IPv6 address: %w", name, err)
+		}
+	}
 	n, err := testutils.NewNS()
 	if err != nil {
 		return nil, err
 	}
-	node := &Node{Name: name, NS: n, IP: ip, Dir: dir, fabric: f,
+	node := &Node{Name: name, NS: n, IP: ip, IPv6: ip6, Dir: dir, fabric: f,
 		ConfDir: filepath.Join(dir, "net.d"), BinDir: filepath.Join(dir, "bin"), State: filepath.Join(dir, "state"),
 		Socket: filepath.Join(dir, "agent.sock"), CNILog: filepath.Join(dir, "cni.log")}
 	for _, d := range []string{node.ConfDir, node.BinDir, node.State} {
@@ -171,7 +224,16 @@ func (f *Fabric) AddNode(name, dir string) (*Node, error) {
 			return err
 		}
 		// The default route also lets proxy-ARP answer for 169.254.1.1.
-		return netlink.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: f.Gateway().AsSlice()})
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: f.Gateway().AsSlice()}); err != nil {
+			return err
+		}
+		if !ip6.IsValid() {
+			return nil
+		}
+		if err := addIPv6(eth0, ip6); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: f.Gateway6().AsSlice()})
 	})
 	if err != nil {
 		node.Close()
@@ -212,7 +274,8 @@ func (n *Node) AgentArgs(kubeconfig, pluginBinary string) []string {
 }
 
 // RegisterNode creates (or updates) the Node object with the node's
-// InternalIP and, if set, a podCIDR.
+// InternalIP (and its IPv6 one after it, as the kubelet lists a
+// dual-stack node's, when the node has one) and, if set, a podCIDR.
 func (n *Node) RegisterNode(ctx context.Context, client kubernetes.Interface, podCIDR string) error {
 	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
 	if podCIDR != "" {
@@ -223,7 +286,11 @@ func (n *Node) RegisterNode(ctx context.Context, client kubernetes.Interface, po
 	}
 	// A patch, not an update: the controller may already be writing the
 	// node's podCIDR.
-	patch := fmt.Sprintf(`{"status":{"addresses":[{"type":"InternalIP","address":%q},{"type":"Hostname","address":%q}]}}`, n.IP, n.Name)
+	internal := fmt.Sprintf(`{"type":"InternalIP","address":%q}`, n.IP)
+	if n.IPv6.IsValid() {
+		internal += fmt.Sprintf(`,{"type":"InternalIP","address":%q}`, n.IPv6)
+	}
+	patch := fmt.Sprintf(`{"status":{"addresses":[%s,{"type":"Hostname","address":%q}]}}`, internal, n.Name)
 	_, err := client.CoreV1().Nodes().PatchStatus(ctx, n.Name, []byte(patch))
 	return err
 }
@@ -236,6 +303,7 @@ type Pod struct {
 	ContainerID string
 	NS          ns.NetNS
 	IP          netip.Addr
+	IPv6        netip.Addr // on a dual-stack node; else zero
 	Result      *current.Result
 }
 
@@ -311,6 +379,13 @@ func (n *Node) AddWith(ctx context.Context, cni *libcni.CNIConfig, list *libcni.
 	}
 	p.Result = r
 	p.IP, _ = netip.AddrFromSlice(r.IPs[0].Address.IP.To4())
+	p.IPv6 = netip.Addr{}
+	for _, c := range r.IPs {
+		if c.Address.IP.To4() == nil {
+			p.IPv6, _ = netip.AddrFromSlice(c.Address.IP)
+			break
+		}
+	}
 	return nil
 }
 
@@ -389,6 +464,45 @@ func Ping(from ns.NetNS, dst netip.Addr, timeout time.Duration) (time.Duration, 
 			continue
 		}
 		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && peer.String() == dst.String() {
+			return time.Since(start), nil
+		}
+	}
+}
+
+var ping6Seq atomic.Int32
+
+// Ping6 sends one ICMPv6 echo from inside netns to dst and returns the
+// round trip time (Ping's IPv6 twin).
+func Ping6(from ns.NetNS, dst netip.Addr, timeout time.Duration) (time.Duration, error) {
+	var conn *icmp.PacketConn
+	if err := from.Do(func(ns.NetNS) error {
+		var err error
+		conn, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	id := int(ping6Seq.Add(1)+1000) & 0xffff
+	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("aliasip")}}
+	b, _ := msg.Marshal(nil) // the kernel fills in an ICMPv6 checksum
+	start := time.Now()
+	if _, err := conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 1500)
+	conn.SetReadDeadline(start.Add(timeout))
+	for {
+		n, peer, err := conn.ReadFrom(buf)
+		if err != nil {
+			return 0, fmt.Errorf("ping %v: %w", dst, err)
+		}
+		m, err := icmp.ParseMessage(58, buf[:n])
+		if err != nil || m.Type != ipv6.ICMPTypeEchoReply {
+			continue
+		}
+		pa, _ := peer.(*net.IPAddr)
+		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && pa != nil && pa.IP.Equal(dst.AsSlice()) {
 			return time.Since(start), nil
 		}
 	}

@@ -6,14 +6,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/net/icmp"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,45 +70,6 @@ func podIPv6(p *framework.Pod) netip.Addr {
 		}
 	}
 	return netip.Addr{}
-}
-
-var ping6Seq atomic.Int32
-
-// ping6 sends one ICMPv6 echo from inside netns to dst and returns the
-// round trip time (framework.Ping's IPv6 twin).
-func ping6(from ns.NetNS, dst netip.Addr, timeout time.Duration) (time.Duration, error) {
-	var conn *icmp.PacketConn
-	if err := from.Do(func(ns.NetNS) error {
-		var err error
-		conn, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
-		return err
-	}); err != nil {
-		return 0, err
-	}
-	defer conn.Close()
-	id := int(ping6Seq.Add(1)+1000) & 0xffff
-	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("aliasip")}}
-	b, _ := msg.Marshal(nil) // the kernel fills in an ICMPv6 checksum
-	start := time.Now()
-	if _, err := conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
-		return 0, err
-	}
-	buf := make([]byte, 1500)
-	conn.SetReadDeadline(start.Add(timeout))
-	for {
-		n, peer, err := conn.ReadFrom(buf)
-		if err != nil {
-			return 0, fmt.Errorf("ping %v: %w", dst, err)
-		}
-		m, err := icmp.ParseMessage(58, buf[:n])
-		if err != nil || m.Type != ipv6.ICMPTypeEchoReply {
-			continue
-		}
-		pa, _ := peer.(*net.IPAddr)
-		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && pa != nil && pa.IP.Equal(dst.AsSlice()) {
-			return time.Since(start), nil
-		}
-	}
 }
 
 // hostRoutes6 lists the node's /128 routes as "IP dev NAME".
@@ -196,10 +154,10 @@ func TestDualStackPods(t *testing.T) {
 	if _, err := framework.Ping(a.NS, b.IP, 3*time.Second); err != nil {
 		t.Errorf("a -> b over IPv4: %v", err)
 	}
-	if _, err := ping6(a.NS, podIPv6(b), 3*time.Second); err != nil {
+	if _, err := framework.Ping6(a.NS, podIPv6(b), 3*time.Second); err != nil {
 		t.Errorf("a -> b over IPv6: %v", err)
 	}
-	if _, err := ping6(b.NS, podIPv6(a), 3*time.Second); err != nil {
+	if _, err := framework.Ping6(b.NS, podIPv6(a), 3*time.Second); err != nil {
 		t.Errorf("b -> a over IPv6: %v", err)
 	}
 	// The first packet of a fresh pod is answered at once over either
@@ -207,12 +165,12 @@ func TestDualStackPods(t *testing.T) {
 	// host) takes no retry. A lost one is retried after a second.
 	for i := 0; i < 3; i++ {
 		fresh := e.pod(n, fmt.Sprintf("ds-fresh-%d", i))
-		if rtt, err := ping6(fresh.NS, podIPv6(a), 3*time.Second); err != nil {
+		if rtt, err := framework.Ping6(fresh.NS, podIPv6(a), 3*time.Second); err != nil {
 			t.Fatalf("%s -> a over IPv6: %v", fresh.Name, err)
 		} else if rtt > 150*time.Millisecond {
 			t.Errorf("first IPv6 ping of %s took %v: neighbour discovery was delayed", fresh.Name, rtt)
 		}
-		if rtt, err := ping6(a.NS, podIPv6(fresh), 3*time.Second); err != nil {
+		if rtt, err := framework.Ping6(a.NS, podIPv6(fresh), 3*time.Second); err != nil {
 			t.Fatalf("a -> %s over IPv6: %v", fresh.Name, err)
 		} else if rtt > 150*time.Millisecond {
 			t.Errorf("first IPv6 ping to %s took %v", fresh.Name, rtt)
@@ -276,7 +234,7 @@ func TestDualStackPods(t *testing.T) {
 				t.Errorf("state lost %v: after the restart %s holds %v %v, before %v %v", lose, p.Name, g.IP, g.IPv6, w.IP, w.IPv6)
 			}
 		}
-		if _, err := ping6(a.NS, podIPv6(b), 3*time.Second); err != nil {
+		if _, err := framework.Ping6(a.NS, podIPv6(b), 3*time.Second); err != nil {
 			t.Errorf("state lost %v: a -> b over IPv6 after the restart: %v", lose, err)
 		}
 		if err := n.Check(e.ctx, b); err != nil {
@@ -321,12 +279,12 @@ func TestDualStackFabric(t *testing.T) {
 	b := e.dualStackNode("10.210.22.0/24", "fd00:210:22::/112", "fd00:fab::22", "--fabric", "routes")
 	pa, pb := e.pod(a, "ds-on-a"), e.pod(b, "ds-on-b")
 	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
-		_, err := ping6(pa.NS, podIPv6(pb), time.Second)
+		_, err := framework.Ping6(pa.NS, podIPv6(pb), time.Second)
 		return err == nil, nil
 	}); err != nil {
 		t.Fatalf("pod on A cannot reach pod on B over IPv6: %v", err)
 	}
-	if _, err := ping6(pb.NS, podIPv6(pa), 3*time.Second); err != nil {
+	if _, err := framework.Ping6(pb.NS, podIPv6(pa), 3*time.Second); err != nil {
 		t.Errorf("B -> A over IPv6: %v", err)
 	}
 	if _, err := framework.Ping(pa.NS, pb.IP, 3*time.Second); err != nil {
