@@ -252,6 +252,14 @@ func (c *Controller) resolve(ctx context.Context, pr *aliasipv1.PodRange) (*pool
 		}
 		cloudName = "podrange-" + pr.Name
 	}
+	// Dual-stack, a node's IPv6 block is the first /112 of its NIC's IPv6
+	// range, not a block of a pool: a PodRange is the IPv4 side, as the
+	// flags' range is (an IPv6 one would give a node two IPv6 podCIDRs,
+	// which the API refuses).
+	if c.cfg.DualStack && cidr.Addr().Is6() {
+		return nil, aliasipv1.ReasonUnsupported, fmt.Sprintf(
+			"%v is an IPv6 range; with --dual-stack a PodRange is the IPv4 side (each node's IPv6 block is the first /112 of its NIC's IPv6 range)", cidr), nil
+	}
 	mask, err := pr.Spec.BlockMaskSize(cidr.Addr().BitLen())
 	if err != nil {
 		return nil, aliasipv1.ReasonBlockSizeDoesNotFit, err.Error(), nil

@@ -230,6 +230,55 @@ func TestStateTableRows(t *testing.T) {
 			events:    []string{"Warning IPv6CIDRMismatch"},
 		},
 		{
+			// The fake's first instance gets fd20:0:0:1::/96, the next
+			// fd20:0:0:1:0:1::/96: n's podCIDR names the next one's /112.
+			name: "dual-stack, in sync, an IPv6 podCIDR not inside the NIC's /96: report, touch nothing",
+			nodes: []*corev1.Node{func() *corev1.Node {
+				n := ranged("default", node("n", "10.0.3.0/24", ""))
+				n.Spec.PodCIDRs = []string{"10.0.3.0/24", "fd20:0:0:1:0:1::/112"}
+				return n
+			}()},
+			aliases:   map[string][]string{"n": {"10.0.3.0/24"}},
+			dualStack: true,
+			sync:      "n",
+			after:     map[string][]string{"n": {"10.0.3.0/24"}},
+			events:    []string{"Warning IPv6CIDRMismatch"},
+		},
+		{
+			name: "dual-stack, in sync, a later /112 of the NIC's /96: report, touch nothing",
+			nodes: []*corev1.Node{func() *corev1.Node {
+				n := ranged("default", node("n", "10.0.3.0/24", ""))
+				n.Spec.PodCIDRs = []string{"10.0.3.0/24", "fd20:0:0:1::1:0/112"}
+				return n
+			}()},
+			aliases:   map[string][]string{"n": {"10.0.3.0/24"}},
+			dualStack: true,
+			sync:      "n",
+			after:     map[string][]string{"n": {"10.0.3.0/24"}},
+			events:    []string{"Warning IPv6CIDRMismatch"},
+		},
+		{
+			name:      "dual-stack, in sync, no IPv6 podCIDR (set before dual-stack): report, touch nothing",
+			nodes:     []*corev1.Node{ranged("default", node("n", "10.0.3.0/24", ""))},
+			aliases:   map[string][]string{"n": {"10.0.3.0/24"}},
+			dualStack: true,
+			sync:      "n",
+			after:     map[string][]string{"n": {"10.0.3.0/24"}},
+			events:    []string{"Warning IPv6CIDRMismatch"},
+		},
+		{
+			name: "dual-stack, in sync, the NIC's own /112: nothing",
+			nodes: []*corev1.Node{func() *corev1.Node {
+				n := ranged("default", node("n", "10.0.3.0/24", ""))
+				n.Spec.PodCIDRs = []string{"10.0.3.0/24", "fd20:0:0:1::/112"}
+				return n
+			}()},
+			aliases:   map[string][]string{"n": {"10.0.3.0/24"}},
+			dualStack: true,
+			sync:      "n",
+			after:     map[string][]string{"n": {"10.0.3.0/24"}},
+		},
+		{
 			name:   "providerID naming another node's VM: refused, that VM untouched",
 			nodes:  []*corev1.Node{node("v", "", ""), node("evil", "", "fake://v")},
 			sync:   "evil",
