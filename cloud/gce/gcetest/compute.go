@@ -143,7 +143,11 @@ func (s *Server) render(in *instance) *compute.Instance {
 		AliasIpRanges: aliases,
 		Fingerprint:   fingerprint(in.fingerprint),
 		// stackType: "If not specified, IPV4_ONLY is used." (compute/v1
-		// NetworkInterface.stackType).
+		// NetworkInterface.stackType: the instances resource,
+		// https://cloud.google.com/compute/docs/reference/rest/v1/instances,
+		// and the client libraries' copy of the enum,
+		// https://cloud.google.com/dotnet/docs/reference/Google.Cloud.Compute.V1/latest/Google.Cloud.Compute.V1.NetworkInterface.Types.StackType:
+		// IPV4_IPV6 "can have both IPv4 and IPv6 addresses").
 		StackType: "IPV4_ONLY",
 	}
 	if in.ipv6.IsValid() {
@@ -151,7 +155,11 @@ func (s *Server) render(in *instance) *compute.Instance {
 		// interface"; internalIpv6PrefixLength: "The prefix length of the
 		// primary internal IPv6 range"; ipv6AccessType: "always inherited
 		// from its subnetwork. Valid only if stackType is IPV4_IPV6."
-		// (compute/v1 NetworkInterface). The address given is the range's
+		// (compute/v1 NetworkInterface,
+		// https://cloud.google.com/compute/docs/reference/rest/v1/instances;
+		// the same text in the discovery-generated clients, e.g.
+		// https://pub.dev/documentation/googleapis/latest/compute_v1/NetworkInterface/internalIpv6PrefixLength.html).
+		// The address given is the range's
 		// first. UNVERIFIED: no public instance answer showing where in its
 		// /96 GCE puts ipv6Address was found; readers mask it, as
 		// kubernetes/cloud-provider-gcp's GetIPV6Address does ("the first
