@@ -66,16 +66,36 @@ func (c *dpContender) close() {
 }
 
 // dpPath is a pod pair: src on node 0, dst on node 0 (same node) or
-// node 1 (across the fabric).
+// node 1 (across the fabric), measured over IPv4 or, with v6, over IPv6
+// (the contender then being a dual-stack one).
 type dpPath struct {
 	name     string
 	metric   string
 	cni      string
+	c        *dpContender
+	v6       bool
 	src, dst *framework.Pod
 	server   *framework.Process
 	gbps     []float64
 	rtt      []time.Duration
 	first    []time.Duration
+}
+
+// dstAddr is the destination pod's address in the path's family.
+func (p *dpPath) dstAddr() netip.Addr {
+	if p.v6 {
+		return p.dst.IPv6
+	}
+	return p.dst.IP
+}
+
+// ping sends one echo from the pod to the path's destination, in the
+// path's family.
+func (p *dpPath) ping(from *framework.Pod, timeout time.Duration) (time.Duration, error) {
+	if p.v6 {
+		return framework.Ping6(from.NS, p.dstAddr(), timeout)
+	}
+	return framework.Ping(from.NS, p.dst.IP, timeout)
 }
 
 // BenchmarkDataPlane: pod-to-pod TCP throughput (iperf3), ping RTT, and the
@@ -86,6 +106,15 @@ type dpPath struct {
 // masquerade, each node routing the other's pod subnet via its fabric
 // address), on identical node namespaces on one emulated VPC fabric, in one
 // run. Goals (issue 12): throughput ≥ 1.0× the bridge's, RTT ≤ 1.0×.
+//
+// The IPv6 rows (issue 23) measure the same over IPv6 between pods of
+// dual-stack nodes of each contender, set up beside the IPv4-only ones
+// (which the IPv4 rows keep using): aliasip with podCIDRs [IPv4 block,
+// IPv6 /112] (a /128 route per pod, the default route via the host veth's
+// fixed link-local address, no proxy-NDP; --fabric=routes via the nodes'
+// IPv6 InternalIPs), the bridge with host-local IPv4 and IPv6 ranges (the
+// bridge holds both gateways). The first packet then includes neighbour
+// discovery instead of ARP. All rows are measured interleaved in one run.
 func BenchmarkDataPlane(b *testing.B) {
 	if reason := framework.RequireRoot(); reason != "" {
 		b.Skip(reason)
@@ -118,32 +147,58 @@ func BenchmarkDataPlane(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	contenders := []*dpContender{alias, bridge}
+	// The dual-stack nodes: added after the IPv4-only ones, they alone get
+	// IPv6 addresses on the fabric's link.
+	if err := fabric.EnableIPv6(); err != nil {
+		b.Fatal(err)
+	}
+	alias6, err := dpAliasipDualStack(ctx, fabric, cp, dir, agentBin, pluginBin)
+	defer alias6.close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bridge6, err := dpBridgeDualStack(fabric, dir, mtu)
+	defer bridge6.close()
+	if err != nil {
+		b.Fatal(err)
+	}
 
-	// paths[i][j]: path i of contender j.
-	paths := make([][]*dpPath, 2)
-	for _, c := range contenders {
-		src, err := c.pod(ctx, 0)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i, node := range []int{0, 1} {
-			dst, err := c.pod(ctx, node)
+	// paths[i][j]: path i of contender j (aliasip first). Rows 0 and 1 are
+	// IPv4, 2 and 3 IPv6.
+	paths := make([][]*dpPath, 4)
+	for f, contenders := range [][]*dpContender{{alias, bridge}, {alias6, bridge6}} {
+		v6 := f == 1
+		for _, c := range contenders {
+			src, err := c.pod(ctx, 0)
 			if err != nil {
 				b.Fatal(err)
 			}
-			p := &dpPath{name: []string{"same node", "across nodes"}[i], metric: []string{"same", "cross"}[i], cni: c.name, src: src, dst: dst}
-			paths[i] = append(paths[i], p)
-			// The agent's fabric routes come from its Node informer: wait.
-			if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
-				_, err := framework.Ping(src.NS, dst.IP, time.Second)
-				return err == nil, err
-			}); err != nil {
-				b.Fatalf("%s, %s: %v -> %v: %v", c.name, p.name, src.IP, dst.IP, err)
+			for i, node := range []int{0, 1} {
+				dst, err := c.pod(ctx, node)
+				if err != nil {
+					b.Fatal(err)
+				}
+				p := &dpPath{name: []string{"same node", "across nodes"}[i], metric: []string{"same", "cross"}[i], cni: c.name, c: c, v6: v6, src: src, dst: dst}
+				if v6 {
+					p.name += ", IPv6"
+					p.metric += "6"
+				}
+				paths[2*f+i] = append(paths[2*f+i], p)
+				// The agent's fabric routes come from its Node informer: wait.
+				if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+					_, err := p.ping(src, time.Second)
+					return err == nil, err
+				}); err != nil {
+					b.Fatalf("%s, %s: %v -> %v: %v", c.name, p.name, src.IP, p.dstAddr(), err)
+				}
 			}
 		}
 	}
 	conditions, err := dpConditions(alias, bridge, paths[0][0].src, paths[0][1].src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	conditions6, err := dpConditions6(alias6, bridge6, paths[2][0].src, paths[2][1].src)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -155,7 +210,7 @@ func BenchmarkDataPlane(b *testing.B) {
 	for range dpPings {
 		for _, row := range paths {
 			for _, p := range row {
-				d, err := framework.Ping(p.src.NS, p.dst.IP, 2*time.Second)
+				d, err := p.ping(p.src, 2*time.Second)
 				if err != nil {
 					b.Fatalf("%s, %s: %v", p.cni, p.name, err)
 				}
@@ -184,7 +239,7 @@ func BenchmarkDataPlane(b *testing.B) {
 				if r%2 == 1 {
 					p = row[len(row)-1-k]
 				}
-				g, err := dpIperf(ctx, p.src, p.dst.IP)
+				g, err := dpIperf(ctx, p.src, p.dstAddr())
 				if err != nil {
 					b.Fatalf("%s, %s: %v", p.cni, p.name, err)
 				}
@@ -195,16 +250,18 @@ func BenchmarkDataPlane(b *testing.B) {
 
 	// First packet: a fresh pod pings the destination right after its ADD
 	// returns; neither side has a neighbour entry for it yet. A lost ARP
-	// request or reply costs the neighbour retransmit time, 1 s by default
-	// (retrans_time_ms, arp(7)): the last column counts those.
+	// request or reply (over IPv6 a neighbour solicitation or
+	// advertisement) costs the neighbour retransmit time, 1 s by default
+	// (retrans_time_ms, arp(7), RFC 4861 RETRANS_TIMER): the last column
+	// counts those.
 	for _, row := range paths {
 		for range dpFirst {
-			for j, p := range row {
-				fresh, err := contenders[j].pod(ctx, 0)
+			for _, p := range row {
+				fresh, err := p.c.pod(ctx, 0)
 				if err != nil {
 					b.Fatal(err)
 				}
-				d, err := framework.Ping(fresh.NS, p.dst.IP, 3*time.Second)
+				d, err := p.ping(fresh, 3*time.Second)
 				if err != nil {
 					b.Fatalf("%s, %s: first ping from a fresh pod: %v", p.cni, p.name, err)
 				}
@@ -214,7 +271,7 @@ func BenchmarkDataPlane(b *testing.B) {
 	}
 
 	fmt.Printf("\nPod-to-pod data plane: iperf3 TCP (1 stream, %d s after 1 s omitted, median of %d rounds), ping RTT (%d echoes), first ping after ADD (%d fresh pods)\n", dpIperfSecs, dpRounds, dpPings, dpFirst)
-	fmt.Printf("%s\n\n", conditions)
+	fmt.Printf("%s\n%s\n\n", conditions, conditions6)
 	fmt.Println("| path | CNI | TCP Gbit/s | runs | RTT p50 | RTT p99 | first packet p50 | first packet max | first packet > 100 ms |")
 	fmt.Println("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
 	for _, row := range paths {
@@ -256,14 +313,21 @@ func BenchmarkDataPlane(b *testing.B) {
 // (--fabric=routes: a route to the other node's podCIDR via its
 // InternalIP, as the VPC would route the alias range).
 func dpAliasip(ctx context.Context, fabric *framework.Fabric, cp *framework.ControlPlane, dir, agentBin, pluginBin string) (*dpContender, error) {
-	c := &dpContender{name: "aliasip"}
+	return dpAliasipNodes(ctx, &dpContender{name: "aliasip"}, "aliasip", fabric, cp, dir, agentBin, pluginBin, func(i int, n *framework.Node) error {
+		return n.RegisterNode(ctx, cp.Client(0), fmt.Sprintf("10.230.%d.0/24", i+1))
+	})
+}
+
+// dpAliasipNodes adds c's two nodes to the fabric as dp-NAME-1 and -2,
+// registers each with register and starts its agent in fabric mode.
+func dpAliasipNodes(ctx context.Context, c *dpContender, name string, fabric *framework.Fabric, cp *framework.ControlPlane, dir, agentBin, pluginBin string, register func(i int, n *framework.Node) error) (*dpContender, error) {
 	for i := range c.nodes {
-		n, err := fabric.AddNode(fmt.Sprintf("dp-aliasip-%d", i+1), filepath.Join(dir, fmt.Sprintf("aliasip-%d", i+1)))
+		n, err := fabric.AddNode(fmt.Sprintf("dp-%s-%d", name, i+1), filepath.Join(dir, fmt.Sprintf("%s-%d", name, i+1)))
 		if err != nil {
 			return c, err
 		}
 		c.nodes[i] = n
-		if err := n.RegisterNode(ctx, cp.Client(0), fmt.Sprintf("10.230.%d.0/24", i+1)); err != nil {
+		if err := register(i, n); err != nil {
 			return c, err
 		}
 		args := append(n.AgentArgs(cp.Kubeconfig, pluginBin), "--fabric", "routes", "--chain-portmap=false", "--pod-gc-grace", "1h")
@@ -297,34 +361,49 @@ func dpAliasip(ctx context.Context, fabric *framework.Fabric, cp *framework.Cont
 // same route aliasip's --fabric=routes installs (datapath.SyncFabric), as
 // a cloud route or Calico's routed mode would.
 func dpBridge(fabric *framework.Fabric, dir string, mtu int) (*dpContender, error) {
-	c := &dpContender{name: "bridge + host-local (Debian)"}
+	return dpBridgeNodes(&dpContender{name: "bridge + host-local (Debian)"}, "bridge", fabric, dir, mtu,
+		func(i int, n *framework.Node) (string, []datapath.FabricRoute, error) {
+			subnet := fmt.Sprintf("10.231.%d.0/24", i+1)
+			ipam := fmt.Sprintf(`{"type":"host-local","ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":%q}`,
+				subnet, filepath.Join(n.Dir, "host-local"))
+			return ipam, []datapath.FabricRoute{{PodCIDR: netip.MustParsePrefix(subnet), Via: n.IP}}, nil
+		})
+}
+
+// dpBridgeNodes adds c's two nodes to the fabric as dp-NAME-1 and -2 with
+// the bridge plugin; node i's IPAM configuration and the fabric routes the
+// other node needs to reach its pods come from node(i, n).
+func dpBridgeNodes(c *dpContender, name string, fabric *framework.Fabric, dir string, mtu int,
+	node func(i int, n *framework.Node) (ipam string, routes []datapath.FabricRoute, err error)) (*dpContender, error) {
 	var cnis [2]*libcni.CNIConfig
 	var lists [2]*libcni.NetworkConfigList
-	var routes [2]datapath.FabricRoute
+	var routes [2][]datapath.FabricRoute
 	for i := range c.nodes {
-		n, err := fabric.AddNode(fmt.Sprintf("dp-bridge-%d", i+1), filepath.Join(dir, fmt.Sprintf("bridge-%d", i+1)))
+		n, err := fabric.AddNode(fmt.Sprintf("dp-%s-%d", name, i+1), filepath.Join(dir, fmt.Sprintf("%s-%d", name, i+1)))
 		if err != nil {
 			return c, err
 		}
 		c.nodes[i] = n
-		subnet := fmt.Sprintf("10.231.%d.0/24", i+1)
+		ipam, rs, err := node(i, n)
+		if err != nil {
+			return c, err
+		}
 		conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bridge","plugins":[{"type":"bridge","bridge":"cni0","mtu":%d,
 			"isGateway":true,"ipMasq":false,"hairpinMode":false,
-			"ipam":{"type":"host-local","ranges":[[{"subnet":%q}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":%q}}]}`,
-			mtu, subnet, filepath.Join(n.Dir, "host-local"))
+			"ipam":%s}]}`, mtu, ipam)
 		if lists[i], err = libcni.NetworkConfFromBytes([]byte(conf)); err != nil {
 			return c, err
 		}
 		cnis[i] = libcni.NewCNIConfigWithCacheDir([]string{"/usr/lib/cni"}, filepath.Join(n.Dir, "cni-cache"), nil)
-		routes[i] = datapath.FabricRoute{PodCIDR: netip.MustParsePrefix(subnet), Via: n.IP}
+		routes[i] = rs
 	}
 	for i, n := range c.nodes {
 		other := routes[1-i]
 		if err := n.NS.Do(func(ns.NetNS) error {
-			_, _, err := datapath.SyncFabric([]datapath.FabricRoute{other})
+			_, _, err := datapath.SyncFabric(other)
 			return err
 		}); err != nil {
-			return c, fmt.Errorf("%s: route %v via %v: %w", n.Name, other.PodCIDR, other.Via, err)
+			return c, fmt.Errorf("%s: routes %v: %w", n.Name, other, err)
 		}
 	}
 	c.add = func(ctx context.Context, node int, p *framework.Pod) error {
@@ -383,8 +462,11 @@ func dpIperfServer(ctx context.Context, p *framework.Pod, log string) (*framewor
 func dpIperf(ctx context.Context, p *framework.Pod, dst netip.Addr) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(dpIperfSecs+30)*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "nsenter", "--net="+p.NS.Path(), "iperf3", "-c", dst.String(),
-		"-t", fmt.Sprint(dpIperfSecs), "-O", "1", "-J").Output()
+	args := []string{"--net=" + p.NS.Path(), "iperf3", "-c", dst.String(), "-t", fmt.Sprint(dpIperfSecs), "-O", "1", "-J"}
+	if dst.Is6() {
+		args = append(args, "-6")
+	}
+	out, err := exec.CommandContext(ctx, "nsenter", args...).Output()
 	var rep struct {
 		Error string `json:"error"`
 		End   struct {
