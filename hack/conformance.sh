@@ -3,12 +3,14 @@
 # (make cluster), with e2e.test and its images built here (hack/deps.sh,
 # hack/images) — nothing pulled.
 #
-#   hack/conformance.sh [conformance|more|full]
+#   hack/conformance.sh [conformance|dualstack|more|full]
 #
 #   conformance  [sig-network] tests tagged [Conformance] (make test runs this)
+#   dualstack    [sig-network] [Feature:IPv6DualStack]: the cluster is
+#                dual-stack (make test runs this too)
 #   more         [sig-network] Networking Granular Checks and [sig-network]
 #                Services
-#   full         conformance, then more (make conformance)
+#   full         conformance, dualstack, then more (make conformance)
 #
 # Uses the cluster in ALIASIP_CLUSTER_DIR when one is up; otherwise brings
 # one up and takes it down at the end. JUnit reports and logs go to
@@ -28,7 +30,9 @@ mode=${1:-conformance}
 # - [Disruptive]: they reboot or partition nodes over SSH or through a
 #   cloud provider (--provider=local has neither);
 # - [Feature:...] and [FeatureGate:...]: opt-in features, not part of the
-#   selected suites by definition (dual-stack comes with its own issue);
+#   selected suites by definition; the one opt-in feature this cluster
+#   has, [Feature:IPv6DualStack], runs in its own pass (dualstack), where
+#   only its tests are selected;
 # - [Flaky]: upstream marks them as not to be relied on;
 # - the specs needing a LoadBalancer or an external cloud IP: no cloud
 #   provider answers Services of type LoadBalancer here;
@@ -37,6 +41,11 @@ mode=${1:-conformance}
 skip='\[Disruptive\]|\[Feature:[^]]+\]|\[FeatureGate:[^]]+\]|\[Flaky\]|LoadBalancer|\[Serial\].*SCTP|SCTP.*\[Serial\]'
 focus_conformance='\[sig-network\].*\[Conformance\]'
 focus_more='\[sig-network\] (Networking Granular Checks|Services)'
+focus_dualstack='\[sig-network\].*\[Feature:IPv6DualStack\]'
+# The dual-stack pass selects an opt-in feature on purpose: the same skips
+# but the one for [Feature:...], save [Feature:SCTPConnectivity] (SCTP
+# needs the sctp module loaded into this machine's shared kernel).
+skip_dualstack='\[Disruptive\]|\[Feature:SCTPConnectivity\]|\[FeatureGate:[^]]+\]|\[Flaky\]|LoadBalancer|\[Serial\].*SCTP|SCTP.*\[Serial\]'
 
 log() { echo "conformance: $*" >&2; }
 
@@ -57,9 +66,10 @@ nodes=$("$cache/bin/kubectl" --kubeconfig "$dir/kubeconfig" get nodes --no-heade
 mkdir -p "$out"
 passed=0 failed=0
 
-# run NAME FOCUS runs e2e.test once and adds its counts (ginkgo's summary).
+# run NAME FOCUS [SKIP] runs e2e.test once and adds its counts (ginkgo's
+# summary).
 run() {
-	local name=$1 focus=$2 report=$out/$1
+	local name=$1 focus=$2 skip=${3:-$skip} report=$out/$1
 	rm -rf "$report" && mkdir -p "$report"
 	log "$name: --ginkgo.focus='$focus' --ginkgo.skip='$skip' ($nodes nodes; log in $report/e2e.log)"
 	local start=$SECONDS rc=0
@@ -95,13 +105,15 @@ run() {
 
 case "$mode" in
 conformance) run conformance "$focus_conformance" ;;
+dualstack) run dualstack "$focus_dualstack" "$skip_dualstack" ;;
 more) run granular-and-services "$focus_more" ;;
 full)
 	run conformance "$focus_conformance"
+	run dualstack "$focus_dualstack" "$skip_dualstack"
 	run granular-and-services "$focus_more"
 	;;
 *)
-	echo "usage: $0 [conformance|more|full]" >&2
+	echo "usage: $0 [conformance|dualstack|more|full]" >&2
 	exit 2
 	;;
 esac

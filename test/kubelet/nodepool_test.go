@@ -59,8 +59,13 @@ func TestSecondNodePool(t *testing.T) {
 		if !wantRange.Contains(cidr.Addr()) || cidr.Bits() != wantMask {
 			t.Errorf("%s (%s): podCIDR %s, want a /%d of %s", name, pool, cidr, wantMask, wantRange)
 		}
-		if len(n.Spec.PodCIDRs) != 1 || n.Spec.PodCIDRs[0] != n.Spec.PodCIDR {
-			t.Errorf("%s: podCIDRs %v, want [%s]", name, n.Spec.PodCIDRs, n.Spec.PodCIDR)
+		// The cluster is dual-stack (hack/cluster.sh): a pool's range is
+		// the IPv4 side; the IPv6 /112 comes from the node's NIC, whatever
+		// its pool.
+		if len(n.Spec.PodCIDRs) != 2 || n.Spec.PodCIDRs[0] != n.Spec.PodCIDR {
+			t.Errorf("%s: podCIDRs %v, want [%s, an IPv6 /112]", name, n.Spec.PodCIDRs, n.Spec.PodCIDR)
+		} else if p6, err := netip.ParsePrefix(n.Spec.PodCIDRs[1]); err != nil || !p6.Addr().Is6() || p6.Bits() != 112 {
+			t.Errorf("%s: podCIDRs[1] %q, want an IPv6 /112", name, n.Spec.PodCIDRs[1])
 		}
 		if e.inPoolB(name) {
 			// The kubelet's maxPods is the Node's pods capacity
