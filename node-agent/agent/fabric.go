@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -33,13 +34,19 @@ func (a *Agent) syncFabric(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	var want []datapath.FabricRoute
+	a.mu.Lock()
+	own := []netip.Prefix{a.podCIDR, a.podCIDR6}
+	a.mu.Unlock()
+	var claims []fabricClaim
 	for _, n := range nodes {
 		if n.Name == a.cfg.NodeName || n.DeletionTimestamp != nil {
 			continue
 		}
-		want = append(want, fabricRoutes(ctx, n)...)
+		for _, r := range fabricRoutes(ctx, n) {
+			claims = append(claims, fabricClaim{route: r, node: n})
+		}
 	}
+	want := trustedFabricRoutes(ctx, claims, own, a.cfg.ClusterCIDRs)
 	var changed, removed int
 	err = a.inHost(func() error {
 		var err error
@@ -94,6 +101,74 @@ func fabricRoutes(ctx context.Context, n *corev1.Node) []datapath.FabricRoute {
 		out = append(out, datapath.FabricRoute{PodCIDR: p6, Via: via6})
 	default:
 		klog.FromContext(ctx).V(2).Info("Node has an IPv6 block but no IPv6 InternalIP: no fabric route for it", "otherNode", n.Name, "podCIDRIPv6", p6)
+	}
+	return out
+}
+
+// fabricClaim is a route another Node's object asks for.
+type fabricClaim struct {
+	route datapath.FabricRoute
+	node  *corev1.Node
+}
+
+// fabricIPv6Bits is the length of every node's IPv6 block: the controller
+// writes the first /112 of the NIC's IPv6 range (controller/sync.go), and
+// the VPC routes no more than that NIC's range to the VM.
+const fabricIPv6Bits = 112
+
+// trustedFabricRoutes keeps the claims the VPC would route. A kubelet can
+// create its own Node with any spec.podCIDRs and status.addresses
+// (NodeRestriction allows it), so one node's credentials must not steer
+// this node's traffic: a claim is dropped when it overlaps this node's own
+// blocks, holds its own next hop (::/0 and 0.0.0.0/0 replaced the default
+// route), is an IPv6 block that is not a /112 or (with an IPv6
+// --cluster-cidr) lies outside the IPv6 pod ranges (8000::/1 took half
+// the Internet), or names the same block as an older Node's claim: the
+// Node first to hold a block keeps it, as the controller never gives one
+// block to two nodes; claims of equal age both go. Dropped claims are
+// logged at V(2): they hold on every pass.
+func trustedFabricRoutes(ctx context.Context, claims []fabricClaim, own, clusterCIDRs []netip.Prefix) []datapath.FabricRoute {
+	logger := klog.FromContext(ctx)
+	var ranges6 []netip.Prefix
+	for _, c := range clusterCIDRs {
+		if c.Addr().Is6() && !c.Addr().Is4In6() {
+			ranges6 = append(ranges6, c.Masked())
+		}
+	}
+	kept := claims[:0:0]
+	for _, c := range claims {
+		p := c.route.PodCIDR
+		reason := ""
+		switch {
+		case slices.ContainsFunc(own, func(o netip.Prefix) bool { return o.IsValid() && o.Overlaps(p) }):
+			reason = "overlaps this node's own block"
+		case p.Contains(c.route.Via):
+			reason = "holds its own next hop"
+		case p.Addr().Is6() && p.Bits() != fabricIPv6Bits:
+			reason = "an IPv6 block that is not a /112"
+		case p.Addr().Is6() && len(ranges6) > 0 && !slices.ContainsFunc(ranges6, func(r netip.Prefix) bool { return r.Contains(p.Addr()) }):
+			reason = "outside the IPv6 pod ranges (--cluster-cidr)"
+		}
+		if reason != "" {
+			logger.V(2).Info("Not routing a Node's block", "otherNode", c.node.Name, "block", p, "via", c.route.Via, "reason", reason)
+			continue
+		}
+		kept = append(kept, c)
+	}
+	byBlock := map[netip.Prefix][]fabricClaim{}
+	for _, c := range kept {
+		byBlock[c.route.PodCIDR] = append(byBlock[c.route.PodCIDR], c)
+	}
+	var out []datapath.FabricRoute
+	for _, c := range kept {
+		older := slices.ContainsFunc(byBlock[c.route.PodCIDR], func(o fabricClaim) bool {
+			return o.node != c.node && !c.node.CreationTimestamp.Before(&o.node.CreationTimestamp)
+		})
+		if older {
+			logger.V(2).Info("Not routing a Node's block: an older (or as old) Node claims it", "otherNode", c.node.Name, "block", c.route.PodCIDR, "via", c.route.Via)
+			continue
+		}
+		out = append(out, c.route)
 	}
 	return out
 }

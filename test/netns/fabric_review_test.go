@@ -1,0 +1,153 @@
+package netns
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/aliasip/aliasip/node-agent/datapath"
+	"github.com/aliasip/aliasip/test/framework"
+)
+
+// fabricTable lists the node's main-table routes of both families as
+// "DST via GW proto N" (DST "default" for a default route).
+func fabricTable(t *testing.T, n *framework.Node) []string {
+	t.Helper()
+	var out []string
+	if err := n.NS.Do(func(ns.NetNS) error {
+		for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+			routes, err := netlink.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+			if err != nil {
+				return err
+			}
+			for _, r := range routes {
+				if r.Gw == nil {
+					continue // connected and pod routes
+				}
+				dst := "default"
+				if r.Dst != nil {
+					if ones, _ := r.Dst.Mask.Size(); ones > 0 {
+						dst = r.Dst.String()
+					}
+				}
+				out = append(out, fmt.Sprintf("%s via %s proto %d", dst, r.Gw, r.Protocol))
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// A kubelet may create its own Node with any spec.podCIDRs and any
+// status.addresses (NodeRestriction lets it). Such Nodes must not make
+// the other agents' --fabric=routes send traffic for someone else's block,
+// the node's own block, or the whole Internet to them: a newer Node
+// claiming an older node's IPv6 /112 (or a more specific part of it),
+// this node's own blocks, ::/0 or 0.0.0.0/0 (which replaced the default
+// route), or an IPv6 block that is no /112 inside the IPv6 pod range
+// (8000::/1: half the Internet) gets no route. The genuine node's
+// routes stay, and so does this node's default route.
+func TestDualStackFabricForeignClaims(t *testing.T) {
+	e := newEnv(t)
+	a := e.dualStackNode("10.210.31.0/24", "fd00:210:31::/112", "fd00:fab::31", "--fabric", "routes",
+		"--cluster-cidr", "10.210.0.0/16,fd00:210::/32", "--resync-period", "1s")
+	gw6 := netip.MustParseAddr("fd00:fab::1")
+	if err := a.NS.Do(func(ns.NetNS) error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, Gw: gw6.AsSlice()})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.dualStackNode("10.210.32.0/24", "fd00:210:32::/112", "fd00:fab::32")
+	wantB := []string{
+		fmt.Sprintf("10.210.32.0/24 via %s proto %d", b.IP, datapath.ProtoFabric),
+		fmt.Sprintf("fd00:210:32::/112 via fd00:fab::32 proto %d", datapath.ProtoFabric),
+	}
+	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+		have := fabricTable(t, a)
+		return slices.Contains(have, wantB[0]) && slices.Contains(have, wantB[1]), nil
+	}); err != nil {
+		t.Fatalf("A never routed B's blocks: %v", fabricTable(t, a))
+	}
+	before := fabricTable(t, a)
+	// creationTimestamp has a resolution of one second: the claims below
+	// are strictly newer than B.
+	time.Sleep(1100 * time.Millisecond)
+
+	sub := e.fabric.Subnet.Addr().As4()
+	// routed4/routed6: what A should route of each claim.
+	claims := []struct {
+		v4, v6           string
+		routed4, routed6 bool
+	}{
+		{"0.0.0.0/0", "::/0", false, false},                     // everything
+		{"10.210.32.0/24", "fd00:210:32::/112", false, false},   // B's blocks, exactly
+		{"10.210.33.0/24", "fd00:210:32::/113", true, false},    // inside B's /112
+		{"10.210.31.0/24", "fd00:210:31::/112", false, false},   // A's own blocks
+		{"10.210.34.0/24", "8000::/1", true, false},             // half the Internet
+		{"10.210.35.0/24", "fd00:210:35::/64", true, false},     // no /112
+		{"10.210.36.0/24", "2001:4860:4860::/112", true, false}, // a /112 outside the pod range
+		{"10.210.37.0/25", "fd00:210:37::/112", true, true},     // genuine-looking: routed
+	}
+	var names []string
+	for i, c := range claims {
+		name := fmt.Sprintf("foreign-claim-%d", i)
+		names = append(names, name)
+		via4 := netip.AddrFrom4([4]byte{sub[0], sub[1], sub[2], byte(200 + i)})
+		via6 := fmt.Sprintf("fd00:fab::%d", 200+i)
+		obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{PodCIDR: c.v4, PodCIDRs: []string{c.v4, c.v6}}}
+		if _, err := e.client.CoreV1().Nodes().Create(e.ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("creating %s with podCIDRs %v: %v", name, obj.Spec.PodCIDRs, err)
+		}
+		t.Cleanup(func() { e.client.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		obj, err := e.client.CoreV1().Nodes().Get(e.ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: via4.String()}, {Type: corev1.NodeInternalIP, Address: via6}}
+		if _, err := e.client.CoreV1().Nodes().UpdateStatus(e.ctx, obj, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := len(claims) - 1
+	sentinel := fmt.Sprintf("fd00:210:37::/112 via fd00:fab::%d proto %d", 200+last, datapath.ProtoFabric)
+	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+		return slices.Contains(fabricTable(t, a), sentinel), nil
+	}); err != nil {
+		t.Fatalf("A never routed the last Node's IPv6 block: %v", fabricTable(t, a))
+	}
+	time.Sleep(2 * time.Second) // a few more passes: any route flapping between claims shows
+	want := slices.Clone(before)
+	for i, c := range claims {
+		if c.routed4 {
+			want = append(want, fmt.Sprintf("%s via %s proto %d", c.v4, netip.AddrFrom4([4]byte{sub[0], sub[1], sub[2], byte(200 + i)}), datapath.ProtoFabric))
+		}
+		if c.routed6 {
+			want = append(want, fmt.Sprintf("%s via fd00:fab::%d proto %d", c.v6, 200+i, datapath.ProtoFabric))
+		}
+	}
+	sort.Strings(want)
+	for i := 0; i < 3; i++ {
+		if got := fabricTable(t, a); !slices.Equal(got, want) {
+			t.Fatalf("A's routes after the foreign claims %v:\n got %q\nwant %q", names, got, want)
+		}
+		time.Sleep(time.Second)
+	}
+}
