@@ -33,7 +33,7 @@ func TestGCEDualStackNodes(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	e.startController("controller", "--dual-stack", "--leader-elect=false")
+	c := e.startController("controller", "--dual-stack", "--leader-elect=false")
 	waitPodCIDRs(t, e, "d-1", "d-2")
 	e.waitEvent("late", corev1.EventTypeWarning, controller.EventIPv6NotAssigned, 30*time.Second)
 	check := func(name string) {
@@ -62,5 +62,34 @@ func TestGCEDualStackNodes(t *testing.T) {
 	s.SetIPv6(gceZone, "late", nics["late"])
 	waitPodCIDRs(t, e, "late")
 	check("late")
+	e.snapshot().CheckInvariants(t, e.cluster, true)
+
+	// A SIGKILL and a new process: the rebuild takes every dual-stack
+	// node as in sync — no write, no IPv6CIDRMismatch — and a node
+	// registering afterwards gets its own NIC's /112 beside a fresh IPv4
+	// block.
+	before := e.snapshot().PodCIDR
+	c.Kill()
+	c2 := e.startController("controller-2", "--dual-stack", "--leader-elect=false")
+	nics["after"] = s.AddInstanceDualStack(gceZone, "after")
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"after"}, func(n *corev1.Node) {
+		n.Spec.ProviderID = fmt.Sprintf("gce://%s/%s/%s", gceProject, gceZone, n.Name)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitPodCIDRs(t, e, "after")
+	check("after")
+	for _, n := range []string{"d-1", "d-2", "late"} {
+		check(n)
+		if got := e.snapshot().PodCIDR[n]; got != before[n] {
+			t.Errorf("node %s podCIDR %s after the restart, was %s", n, got, before[n])
+		}
+		if bad, _ := framework.HasEvent(e.ctx, e.client, n, corev1.EventTypeWarning, controller.EventIPv6CIDRMismatch); bad {
+			t.Errorf("node %s got IPv6CIDRMismatch after the restart", n)
+		}
+	}
+	if v, ok := c2.metric("aliasip_node_writes_total", ""); !ok || v != 1 {
+		t.Errorf("the restarted controller wrote %v nodes (ok=%v); want 1, the new node only", v, ok)
+	}
 	e.snapshot().CheckInvariants(t, e.cluster, true)
 }
