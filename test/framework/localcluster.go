@@ -169,6 +169,12 @@ func (lc *LocalCluster) AddNode(ctx context.Context, name string, wait bool) (*N
 func (lc *LocalCluster) StartAgent(n *Node) error {
 	args := append(n.AgentArgs(lc.CP.Kubeconfig, lc.pluginBin),
 		"--ip-cooldown", "2s", "--resync-period", "5s", "--pod-gc-interval", "5s", "--v", "2")
+	if lc.IPv6Range.IsValid() {
+		// As the chart passes them (ipv6.range beside clusterCIDR): the
+		// pod ranges egress never masquerades, and with an IPv6 one the
+		// agents route only other nodes' /112s inside it (fabric.go).
+		args = append(args, "--cluster-cidr", lc.ClusterCIDR.String()+","+lc.IPv6Range.String())
+	}
 	args = append(args, lc.opts.AgentArgs...)
 	p, err := StartProcess(filepath.Join(n.Dir, "agent.log"), nil, lc.agentBin, args...)
 	if err != nil {

@@ -209,6 +209,17 @@ func (f *Fabric) AddNode(name, dir string) (*Node, error) {
 		return nil, err
 	}
 	err = n.Do(func(ns.NetNS) error {
+		// No duplicate address detection on eth0, set before the link goes
+		// up: a VM's NIC finished it long before its first pod starts, but
+		// here pods start within a second of the node. While eth0's
+		// link-local address is tentative the kernel sends no neighbour
+		// solicitation for a packet whose source is not the node's own (a
+		// pod's, forwarded): ndisc_send_ns returns when ipv6_get_lladdr
+		// finds no usable link-local address (net/ipv6/ndisc.c), so a
+		// fresh node's first forwarded IPv6 packets waited ~2 s.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/eth0/accept_dad", []byte("0"), 0o644); err != nil {
+			return fmt.Errorf("eth0 accept_dad: %w", err)
+		}
 		for _, name := range []string{"lo", "eth0"} {
 			l, err := netlink.LinkByName(name)
 			if err != nil {

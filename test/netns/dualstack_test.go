@@ -294,3 +294,34 @@ func TestDualStackFabric(t *testing.T) {
 		t.Errorf("aliasip_fabric_routes on A = %v, want 2 (B's two blocks)", v)
 	}
 }
+
+// Across nodes, pod-to-pod traffic keeps the pods' own addresses (the pod
+// ranges are given as --cluster-cidr, as the chart gives them, so egress
+// does not masquerade it): once both agents route each other's blocks, the
+// first echo from a pod to a pod on the other node is answered, over IPv6
+// as over IPv4 — no packet lost to neighbour discovery on either node or
+// in either pod.
+func TestDualStackFabricFirstPacket(t *testing.T) {
+	e := newEnv(t)
+	flags := []string{"--fabric", "routes", "--cluster-cidr", "10.210.0.0/16,fd00:210::/32"}
+	a := e.dualStackNode("10.210.23.0/24", "fd00:210:23::/112", "fd00:fab::23", flags...)
+	b := e.dualStackNode("10.210.24.0/24", "fd00:210:24::/112", "fd00:fab::24", flags...)
+	for _, n := range []*framework.Node{a, b} {
+		if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+			return agentMetric(t, n, "aliasip_fabric_routes", "") == 2, nil
+		}); err != nil {
+			t.Fatalf("%s never routed the other node's two blocks: %v", n.Name, err)
+		}
+	}
+	pa, pb := e.pod(a, "first-on-a"), e.pod(b, "first-on-b")
+	if rtt, err := framework.Ping6(pa.NS, podIPv6(pb), time.Second); err != nil {
+		t.Errorf("first IPv6 echo A -> B: %v", err)
+	} else {
+		t.Logf("first IPv6 echo A -> B: %v", rtt)
+	}
+	if rtt, err := framework.Ping(pa.NS, pb.IP, time.Second); err != nil {
+		t.Errorf("first IPv4 echo A -> B: %v", err)
+	} else {
+		t.Logf("first IPv4 echo A -> B: %v", rtt)
+	}
+}
