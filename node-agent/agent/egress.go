@@ -351,7 +351,7 @@ func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 	// Every block lies in the default range or a PodRange, which are here.
 	r.NonMasquerade = append(r.NonMasquerade, podCIDR)
 	r.NonMasquerade = append(r.NonMasquerade, m.podRanges()...)
-	subnets, err := a.hostSubnets(iface)
+	subnets, err := a.hostSubnets(iface, netlink.FAMILY_V4)
 	if err != nil {
 		return r, fmt.Errorf("the node's subnet on %s: %w", iface, err)
 	}
@@ -392,7 +392,7 @@ func (a *Agent) egressRules6(m *masq) (egress.Rules, error) {
 	m.mu.Lock()
 	cfg := m.cfg
 	m.mu.Unlock()
-	subnets, err := a.hostSubnets6(iface)
+	subnets, err := a.hostSubnets(iface, netlink.FAMILY_V6)
 	if err != nil {
 		return egress.Rules{}, fmt.Errorf("the node's IPv6 subnet on %s: %w", iface, err)
 	}
@@ -451,45 +451,19 @@ func podRangeInUse(u *unstructured.Unstructured) (netip.Prefix, bool) {
 	return p.Masked(), ready || nodes > 0 || used > 0
 }
 
-// hostSubnets returns the IPv4 networks of the host interface's addresses
-// (the node subnet: other nodes, and on GCE the VPC subnet's gateway).
-func (a *Agent) hostSubnets(iface string) ([]netip.Prefix, error) {
+// hostSubnets returns the networks of the host interface's addresses of
+// one family (netlink.FAMILY_V4 or FAMILY_V6): the node subnet (other
+// nodes, and on GCE the VPC subnet's gateway). A host address (/32,
+// /128) names no subnet; IPv6 link-local addresses are left to
+// masqLinkLocalIPv6.
+func (a *Agent) hostSubnets(iface string, family int) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	err := a.inHost(func() error {
 		l, err := netlink.LinkByName(iface)
 		if err != nil {
 			return err
 		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
-		if err != nil {
-			return err
-		}
-		for _, ad := range addrs {
-			if ad.IPNet == nil {
-				continue
-			}
-			ip, ok := netip.AddrFromSlice(ad.IP.To4())
-			ones, _ := ad.Mask.Size()
-			if ok && ones < 32 {
-				out = append(out, netip.PrefixFrom(ip, ones).Masked())
-			}
-		}
-		return nil
-	})
-	return out, err
-}
-
-// hostSubnets6 returns the IPv6 networks of the host interface's global
-// addresses (the node's IPv6 subnet: other nodes). Link-local addresses
-// are left to masqLinkLocalIPv6, and a /128 address names no subnet.
-func (a *Agent) hostSubnets6(iface string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	err := a.inHost(func() error {
-		l, err := netlink.LinkByName(iface)
-		if err != nil {
-			return err
-		}
-		addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+		addrs, err := netlink.AddrList(l, family)
 		if err != nil {
 			return err
 		}
@@ -498,10 +472,18 @@ func (a *Agent) hostSubnets6(iface string) ([]netip.Prefix, error) {
 				continue
 			}
 			ip, ok := netip.AddrFromSlice(ad.IP)
-			ones, bits := ad.Mask.Size()
-			if ok && bits == 128 && ones < 128 && ip.Is6() && !ip.Is4In6() && !ip.IsLinkLocalUnicast() {
-				out = append(out, netip.PrefixFrom(ip, ones).Masked())
+			if !ok {
+				continue
 			}
+			ip = ip.Unmap()
+			ones, bits := ad.Mask.Size()
+			switch {
+			case family == netlink.FAMILY_V4 && ip.Is4() && ones < 32:
+			case family == netlink.FAMILY_V6 && ip.Is6() && bits == 128 && ones < 128 && !ip.IsLinkLocalUnicast():
+			default:
+				continue
+			}
+			out = append(out, netip.PrefixFrom(ip, ones).Masked())
 		}
 		return nil
 	})

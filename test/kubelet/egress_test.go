@@ -31,7 +31,8 @@ const (
 	masqCM       = "ip-masq-agent" // the chart's egress.configMapName
 )
 
-var seenFrom = regexp.MustCompile(`\(seen from ([0-9.]+):[0-9]+\)`)
+// An IPv4 peer, or an IPv6 one in brackets (net/http RemoteAddr).
+var seenFrom = regexp.MustCompile(`\(seen from \[?([0-9a-f.:]+?)\]?:[0-9]+\)`)
 
 // execNetcheck runs netcheck in a running netcheck pod, as kubectl exec.
 func execNetcheck(e *clusterEnv, pod string, args ...string) (string, error) {
@@ -69,13 +70,17 @@ func nodeInternalIP(t *testing.T, ctx context.Context, e *clusterEnv, node strin
 
 // nodeNFT is `nft list table ip aliasip` in the node's network namespace
 // ("" when there is no such table).
-func nodeNFT(t *testing.T, node string) string {
+func nodeNFT(t *testing.T, node string) string { return nodeNFTOf(t, node, "ip") }
+
+// nodeNFTOf is `nft list table FAMILY aliasip` in the node's network
+// namespace ("" when there is no such table).
+func nodeNFTOf(t *testing.T, node, family string) string {
 	t.Helper()
 	var out []byte
 	var err error
 	nodeNetNS(t, node).Do(func(ns.NetNS) error {
 		runtime.LockOSThread()
-		out, err = exec.Command("nft", "list", "table", "ip", "aliasip").CombinedOutput()
+		out, err = exec.Command("nft", "list", "table", family, "aliasip").CombinedOutput()
 		return nil
 	})
 	if err != nil {
