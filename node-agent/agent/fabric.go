@@ -54,6 +54,8 @@ func (a *Agent) syncFabric(ctx context.Context) {
 		return err
 	})
 	a.metrics.FabricRoutes.Set(float64(len(want)))
+	a.metrics.FabricRefused.Set(float64(len(claims) - len(want)))
+	a.metrics.FabricPasses.Inc()
 	if changed+removed > 0 {
 		klog.FromContext(ctx).Info("Fabric routes synced", "routes", len(want), "changed", changed, "removed", removed)
 	}

@@ -16,7 +16,13 @@ type Metrics struct {
 	GCReleased      *prometheus.CounterVec
 	StateRecovered  prometheus.Counter
 	FabricRoutes    prometheus.Gauge
-	Ready           prometheus.Gauge
+	// FabricPasses counts passes of the fabric loop; FabricRefused is how
+	// many other Nodes' claims the last pass did not route (fabric.go
+	// trustedFabricRoutes): a kubelet's own Node asking for a block it
+	// cannot have.
+	FabricPasses  prometheus.Counter
+	FabricRefused prometheus.Gauge
+	Ready         prometheus.Gauge
 	// ChainedPluginMissing is 1 for a plugin the flags ask to chain but
 	// --cni-bin-dir lacks (so the conflist leaves it out).
 	ChainedPluginMissing *prometheus.GaugeVec
@@ -67,6 +73,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		FabricRoutes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "aliasip_fabric_routes", Help: "Routes to other nodes' podCIDRs (--fabric=routes).",
 		}),
+		FabricPasses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "aliasip_fabric_passes_total", Help: "Passes of the fabric routes loop (--fabric=routes).",
+		}),
+		FabricRefused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "aliasip_fabric_claims_refused", Help: "Other Nodes' block claims the last fabric pass did not route: overlapping this node's blocks, holding their own next hop, an IPv6 block not a /112 of the pod ranges, or a block an older Node claims.",
+		}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "aliasip_agent_ready", Help: "1 when the agent can serve CNI ADD.",
 		}),
@@ -100,7 +112,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	})
 	reg.MustRegister(m.EgressProgrammed, m.EgressRepaired, m.EgressFailed, m.EgressConfigValid, m.EgressNonMasq)
 	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved, m.MaxPodsOverBlock)
-	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.StateRecovered, m.FabricRoutes, m.Ready)
+	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.StateRecovered, m.FabricRoutes, m.FabricPasses, m.FabricRefused, m.Ready)
 	reg.MustRegister(&podIPsCollector{m: m})
 	return m
 }

@@ -101,7 +101,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "Periodic reconcile of routes and sysctls (netlink events trigger it too).")
 	fs.BoolVar(&o.Masquerade, "masquerade", o.Masquerade, "SNAT this node's pods' traffic to destinations outside the non-masquerade set to the node's address (nftables table ip aliasip). false removes the table: for Cloud NAT set-ups that cover the pod ranges.")
 	fs.StringVar(&o.MasqConfigMap, "masq-config", o.MasqConfigMap, "NAMESPACE/NAME of the ConfigMap holding the non-masquerade set in ip-masq-agent's format (key \"config\": nonMasqueradeCIDRs, masqLinkLocal, resyncInterval); without it, or while it does not exist, the cloud's defaults (gce: GKE's list; fake: none). Empty: never read one.")
-	fs.StringSliceVar(&o.ClusterCIDRs, "cluster-cidr", o.ClusterCIDRs, "The default pod range(s) (the controller's --cluster-cidr), never masqueraded; PodRanges are followed on their own. Needed on GCE when the default range is outside GKE's default non-masquerade list (a privately used public range).")
+	fs.StringSliceVar(&o.ClusterCIDRs, "cluster-cidr", o.ClusterCIDRs, "The default pod range(s) (the controller's --cluster-cidr; on a dual-stack cluster also the IPv6 range the nodes' /112s come from), never masqueraded; PodRanges are followed on their own. Needed on GCE when the default range is outside GKE's default non-masquerade list (a privately used public range). With --fabric=routes an IPv6 range also bounds which other nodes' IPv6 blocks are routed.")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of /metrics, /healthz and /readyz (empty: off).")
 }
 

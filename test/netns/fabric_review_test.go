@@ -88,8 +88,23 @@ func TestDualStackFabricForeignClaims(t *testing.T) {
 	}
 	before := fabricTable(t, a)
 	// creationTimestamp has a resolution of one second: the claims below
-	// are strictly newer than B.
-	time.Sleep(1100 * time.Millisecond)
+	// must be strictly newer than B, so wait until the API server stamps a
+	// new object with a later second than B's.
+	bObj, err := e.client.CoreV1().Nodes().Get(e.ctx, b.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes := e.client.CoreV1().ConfigMaps("default")
+	if err := framework.Eventually(e.ctx, 10*time.Second, func() (bool, error) {
+		cm, err := probes.Create(e.ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{GenerateName: "clock-"}}, metav1.CreateOptions{})
+		if err != nil {
+			return false, err
+		}
+		probes.Delete(e.ctx, cm.Name, metav1.DeleteOptions{})
+		return bObj.CreationTimestamp.Before(&cm.CreationTimestamp), nil
+	}); err != nil {
+		t.Fatalf("the API server's clock never passed B's creationTimestamp: %v", err)
+	}
 
 	sub := e.fabric.Subnet.Addr().As4()
 	// routed4/routed6: what A should route of each claim.
@@ -133,7 +148,6 @@ func TestDualStackFabricForeignClaims(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("A never routed the last Node's IPv6 block: %v", fabricTable(t, a))
 	}
-	time.Sleep(2 * time.Second) // a few more passes: any route flapping between claims shows
 	want := slices.Clone(before)
 	for i, c := range claims {
 		if c.routed4 {
@@ -144,10 +158,30 @@ func TestDualStackFabricForeignClaims(t *testing.T) {
 		}
 	}
 	sort.Strings(want)
-	for i := 0; i < 3; i++ {
-		if got := fabricTable(t, a); !slices.Equal(got, want) {
-			t.Fatalf("A's routes after the foreign claims %v:\n got %q\nwant %q", names, got, want)
+	// Three more full passes of A's fabric loop (its counter), the table
+	// checked after each: a route flapping between claims would show.
+	passes := agentMetric(t, a, "aliasip_fabric_passes_total", "")
+	for i := 1; i <= 3; i++ {
+		if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
+			return agentMetric(t, a, "aliasip_fabric_passes_total", "") >= passes+float64(i), nil
+		}); err != nil {
+			t.Fatalf("A's fabric loop made no pass %d: %v", i, err)
 		}
-		time.Sleep(time.Second)
+		if got := fabricTable(t, a); !slices.Equal(got, want) {
+			t.Fatalf("A's routes after the foreign claims %v (pass %d):\n got %q\nwant %q", names, i, got, want)
+		}
+	}
+	// Every claim A does not route is counted as refused (B's own two are
+	// routed, so not among them).
+	refused := 0
+	for _, c := range claims {
+		for _, routed := range []bool{c.routed4, c.routed6} {
+			if !routed {
+				refused++
+			}
+		}
+	}
+	if got := agentMetric(t, a, "aliasip_fabric_claims_refused", ""); got != float64(refused) {
+		t.Errorf("aliasip_fabric_claims_refused on A = %v, want %d", got, refused)
 	}
 }
