@@ -104,8 +104,15 @@ type Config struct {
 	// format ("": the cloud's defaults only).
 	MasqConfigMap string
 	// ClusterCIDRs are the default pod range(s) (the controller's
-	// --cluster-cidr), never masqueraded.
+	// --cluster-cidr), never masqueraded; with FabricRoutes the only
+	// IPv4 and IPv6 ranges (beside the PodRanges) other nodes' blocks
+	// are routed in.
 	ClusterCIDRs []netip.Prefix
+	// NodeCIDRMaskSize is the length of the default IPv4 range's blocks
+	// (the controller's --node-cidr-mask-size; 0: not known): with
+	// FabricRoutes, another node's IPv4 block in that range of any other
+	// length is not routed.
+	NodeCIDRMaskSize int
 	// AliasCheck, if set, must report true before the agent is ready (on
 	// GCE: the podCIDR is an alias range of this VM's NIC).
 	AliasCheck func(ctx context.Context, podCIDR netip.Prefix) (bool, error)
@@ -128,8 +135,12 @@ type Agent struct {
 	// settleRecheck: a pass is scheduled for when settling pods settle.
 	settleRecheck atomic.Bool
 	fabricCh      chan struct{}
-	// dyn follows PodRanges for the masquerade (nil: not followed).
-	dyn dynamic.Interface
+	// egressCh kicks the egress loop (the masquerade's inputs changed).
+	egressCh chan struct{}
+	// dyn follows PodRanges (nil: not followed); ranges lists them once
+	// startPodRanges ran (nil: not followed).
+	dyn    dynamic.Interface
+	ranges cache.GenericLister
 
 	mu      sync.Mutex
 	store   *ipam.Store
@@ -163,7 +174,7 @@ func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder,
 	if cfg.ProcSys != "" {
 		datapath.ProcSys = cfg.ProcSys
 	}
-	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), reason: "starting",
+	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), egressCh: make(chan struct{}, 1), reason: "starting",
 		guestProto: datapath.ProtoGCEGuestAgent}
 	a.veths = a.hostVethAliases
 	m.ipSource = a.ipStats
@@ -297,6 +308,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Egress before the first pod: its traffic to the outside leaves
 	// masqueraded from its first packet. A failure here is reported and
 	// retried by the loop, never a reason to keep pods off the node.
+	// PodRanges bound the fabric's routes and join the non-masquerade set.
+	a.startPodRanges(ctx)
 	var egressState *masq
 	if a.cfg.Masquerade {
 		egressState = a.startEgress(ctx)

@@ -12,12 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -41,21 +36,15 @@ const (
 	EventEgressRulesProgrammed = "EgressRulesProgrammed"
 )
 
-// podRangeGVR is the PodRange resource, read as unstructured objects so
-// the agent does not import the controller's API packages.
-var podRangeGVR = schema.GroupVersionResource{Group: "aliasip.io", Version: "v1alpha1", Resource: "podranges"}
-
 // masq is the agent's egress masquerade: its inputs (the ConfigMap, the
 // PodRanges, this node's blocks and subnets), the last good
 // configuration, and the tables it keeps right: ip aliasip, and on a
 // dual-stack node ip6 aliasip, each kept, repaired and reported alike.
 type masq struct {
-	tables  []*masqTable
-	kick    chan struct{}
-	cmSync  cache.InformerSynced
-	cms     corelisters.ConfigMapLister
-	ranges  cache.GenericLister // nil: PodRanges not followed
-	rSynced cache.InformerSynced
+	tables []*masqTable
+	kick   chan struct{}
+	cmSync cache.InformerSynced
+	cms    corelisters.ConfigMapLister
 
 	mu     sync.Mutex
 	cfg    egress.Config // the last good configuration
@@ -70,11 +59,6 @@ type masqTable struct {
 	applied string // Describe of the rules last written or found in place (under masq.mu)
 }
 
-// SetDynamicClient gives the agent a dynamic client to follow PodRanges
-// with (their CIDRs join the non-masquerade set). Without one, only the
-// default range (--cluster-cidr) and the Nodes' blocks are followed.
-func (a *Agent) SetDynamicClient(d dynamic.Interface) { a.dyn = d }
-
 // startEgress starts the informers the masquerade follows and waits (up to
 // 30 s) for the ConfigMap's, so the first rules written are the
 // configured ones, not the defaults.
@@ -83,7 +67,7 @@ func (a *Agent) startEgress(ctx context.Context) *masq {
 	if a.nodeNS != nil {
 		fd = int(a.nodeNS.Fd())
 	}
-	m := &masq{kick: make(chan struct{}, 1), cfg: egress.Defaults(a.cfg.Cloud)}
+	m := &masq{kick: a.egressCh, cfg: egress.Defaults(a.cfg.Cloud)}
 	m.tables = []*masqTable{{table: egress.NewTable(fd), rules: a.egressRules}}
 	a.mu.Lock()
 	dualStack := a.podCIDR6.IsValid()
@@ -122,42 +106,7 @@ func (a *Agent) startEgress(ctx context.Context) *masq {
 		}
 		cancel()
 	}
-	if a.dyn != nil {
-		f := dynamicinformer.NewDynamicSharedInformerFactory(a.dyn, 10*time.Minute)
-		inf := f.ForResource(podRangeGVR)
-		inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { a.signal(m.kick) }, UpdateFunc: func(any, any) { a.signal(m.kick) }, DeleteFunc: func(any) { a.signal(m.kick) },
-		})
-		m.ranges, m.rSynced = inf.Lister(), inf.Informer().HasSynced
-		f.Start(ctx.Done())
-		// Waited for (up to 30 s) when the API serves PodRanges: a first
-		// write without their CIDRs would masquerade new pod-to-pod
-		// connections to their blocks, and after a restart replace a
-		// table that was right. A cluster without the CRD must not keep
-		// pods from starting, so then it is not waited for.
-		if a.podRangesServed() {
-			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if !cache.WaitForCacheSync(wctx.Done(), m.rSynced) {
-				klog.FromContext(ctx).Info("The PodRange informer has not synced; starting without their CIDRs")
-			}
-			cancel()
-		}
-	}
 	return m
-}
-
-// podRangesServed reports whether the API serves the PodRange resource.
-func (a *Agent) podRangesServed() bool {
-	l, err := a.client.Discovery().ServerResourcesForGroupVersion(podRangeGVR.GroupVersion().String())
-	if err != nil {
-		return false
-	}
-	for _, r := range l.APIResources {
-		if r.Name == podRangeGVR.Resource {
-			return true
-		}
-	}
-	return false
 }
 
 func splitRef(ref string) (ns, name string) {
@@ -350,7 +299,7 @@ func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 	// 0.0.0.0/0 there must not turn masquerade off on every other node.
 	// Every block lies in the default range or a PodRange, which are here.
 	r.NonMasquerade = append(r.NonMasquerade, podCIDR)
-	r.NonMasquerade = append(r.NonMasquerade, m.podRanges()...)
+	r.NonMasquerade = append(r.NonMasquerade, a.podRangeCIDRs()...)
 	subnets, err := a.hostSubnets(iface, netlink.FAMILY_V4)
 	if err != nil {
 		return r, fmt.Errorf("the node's subnet on %s: %w", iface, err)
@@ -362,26 +311,6 @@ func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 	slices.SortFunc(r.NonMasquerade, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
 	r.NonMasquerade = slices.Compact(r.NonMasquerade)
 	return r, nil
-}
-
-// podRanges returns the CIDRs of the PodRanges in use (podRangeInUse), of
-// either family.
-func (m *masq) podRanges() []netip.Prefix {
-	if m.ranges == nil {
-		return nil
-	}
-	var out []netip.Prefix
-	objs, _ := m.ranges.List(labels.Everything())
-	for _, o := range objs {
-		u, ok := o.(*unstructured.Unstructured)
-		if !ok {
-			continue
-		}
-		if p, ok := podRangeInUse(u); ok {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // egressRules6 is the wanted ip6 table of a dual-stack node (rules6).
@@ -396,7 +325,7 @@ func (a *Agent) egressRules6(m *masq) (egress.Rules, error) {
 	if err != nil {
 		return egress.Rules{}, fmt.Errorf("the node's IPv6 subnet on %s: %w", iface, err)
 	}
-	return rules6(cfg, block, a.cfg.ClusterCIDRs, m.podRanges(), subnets), nil
+	return rules6(cfg, block, a.cfg.ClusterCIDRs, a.podRangeCIDRs(), subnets), nil
 }
 
 // rules6 is the ip6 table: the node's IPv6 block is masqueraded on its way
@@ -425,30 +354,6 @@ func rules6(cfg egress.Config, block netip.Prefix, clusterCIDRs, podRanges, subn
 	slices.SortFunc(r.NonMasquerade, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
 	r.NonMasquerade = slices.Compact(r.NonMasquerade)
 	return r
-}
-
-// podRangeInUse returns the CIDR of a PodRange the controller hands blocks
-// out of (Ready=True) or whose blocks nodes still hold (a range being
-// removed): status.cidr, which only the controller writes (the status
-// subresource). spec.cidr is not taken: the schema lets a PodRange
-// creator write 0.0.0.0/1, and a range the controller refused (it
-// overlaps another) must not switch masquerade off for those addresses.
-func podRangeInUse(u *unstructured.Unstructured) (netip.Prefix, bool) {
-	s, _, _ := unstructured.NestedString(u.Object, "status", "cidr")
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	nodes, _, _ := unstructured.NestedInt64(u.Object, "status", "nodes")
-	used, _, _ := unstructured.NestedInt64(u.Object, "status", "blocksUsed")
-	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	ready := false
-	for _, c := range conds {
-		if m, ok := c.(map[string]any); ok && m["type"] == "Ready" && m["status"] == "True" {
-			ready = true
-		}
-	}
-	return p.Masked(), ready || nodes > 0 || used > 0
 }
 
 // hostSubnets returns the networks of the host interface's addresses of

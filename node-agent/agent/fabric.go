@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"time"
@@ -46,7 +47,8 @@ func (a *Agent) syncFabric(ctx context.Context) {
 			claims = append(claims, fabricClaim{route: r, node: n})
 		}
 	}
-	want := trustedFabricRoutes(ctx, claims, own, a.cfg.ClusterCIDRs)
+	ranges4, ranges6 := a.fabricRanges()
+	want := trustedFabricRoutes(ctx, claims, own, ranges4, ranges6)
 	var changed, removed int
 	err = a.inHost(func() error {
 		var err error
@@ -118,25 +120,47 @@ type fabricClaim struct {
 // the VPC routes no more than that NIC's range to the VM.
 const fabricIPv6Bits = 112
 
+// fabricRanges are the ranges other nodes' IPv4 blocks may come from: the
+// IPv4 --cluster-cidr (the default range, whose blocks are
+// --node-cidr-mask-size long when that is set) and every PodRange in use
+// (its status.maskSize), and the IPv6 --cluster-cidr ranges the /112s lie
+// in.
+func (a *Agent) fabricRanges() (ranges4, ranges6 []podRange) {
+	for _, c := range a.cfg.ClusterCIDRs {
+		switch {
+		case c.Addr().Is4():
+			mask := 0
+			if len(ranges4) == 0 {
+				mask = a.cfg.NodeCIDRMaskSize // the first IPv4 range is the default range
+			}
+			ranges4 = append(ranges4, podRange{cidr: c.Masked(), maskSize: mask})
+		case !c.Addr().Is4In6():
+			ranges6 = append(ranges6, podRange{cidr: c.Masked(), maskSize: fabricIPv6Bits})
+		}
+	}
+	for _, r := range a.podRanges() {
+		if r.cidr.Addr().Is4() {
+			ranges4 = append(ranges4, r)
+		}
+	}
+	return ranges4, ranges6
+}
+
 // trustedFabricRoutes keeps the claims the VPC would route. A kubelet can
 // create its own Node with any spec.podCIDRs and status.addresses
 // (NodeRestriction allows it), so one node's credentials must not steer
 // this node's traffic: a claim is dropped when it overlaps this node's own
 // blocks, holds its own next hop (::/0 and 0.0.0.0/0 replaced the default
-// route), is an IPv6 block that is not a /112 or (with an IPv6
-// --cluster-cidr) lies outside the IPv6 pod ranges (8000::/1 took half
-// the Internet), or names the same block as an older Node's claim: the
-// Node first to hold a block keeps it, as the controller never gives one
-// block to two nodes; claims of equal age both go. Dropped claims are
-// logged at V(2): they hold on every pass.
-func trustedFabricRoutes(ctx context.Context, claims []fabricClaim, own, clusterCIDRs []netip.Prefix) []datapath.FabricRoute {
+// route), is an IPv4 block that lies outside every IPv4 pod range
+// (11.0.0.0/8 took someone else's network) or is not a block of its
+// range's size (a /25 inside another node's /24), is an IPv6 block that
+// is not a /112 or (with an IPv6 --cluster-cidr) lies outside the IPv6
+// pod ranges (8000::/1 took half the Internet), or overlaps an older
+// Node's claim: the Node first to hold a block keeps it, as the
+// controller never gives one address to two nodes; claims of equal age
+// both go. Dropped claims are logged at V(2): they hold on every pass.
+func trustedFabricRoutes(ctx context.Context, claims []fabricClaim, own []netip.Prefix, ranges4, ranges6 []podRange) []datapath.FabricRoute {
 	logger := klog.FromContext(ctx)
-	var ranges6 []netip.Prefix
-	for _, c := range clusterCIDRs {
-		if c.Addr().Is6() && !c.Addr().Is4In6() {
-			ranges6 = append(ranges6, c.Masked())
-		}
-	}
 	kept := claims[:0:0]
 	for _, c := range claims {
 		p := c.route.PodCIDR
@@ -146,10 +170,12 @@ func trustedFabricRoutes(ctx context.Context, claims []fabricClaim, own, cluster
 			reason = "overlaps this node's own block"
 		case p.Contains(c.route.Via):
 			reason = "holds its own next hop"
-		case p.Addr().Is6() && p.Bits() != fabricIPv6Bits:
+		case p.Addr().Is4():
+			reason = blockOfRange(p, ranges4, "IPv4 pod ranges (--cluster-cidr, PodRanges)")
+		case p.Bits() != fabricIPv6Bits:
 			reason = "an IPv6 block that is not a /112"
-		case p.Addr().Is6() && len(ranges6) > 0 && !slices.ContainsFunc(ranges6, func(r netip.Prefix) bool { return r.Contains(p.Addr()) }):
-			reason = "outside the IPv6 pod ranges (--cluster-cidr)"
+		case len(ranges6) > 0:
+			reason = blockOfRange(p, ranges6, "IPv6 pod ranges (--cluster-cidr)")
 		}
 		if reason != "" {
 			logger.V(2).Info("Not routing a Node's block", "otherNode", c.node.Name, "block", p, "via", c.route.Via, "reason", reason)
@@ -157,20 +183,57 @@ func trustedFabricRoutes(ctx context.Context, claims []fabricClaim, own, cluster
 		}
 		kept = append(kept, c)
 	}
-	byBlock := map[netip.Prefix][]fabricClaim{}
-	for _, c := range kept {
-		byBlock[c.route.PodCIDR] = append(byBlock[c.route.PodCIDR], c)
+	// Overlapping claims: every pair is found by looking up each claim's
+	// enclosing prefixes (at most 128 map lookups a claim, not a pass over
+	// every other claim).
+	byBlock := map[netip.Prefix][]int{}
+	for i, c := range kept {
+		byBlock[c.route.PodCIDR] = append(byBlock[c.route.PodCIDR], i)
+	}
+	rivals := make([][]int, len(kept))
+	for i, c := range kept {
+		p := c.route.PodCIDR
+		for bits := p.Bits(); bits >= 0; bits-- {
+			up, _ := p.Addr().Prefix(bits)
+			for _, j := range byBlock[up] {
+				if j == i {
+					continue
+				}
+				rivals[i] = append(rivals[i], j)
+				if bits < p.Bits() {
+					rivals[j] = append(rivals[j], i) // j encloses i: i is j's rival too
+				}
+			}
+		}
 	}
 	var out []datapath.FabricRoute
-	for _, c := range kept {
-		older := slices.ContainsFunc(byBlock[c.route.PodCIDR], func(o fabricClaim) bool {
+	for i, c := range kept {
+		older := slices.ContainsFunc(rivals[i], func(j int) bool {
+			o := kept[j]
 			return o.node != c.node && !c.node.CreationTimestamp.Before(&o.node.CreationTimestamp)
 		})
 		if older {
-			logger.V(2).Info("Not routing a Node's block: an older (or as old) Node claims it", "otherNode", c.node.Name, "block", c.route.PodCIDR, "via", c.route.Via)
+			logger.V(2).Info("Not routing a Node's block: an older (or as old) Node claims it or part of it", "otherNode", c.node.Name, "block", c.route.PodCIDR, "via", c.route.Via)
 			continue
 		}
 		out = append(out, c.route)
 	}
 	return out
+}
+
+// blockOfRange returns why p is not a block of one of ranges (named by
+// what), or "" when it is: inside a range, and as long as that range's
+// blocks when their size is known.
+func blockOfRange(p netip.Prefix, ranges []podRange, what string) string {
+	reason := "outside the " + what
+	for _, r := range ranges {
+		if r.cidr.Bits() > p.Bits() || !r.cidr.Contains(p.Addr()) {
+			continue
+		}
+		if r.maskSize == 0 || r.maskSize == p.Bits() {
+			return ""
+		}
+		reason = fmt.Sprintf("not a /%d block of %s", r.maskSize, r.cidr)
+	}
+	return reason
 }

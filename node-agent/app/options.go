@@ -48,6 +48,9 @@ type Options struct {
 	Masquerade    bool
 	MasqConfigMap string
 	ClusterCIDRs  []string
+	// NodeCIDRMaskSize is the default IPv4 range's block length (0: not
+	// known).
+	NodeCIDRMaskSize int
 }
 
 // NewOptions returns the defaults: here, in the flags' defaults, and (for
@@ -101,7 +104,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "Periodic reconcile of routes and sysctls (netlink events trigger it too).")
 	fs.BoolVar(&o.Masquerade, "masquerade", o.Masquerade, "SNAT this node's pods' traffic to destinations outside the non-masquerade set to the node's address (nftables table ip aliasip). false removes the table: for Cloud NAT set-ups that cover the pod ranges.")
 	fs.StringVar(&o.MasqConfigMap, "masq-config", o.MasqConfigMap, "NAMESPACE/NAME of the ConfigMap holding the non-masquerade set in ip-masq-agent's format (key \"config\": nonMasqueradeCIDRs, masqLinkLocal, resyncInterval); without it, or while it does not exist, the cloud's defaults (gce: GKE's list; fake: none). Empty: never read one.")
-	fs.StringSliceVar(&o.ClusterCIDRs, "cluster-cidr", o.ClusterCIDRs, "The default pod range(s) (the controller's --cluster-cidr; on a dual-stack cluster also the IPv6 range the nodes' /112s come from), never masqueraded; PodRanges are followed on their own. Needed on GCE when the default range is outside GKE's default non-masquerade list (a privately used public range). With --fabric=routes an IPv6 range also bounds which other nodes' IPv6 blocks are routed.")
+	fs.StringSliceVar(&o.ClusterCIDRs, "cluster-cidr", o.ClusterCIDRs, "The default pod range(s) (the controller's --cluster-cidr; on a dual-stack cluster also the IPv6 range the nodes' /112s come from), never masqueraded; PodRanges are followed on their own. Needed on GCE when the default range is outside GKE's default non-masquerade list (a privately used public range). With --fabric=routes these ranges and the PodRanges bound which other nodes' blocks are routed, and an IPv4 one is required.")
+	fs.IntVar(&o.NodeCIDRMaskSize, "node-cidr-mask-size", o.NodeCIDRMaskSize, "The length of the blocks of the first IPv4 --cluster-cidr (the controller's --node-cidr-mask-size); with --fabric=routes another node's IPv4 block of another length in that range is not routed. 0: any length.")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", o.MetricsAddr, "Address of /metrics, /healthz and /readyz (empty: off).")
 }
 
@@ -176,6 +180,21 @@ func (o *Options) Config() (Config, error) {
 		}
 		clusterCIDRs = append(clusterCIDRs, p)
 	}
+	var first4 netip.Prefix
+	for _, p := range clusterCIDRs {
+		if p.Addr().Is4() && !first4.IsValid() {
+			first4 = p
+		}
+	}
+	// Without an IPv4 range an agent emulating the VPC would route any
+	// IPv4 podCIDR another Node claims (a kubelet may write its own), so
+	// it must be told the ranges blocks come from.
+	if fabric == "routes" && !first4.IsValid() {
+		return Config{}, fmt.Errorf("--fabric=routes needs an IPv4 --cluster-cidr (the default pod range): other nodes' blocks are routed only inside the pod ranges")
+	}
+	if o.NodeCIDRMaskSize != 0 && (!first4.IsValid() || o.NodeCIDRMaskSize < first4.Bits() || o.NodeCIDRMaskSize > 32) {
+		return Config{}, fmt.Errorf("--node-cidr-mask-size=%d: want 0, or a length between the first IPv4 --cluster-cidr's (%v) and 32", o.NodeCIDRMaskSize, first4)
+	}
 	if o.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(o.MetricsAddr); err != nil {
 			return Config{}, fmt.Errorf("--metrics-addr=%q: %v", o.MetricsAddr, err)
@@ -189,7 +208,7 @@ func (o *Options) Config() (Config, error) {
 		IPCooldown: o.IPCooldown, PodGCGrace: o.PodGCGrace, PodGCInterval: o.PodGCInterval, ResyncPeriod: o.ResyncPeriod,
 		GuestAgentConfig: guestAgentConfig, ProcSys: o.ProcSys,
 		Masquerade: o.Masquerade, MasqConfigMap: o.MasqConfigMap,
-		ClusterCIDRs: clusterCIDRs,
+		ClusterCIDRs: clusterCIDRs, NodeCIDRMaskSize: o.NodeCIDRMaskSize,
 	}
 	if o.Cloud == "gce" {
 		a.AliasCheck = agent.GCEAliasCheck

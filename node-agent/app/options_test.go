@@ -17,7 +17,15 @@ func TestOptionsValidate(t *testing.T) {
 		err    string
 		fabric string
 	}{
-		{[]string{"--node-name=n", "--cloud=fake"}, "", "routes"},
+		{[]string{"--node-name=n", "--cloud=fake", "--cluster-cidr=10.244.0.0/16"}, "", "routes"},
+		// Fabric routes are bounded by the pod ranges: without an IPv4
+		// one the agent would route any block a Node claims.
+		{[]string{"--node-name=n", "--cloud=fake"}, "--fabric=routes needs an IPv4 --cluster-cidr", ""},
+		{[]string{"--node-name=n", "--fabric=routes", "--cluster-cidr=fd00::/48"}, "--fabric=routes needs an IPv4 --cluster-cidr", ""},
+		{[]string{"--node-name=n", "--cloud=fake", "--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=24"}, "", "routes"},
+		{[]string{"--node-name=n", "--cloud=fake", "--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=12"}, "--node-cidr-mask-size=12", ""},
+		{[]string{"--node-name=n", "--cloud=fake", "--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=33"}, "--node-cidr-mask-size=33", ""},
+		{[]string{"--node-name=n", "--cloud=gce", "--node-cidr-mask-size=24"}, "--node-cidr-mask-size=24", ""},
 		{[]string{"--node-name=n", "--cloud=gce"}, "", "none"},
 		{[]string{"--node-name=n", "--cloud=fake", "--fabric=none"}, "", "none"},
 		{[]string{"--cloud=fake"}, "--node-name", ""},
@@ -75,11 +83,11 @@ func TestConfig(t *testing.T) {
 		c.Agent.GuestAgentConfig != "/etc/default/instance_configs.cfg" || c.Kubeconfig != "/k" || c.MetricsAddr != ":1" {
 		t.Errorf("gce: %+v", c)
 	}
-	c, err = parse(t, "--node-name=n", "--cloud=fake").Config()
+	c, err = parse(t, "--node-name=n", "--cloud=fake", "--cluster-cidr=10.244.0.0/16", "--node-cidr-mask-size=26").Config()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !c.Agent.FabricRoutes || c.Agent.AliasCheck != nil || c.Agent.GuestAgentConfig != "" || c.Agent.ClusterCIDRs != nil {
+	if !c.Agent.FabricRoutes || c.Agent.AliasCheck != nil || c.Agent.GuestAgentConfig != "" || c.Agent.NodeCIDRMaskSize != 26 {
 		t.Errorf("fake: %+v", c)
 	}
 }

@@ -167,14 +167,15 @@ func (lc *LocalCluster) AddNode(ctx context.Context, name string, wait bool) (*N
 
 // StartAgent starts (or restarts) a node's agent.
 func (lc *LocalCluster) StartAgent(n *Node) error {
-	args := append(n.AgentArgs(lc.CP.Kubeconfig, lc.pluginBin),
-		"--ip-cooldown", "2s", "--resync-period", "5s", "--pod-gc-interval", "5s", "--v", "2")
+	// As the chart passes them (clusterCIDR, ipv6.range beside it): the
+	// pod ranges egress never masquerades and the agents route other
+	// nodes' blocks inside (fabric.go).
+	ranges := lc.ClusterCIDR.String()
 	if lc.IPv6Range.IsValid() {
-		// As the chart passes them (ipv6.range beside clusterCIDR): the
-		// pod ranges egress never masquerades, and with an IPv6 one the
-		// agents route only other nodes' /112s inside it (fabric.go).
-		args = append(args, "--cluster-cidr", lc.ClusterCIDR.String()+","+lc.IPv6Range.String())
+		ranges += "," + lc.IPv6Range.String()
 	}
+	args := append(n.AgentArgs(lc.CP.Kubeconfig, lc.pluginBin, "--cluster-cidr", ranges),
+		"--ip-cooldown", "2s", "--resync-period", "5s", "--pod-gc-interval", "5s", "--v", "2")
 	args = append(args, lc.opts.AgentArgs...)
 	p, err := StartProcess(filepath.Join(n.Dir, "agent.log"), nil, lc.agentBin, args...)
 	if err != nil {

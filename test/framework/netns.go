@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -272,16 +273,27 @@ func (n *Node) Close() {
 	}
 }
 
-// AgentArgs returns the flags that run an agent for this node.
-func (n *Node) AgentArgs(kubeconfig, pluginBinary string) []string {
+// TestClusterCIDR is the default pod range agents started by AgentArgs
+// are given when the caller names none: every podCIDR the tests write
+// lies in it (the fake cloud's --fabric=routes requires one).
+const TestClusterCIDR = "10.0.0.0/8"
+
+// AgentArgs returns the flags that run an agent for this node, then
+// extra; --cluster-cidr TestClusterCIDR unless extra names a
+// --cluster-cidr (a repeated one would add to it, not replace it).
+func (n *Node) AgentArgs(kubeconfig, pluginBinary string, extra ...string) []string {
 	n.Metrics = fmt.Sprintf("127.0.0.1:%d", FreePort())
-	return []string{
+	args := []string{
 		"--node-name", n.Name, "--kubeconfig", kubeconfig, "--cloud", "fake",
 		"--netns", n.NS.Path(), "--host-interface", "eth0",
 		"--cni-conf-dir", n.ConfDir, "--cni-bin-dir", n.BinDir, "--state-dir", n.State,
 		"--socket", n.Socket, "--plugin-binary", pluginBinary, "--cni-log-file", n.CNILog,
 		"--metrics-addr", n.Metrics,
 	}
+	if !slices.ContainsFunc(extra, func(a string) bool { return a == "--cluster-cidr" || strings.HasPrefix(a, "--cluster-cidr=") }) {
+		args = append(args, "--cluster-cidr", TestClusterCIDR)
+	}
+	return append(args, extra...)
 }
 
 // RegisterNode creates (or updates) the Node object with the node's

@@ -15,6 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/aliasip/aliasip/node-agent/datapath"
 	"github.com/aliasip/aliasip/test/framework"
@@ -56,15 +59,52 @@ func fabricTable(t *testing.T, n *framework.Node) []string {
 // status.addresses (NodeRestriction lets it). Such Nodes must not make
 // the other agents' --fabric=routes send traffic for someone else's block,
 // the node's own block, or the whole Internet to them: a newer Node
-// claiming an older node's IPv6 /112 (or a more specific part of it),
-// this node's own blocks, ::/0 or 0.0.0.0/0 (which replaced the default
-// route), or an IPv6 block that is no /112 inside the IPv6 pod range
-// (8000::/1: half the Internet) gets no route. The genuine node's
-// routes stay, and so does this node's default route.
-func TestDualStackFabricForeignClaims(t *testing.T) {
+// claiming an older node's block (or a more specific part of it), this
+// node's own blocks, ::/0 or 0.0.0.0/0 (which replaced the default
+// route), an IPv4 block outside the pod ranges (11.0.0.0/8, a PodRange
+// the controller has not accepted) or not of its range's block size, or
+// an IPv6 block that is no /112 inside the IPv6 pod range (8000::/1: half
+// the Internet) gets no route. A block of an accepted PodRange (its
+// status) is routed. The genuine node's routes stay, and so does this
+// node's default route.
+func TestFabricForeignClaims(t *testing.T) {
 	e := newEnv(t)
+	// A PodRange the controller accepted (status.cidr, status.maskSize /26,
+	// written here as the controller would) and one it has not (no
+	// status), both there before A's agent starts.
+	if err := framework.InstallCRDs(e.ctx, cp.Config, framework.CRDDir()); err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(cp.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gvr := schema.GroupVersionResource{Group: "aliasip.io", Version: "v1alpha1", Resource: "podranges"}
+	prName := fmt.Sprintf("fabric-review-%d", time.Now().UnixNano())
+	for i, cidr := range []string{"10.241.0.0/16", "10.242.0.0/16"} {
+		name := fmt.Sprintf("%s-%d", prName, i)
+		pr, err := dyn.Resource(gvr).Create(e.ctx, &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "aliasip.io/v1alpha1", "kind": "PodRange",
+			"metadata": map[string]any{"name": name},
+			"spec": map[string]any{"cidr": cidr, "maskSize": int64(26),
+				"nodeSelector": map[string]any{"matchLabels": map[string]any{"fabric-review": name}}},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dyn.Resource(gvr).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		if i > 0 {
+			continue
+		}
+		pr.Object["status"] = map[string]any{"cidr": cidr, "maskSize": int64(26),
+			"conditions": []any{map[string]any{"type": "Ready", "status": "True", "reason": "Valid", "message": "in use",
+				"lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}}}
+		if _, err := dyn.Resource(gvr).UpdateStatus(e.ctx, pr, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	a := e.dualStackNode("10.210.31.0/24", "fd00:210:31::/112", "fd00:fab::31", "--fabric", "routes",
-		"--cluster-cidr", "10.210.0.0/16,fd00:210::/32", "--resync-period", "1s")
+		"--cluster-cidr", "10.210.0.0/16,fd00:210::/32", "--node-cidr-mask-size", "24", "--resync-period", "1s")
 	gw6 := netip.MustParseAddr("fd00:fab::1")
 	if err := a.NS.Do(func(ns.NetNS) error {
 		eth0, err := netlink.LinkByName("eth0")
@@ -114,12 +154,14 @@ func TestDualStackFabricForeignClaims(t *testing.T) {
 	}{
 		{"0.0.0.0/0", "::/0", false, false},                     // everything
 		{"10.210.32.0/24", "fd00:210:32::/112", false, false},   // B's blocks, exactly
-		{"10.210.33.0/24", "fd00:210:32::/113", true, false},    // inside B's /112
+		{"10.210.32.128/25", "fd00:210:32::/113", false, false}, // inside B's blocks
 		{"10.210.31.0/24", "fd00:210:31::/112", false, false},   // A's own blocks
-		{"10.210.34.0/24", "8000::/1", true, false},             // half the Internet
-		{"10.210.35.0/24", "fd00:210:35::/64", true, false},     // no /112
-		{"10.210.36.0/24", "2001:4860:4860::/112", true, false}, // a /112 outside the pod range
-		{"10.210.37.0/25", "fd00:210:37::/112", true, true},     // genuine-looking: routed
+		{"11.0.0.0/8", "8000::/1", false, false},                // someone else's network; half the Internet
+		{"10.210.35.0/25", "fd00:210:35::/64", false, false},    // no /24; no /112
+		{"10.242.0.0/26", "2001:4860:4860::/112", false, false}, // an unaccepted PodRange; a /112 outside the pod range
+		{"10.241.1.0/24", "fd00:210:36::/112", false, true},     // no /26 of the accepted PodRange
+		{"10.210.37.0/24", "fd00:210:37::/112", true, true},     // genuine-looking: routed
+		{"10.241.0.64/26", "fd00:210:38::/112", true, true},     // a block of the accepted PodRange: routed
 	}
 	var names []string
 	for i, c := range claims {
@@ -142,7 +184,7 @@ func TestDualStackFabricForeignClaims(t *testing.T) {
 		}
 	}
 	last := len(claims) - 1
-	sentinel := fmt.Sprintf("fd00:210:37::/112 via fd00:fab::%d proto %d", 200+last, datapath.ProtoFabric)
+	sentinel := fmt.Sprintf("%s via fd00:fab::%d proto %d", claims[last].v6, 200+last, datapath.ProtoFabric)
 	if err := framework.Eventually(e.ctx, 20*time.Second, func() (bool, error) {
 		return slices.Contains(fabricTable(t, a), sentinel), nil
 	}); err != nil {

@@ -162,8 +162,7 @@ func (e *env) bareNode() *framework.Node {
 
 func (e *env) startAgent(n *framework.Node, extra ...string) {
 	e.t.Helper()
-	args := append(n.AgentArgs(cp.Kubeconfig, pluginBin), "--ip-cooldown", "2s", "--resync-period", "2s", "--v", "2")
-	args = append(args, extra...)
+	args := n.AgentArgs(cp.Kubeconfig, pluginBin, append([]string{"--ip-cooldown", "2s", "--resync-period", "2s", "--v", "2"}, extra...)...)
 	p, err := framework.StartProcess(filepath.Join(n.Dir, "agent.log"), nil, agentBin, args...)
 	if err != nil {
 		e.t.Fatal(err)
