@@ -45,6 +45,10 @@ type blocks struct {
 	// ready: overlapping, invalid, being deleted), by the selector they
 	// have: a node they select waits rather than getting a block elsewhere.
 	unusable map[string]labels.Selector
+	// extra: the extra blocks of growable ranges' nodes (their NodeBlocks
+	// status), block -> node. They are held like podCIDRs: never freed,
+	// never claimed by another node, until given back.
+	extra map[netip.Prefix]string
 }
 
 func newBlocks() *blocks {
@@ -58,6 +62,7 @@ func newBlocks() *blocks {
 		afterCooling: map[netip.Prefix]string{},
 		changed:      map[string]bool{},
 		unusable:     map[string]labels.Selector{},
+		extra:        map[netip.Prefix]string{},
 	}
 }
 
@@ -77,7 +82,7 @@ func (b *blocks) reset(st *blocks, unusable map[string]labels.Selector) {
 		}
 	}
 	b.unusable = unusable
-	b.owned, b.owner, b.cooling = st.owned, st.owner, st.cooling
+	b.owned, b.owner, b.cooling, b.extra = st.owned, st.owner, st.cooling, st.extra
 	// Resume handing out blocks where the previous process stood.
 	for _, pl := range b.pools {
 		pl.alloc.SeekAfterLastUsed()
@@ -136,7 +141,7 @@ func (b *blocks) restoreAlias(a cloud.AliasRange) (bool, error) {
 // held by no node (true); one of a range removed meanwhile cools on too
 // (addPool marks it used if the range comes back before it expires).
 func (b *blocks) restoreCooling(p netip.Prefix, until, now time.Time) (bool, error) {
-	if _, held := b.owner[p]; held || !now.Before(until) {
+	if b.heldLocked(p) || !now.Before(until) {
 		return false, nil
 	}
 	if b.poolOf(p) != nil {
@@ -188,7 +193,7 @@ func (b *blocks) releaseLocked(p netip.Prefix) error {
 		return err
 	}
 	for _, blk := range covered {
-		if _, held := b.owner[blk]; held {
+		if b.heldLocked(blk) {
 			continue
 		}
 		if _, cooling := b.cooling[blk]; cooling && blk != p {
@@ -391,6 +396,11 @@ func (b *blocks) claim(name string, cidr netip.Prefix, inst cloud.InstanceRef, h
 	if pl := b.poolOf(cidr); pl == nil || !pl.isBlock(cidr) {
 		return "", holderGone, fmt.Errorf("claim %v: not a block of any range", cidr)
 	}
+	if other, ok := b.extra[cidr]; ok {
+		// Another node's extra block (or this node's own, which its
+		// podCIDR cannot also be): held, whatever that node's podCIDR.
+		return other, holderHolding, nil
+	}
 	if other, ok := b.owner[cidr]; ok && other != name {
 		st := holder(other, cidr)
 		if st == holderReserving && b.inflight[cidr] != other {
@@ -432,6 +442,9 @@ func (b *blocks) coolRemoved(name string, p netip.Prefix, until time.Time) error
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if holder, held := b.owner[p]; held && holder != name {
+		return nil
+	}
+	if _, held := b.extra[p]; held {
 		return nil
 	}
 	delete(b.owner, p)
@@ -495,7 +508,18 @@ func (b *blocks) handOver(name string, a assignment, heir string, coolUntil time
 func (b *blocks) holder(cidr netip.Prefix) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if n, ok := b.extra[cidr]; ok {
+		return n
+	}
 	return b.owner[cidr]
+}
+
+// heldLocked reports whether a node holds p, as its podCIDR or as an
+// extra block. The caller holds the lock.
+func (b *blocks) heldLocked(p netip.Prefix) bool {
+	_, owned := b.owner[p]
+	_, extra := b.extra[p]
+	return owned || extra
 }
 
 // writing marks a node's alias write of a block as running (done: over).
@@ -534,6 +558,12 @@ func (b *blocks) waitCooling(name string, cidr netip.Prefix) (until time.Time, o
 func (b *blocks) leaked(p netip.Prefix, until time.Time, alive func(string) bool) (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if holder, held := b.extra[p]; held {
+		if alive(holder) {
+			return false, nil
+		}
+		delete(b.extra, p)
+	}
 	if holder, held := b.owner[p]; held {
 		if alive(holder) {
 			return false, nil
@@ -569,7 +599,7 @@ func (b *blocks) expire(now, horizon time.Time) (expired, freed int, next time.T
 		delete(b.cooling, cidr)
 		if heir, ok := b.afterCooling[cidr]; ok {
 			delete(b.afterCooling, cidr)
-			_, held := b.owner[cidr]
+			held := b.heldLocked(cidr)
 			if _, hasOther := b.owned[heir]; !held && !hasOther {
 				// The node whose podCIDR it is gets it (its release
 				// returns it if the node is gone meanwhile).
@@ -579,7 +609,7 @@ func (b *blocks) expire(now, horizon time.Time) (expired, freed int, next time.T
 				continue
 			}
 		}
-		if _, held := b.owner[cidr]; !held {
+		if !b.heldLocked(cidr) {
 			if rerr := b.releaseLocked(cidr); rerr != nil {
 				err = fmt.Errorf("release cooled block %v: %w", cidr, rerr)
 				continue
@@ -657,4 +687,111 @@ func (b *blocks) isDirty() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.dirty
+}
+
+// Extra blocks of growable ranges (growth.go).
+
+// restoreExtra records, in a state the rebuild builds, that a node's
+// NodeBlocks status grants it p: used, and the node's unless another node
+// holds it (false).
+func (b *blocks) restoreExtra(name string, p netip.Prefix) (bool, error) {
+	if pl := b.poolOf(p); pl == nil || !pl.isBlock(p) {
+		return false, nil
+	}
+	if b.heldLocked(p) {
+		return false, nil
+	}
+	if err := b.occupyLocked(p); err != nil {
+		return false, err
+	}
+	delete(b.cooling, p)
+	b.extra[p] = name
+	return true, nil
+}
+
+// recordExtra records that a node's NodeBlocks status grants it p (a
+// grant this process did not make, or one restored): it returns the
+// other node holding p ("" when the record succeeded). A block cooling
+// down is taken (it was the node's before it went).
+func (b *blocks) recordExtra(name string, p netip.Prefix) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if pl := b.poolOf(p); pl == nil || !pl.isBlock(p) {
+		return "", fmt.Errorf("extra block %v: not a block of any range", p)
+	}
+	if other, ok := b.extra[p]; ok {
+		if other != name {
+			return other, nil
+		}
+		return "", nil
+	}
+	if other, ok := b.owner[p]; ok {
+		return other, nil
+	}
+	if err := b.occupyLocked(p); err != nil {
+		return "", err
+	}
+	delete(b.cooling, p)
+	b.extra[p] = name
+	return "", nil
+}
+
+// grantExtra allocates a free block of the named pool for a node as an
+// extra block.
+func (b *blocks) grantExtra(name, poolName string) (netip.Prefix, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pl := b.pools[poolName]
+	if pl == nil {
+		return netip.Prefix{}, fmt.Errorf("no range %q: %w", poolName, allocator.ErrRangeExhausted)
+	}
+	cidr, err := pl.alloc.Allocate()
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("no free block in %s (/%d of %v): %w", pl.name, pl.maskSize, pl.cidr, err)
+	}
+	b.extra[cidr] = name
+	b.changed[pl.name] = true
+	return cidr, nil
+}
+
+// unreserveExtra returns an extra block the cloud never attached to the
+// pool.
+func (b *blocks) unreserveExtra(name string, p netip.Prefix) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.extra[p] != name {
+		return nil
+	}
+	delete(b.extra, p)
+	return b.releaseLocked(p)
+}
+
+// dropExtra takes an extra block from a node (given back, or a write
+// that may have reached the cloud failed): it cools down until the given
+// time before it is free again.
+func (b *blocks) dropExtra(name string, p netip.Prefix, until time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.extra[p] != name {
+		return
+	}
+	delete(b.extra, p)
+	b.cooling[p] = until
+	if pl := b.poolOf(p); pl != nil {
+		b.changed[pl.name] = true
+	}
+}
+
+// extrasOf returns a node's extra blocks, sorted.
+func (b *blocks) extrasOf(name string) []netip.Prefix {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []netip.Prefix
+	for p, n := range b.extra {
+		if n == name {
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr().Less(out[j].Addr()) })
+	return out
 }

@@ -202,8 +202,9 @@ type Controller struct {
 	recorder record.EventRecorder
 	metrics  *Metrics
 
-	blocks *blocks    // the pools, owners, cooling blocks and waiting nodes
-	ranges *podRanges // PodRange objects (nil: only the default range)
+	blocks *blocks     // the pools, owners, cooling blocks and waiting nodes
+	ranges *podRanges  // PodRange objects (nil: only the default range)
+	growth *nodeBlocks // NodeBlocks objects (nil: no growable ranges)
 
 	saveMu    sync.Mutex           // serializes saveCooling
 	mu        sync.Mutex           // guards the fields below

@@ -104,6 +104,13 @@ func (r podRangeInformer) Lister() aliasiplisters.PodRangeLister {
 	return aliasiplisters.NewPodRangeLister(r.GetIndexer())
 }
 
+type nodeBlocksInformer struct{ *testInformer }
+
+func (r nodeBlocksInformer) Informer() cache.SharedIndexInformer { return r.testInformer }
+func (r nodeBlocksInformer) Lister() aliasiplisters.NodeBlocksLister {
+	return aliasiplisters.NewNodeBlocksLister(r.GetIndexer())
+}
+
 // harness is a controller on a fake clientset and the fake cloud, its
 // informers seeded by the test (testInformer), its state rebuilt; nothing
 // runs in the background.
@@ -119,6 +126,7 @@ type harness struct {
 	nodeInf  *testInformer
 	prs      *rangefake.Clientset // nil without PodRanges
 	rangeInf *testInformer        // nil without PodRanges
+	nbInf    *testInformer        // NodeBlocks; nil without PodRanges
 }
 
 // harnessConfig says what a harness starts with.
@@ -134,6 +142,8 @@ type harnessConfig struct {
 	// dualStack: the cluster is dual-stack, the fake's instances get /96s
 	// of fd20:0:0:1::/64.
 	dualStack bool
+	// nodeBlocks seed the NodeBlocks (with podRanges).
+	nodeBlocks []*aliasipv1.NodeBlocks
 }
 
 func startHarness(t *testing.T, hc harnessConfig) *harness {
@@ -173,8 +183,19 @@ func startHarness(t *testing.T, hc harnessConfig) *harness {
 			robjs = append(robjs, pr.DeepCopy())
 			_ = h.rangeInf.GetIndexer().Add(pr.DeepCopy())
 		}
+		h.nbInf = newTestInformer(&aliasipv1.NodeBlocks{})
 		h.prs = rangefake.NewSimpleClientset(robjs...)
+		// Created through the client, not seeded into it: the fake's
+		// tracker would guess the resource "nodeblockses" from the kind.
+		for _, nb := range hc.nodeBlocks {
+			created, err := h.prs.AliasipV1alpha1().NodeBlocks().Create(ctx, nb.DeepCopy(), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = h.nbInf.GetIndexer().Add(created)
+		}
 		h.ctrl.usePodRanges(h.prs, h.client.Discovery(), podRangeInformer{h.rangeInf})
+		h.ctrl.useNodeBlocks(h.prs, nodeBlocksInformer{h.nbInf})
 	}
 	if err := h.ctrl.rebuild(ctx); err != nil {
 		t.Fatal(err)
@@ -231,6 +252,15 @@ func (h *harness) caughtUp() {
 		objs[ranges.Items[i].Name] = &ranges.Items[i]
 	}
 	h.rangeInf.mirror(objs)
+	nbs, err := h.prs.AliasipV1alpha1().NodeBlocks().List(h.ctx, metav1.ListOptions{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	objs = map[string]runtime.Object{}
+	for i := range nbs.Items {
+		objs[nbs.Items[i].Name] = &nbs.Items[i]
+	}
+	h.nbInf.mirror(objs)
 }
 
 // syncNode syncs node once, on what the clients hold now.

@@ -85,7 +85,11 @@ func (c *Controller) requeueIfDrifted(ctx context.Context, name string, in cloud
 	}
 	var ours []netip.Prefix
 	unrecorded, othersOnly := false, true
+	extras := c.blocks.extrasOf(name)
 	for _, a := range in.Aliases {
+		if c.blocks.ours(a) && containsPrefix(extras, a.CIDR) {
+			continue // an extra block of a growable range, recorded as the node's
+		}
 		if c.blocks.ours(a) {
 			ours = append(ours, a.CIDR)
 			unrecorded = unrecorded || !c.blocks.inUse(a.CIDR)

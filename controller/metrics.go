@@ -26,6 +26,7 @@ type Metrics struct {
 	AlertPasses   prometheus.Counter
 	Requeued      prometheus.Counter
 	Releases      prometheus.Counter
+	Growth        *prometheus.CounterVec
 	NodeWrites    prometheus.Counter
 	Leader        prometheus.Gauge
 	poolSource    func() map[string]PoolStats
@@ -143,6 +144,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "aliasip_releases_total",
 			Help: "Blocks returned to the pool after their cooldown.",
 		}),
+		Growth: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aliasip_growth_blocks_total",
+			Help: "Extra blocks of growable PodRanges by what happened: granted, draining (asked back), returned (removed from the NIC), repaired (alias put back), cap_reached, exhausted (no free block), refused, failed.",
+		}, []string{"event"}),
 		NodeWrites: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_node_writes_total",
 			Help: "Writes (patches) to Node objects.",
@@ -153,7 +158,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	reg.MustRegister(m.Allocations, m.CloudCalls, m.CloudCallTime, m.CloudRequests, m.CloudLatency, m.SyncLatency, m.Mismatches,
-		m.Dropped, m.Panics, m.LeakedRemoved, m.AlertPasses, m.PartialLists, m.Requeued, m.Releases, m.NodeWrites, m.Leader)
+		m.Dropped, m.Panics, m.LeakedRemoved, m.AlertPasses, m.PartialLists, m.Requeued, m.Releases, m.Growth, m.NodeWrites, m.Leader)
 	reg.MustRegister(&poolCollector{m: m, desc: prometheus.NewDesc("aliasip_pool_blocks",
 		"Blocks of each pod range (range: a PodRange's name, or \"default\" for the flags' range) by state: used, free, cooling (cooling blocks count as used too).",
 		[]string{"range", "state"}, nil)})

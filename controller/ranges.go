@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -58,6 +59,10 @@ type podRanges struct {
 	lister   aliasiplisters.PodRangeLister
 	queue    workqueue.TypedRateLimitingInterface[string]
 	once     sync.Once
+	// nodeBlocks is the NodeBlocks informer, run with the PodRanges' (the
+	// chart installs both CRDs); nil when not used.
+	nodeBlocks       cache.SharedIndexInformer
+	nodeBlocksServed atomic.Bool
 }
 
 // UsePodRanges makes the controller allocate from PodRange objects as
@@ -65,7 +70,9 @@ type podRanges struct {
 // installed the controller runs with the default range only and starts
 // using PodRanges when the CRD appears.
 func (c *Controller) UsePodRanges(client versioned.Interface, disc discovery.DiscoveryInterface, resync time.Duration) {
-	c.usePodRanges(client, disc, aliasipinformers.NewSharedInformerFactory(client, resync).Aliasip().V1alpha1().PodRanges())
+	f := aliasipinformers.NewSharedInformerFactory(client, resync).Aliasip().V1alpha1()
+	c.usePodRanges(client, disc, f.PodRanges())
+	c.useNodeBlocks(client, f.NodeBlocks())
 }
 
 // usePodRanges is UsePodRanges with the PodRange informer given (a test
@@ -115,12 +122,16 @@ func (r *podRanges) served() (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	served := false
 	for _, res := range list.APIResources {
-		if res.Name == "podranges" {
-			return true, nil
+		switch res.Name {
+		case "podranges":
+			served = true
+		case "nodeblocks":
+			r.nodeBlocksServed.Store(true)
 		}
 	}
-	return false, nil
+	return served, nil
 }
 
 // start runs the informer and waits for its cache when the CRD is served;
@@ -137,6 +148,12 @@ func (r *podRanges) start(ctx context.Context) error {
 		if !cache.WaitForCacheSync(ctx.Done(), r.informer.HasSynced) {
 			return errors.New("PodRange informer never synced")
 		}
+		if r.nodeBlocks != nil && r.nodeBlocksServed.Load() {
+			// The rebuild restores the extra blocks from their records.
+			if !cache.WaitForCacheSync(ctx.Done(), r.nodeBlocks.HasSynced) {
+				return errors.New("NodeBlocks informer never synced")
+			}
+		}
 		return nil
 	}
 	logger.Info("PodRange CRD not installed: allocating from the default range only until it is", "lookEvery", crdPollInterval)
@@ -150,7 +167,15 @@ func (r *podRanges) start(ctx context.Context) error {
 }
 
 func (r *podRanges) run(ctx context.Context) {
-	r.once.Do(func() { go r.informer.RunWithContext(ctx) })
+	r.once.Do(func() {
+		go r.informer.RunWithContext(ctx)
+		// Only when served: the chart's CRDs are not upgraded by helm, so
+		// a controller newer than its CRDs runs without growable ranges
+		// (their nodes keep their first block) rather than wait forever.
+		if r.nodeBlocks != nil && r.nodeBlocksServed.Load() {
+			go r.nodeBlocks.RunWithContext(ctx)
+		}
+	})
 }
 
 // sorted returns the PodRanges oldest first (then by name).

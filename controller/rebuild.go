@@ -148,6 +148,31 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			return fmt.Errorf("node %s: podCIDR %v: %w", n.Name, p, err)
 		}
 	}
+	// The extra blocks of growable ranges, as their NodeBlocks record
+	// them, for the nodes alive (a deleted node's are its release's and
+	// the leak collector's): held like podCIDRs, the older node first.
+	extras := 0
+	if c.growth != nil && c.growth.informer.HasSynced() {
+		for _, n := range nodes {
+			nb, err := c.growth.lister.Get(n.Name)
+			if err != nil {
+				continue
+			}
+			for _, b := range nb.Status.Blocks {
+				p, err := netip.ParsePrefix(b.CIDR)
+				if err != nil {
+					continue
+				}
+				ok, err := st.restoreExtra(n.Name, p)
+				if err != nil {
+					return fmt.Errorf("node %s: extra block %v: %w", n.Name, p, err)
+				}
+				if ok {
+					extras++
+				}
+			}
+		}
+	}
 	aliases := 0
 	for _, in := range instances {
 		for _, a := range in.Aliases {
@@ -190,7 +215,7 @@ func (c *Controller) rebuild(ctx context.Context) error {
 	c.mu.Unlock()
 	logger.Info("Rebuilt allocation state", "podRange", podRange, "rangeName", rangeName,
 		"maskSize", c.cfg.MaskSize, "nodes", len(nodes), "instances", len(instances),
-		"aliases", aliases, "cooling", cooling, "blocksUsed", alloc.Used(), "blocksFree", alloc.Free(), "podRanges", st.poolCount()-1)
+		"aliases", aliases, "extraBlocks", extras, "cooling", cooling, "blocksUsed", alloc.Used(), "blocksFree", alloc.Free(), "podRanges", st.poolCount()-1)
 	if c.ranges != nil {
 		c.ranges.enqueueAll()
 	}

@@ -29,7 +29,7 @@ const (
 	rowCooling               // podCIDR a block cooling down, alias missing: wait
 	rowRepair                // podCIDR set, alias missing
 	rowInSync                // podCIDR set, alias equal
-	rowExtras                // podCIDR set, alias equal plus others of ours
+	rowExtras                // podCIDR set, alias equal plus leftovers of ours (not its extra blocks)
 	rowMismatch              // podCIDR set, aliases of ours, none equal
 )
 
@@ -40,6 +40,21 @@ type nodeState struct {
 	inst         cloud.InstanceRef
 	podCIDR      netip.Prefix
 	ours, blocks []netip.Prefix
+	// extras are the node's extra blocks of a growable range (growth.go):
+	// on its NIC beside the podCIDR, but not leftovers.
+	extras []netip.Prefix
+}
+
+// leftovers are the aliases of ours on the NIC that are neither the
+// podCIDR nor one of the node's extra blocks.
+func (st nodeState) leftovers() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range st.ours {
+		if p != st.podCIDR && !containsPrefix(st.extras, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // sync brings one node to its row of the state table: it resolves the
@@ -93,9 +108,15 @@ func (c *Controller) sync(ctx context.Context, name string) error {
 	case rowRepair:
 		return c.repair(ctx, node, st.inst, st.podCIDR)
 	case rowInSync:
-		return c.inSync(ctx, node, st)
+		if err := c.inSync(ctx, node, st); err != nil {
+			return err
+		}
+		return c.syncGrowth(ctx, node, st)
 	case rowExtras:
-		return c.extras(ctx, node, st)
+		if err := c.extras(ctx, node, st); err != nil {
+			return err
+		}
+		return c.syncGrowth(ctx, node, st)
 	default:
 		return c.differs(node, st)
 	}
@@ -141,6 +162,7 @@ func (c *Controller) read(ctx context.Context, node *corev1.Node) (st nodeState,
 	if node.Spec.PodCIDR != "" {
 		st.podCIDR, _ = netip.ParsePrefix(node.Spec.PodCIDR)
 	}
+	st.extras = c.blocks.extrasOf(node.Name)
 	return st, false, nil
 }
 
@@ -190,7 +212,7 @@ func (c *Controller) classify(st nodeState) row {
 		return rowRepair
 	case !containsPrefix(st.ours, p):
 		return rowMismatch
-	case len(st.ours) > 1:
+	case len(st.leftovers()) > 0:
 		return rowExtras
 	default:
 		return rowInSync
@@ -411,7 +433,7 @@ func (c *Controller) extras(ctx context.Context, node *corev1.Node, st nodeState
 	if err := c.blocks.occupy(st.ours...); err != nil {
 		return err
 	}
-	if err := c.removeExtras(ctx, node, st.inst, st.podCIDR, st.ours); err != nil {
+	if err := c.removeExtras(ctx, node, st.inst, st.podCIDR, st.leftovers()); err != nil {
 		return err
 	}
 	return c.ensureLabel(ctx, node, st.podCIDR)
@@ -450,14 +472,12 @@ func (c *Controller) ensureLabel(ctx context.Context, node *corev1.Node, podCIDR
 	return nil
 }
 
-// removeExtras removes the aliases from the pod range on the node's NIC
-// other than its podCIDR (left by an operation a previous leader or process
-// started and never recorded) and cools their blocks down.
-func (c *Controller) removeExtras(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, keep netip.Prefix, ours []netip.Prefix) error {
-	for _, p := range ours {
-		if p == keep {
-			continue
-		}
+// removeExtras removes leftovers, the aliases from the pod ranges on the
+// node's NIC other than its podCIDR and its extra blocks (left by an
+// operation a previous leader or process started and never recorded, or
+// an extra block whose record was dropped), and cools their blocks down.
+func (c *Controller) removeExtras(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, keep netip.Prefix, leftovers []netip.Prefix) error {
+	for _, p := range leftovers {
 		if err := c.cloud.RemoveAlias(ctx, inst, p); err != nil {
 			return fmt.Errorf("remove extra alias %v from %s: %w", p, inst, err)
 		}
@@ -561,6 +581,11 @@ func (c *Controller) patchPodCIDR(ctx context.Context, node *corev1.Node, cidr, 
 // it still holds it, and the block cools down before reuse.
 func (c *Controller) release(ctx context.Context, name string) error {
 	a, ok := c.blocks.releasing(name)
+	// Its extra blocks first (growth.go): from the instance its podCIDR
+	// was on (none known: the leak collector removes them).
+	if err := c.releaseExtras(ctx, name, a.inst); err != nil {
+		return err
+	}
 	if !ok {
 		return nil
 	}

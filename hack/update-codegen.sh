@@ -37,8 +37,10 @@ source "$codegen_dir/kube_codegen.sh"
 cd "$root"
 boilerplate="$root/hack/boilerplate.go.txt"
 kube::codegen::gen_helpers --boilerplate "$boilerplate" "$root/controller/apis"
+# NodeBlocks is its own plural (the CRD's plural is nodeblocks).
 kube::codegen::gen_client \
 	--with-watch \
+	--plural-exceptions "Endpoints:Endpoints,NodeBlocks:NodeBlocks" \
 	--output-dir "$root/controller/generated" \
 	--output-pkg "$module/controller/generated" \
 	--boilerplate "$boilerplate" \

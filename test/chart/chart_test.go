@@ -108,7 +108,11 @@ func TestLintAndRender(t *testing.T) {
 		{"cloud=fake,clusterCIDR=10.0.0.0/8,nodeCIDRMaskSize=7", "/nodeCIDRMaskSize"},
 		{"cloud=gce,nodeCIDRMaskSize=33", "/nodeCIDRMaskSize"}, // GCE ranges are IPv4 even when read from the subnetwork
 		{"cloud=gce,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=64", "/clusterCIDR"},
-		{"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=127", "/nodeCIDRMaskSize"},
+		{"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=127,agent.fabric=none", "/nodeCIDRMaskSize"},
+		// Fabric routes need an IPv4 default range to bound them.
+		{"cloud=gce,agent.fabric=routes", "/clusterCIDR"},
+		{"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=64", "/clusterCIDR"},
+		{"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=64,agent.fabric=routes", "/clusterCIDR"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,agent.ipCooldown=5 minutes", "/agent/ipCooldown"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,controller.releaseCooldown=soon", "/controller/releaseCooldown"},
 		{"cloud=fake,clusterCIDR=10.244.0.0/16,controller.metricsPort=0", "/controller/metricsPort"},
@@ -135,7 +139,8 @@ func TestLintAndRender(t *testing.T) {
 	}
 	// Good values beyond the defaults render.
 	for _, good := range []string{
-		"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=64",
+		"cloud=fake,clusterCIDR=fd00:10::/48,nodeCIDRMaskSize=64,agent.fabric=none",
+		"cloud=gce,clusterCIDR=10.64.0.0/14,agent.fabric=routes",
 		"cloud=fake,clusterCIDR=10.244.0.0/16,nodeCIDRMaskSize=28,agent.fabric=none,agent.ipCooldown=1m30s,controller.releaseCooldown=0s",
 		"cloud=gce,gce.secondaryRange=pods,tests.enabled=false",
 	} {
@@ -305,10 +310,16 @@ func TestInstallAndFlags(t *testing.T) {
 		{[]string{"create", "events.events.k8s.io"}, false},
 		{[]string{"list", "pods"}, false},
 		{[]string{"watch", "podranges.aliasip.io"}, true},
-		{[]string{"update", "podranges.aliasip.io/status"}, true},
+		{[]string{"update", "podranges.aliasip.io", "--subresource=status"}, true},
+		{[]string{"update", "podranges.aliasip.io", "--subresource=finalizers"}, false},
 		{[]string{"patch", "podranges.aliasip.io"}, true},
 		{[]string{"create", "podranges.aliasip.io"}, false},
 		{[]string{"delete", "podranges.aliasip.io"}, false},
+		// NodeBlocks: the controller creates them and writes their status.
+		{[]string{"create", "nodeblocks.aliasip.io"}, true},
+		{[]string{"update", "nodeblocks.aliasip.io", "--subresource=status"}, true},
+		{[]string{"delete", "nodeblocks.aliasip.io"}, true},
+		{[]string{"update", "nodeblocks.aliasip.io"}, false},
 	} {
 		if got := canI(c.args...); got != c.want {
 			t.Errorf("aliasip-controller can-i %v = %v, want %v", c.args, got, c.want)
@@ -332,6 +343,14 @@ func TestInstallAndFlags(t *testing.T) {
 		{[]string{"get", "configmaps/ip-masq-agent", "-n", "default"}, false},
 		{[]string{"watch", "podranges.aliasip.io"}, true},
 		{[]string{"update", "podranges.aliasip.io"}, false},
+		// NodeBlocks: the agent writes the report (spec; its own node's
+		// only, by the admission policy), never the granted blocks.
+		{[]string{"watch", "nodeblocks.aliasip.io"}, true},
+		{[]string{"update", "nodeblocks.aliasip.io"}, true},
+		{[]string{"update", "nodeblocks.aliasip.io", "--subresource=status"}, false},
+		{[]string{"patch", "nodeblocks.aliasip.io", "--subresource=status"}, false},
+		{[]string{"create", "nodeblocks.aliasip.io"}, false},
+		{[]string{"delete", "nodeblocks.aliasip.io"}, false},
 		{[]string{"get", "secrets"}, false},
 	} {
 		if got := agentCan(c.args...); got != c.want {
@@ -403,6 +422,12 @@ func TestDualStackValues(t *testing.T) {
 		set:  "cloud=gce,ipv6.enabled=true,ipv6.range=2600:1900:4000:1::/64",
 		want: []string{"- --dual-stack=true", "- --cluster-cidr=2600:1900:4000:1::/64"},
 		none: []string{"--fake-ipv6-range"},
+	}, {
+		// The agents learn the default range's block length: with fabric
+		// routes another node's block of any other length there is not
+		// routed (the controller gets the same value).
+		set:  "cloud=fake,clusterCIDR=10.244.0.0/16,nodeCIDRMaskSize=26",
+		want: []string{"- --cluster-cidr=10.244.0.0/16\n            - --node-cidr-mask-size=26\n"},
 	}, {
 		set:  "cloud=fake,clusterCIDR=10.244.0.0/16,ipv6.range=fd00:10:244::/64",
 		want: []string{"- --cluster-cidr=10.244.0.0/16\n"},
@@ -500,6 +525,38 @@ func agentCanPatchOnlyItsOwnNode(ctx context.Context, t *testing.T, cp *framewor
 	}
 	if _, err := agent.CoreV1().Nodes().Patch(ctx, "vap-a", types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
 		t.Errorf("the agent of node vap-a cannot patch its own Node's status: %v", err)
+	}
+	// The same for NodeBlocks: the agent of vap-a writes vap-a's report
+	// (spec), not vap-b's, and never a status (the granted blocks).
+	admin := versioned.NewForConfigOrDie(cp.Config).AliasipV1alpha1().NodeBlocks()
+	agentNB := versioned.NewForConfigOrDie(agentCfg).AliasipV1alpha1().NodeBlocks()
+	for _, n := range []string{"vap-a", "vap-b"} {
+		if _, err := admin.Create(ctx, &aliasipv1alpha1.NodeBlocks{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report := func(name string) error {
+		nb, err := agentNB.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		nb.Spec.Allocated, nb.Spec.Waiting = 3, 1
+		_, err = agentNB.Update(ctx, nb, metav1.UpdateOptions{})
+		return err
+	}
+	if err := report("vap-b"); err == nil || !strings.Contains(err.Error(), "only its own Node and NodeBlocks") {
+		t.Errorf("the agent of node vap-a wrote vap-b's NodeBlocks report (err %v)", err)
+	}
+	if err := report("vap-a"); err != nil {
+		t.Errorf("the agent of node vap-a cannot write its own NodeBlocks report: %v", err)
+	}
+	nb, err := agentNB.Get(ctx, "vap-a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb.Status.Blocks = []aliasipv1alpha1.GrantedBlock{{CIDR: "10.0.0.0/28", State: aliasipv1alpha1.BlockActive, GrantedAt: metav1.Now()}}
+	if _, err := agentNB.UpdateStatus(ctx, nb, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the agent granted itself a block in its NodeBlocks status: %v", err)
 	}
 	// A token not bound to a pod (no node-name claim) is refused too.
 	unbound, err := client.CoreV1().ServiceAccounts("kube-system").CreateToken(ctx, "aliasip-agent", &authenticationv1.TokenRequest{

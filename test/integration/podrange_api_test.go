@@ -123,6 +123,9 @@ func TestPodRangeUpdates(t *testing.T) {
 		{"mask-to-maxpods", func(s *v1alpha1.PodRangeSpec) { s.MaskSize, s.MaxPodsPerNode = nil, i32(110) }, "the block size (maskSize or maxPodsPerNode) is immutable"},
 		{"priority", func(s *v1alpha1.PodRangeSpec) { s.Priority = 5 }, ""},
 		{"selector", func(s *v1alpha1.PodRangeSpec) { s.NodeSelector.MatchLabels["pool"] = "b" }, ""},
+		// Whether a range grows is fixed at creation (its nodes' extra
+		// blocks would otherwise be orphaned); its settings may change.
+		{"growth-added", func(s *v1alpha1.PodRangeSpec) { s.Growth = &v1alpha1.GrowthSpec{MaxBlocksPerNode: 4} }, "whether the range grows (growth) is fixed at creation"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cur, err := prs.Get(e.ctx, "pool-a", metav1.GetOptions{})
@@ -139,6 +142,50 @@ func TestPodRangeUpdates(t *testing.T) {
 				t.Errorf("got %v; want Invalid with %q", err, c.want)
 			}
 		})
+	}
+
+	// A growable range: defaults applied, bounds enforced, settings
+	// changeable, growth not removable.
+	grow, err := prs.Create(e.ctx, &v1alpha1.PodRange{
+		ObjectMeta: metav1.ObjectMeta{Name: "grow-a"},
+		Spec: v1alpha1.PodRangeSpec{CIDR: "10.72.0.0/16", MaskSize: i32(28), Growth: &v1alpha1.GrowthSpec{},
+			NodeSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pool": "g"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := grow.Spec.Growth; g.MaxBlocksPerNode != 8 || g.ReturnAfterSeconds != 300 || g.LowWater != 0 {
+		t.Errorf("growth defaults: %+v, want maxBlocksPerNode 8, returnAfterSeconds 300, lowWater 0", *g)
+	}
+	for _, c := range []struct {
+		name   string
+		change func(*v1alpha1.GrowthSpec, *v1alpha1.PodRangeSpec)
+		want   string
+	}{
+		{"cap-too-high", func(g *v1alpha1.GrowthSpec, _ *v1alpha1.PodRangeSpec) { g.MaxBlocksPerNode = 101 }, "maxBlocksPerNode"},
+		{"cap-one", func(g *v1alpha1.GrowthSpec, _ *v1alpha1.PodRangeSpec) { g.MaxBlocksPerNode = 1 }, "maxBlocksPerNode"},
+		{"return-negative", func(g *v1alpha1.GrowthSpec, _ *v1alpha1.PodRangeSpec) { g.ReturnAfterSeconds = -1 }, "returnAfterSeconds"},
+		{"settings", func(g *v1alpha1.GrowthSpec, _ *v1alpha1.PodRangeSpec) { g.MaxBlocksPerNode, g.LowWater = 16, 6 }, ""},
+		{"growth-removed", func(_ *v1alpha1.GrowthSpec, s *v1alpha1.PodRangeSpec) { s.Growth = nil }, "whether the range grows (growth) is fixed at creation"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cur, err := prs.Get(e.ctx, "grow-a", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur = cur.DeepCopy()
+			c.change(cur.Spec.Growth, &cur.Spec)
+			_, err = prs.Update(e.ctx, cur, metav1.UpdateOptions{})
+			switch {
+			case c.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case c.want != "" && (!apierrors.IsInvalid(err) || !strings.Contains(err.Error(), c.want)):
+				t.Errorf("got %v; want Invalid with %q", err, c.want)
+			}
+		})
+	}
+	if err := prs.Delete(e.ctx, "grow-a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	cur, err := prs.Get(e.ctx, "pool-a", metav1.GetOptions{})

@@ -25,7 +25,7 @@ var (
 )
 
 func addKnownTypes(scheme *runtime.Scheme) error {
-	scheme.AddKnownTypes(SchemeGroupVersion, &PodRange{}, &PodRangeList{})
+	scheme.AddKnownTypes(SchemeGroupVersion, &PodRange{}, &PodRangeList{}, &NodeBlocks{}, &NodeBlocksList{})
 	metav1.AddToGroupVersion(scheme, SchemeGroupVersion)
 	return nil
 }

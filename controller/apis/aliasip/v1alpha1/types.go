@@ -48,6 +48,7 @@ type PodRange struct {
 // +kubebuilder:validation:XValidation:rule="has(self.maskSize) != has(self.maxPodsPerNode)",message="exactly one of maskSize and maxPodsPerNode must be set"
 // +kubebuilder:validation:XValidation:rule="has(self.cidr) == has(oldSelf.cidr) && has(self.secondaryRangeName) == has(oldSelf.secondaryRangeName)",message="the range (cidr or secondaryRangeName) is immutable: create another PodRange"
 // +kubebuilder:validation:XValidation:rule="has(self.maskSize) == has(oldSelf.maskSize) && has(self.maxPodsPerNode) == has(oldSelf.maxPodsPerNode)",message="the block size (maskSize or maxPodsPerNode) is immutable: create another PodRange"
+// +kubebuilder:validation:XValidation:rule="has(self.growth) == has(oldSelf.growth)",message="whether the range grows (growth) is fixed at creation: create another PodRange"
 // +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maskSize) || self.maskSize >= cidr(self.cidr).prefixLength()",message="maskSize must be at least the prefix length of cidr: a block cannot be larger than its range"
 // +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maskSize) || self.maskSize <= (cidr(self.cidr).ip().family() == 4 ? 30 : 126)",message="maskSize must be at most 30 for an IPv4 cidr (126 for IPv6): a node block needs room for its network, gateway and broadcast addresses and a pod (the node agent's rule, internal/blocksize)"
 // +kubebuilder:validation:XValidation:rule="!has(self.cidr) || !isCIDR(self.cidr) || !has(self.maskSize) || self.maskSize - cidr(self.cidr).prefixLength() <= 24",message="the range holds more than 2^24 blocks of maskSize: use a larger block (smaller maskSize) or a smaller range"
@@ -98,6 +99,45 @@ type PodRangeSpec struct {
 	// +optional
 	// +kubebuilder:default=0
 	Priority int32 `json:"priority,omitempty"`
+
+	// Growth makes the range growable: each node starts with one block
+	// (its podCIDR) and is given more blocks of the same size as its free
+	// addresses run low, each one more alias range on its NIC, recorded in
+	// the node's NodeBlocks; a block left empty is drained and given
+	// back. Without it every node has exactly one block. Whether a range
+	// grows is fixed at creation; its settings may change.
+	// +optional
+	Growth *GrowthSpec `json:"growth,omitempty"`
+}
+
+// GrowthSpec sets how a growable range's nodes take and return blocks.
+type GrowthSpec struct {
+	// MaxBlocksPerNode caps the blocks one node holds, its podCIDR
+	// included. Each block is an alias range on the node's NIC, and GCE
+	// limits the alias ranges of one interface (cloud.MaxAliasRangesPerNIC),
+	// so the cap stays well below that limit.
+	// +optional
+	// +kubebuilder:default=8
+	// +kubebuilder:validation:Minimum=2
+	// +kubebuilder:validation:Maximum=100
+	MaxBlocksPerNode int32 `json:"maxBlocksPerNode,omitempty"`
+
+	// LowWater is the free-address mark: when fewer addresses than this
+	// are free in a node's blocks (or an ADD waits for one), the node is
+	// given another block. 0: half a block.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=65536
+	LowWater int32 `json:"lowWater,omitempty"`
+
+	// ReturnAfterSeconds is how long an extra block stays entirely free
+	// before it is drained and given back (when the node keeps at least
+	// LowWater free addresses without it).
+	// +optional
+	// +kubebuilder:default=300
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=86400
+	ReturnAfterSeconds int32 `json:"returnAfterSeconds,omitempty"`
 }
 
 // PodRangeStatus is what the controller observed.

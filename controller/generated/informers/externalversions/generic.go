@@ -39,6 +39,8 @@ func (f *genericInformer) Lister() cache.GenericLister {
 func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource) (GenericInformer, error) {
 	switch resource {
 	// Group=aliasip.io, Version=v1alpha1
+	case v1alpha1.SchemeGroupVersion.WithResource("nodeblocks"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Aliasip().V1alpha1().NodeBlocks().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("podranges"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Aliasip().V1alpha1().PodRanges().Informer()}, nil
 

@@ -4,6 +4,10 @@
 
 package v1alpha1
 
+// NodeBlocksListerExpansion allows custom methods to be added to
+// NodeBlocksLister.
+type NodeBlocksListerExpansion interface{}
+
 // PodRangeListerExpansion allows custom methods to be added to
 // PodRangeLister.
 type PodRangeListerExpansion interface{}

@@ -10,6 +10,8 @@ import (
 
 // Interface provides access to all the informers in this group version.
 type Interface interface {
+	// NodeBlocks returns a NodeBlocksInformer.
+	NodeBlocks() NodeBlocksInformer
 	// PodRanges returns a PodRangeInformer.
 	PodRanges() PodRangeInformer
 }
@@ -23,6 +25,11 @@ type version struct {
 // New returns a new Interface.
 func New(f internalinterfaces.SharedInformerFactory, namespace string, tweakListOptions internalinterfaces.TweakListOptionsFunc) Interface {
 	return &version{factory: f, namespace: namespace, tweakListOptions: tweakListOptions}
+}
+
+// NodeBlocks returns a NodeBlocksInformer.
+func (v *version) NodeBlocks() NodeBlocksInformer {
+	return &nodeBlocksInformer{factory: v.factory, tweakListOptions: v.tweakListOptions}
 }
 
 // PodRanges returns a PodRangeInformer.

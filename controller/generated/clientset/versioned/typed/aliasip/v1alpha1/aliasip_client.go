@@ -14,12 +14,17 @@ import (
 
 type AliasipV1alpha1Interface interface {
 	RESTClient() rest.Interface
+	NodeBlocksGetter
 	PodRangesGetter
 }
 
 // AliasipV1alpha1Client is used to interact with features provided by the aliasip.io group.
 type AliasipV1alpha1Client struct {
 	restClient rest.Interface
+}
+
+func (c *AliasipV1alpha1Client) NodeBlocks() NodeBlocksInterface {
+	return newNodeBlocks(c)
 }
 
 func (c *AliasipV1alpha1Client) PodRanges() PodRangeInterface {

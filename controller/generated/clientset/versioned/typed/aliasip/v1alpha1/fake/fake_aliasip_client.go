@@ -14,6 +14,10 @@ type FakeAliasipV1alpha1 struct {
 	*testing.Fake
 }
 
+func (c *FakeAliasipV1alpha1) NodeBlocks() v1alpha1.NodeBlocksInterface {
+	return newFakeNodeBlocks(c)
+}
+
 func (c *FakeAliasipV1alpha1) PodRanges() v1alpha1.PodRangeInterface {
 	return newFakePodRanges(c)
 }
