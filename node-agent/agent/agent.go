@@ -137,6 +137,10 @@ type Agent struct {
 	fabricCh      chan struct{}
 	// egressCh kicks the egress loop (the masquerade's inputs changed).
 	egressCh chan struct{}
+	// growthCh kicks the growth loop (growth.go); growth is nil until
+	// NodeBlocks are followed.
+	growthCh chan struct{}
+	growth   *growth
 	// dyn follows PodRanges (nil: not followed); ranges lists them once
 	// startPodRanges ran (nil: not followed).
 	dyn    dynamic.Interface
@@ -174,7 +178,7 @@ func New(cfg Config, client kubernetes.Interface, recorder record.EventRecorder,
 	if cfg.ProcSys != "" {
 		datapath.ProcSys = cfg.ProcSys
 	}
-	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), egressCh: make(chan struct{}, 1), reason: "starting",
+	a := &Agent{cfg: cfg, client: client, recorder: recorder, metrics: m, kick: make(chan struct{}, 1), fabricCh: make(chan struct{}, 1), egressCh: make(chan struct{}, 1), growthCh: make(chan struct{}, 1), reason: "starting",
 		guestProto: datapath.ProtoGCEGuestAgent}
 	a.veths = a.hostVethAliases
 	m.ipSource = a.ipStats
@@ -310,6 +314,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	// retried by the loop, never a reason to keep pods off the node.
 	// PodRanges bound the fabric's routes and join the non-masquerade set.
 	a.startPodRanges(ctx)
+	// Extra blocks of a growable range, before the first ADD.
+	a.startGrowth(ctx)
 	var egressState *masq
 	if a.cfg.Masquerade {
 		egressState = a.startEgress(ctx)
@@ -333,6 +339,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.FabricRoutes {
 		wg.Go(func() { a.fabricLoop(ctx) })
 	}
+	wg.Go(func() { a.growthLoop(ctx) })
 	if egressState != nil {
 		wg.Go(func() { a.egressLoop(ctx, egressState) })
 	}

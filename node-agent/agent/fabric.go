@@ -37,13 +37,28 @@ func (a *Agent) syncFabric(ctx context.Context) {
 	}
 	a.mu.Lock()
 	own := []netip.Prefix{a.podCIDR, a.podCIDR6}
+	store := a.store
 	a.mu.Unlock()
+	if store != nil {
+		for _, b := range store.ExtraBlocks() {
+			own = append(own, b.CIDR) // this node's extra blocks are its own too
+		}
+	}
 	var claims []fabricClaim
 	for _, n := range nodes {
 		if n.Name == a.cfg.NodeName || n.DeletionTimestamp != nil {
 			continue
 		}
-		for _, r := range fabricRoutes(ctx, n) {
+		routes := fabricRoutes(ctx, n)
+		// Its extra blocks of a growable range, as its NodeBlocks status
+		// grants them, via the same next hop as its podCIDR.
+		for _, r := range routes {
+			if r.PodCIDR.Addr().Is4() {
+				routes = append(routes, a.extraFabricRoutes(n, r.Via)...)
+				break
+			}
+		}
+		for _, r := range routes {
 			claims = append(claims, fabricClaim{route: r, node: n})
 		}
 	}

@@ -30,7 +30,10 @@ type Metrics struct {
 	// routes on this VM; GuestRoutesRemoved counts its routes removed.
 	GuestAgentIPAliases prometheus.Gauge
 	GuestRoutesRemoved  prometheus.Counter
-	MaxPodsOverBlock    prometheus.Gauge
+	// GrowthWait is how long ADDs that found no free address waited for
+	// an extra block (growable ranges) before they got one.
+	GrowthWait       prometheus.Histogram
+	MaxPodsOverBlock prometheus.Gauge
 	// Egress masquerade: writes of new rules, repairs of an edited table,
 	// failed writes, whether the ConfigMap parses, and the size of the
 	// non-masquerade set (merged ranges).
@@ -111,7 +114,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "aliasip_egress_nonmasquerade_cidrs", Help: "Destinations (as given, before merging) that pods reach with their own addresses.",
 	})
 	reg.MustRegister(m.EgressProgrammed, m.EgressRepaired, m.EgressFailed, m.EgressConfigValid, m.EgressNonMasq)
-	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved, m.MaxPodsOverBlock)
+	m.GrowthWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "aliasip_growth_wait_seconds", Help: "Time CNI ADDs that found no free address waited for an extra block of a growable range before they got an address.",
+		Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8},
+	})
+	reg.MustRegister(m.ChainedPluginMissing, m.GuestAgentIPAliases, m.GuestRoutesRemoved, m.MaxPodsOverBlock, m.GrowthWait)
 	reg.MustRegister(m.CNIRequests, m.CNILatency, m.RoutesRepaired, m.SysctlsRepaired, m.RoutesRemoved, m.GCReleased, m.StateRecovered, m.FabricRoutes, m.FabricPasses, m.FabricRefused, m.Ready)
 	reg.MustRegister(&podIPsCollector{m: m})
 	return m

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -80,13 +81,25 @@ func (a *Agent) isGuestRoute(u netlink.RouteUpdate) bool {
 
 func (a *Agent) removeGuestRoute(ctx context.Context) {
 	a.mu.Lock()
-	podCIDR, proto := a.podCIDR, a.guestProto
+	podCIDR, proto, store := a.podCIDR, a.guestProto, a.store
 	a.mu.Unlock()
+	// The podCIDR's, and each extra block's (growable ranges).
+	blocks := []netip.Prefix{podCIDR}
+	if store != nil {
+		for _, b := range store.ExtraBlocks() {
+			blocks = append(blocks, b.CIDR)
+		}
+	}
 	var removed bool
 	err := a.inHost(func() error {
-		var err error
-		removed, err = datapath.RemoveGuestAgentRoute(podCIDR, proto)
-		return err
+		for _, b := range blocks {
+			r, err := datapath.RemoveGuestAgentRoute(b, proto)
+			if err != nil {
+				return err
+			}
+			removed = removed || r
+		}
+		return nil
 	})
 	if err != nil {
 		klog.FromContext(ctx).Error(err, "Removing the guest agent's route")

@@ -123,7 +123,7 @@ func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (
 				req.HostVeth, holder.ContainerID, holder.Namespace, holder.Pod, holder.PodUID, req.PodUID))
 		}
 		ipamStart := time.Now()
-		al, err := store.Allocate(ipam.Request{Key: ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
+		al, err := a.allocateOrWait(ctx, store, ipam.Request{Key: ipam.Key{ContainerID: req.ContainerID, IfName: req.IfName},
 			Namespace: req.Namespace, Pod: req.Pod, PodUID: req.PodUID, HostVeth: req.HostVeth})
 		switch {
 		case errors.Is(err, ipam.ErrExhausted):
@@ -148,6 +148,7 @@ func (a *Agent) call(ctx context.Context, op sockrpc.Op, body json.RawMessage) (
 			return nil, err
 		}
 		a.signal(a.kick)
+		a.signal(a.growthCh)
 		return info(al, found), nil
 
 	case api.OpGet:

@@ -86,6 +86,9 @@ func (s *Store) reserved(ip netip.Addr) bool {
 	if ip.Is6() {
 		return ip == s.cidr6.Addr()
 	}
+	if !s.cidr.Contains(ip) {
+		return false // an extra block: its addresses are all pods' (/32 routes; the gateway is link-local)
+	}
 	network := s.cidr.Addr()
 	if ip == network || ip == network.Next() {
 		return true

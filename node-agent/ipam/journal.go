@@ -31,6 +31,9 @@ type fileState struct {
 	IPv6PodCIDR netip.Prefix             `json:"ipv6PodCIDR,omitzero"`
 	Allocations []Allocation             `json:"allocations"`
 	Cooling     map[netip.Addr]time.Time `json:"cooling,omitempty"`
+	// ExtraBlocks are the node's extra IPv4 blocks of a growable range
+	// (SetExtraBlocks); omitted when it has none.
+	ExtraBlocks []Block `json:"extraBlocks,omitempty"`
 }
 
 // JournalSuffix names the journal: the snapshot's path and this.
@@ -76,6 +79,10 @@ func (s *Store) read() error {
 	if (st.PodCIDR.IsValid() && st.PodCIDR != s.cidr) || (recorded && st.IPv6PodCIDR != s.cidr6) {
 		return fmt.Errorf("%w: %s holds %v, the node now has %v", ErrPodCIDRChanged, s.path, blocks(st.PodCIDR, st.IPv6PodCIDR), s.PodCIDRs())
 	}
+	if err := s.checkExtra(st.ExtraBlocks); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, err)
+	}
+	s.extra = st.ExtraBlocks
 	for i := range st.Allocations {
 		if err := s.add(&st.Allocations[i]); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrCorrupt, s.path, err)
@@ -115,8 +122,8 @@ func blocks(v4, v6 netip.Prefix) []netip.Prefix {
 // add puts a stored allocation in the maps, refusing what no save writes.
 // A dual-stack allocation without an IPv6 address is one Recover kept.
 func (s *Store) add(a *Allocation) error {
-	if !s.cidr.Contains(a.IP) {
-		return fmt.Errorf("%v (%s) outside %v", a.IP, a.Key, s.cidr)
+	if !s.cidr.Contains(a.IP) && s.extraOf(a.IP) < 0 {
+		return fmt.Errorf("%v (%s) outside %v and the extra blocks %v", a.IP, a.Key, s.cidr, s.extra)
 	}
 	if a.IPv6.IsValid() && !s.cidr6.Contains(a.IPv6) {
 		return fmt.Errorf("%v (%s) outside the IPv6 block %v", a.IPv6, a.Key, s.cidr6)
@@ -146,6 +153,19 @@ type record struct {
 	Add       *Allocation `json:"add,omitempty"`
 	Del       *Key        `json:"del,omitempty"`
 	CoolUntil *time.Time  `json:"coolUntil,omitempty"`
+	// Blocks is the node's new set of extra blocks (SetExtraBlocks).
+	Blocks *[]Block `json:"blocks,omitempty"`
+}
+
+// kinds counts what a record holds: exactly one of Add, Del and Blocks.
+func (r record) kinds() int {
+	n := 0
+	for _, set := range []bool{r.Add != nil, r.Del != nil, r.Blocks != nil} {
+		if set {
+			n++
+		}
+	}
+	return n
 }
 
 // replay applies the journal's records newer than the snapshot.
@@ -154,7 +174,7 @@ func (s *Store) replay(journal []byte) error {
 		line, rest, complete := bytes.Cut(journal, []byte("\n"))
 		journal = rest
 		var r record
-		if err := json.Unmarshal(line, &r); err != nil || (r.Add == nil) == (r.Del == nil) {
+		if err := json.Unmarshal(line, &r); err != nil || r.kinds() != 1 {
 			if !complete || len(bytes.TrimSpace(rest)) == 0 {
 				// The last record, torn by a crash in its write: the call
 				// that wrote it never returned, nobody was given its result.
@@ -166,6 +186,13 @@ func (s *Store) replay(journal []byte) error {
 			continue // in the snapshot already
 		}
 		s.seq = r.Seq
+		if r.Blocks != nil {
+			if err := s.checkExtra(*r.Blocks); err != nil {
+				return fmt.Errorf("%w: %s%s: %v", ErrCorrupt, s.path, JournalSuffix, err)
+			}
+			s.extra = *r.Blocks
+			continue
+		}
 		if r.Add != nil {
 			if err := s.add(r.Add); err != nil {
 				return fmt.Errorf("%w: %s%s: %v", ErrCorrupt, s.path, JournalSuffix, err)
@@ -301,7 +328,8 @@ func (s *Store) truncateJournal(size int64) error {
 
 // snapshot is the state as the snapshot file holds it.
 func (s *Store) snapshot() fileState {
-	st := fileState{Generation: s.gen, Seq: s.seq, PodCIDR: s.cidr, IPv6PodCIDR: s.cidr6, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{}}
+	st := fileState{Generation: s.gen, Seq: s.seq, PodCIDR: s.cidr, IPv6PodCIDR: s.cidr6, Allocations: make([]Allocation, 0, len(s.allocs)), Cooling: map[netip.Addr]time.Time{},
+		ExtraBlocks: s.extra}
 	for _, a := range s.allocs {
 		st.Allocations = append(st.Allocations, *a)
 	}

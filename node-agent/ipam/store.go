@@ -140,6 +140,9 @@ type Store struct {
 	cooling map[netip.Addr]time.Time
 	next    netip.Addr // IPv4 next-fit cursor
 	next6   netip.Addr // IPv6 next-fit cursor
+	// extra are the node's extra IPv4 blocks of a growable range (its
+	// NodeBlocks status), in the order addresses are taken from them.
+	extra []Block
 }
 
 // PodCIDR returns the IPv4 range addresses come from.
@@ -173,8 +176,21 @@ func (s *Store) Allocate(req Request) (Allocation, error) {
 	}
 	// Both addresses are found before anything changes: an exhausted IPv6
 	// block leaves the IPv4 one (and its cursor) as it was.
+	// The podCIDR first, then the extra blocks being used (never one
+	// being drained).
 	ip, ok := s.findFree(s.cidr, s.next)
+	for _, b := range s.extra {
+		if ok {
+			break
+		}
+		if !b.Draining {
+			ip, ok = s.findFree(b.CIDR, s.next)
+		}
+	}
 	if !ok {
+		if len(s.extra) > 0 {
+			return Allocation{}, fmt.Errorf("%w: every address of %v and of the extra blocks %v in use, cooling down or draining", ErrExhausted, s.cidr, s.extra)
+		}
 		return Allocation{}, fmt.Errorf("%w: all %d addresses of %v in use or cooling down", ErrExhausted, usable(s.cidr), s.cidr)
 	}
 	var ip6 netip.Addr

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
+	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
+	"github.com/aliasip/aliasip/test/framework"
+)
+
+// A growable PodRange end to end: the controller and two real agents in
+// network namespaces, pods added through libcni. A node's pods fill its
+// /28 podCIDR (13 addresses), then its agent reports it short and the
+// controller grants /28s: every ADD succeeds, none gets an address twice,
+// the pods past the first 13 get addresses of the granted blocks, and a
+// pod on the other node reaches them through its fabric route to the
+// extra block. Once those pods are gone the extra block is drained, the
+// agent reports it drained, and the controller takes it back: off the
+// NIC, out of the record, out of the other node's routes.
+func TestGrowableRangeEndToEnd(t *testing.T) {
+	lc, ctx := startCluster(t, framework.LocalClusterOptions{ClusterCIDR: "10.100.0.0/16"})
+	// The CRDs, as the chart installs them, and the controller restarted
+	// to take them up at once (it looks for them every 30 s otherwise).
+	if err := framework.InstallCRDs(ctx, lc.CP.Config, framework.CRDDir()); err != nil {
+		t.Fatal(err)
+	}
+	lc.Controller.Stop()
+	if err := lc.StartController(); err != nil {
+		t.Fatal(err)
+	}
+	prs := versioned.NewForConfigOrDie(lc.CP.Config).AliasipV1alpha1()
+	mask := int32(28)
+	if _, err := prs.PodRanges().Create(ctx, &v1alpha1.PodRange{ObjectMeta: metav1.ObjectMeta{Name: "grow"},
+		Spec: v1alpha1.PodRangeSpec{CIDR: "10.110.0.0/24", MaskSize: &mask, NodeSelector: metav1.LabelSelector{},
+			Growth: &v1alpha1.GrowthSpec{MaxBlocksPerNode: 4, LowWater: 1, ReturnAfterSeconds: 2}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(ctx, 60*time.Second, func() (bool, error) {
+		pr, err := prs.PodRanges().Get(ctx, "grow", metav1.GetOptions{})
+		return err == nil && pr.Status.CIDR != "", nil
+	}); err != nil {
+		t.Fatalf("PodRange grow never taken up: %v", err)
+	}
+	nodes := addNodes(t, ctx, lc, "grow", 2)
+	a, b := nodes[0], nodes[1]
+	first := netip.MustParsePrefix(lc.PodCIDR(ctx, a))
+	if first.Bits() != 28 {
+		t.Fatalf("node %s got %v, not a /28 of the growable range", a.Name, first)
+	}
+	// 20 pods on a: 13 fit its podCIDR, 7 need another block.
+	var pods []*framework.Pod
+	seen := map[netip.Addr]string{}
+	for i := 0; i < 20; i++ {
+		p, err := lc.RunPod(ctx, a, fmt.Sprintf("dense-%d", i))
+		if err != nil {
+			t.Fatalf("pod %d: %v", i, err)
+		}
+		t.Cleanup(p.Close)
+		if other, dup := seen[p.IP]; dup {
+			t.Fatalf("%v given to %s and %s", p.IP, other, p.Name)
+		}
+		seen[p.IP] = p.Name
+		pods = append(pods, p)
+	}
+	nb, err := prs.NodeBlocks().Get(ctx, a.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var extra []netip.Prefix
+	for _, blk := range nb.Status.Blocks {
+		extra = append(extra, netip.MustParsePrefix(blk.CIDR))
+	}
+	if len(extra) == 0 {
+		t.Fatalf("20 pods on a /28 and no block granted: %+v", nb.Status)
+	}
+	var outside []*framework.Pod
+	for _, p := range pods {
+		if first.Contains(p.IP) {
+			continue
+		}
+		if !slices.ContainsFunc(extra, func(x netip.Prefix) bool { return x.Contains(p.IP) }) {
+			t.Errorf("pod %s got %v: in neither %v nor the granted blocks %v", p.Name, p.IP, first, extra)
+		}
+		outside = append(outside, p)
+	}
+	if len(outside) != 7 {
+		t.Errorf("%d pods outside the podCIDR, want 7", len(outside))
+	}
+	// Across nodes: b routes a's extra blocks via a, both ways work.
+	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+		routes := fabricRoutes(t, b)
+		for _, x := range extra {
+			if routes[x.String()] != a.IP.String() {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("b never routed a's extra blocks %v: %v", extra, fabricRoutes(t, b))
+	}
+	probe, err := lc.RunPod(ctx, b, "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(probe.Close)
+	pingAll(t, []*framework.Pod{probe, outside[0], outside[len(outside)-1], pods[0]})
+
+	// The pods outside the podCIDR go, and three of the podCIDR's: the
+	// extra blocks empty and are not needed (3 free ≥ lowWater 1 without
+	// them), are drained (after 2 s), the agent's addresses cool down
+	// (2 s), and they are given back.
+	for _, p := range append(outside, pods[1:4]...) {
+		if err := a.Del(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := framework.Eventually(ctx, 60*time.Second, func() (bool, error) {
+		nb, err := prs.NodeBlocks().Get(ctx, a.Name, metav1.GetOptions{})
+		return err == nil && len(nb.Status.Blocks) == 0, nil
+	}); err != nil {
+		nb, _ := prs.NodeBlocks().Get(ctx, a.Name, metav1.GetOptions{})
+		t.Fatalf("the empty extra blocks were never given back: %+v / %+v", nb.Spec, nb.Status)
+	}
+	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+		routes := fabricRoutes(t, b)
+		for _, x := range extra {
+			if _, ok := routes[x.String()]; ok {
+				return false, nil
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Errorf("b still routes a's given-back blocks: %v", fabricRoutes(t, b))
+	}
+	aliases, err := lc.Cloud.Aliases(ctx, mustInstance(t, lc, a.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(aliases) != 1 || aliases[0].CIDR != first {
+		t.Errorf("a's NIC after the give-back: %v, want only %v", aliases, first)
+	}
+	// The pods that stayed still answer.
+	pingAll(t, []*framework.Pod{probe, pods[0], pods[12]})
+}
+
+// mustInstance resolves a node's instance on the cluster's fake cloud.
+func mustInstance(t *testing.T, lc *framework.LocalCluster, node string) cloud.InstanceRef {
+	t.Helper()
+	ref, err := lc.Cloud.InstanceFor(t.Context(), "", node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
