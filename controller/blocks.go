@@ -118,7 +118,9 @@ func (b *blocks) restoreNode(name string, p netip.Prefix, inst cloud.InstanceRef
 	if err := b.occupyLocked(p); err != nil {
 		return err
 	}
-	if _, taken := b.owner[p]; taken {
+	if b.heldLocked(p) {
+		// An older node's podCIDR, or an extra block its holder's NIC
+		// carries (restored first: a kubelet may write any podCIDR).
 		return nil
 	}
 	b.owned[name] = assignment{cidr: p, inst: inst}
@@ -728,10 +730,15 @@ func (b *blocks) recordExtra(name string, p netip.Prefix) (string, error) {
 	if other, ok := b.owner[p]; ok {
 		return other, nil
 	}
+	// A block cooling down (given back, removed as a leftover, or held
+	// for a node whose podCIDR names it) is no record's to take: only
+	// the rebuild restores records, from what the NICs carry.
+	if _, cooling := b.cooling[p]; cooling {
+		return "(cooling down)", nil
+	}
 	if err := b.occupyLocked(p); err != nil {
 		return "", err
 	}
-	delete(b.cooling, p)
 	b.extra[p] = name
 	return "", nil
 }
@@ -744,6 +751,9 @@ func (b *blocks) grantExtra(name, poolName string) (netip.Prefix, error) {
 	pl := b.pools[poolName]
 	if pl == nil {
 		return netip.Prefix{}, fmt.Errorf("no range %q: %w", poolName, allocator.ErrRangeExhausted)
+	}
+	if pl.deleting {
+		return netip.Prefix{}, fmt.Errorf("range %s is being deleted and hands out no block: %w", poolName, allocator.ErrRangeExhausted)
 	}
 	cidr, err := pl.alloc.Allocate()
 	if err != nil {

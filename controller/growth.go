@@ -143,15 +143,28 @@ func blockCapacity(p netip.Prefix) int {
 // the aliases of ours on its NIC (st.ours).
 func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeState) error {
 	rng, _, ok := c.blocks.rangeOf(st.podCIDR)
-	if !ok {
-		return nil
-	}
 	gs, grows := c.growthOf(rng)
-	if !grows {
-		return nil
+	if !ok || !grows {
+		// Extra blocks held under this name belong to a Node of the same
+		// name that is gone (deleted and registered again before its
+		// release ran): never this node's.
+		return c.dropStaleExtras(ctx, node, st, "its podCIDR is not in a growable range")
 	}
 	logger := klog.FromContext(ctx)
-	nb, err := c.growth.lister.Get(node.Name)
+	// Read from the API, not the cache: a record just written (a grant, a
+	// give-back) must not come back from a stale copy.
+	nb, err := c.growth.client.AliasipV1alpha1().NodeBlocks().Get(ctx, node.Name, metav1.GetOptions{})
+	if err == nil && !ownedBy(nb, node) {
+		// Left by a deleted Node of the same name: its blocks are not
+		// this node's. Deleted; the next sync creates this node's.
+		if err := c.dropStaleExtras(ctx, node, st, "its NodeBlocks belonged to a deleted Node of the same name"); err != nil {
+			return err
+		}
+		if err := c.growth.client.AliasipV1alpha1().NodeBlocks().Delete(ctx, node.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &nb.UID}}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete the stale NodeBlocks of %s: %w", node.Name, err)
+		}
+		return fmt.Errorf("stale NodeBlocks of %s deleted: %w", node.Name, errRequeue)
+	}
 	if apierrors.IsNotFound(err) {
 		nb, err = c.createNodeBlocks(ctx, node, rng)
 	}
@@ -161,6 +174,13 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 	status := nb.Status.DeepCopy()
 	status.PodRange = rng
 	now := time.Now()
+	// One entry per block (an edited status may repeat one).
+	seen := map[string]bool{}
+	status.Blocks = slices.DeleteFunc(status.Blocks, func(b aliasipv1.GrantedBlock) bool {
+		dup := seen[b.CIDR]
+		seen[b.CIDR] = true
+		return dup
+	})
 
 	// Recorded blocks the process does not hold yet (a grant recorded by
 	// another process): held now, unless another node holds the block.
@@ -257,8 +277,8 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 	}
 	// A block granted but not in the report yet: the agent has not seen
 	// it, so the report says nothing about what it still needs.
-	seen := !slices.ContainsFunc(active, func(p netip.Prefix) bool { _, ok := usage[p.String()]; return !ok })
-	short := seen && (free < low || nb.Spec.Waiting > 0)
+	allSeen := !slices.ContainsFunc(active, func(p netip.Prefix) bool { _, ok := usage[p.String()]; return !ok })
+	short := allSeen && (free < low || nb.Spec.Waiting > 0)
 	switch {
 	case short && blocksHeld >= gs.maxBlocks:
 		if !meta.IsStatusConditionTrue(status.Conditions, aliasipv1.ConditionCapReached) {
@@ -323,6 +343,38 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 	}
 	_, err = c.writeNodeBlocksStatus(ctx, nb, status)
 	return err
+}
+
+// errRequeue asks for the node to be synced again soon.
+var errRequeue = errors.New("requeued")
+
+// ownedBy reports whether a NodeBlocks belongs to this Node object: it
+// names the Node's UID as its owner (or names no owner: one an
+// administrator created).
+func ownedBy(nb *aliasipv1.NodeBlocks, node *corev1.Node) bool {
+	if len(nb.OwnerReferences) == 0 {
+		return true
+	}
+	return slices.ContainsFunc(nb.OwnerReferences, func(r metav1.OwnerReference) bool { return r.Kind == "Node" && r.UID == node.UID })
+}
+
+// dropStaleExtras gives back the extra blocks held under a node's name
+// that are not this Node's: off its NIC if there, cooled down either way
+// (on another VM the leak collector removes them; the cloud refuses a
+// range another NIC carries meanwhile).
+func (c *Controller) dropStaleExtras(ctx context.Context, node *corev1.Node, st nodeState, why string) error {
+	for _, p := range c.blocks.extrasOf(node.Name) {
+		if containsPrefix(st.ours, p) {
+			if err := c.cloud.RemoveAlias(ctx, st.inst, p); err != nil {
+				return fmt.Errorf("remove stale extra block %v from %s: %w", p, st.inst, err)
+			}
+		}
+		c.blocks.dropExtra(node.Name, p, time.Now().Add(c.cfg.ReleaseCooldown))
+		c.saveCooling(ctx)
+		c.wake()
+		c.mismatch(node, EventExtraAliasRemoved, "Extra block %v held under this node's name is not this Node's (%s); given back, it cools down for %v", p, why, c.cfg.ReleaseCooldown)
+	}
+	return nil
 }
 
 // drainedAck reports whether the agent's report says b, in this drain,

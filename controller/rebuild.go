@@ -125,6 +125,53 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		}
 		return nodes[i].Name < nodes[j].Name
 	})
+	// The extra blocks of growable ranges, as their NodeBlocks record them,
+	// for the nodes alive (a deleted node's are its release's and the leak
+	// collector's): first those the node's own NIC carries — the cloud's
+	// fact, which a podCIDR a kubelet wrote into its own Node must not
+	// beat — then, after the podCIDRs, the recorded ones missing from the
+	// NIC (the repair row puts them back), each unless already held.
+	onNIC := map[string]map[netip.Prefix]bool{}
+	for _, in := range instances {
+		m := map[netip.Prefix]bool{}
+		for _, a := range in.Aliases {
+			m[a.CIDR] = true
+		}
+		onNIC[in.Ref.String()] = m
+	}
+	extras := 0
+	restoreExtras := func(carried bool) error {
+		if c.growth == nil || !c.growth.informer.HasSynced() {
+			return nil
+		}
+		for _, n := range nodes {
+			nb, err := c.growth.lister.Get(n.Name)
+			if err != nil || !ownedBy(nb, n) {
+				continue
+			}
+			inst, ierr := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+			for _, b := range nb.Status.Blocks {
+				p, err := netip.ParsePrefix(b.CIDR)
+				if err != nil {
+					continue
+				}
+				if carried != (ierr == nil && instanceOfNode(inst, n.Name) && onNIC[inst.String()][p]) {
+					continue
+				}
+				ok, err := st.restoreExtra(n.Name, p)
+				if err != nil {
+					return fmt.Errorf("node %s: extra block %v: %w", n.Name, p, err)
+				}
+				if ok {
+					extras++
+				}
+			}
+		}
+		return nil
+	}
+	if err := restoreExtras(true); err != nil {
+		return err
+	}
 	for _, n := range nodes {
 		p, err := netip.ParsePrefix(n.Spec.PodCIDR)
 		if err != nil || !st.isBlock(p) {
@@ -148,30 +195,8 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			return fmt.Errorf("node %s: podCIDR %v: %w", n.Name, p, err)
 		}
 	}
-	// The extra blocks of growable ranges, as their NodeBlocks record
-	// them, for the nodes alive (a deleted node's are its release's and
-	// the leak collector's): held like podCIDRs, the older node first.
-	extras := 0
-	if c.growth != nil && c.growth.informer.HasSynced() {
-		for _, n := range nodes {
-			nb, err := c.growth.lister.Get(n.Name)
-			if err != nil {
-				continue
-			}
-			for _, b := range nb.Status.Blocks {
-				p, err := netip.ParsePrefix(b.CIDR)
-				if err != nil {
-					continue
-				}
-				ok, err := st.restoreExtra(n.Name, p)
-				if err != nil {
-					return fmt.Errorf("node %s: extra block %v: %w", n.Name, p, err)
-				}
-				if ok {
-					extras++
-				}
-			}
-		}
+	if err := restoreExtras(false); err != nil {
+		return err
 	}
 	aliases := 0
 	for _, in := range instances {

@@ -50,16 +50,19 @@ func (a *Agent) syncFabric(ctx context.Context) {
 			continue
 		}
 		routes := fabricRoutes(ctx, n)
-		// Its extra blocks of a growable range, as its NodeBlocks status
-		// grants them, via the same next hop as its podCIDR.
-		for _, r := range routes {
-			if r.PodCIDR.Addr().Is4() {
-				routes = append(routes, a.extraFabricRoutes(n, r.Via)...)
-				break
-			}
-		}
 		for _, r := range routes {
 			claims = append(claims, fabricClaim{route: r, node: n})
+		}
+		// Its extra blocks of a growable range, as its NodeBlocks status
+		// grants them (the controller's: trusted), via the same next hop
+		// as its podCIDR.
+		for _, r := range routes {
+			if r.PodCIDR.Addr().Is4() {
+				for _, x := range a.extraFabricRoutes(n, r.Via) {
+					claims = append(claims, fabricClaim{route: x, node: n, granted: true})
+				}
+				break
+			}
 		}
 	}
 	ranges4, ranges6 := a.fabricRanges()
@@ -128,6 +131,10 @@ func fabricRoutes(ctx context.Context, n *corev1.Node) []datapath.FabricRoute {
 type fabricClaim struct {
 	route datapath.FabricRoute
 	node  *corev1.Node
+	// granted: an extra block from the node's NodeBlocks status, which
+	// only the controller writes; a podCIDR (which a kubelet may write
+	// into its own Node) never wins over it.
+	granted bool
 }
 
 // fabricIPv6Bits is the length of every node's IPv6 block: the controller
@@ -225,7 +232,10 @@ func trustedFabricRoutes(ctx context.Context, claims []fabricClaim, own []netip.
 	for i, c := range kept {
 		older := slices.ContainsFunc(rivals[i], func(j int) bool {
 			o := kept[j]
-			return o.node != c.node && !c.node.CreationTimestamp.Before(&o.node.CreationTimestamp)
+			if o.node == c.node || (c.granted && !o.granted) {
+				return false
+			}
+			return (o.granted && !c.granted) || !c.node.CreationTimestamp.Before(&o.node.CreationTimestamp)
 		})
 		if older {
 			logger.V(2).Info("Not routing a Node's block: an older (or as old) Node claims it or part of it", "otherNode", c.node.Name, "block", c.route.PodCIDR, "via", c.route.Via)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,6 +68,10 @@ func TestTrustedFabricRoutes(t *testing.T) {
 			claim(young, "10.244.7.0/24", "192.168.0.4"), claim(twin, "10.244.7.0/24", "192.168.0.5"),
 			claim(young, "10.251.10.0/24", "192.168.0.4"), claim(twin, "10.251.10.0/26", "192.168.0.5"),
 		}, nil},
+		{"a granted extra block beats an older Node's podCIDR naming it", []fabricClaim{
+			claim(old, "10.250.0.64/26", "192.168.0.66"),
+			{node: young, granted: true, route: datapath.FabricRoute{PodCIDR: netip.MustParsePrefix("10.250.0.64/26"), Via: netip.MustParseAddr("192.168.0.4")}},
+		}, []string{"10.250.0.64/26"}},
 		{"no IPv4 range known: nothing IPv4 is routed", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -79,6 +84,9 @@ func TestTrustedFabricRoutes(t *testing.T) {
 			var got []string
 			for _, r := range trustedFabricRoutes(context.Background(), claims, own, r4, ranges6) {
 				got = append(got, r.PodCIDR.String())
+				if r.PodCIDR.String() == "10.250.0.64/26" && r.Via.String() != "192.168.0.4" && strings.HasPrefix(tc.name, "a granted") {
+					t.Errorf("%v routed via %v, not via the node its NodeBlocks grants it to", r.PodCIDR, r.Via)
+				}
 			}
 			want := slices.Clone(tc.want)
 			slices.Sort(got)
