@@ -305,9 +305,9 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 			Reason: reasonBelowCap, Message: fmt.Sprintf("%d of %d blocks held, %d addresses free", blocksHeld, gs.maxBlocks, free)})
 	}
 
-	// Draining: one Active extra block, empty for returnAfter, whose node
-	// keeps lowWater free without it (the newest first: the older blocks
-	// hold the longer-lived pods).
+	// Draining: the Active extra blocks empty for returnAfter, newest
+	// first (the older blocks hold the longer-lived pods), as long as the
+	// node keeps lowWater free without them.
 	if !short {
 		for i := len(status.Blocks) - 1; i >= 0; i-- {
 			b := &status.Blocks[i]
@@ -326,11 +326,11 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 			if now.Sub(since) < gs.returnAfter || free-capOf(p) < low {
 				continue
 			}
+			free -= capOf(p)
 			b.State, b.DrainingSince = aliasipv1.BlockDraining, &metav1.Time{Time: now.Truncate(time.Second)}
 			delete(c.growth.idleSince, p)
 			c.metrics.Growth.WithLabelValues("draining").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeNormal, EventBlockDraining, "Block %v empty for %v: draining it to give it back", p, gs.returnAfter)
-			break
 		}
 	}
 	status.ActiveBlocks, status.DrainingBlocks = 1, 0

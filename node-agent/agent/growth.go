@@ -206,12 +206,22 @@ func (a *Agent) writeReport(ctx context.Context, u *unstructured.Unstructured, s
 	a.mu.Unlock()
 	var blocks, drained []any
 	total := int64(0)
+	pending := false
 	for _, b := range store.Usage() {
 		blocks = append(blocks, map[string]any{"cidr": b.CIDR.String(), "capacity": int64(b.Capacity), "allocated": int64(b.Allocated)})
 		total += int64(b.Allocated)
-		if s, ok := since[b.CIDR]; ok && b.Draining && store.Drained(b.CIDR) {
-			drained = append(drained, map[string]any{"cidr": b.CIDR.String(), "drainingSince": s})
+		if s, ok := since[b.CIDR]; ok && b.Draining {
+			if store.Drained(b.CIDR) {
+				drained = append(drained, map[string]any{"cidr": b.CIDR.String(), "drainingSince": s})
+			} else if b.Allocated > 0 {
+				pending = true
+			}
 		}
+	}
+	if pending {
+		// Addresses of a draining block still cool down (or its pods go):
+		// look again in a second rather than at the next resync.
+		time.AfterFunc(time.Second, func() { a.signal(a.growthCh) })
 	}
 	g.mu.Lock()
 	waiting := int64(g.waiting)

@@ -146,10 +146,17 @@ func (lc *LocalCluster) StartController() error {
 // (InternalIP set, no podCIDR: the controller assigns it) and its agent. If
 // wait is set it returns once the agent serves ADD.
 func (lc *LocalCluster) AddNode(ctx context.Context, name string, wait bool) (*Node, error) {
+	return lc.AddNodeLabelled(ctx, name, nil, wait)
+}
+
+// AddNodeLabelled is AddNode with the Node object's labels (a node pool a
+// PodRange selects).
+func (lc *LocalCluster) AddNodeLabelled(ctx context.Context, name string, labels map[string]string, wait bool) (*Node, error) {
 	n, err := lc.Fabric.AddNode(name, filepath.Join(lc.Dir, "nodes", name))
 	if err != nil {
 		return nil, err
 	}
+	n.Labels = labels
 	lc.mu.Lock()
 	lc.Nodes = append(lc.Nodes, n)
 	lc.mu.Unlock()

@@ -146,7 +146,9 @@ type Node struct {
 	CNILog  string
 	Agent   *Process
 	Metrics string // host:port of the agent's metrics
-	fabric  *Fabric
+	// Labels are the Node object's labels at registration (RegisterNode).
+	Labels map[string]string
+	fabric *Fabric
 }
 
 // AddNode creates a node namespace attached to the fabric, with loopback
@@ -300,7 +302,7 @@ func (n *Node) AgentArgs(kubeconfig, pluginBinary string, extra ...string) []str
 // InternalIP (and its IPv6 one after it, as the kubelet lists a
 // dual-stack node's, when the node has one) and, if set, a podCIDR.
 func (n *Node) RegisterNode(ctx context.Context, client kubernetes.Interface, podCIDR string) error {
-	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}
+	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels}}
 	if podCIDR != "" {
 		obj.Spec.PodCIDR, obj.Spec.PodCIDRs = podCIDR, []string{podCIDR}
 	}
