@@ -107,6 +107,9 @@ type Snapshot struct {
 	MinAge time.Duration
 	// leader is the controller Cloud was read from.
 	leader *target
+	// ExtraBlocks are the Nodes' extra blocks of growable ranges (their
+	// NodeBlocks status), by Node name; nil when not read.
+	ExtraBlocks map[string][]netip.Prefix
 }
 
 // span is an address interval [lo, hi] with what holds it.
@@ -194,6 +197,11 @@ func Check(s Snapshot) Report {
 		p = p.Masked()
 		podCIDR[n.Name] = p
 		nodeSpans = append(nodeSpans, spanOf(p, n.Name))
+		// Its extra blocks are its own as much as its podCIDR: no other
+		// Node's block may overlap them either.
+		for _, x := range s.ExtraBlocks[n.Name] {
+			nodeSpans = append(nodeSpans, spanOf(x, n.Name))
+		}
 	}
 	for _, o := range overlaps(nodeSpans) {
 		add(Finding{Kind: KindDuplicatePodCIDR, Class: ClassDuplicate, Node: o[0].who, CIDR: o[0].p.String(),
@@ -306,15 +314,27 @@ func checkCloud(s Snapshot, podCIDR map[string]netip.Prefix, add func(Finding)) 
 		}
 		var ours []netip.Prefix
 		has := false
+		extras := s.ExtraBlocks[n.Name]
+		carried := map[netip.Prefix]bool{}
 		for _, a := range in.Aliases {
 			q, err := netip.ParsePrefix(a.CIDR)
 			if err != nil || a.Range == "" {
 				continue
 			}
-			if q == p {
+			carried[q.Masked()] = true
+			switch {
+			case q == p:
 				has = true
-			} else {
+			case slices.Contains(extras, q.Masked()):
+				// one of its extra blocks: expected beside the podCIDR
+			default:
 				ours = append(ours, q)
+			}
+		}
+		for _, x := range extras {
+			if !carried[x] {
+				add(Finding{Kind: KindAliasMissing, Class: ClassMismatch, Node: n.Name, Instance: in.Ref, CIDR: x.String(),
+					Message: fmt.Sprintf("Node %s: extra block %v (its NodeBlocks) is not an alias of instance %s", n.Name, x, in.Ref)})
 			}
 		}
 		switch {
@@ -504,9 +524,13 @@ func checkAgents(s Snapshot, podCIDR, podCIDR6 map[string]netip.Prefix, add func
 						Message: fmt.Sprintf("node %s: %s holds %s, %s", n.Name, podName(al.Namespace, al.Pod, al.ContainerID), al.IPv6, where)})
 				}
 			}
-			if !block.Contains(ip) {
+			if !block.Contains(ip) && !slices.ContainsFunc(s.ExtraBlocks[n.Name], func(x netip.Prefix) bool { return x.Contains(ip) }) {
+				where := fmt.Sprintf("outside the podCIDR %v", block)
+				if x := s.ExtraBlocks[n.Name]; len(x) > 0 {
+					where += fmt.Sprintf(" and the extra blocks %v", x)
+				}
 				add(Finding{Kind: KindAllocationOutside, Class: ClassMismatch, Node: n.Name, IP: al.IP, Namespace: al.Namespace, Pod: al.Pod,
-					Message: fmt.Sprintf("node %s: %s holds %s, outside the podCIDR %v", n.Name, podName(al.Namespace, al.Pod, al.ContainerID), al.IP, block)})
+					Message: fmt.Sprintf("node %s: %s holds %s, %s", n.Name, podName(al.Namespace, al.Pod, al.ContainerID), al.IP, where)})
 			}
 			if al.Pod == "" || s.Time.Sub(al.Created) < s.MinAge {
 				continue

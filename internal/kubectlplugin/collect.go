@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -15,8 +16,11 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -94,7 +98,10 @@ func (b *lockedBuffer) Bytes() []byte {
 // namespace and name (as helm installed it), and how to run commands in
 // its pods.
 type Source struct {
-	Client    kubernetes.Interface
+	Client kubernetes.Interface
+	// Dynamic reads the NodeBlocks (growable ranges' extra blocks); nil:
+	// not read.
+	Dynamic   dynamic.Interface
 	Exec      Execer
 	Namespace string
 	Release   string
@@ -440,5 +447,45 @@ func (s Source) Read(ctx context.Context, minAge time.Duration) (Snapshot, error
 		return snap, fmt.Errorf("list pods: %w", err)
 	}
 	snap.Pods = pods.Items
+	if s.Dynamic != nil {
+		snap.ExtraBlocks = readExtraBlocks(ctx, s.Dynamic, snap.Nodes)
+	}
 	return snap, nil
+}
+
+// nodeBlocksGVR is the NodeBlocks resource (growable PodRanges).
+var nodeBlocksGVR = schema.GroupVersionResource{Group: "aliasip.io", Version: "v1alpha1", Resource: "nodeblocks"}
+
+// readExtraBlocks returns each Node's extra blocks as its NodeBlocks
+// status (the controller's) records them, from NodeBlocks owned by that
+// Node object (or by none); a cluster without the resource has none.
+func readExtraBlocks(ctx context.Context, dyn dynamic.Interface, nodes []corev1.Node) map[string][]netip.Prefix {
+	list, err := dyn.Resource(nodeBlocksGVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil
+	}
+	uid := map[string]types.UID{}
+	for _, n := range nodes {
+		uid[n.Name] = n.UID
+	}
+	out := map[string][]netip.Prefix{}
+	for _, u := range list.Items {
+		want, ok := uid[u.GetName()]
+		if !ok {
+			continue
+		}
+		owners := u.GetOwnerReferences()
+		if len(owners) > 0 && !slices.ContainsFunc(owners, func(r metav1.OwnerReference) bool { return r.Kind == "Node" && r.UID == want }) {
+			continue
+		}
+		blocks, _, _ := unstructured.NestedSlice(u.Object, "status", "blocks")
+		for _, b := range blocks {
+			m, _ := b.(map[string]any)
+			c, _ := m["cidr"].(string)
+			if p, err := netip.ParsePrefix(c); err == nil {
+				out[u.GetName()] = append(out[u.GetName()], p.Masked())
+			}
+		}
+	}
+	return out
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -124,7 +125,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "kubectl-aliasip: %v\n", err)
 		return kubectlplugin.ExitUsage
 	}
-	src := kubectlplugin.Source{Client: client, Exec: kubectlplugin.PodExec{Config: cfg, Client: client},
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "kubectl-aliasip: %v\n", err)
+		return kubectlplugin.ExitUsage
+	}
+	src := kubectlplugin.Source{Client: client, Dynamic: dyn, Exec: kubectlplugin.PodExec{Config: cfg, Client: client},
 		Namespace: *namespace, Release: *release, Parallel: *parallel, Timeout: *timeout}
 
 	code := 0
