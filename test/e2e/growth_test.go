@@ -1,17 +1,21 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/controller/generated/clientset/versioned"
+	aliasipv1client "github.com/aliasip/aliasip/controller/generated/clientset/versioned/typed/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/test/framework"
 )
 
@@ -23,31 +27,10 @@ import (
 // pod on the other node reaches them through its fabric route to the
 // extra block. Once those pods are gone the extra block is drained, the
 // agent reports it drained, and the controller takes it back: off the
-// NIC, out of the record, out of the other node's routes.
+// NIC, out of the record, out of the other node's routes — across an
+// agent restart in the middle of the drain.
 func TestGrowableRangeEndToEnd(t *testing.T) {
-	lc, ctx := startCluster(t, framework.LocalClusterOptions{ClusterCIDR: "10.100.0.0/16"})
-	// The CRDs, as the chart installs them, and the controller restarted
-	// to take them up at once (it looks for them every 30 s otherwise).
-	if err := framework.InstallCRDs(ctx, lc.CP.Config, framework.CRDDir()); err != nil {
-		t.Fatal(err)
-	}
-	lc.Controller.Stop()
-	if err := lc.StartController(); err != nil {
-		t.Fatal(err)
-	}
-	prs := versioned.NewForConfigOrDie(lc.CP.Config).AliasipV1alpha1()
-	mask := int32(28)
-	if _, err := prs.PodRanges().Create(ctx, &v1alpha1.PodRange{ObjectMeta: metav1.ObjectMeta{Name: "grow"},
-		Spec: v1alpha1.PodRangeSpec{CIDR: "10.110.0.0/24", MaskSize: &mask, NodeSelector: metav1.LabelSelector{},
-			Growth: &v1alpha1.GrowthSpec{MaxBlocksPerNode: 4, LowWater: 1, ReturnAfterSeconds: 2}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := framework.Eventually(ctx, 60*time.Second, func() (bool, error) {
-		pr, err := prs.PodRanges().Get(ctx, "grow", metav1.GetOptions{})
-		return err == nil && pr.Status.CIDR != "", nil
-	}); err != nil {
-		t.Fatalf("PodRange grow never taken up: %v", err)
-	}
+	lc, ctx, prs := growCluster(t, v1alpha1.GrowthSpec{MaxBlocksPerNode: 4, LowWater: 1, ReturnAfterSeconds: 2})
 	nodes := addNodes(t, ctx, lc, "grow", 2)
 	a, b := nodes[0], nodes[1]
 	first := netip.MustParsePrefix(lc.PodCIDR(ctx, a))
@@ -121,6 +104,16 @@ func TestGrowableRangeEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The agent restarts while the blocks drain: its store keeps the
+	// extra blocks and the cooling addresses (journal), and it reports
+	// them drained only once empty.
+	a.Agent.Stop()
+	if err := lc.StartAgent(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.WaitAgentReady(ctx, a, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	if err := framework.Eventually(ctx, 60*time.Second, func() (bool, error) {
 		nb, err := prs.NodeBlocks().Get(ctx, a.Name, metav1.GetOptions{})
 		return err == nil && len(nb.Status.Blocks) == 0, nil
@@ -158,4 +151,60 @@ func mustInstance(t *testing.T, lc *framework.LocalCluster, node string) cloud.I
 		t.Fatal(err)
 	}
 	return ref
+}
+
+// growCluster starts a LocalCluster with the CRDs and the growable
+// PodRange "grow" (/28 blocks of 10.110.0.0/24, every node), taken up.
+func growCluster(t *testing.T, growth v1alpha1.GrowthSpec) (*framework.LocalCluster, context.Context, aliasipv1client.AliasipV1alpha1Interface) {
+	t.Helper()
+	lc, ctx := startCluster(t, framework.LocalClusterOptions{ClusterCIDR: "10.100.0.0/16"})
+	// The CRDs, as the chart installs them, and the controller restarted
+	// to take them up at once (it looks for them every 30 s otherwise).
+	if err := framework.InstallCRDs(ctx, lc.CP.Config, framework.CRDDir()); err != nil {
+		t.Fatal(err)
+	}
+	lc.Controller.Stop()
+	if err := lc.StartController(); err != nil {
+		t.Fatal(err)
+	}
+	prs := versioned.NewForConfigOrDie(lc.CP.Config).AliasipV1alpha1()
+	mask := int32(28)
+	if _, err := prs.PodRanges().Create(ctx, &v1alpha1.PodRange{ObjectMeta: metav1.ObjectMeta{Name: "grow"},
+		Spec: v1alpha1.PodRangeSpec{CIDR: "10.110.0.0/24", MaskSize: &mask, NodeSelector: metav1.LabelSelector{},
+			Growth: &growth}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.Eventually(ctx, 60*time.Second, func() (bool, error) {
+		pr, err := prs.PodRanges().Get(ctx, "grow", metav1.GetOptions{})
+		return err == nil && pr.Status.CIDR != "", nil
+	}); err != nil {
+		t.Fatalf("PodRange grow never taken up: %v", err)
+	}
+	return lc, ctx, prs
+}
+
+// At maxBlocksPerNode a node that runs out of addresses gets no block: the
+// ADD waits for one, then fails with the exhausted CNI error naming the
+// wait, and only then; the NodeBlocks says CapReached.
+func TestGrowableRangeCap(t *testing.T) {
+	lc, ctx, prs := growCluster(t, v1alpha1.GrowthSpec{MaxBlocksPerNode: 2, LowWater: 1, ReturnAfterSeconds: 3600})
+	n := addNodes(t, ctx, lc, "cap", 1)[0]
+	for i := 0; i < 13+16; i++ {
+		p, err := lc.RunPod(ctx, n, fmt.Sprintf("fill-%d", i))
+		if err != nil {
+			t.Fatalf("pod %d of the 29 two /28s hold: %v", i, err)
+		}
+		t.Cleanup(p.Close)
+	}
+	_, err := lc.RunPod(ctx, n, "one-too-many")
+	if err == nil || !strings.Contains(err.Error(), "exhausted") || !strings.Contains(err.Error(), "none was granted") {
+		t.Fatalf("the ADD past the cap: %v, want the exhausted CNI error after the wait for a block", err)
+	}
+	nb, err := prs.NodeBlocks().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !meta.IsStatusConditionTrue(nb.Status.Conditions, v1alpha1.ConditionCapReached) || len(nb.Status.Blocks) != 1 {
+		t.Errorf("at the cap: %+v", nb.Status)
+	}
 }
