@@ -315,4 +315,3 @@ func growthWaits(metricsAddr string) (count int, p99, max time.Duration) {
 	}
 	return count, p99, max
 }
-
