@@ -495,11 +495,26 @@ func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR, pod
 	}); err != nil {
 		return nil, fmt.Errorf("%w; rebuilding from the host failed: %v", cause, err)
 	}
+	// A node of a growable range: its extra blocks, as its NodeBlocks
+	// grants them, and their pods' routes too — a pod there must not have
+	// its address handed out again.
+	extra := a.grantedNow(ctx)
+	for _, b := range extra {
+		var more []datapath.HostPod
+		if err := a.inHost(func() error {
+			var err error
+			more, err = datapath.HostPodsDualStack(b.CIDR, netip.Prefix{})
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("%w; rebuilding extra block %v from the host failed: %v", cause, b.CIDR, err)
+		}
+		pods = append(pods, more...)
+	}
 	allocs := make([]ipam.Allocation, 0, len(pods))
 	for _, p := range pods {
 		allocs = append(allocs, ipam.Allocation{Key: ipam.Key{ContainerID: p.ContainerID, IfName: "eth0"}, HostVeth: p.HostVeth, IP: p.IP, IPv6: p.IPv6})
 	}
-	store, err := ipam.RecoverDualStack(statePath, podCIDR, podCIDR6, a.cfg.IPCooldown, allocs)
+	store, err := ipam.RecoverWithBlocks(statePath, podCIDR, podCIDR6, extra, a.cfg.IPCooldown, allocs)
 	if err != nil {
 		return nil, err
 	}

@@ -363,3 +363,21 @@ func (a *Agent) extraFabricRoutes(n *corev1.Node, via4 netip.Addr) []datapath.Fa
 	}
 	return out
 }
+
+// grantedNow reads this node's granted blocks straight from the API (at
+// start, before the informer runs): none when it has no NodeBlocks, the
+// API does not serve them, or the read fails.
+func (a *Agent) grantedNow(ctx context.Context) []ipam.Block {
+	if a.dyn == nil {
+		return nil
+	}
+	u, err := a.dyn.Resource(nodeBlocksGVR).Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		if !apierrors.IsNotFound(err) {
+			klog.FromContext(ctx).Error(err, "Reading this node's NodeBlocks to recover its extra blocks")
+		}
+		return nil
+	}
+	bs, _ := grantedBlocks(u)
+	return bs
+}

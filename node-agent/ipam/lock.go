@@ -56,13 +56,26 @@ func Recover(path string, podCIDR netip.Prefix, cooldown time.Duration, allocs [
 // a pod found on the host is never given an address it was not seen with).
 // An allocation without a valid IPv4 address is dropped whole.
 func RecoverDualStack(path string, v4, v6 netip.Prefix, cooldown time.Duration, allocs []Allocation) (*Store, error) {
+	return RecoverWithBlocks(path, v4, v6, nil, cooldown, allocs)
+}
+
+// RecoverWithBlocks is RecoverDualStack for a node of a growable range:
+// its extra blocks (as its NodeBlocks grants them) are the store's again,
+// and an allocation found on the host in one of them is kept like one in
+// the podCIDR.
+func RecoverWithBlocks(path string, v4, v6 netip.Prefix, extra []Block, cooldown time.Duration, allocs []Allocation) (*Store, error) {
 	s, err := newStore(path, v4, v6, cooldown)
 	if err != nil {
 		return nil, err
 	}
+	if err := s.checkExtra(extra); err != nil {
+		s.release()
+		return nil, err
+	}
+	s.extra = extra
 	for i := range allocs {
 		a := allocs[i]
-		if !s.cidr.Contains(a.IP) || s.reserved(a.IP) {
+		if (!s.cidr.Contains(a.IP) && s.extraOf(a.IP) < 0) || s.reserved(a.IP) {
 			continue
 		}
 		if _, dup := s.byIP[a.IP]; dup {

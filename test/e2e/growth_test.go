@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -88,6 +90,36 @@ func TestGrowableRangeEndToEnd(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("b never routed a's extra blocks %v: %v", extra, fabricRoutes(t, b))
 	}
+	// The IPAM state is lost (truncated, as by a power loss) and the agent
+	// restarts: it rebuilds the allocations from the host's pod routes, in
+	// its podCIDR and in its extra blocks (read from its NodeBlocks), so
+	// no address of a running pod is handed out again.
+	a.Agent.Stop()
+	if err := os.Truncate(filepath.Join(a.State, "ipam.json"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.StartAgent(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.WaitAgentReady(ctx, a, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		p, err := lc.RunPod(ctx, a, fmt.Sprintf("after-loss-%d", i))
+		if err != nil {
+			t.Fatalf("pod after the state loss: %v", err)
+		}
+		t.Cleanup(p.Close)
+		if other, dup := seen[p.IP]; dup {
+			t.Fatalf("after the state loss %v was given to %s, still held by %s", p.IP, p.Name, other)
+		}
+		seen[p.IP] = p.Name
+		pods = append(pods, p)
+		if !first.Contains(p.IP) {
+			outside = append(outside, p)
+		}
+	}
+
 	probe, err := lc.RunPod(ctx, b, "probe")
 	if err != nil {
 		t.Fatal(err)
