@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -67,12 +68,21 @@ func Status(ctx context.Context, s Source, w io.Writer) error {
 	for i := range nodes.Items {
 		dual = dual || ipv6Of(&nodes.Items[i]) != ""
 	}
-	if dual {
-		fmt.Fprintln(tw, "RANGE\tNODE\tPODCIDR\tIPV6")
-	} else {
-		fmt.Fprintln(tw, "RANGE\tNODE\tPODCIDR")
+	// Growable ranges' extra blocks (NodeBlocks) get a column when any
+	// node has one.
+	var extras map[string][]netip.Prefix
+	if s.Dynamic != nil {
+		extras = readExtraBlocks(ctx, s.Dynamic, nodes.Items)
 	}
-	type row struct{ rng, node, cidr, cidr6 string }
+	header := "RANGE\tNODE\tPODCIDR"
+	if dual {
+		header += "\tIPV6"
+	}
+	if len(extras) > 0 {
+		header += "\tEXTRA BLOCKS"
+	}
+	fmt.Fprintln(tw, header)
+	type row struct{ rng, node, cidr, cidr6, extra string }
 	var rows []row
 	for i := range nodes.Items {
 		n := &nodes.Items[i]
@@ -92,7 +102,15 @@ func Status(ctx context.Context, s Source, w io.Writer) error {
 		if n.Spec.PodCIDR == "" {
 			cidr6 = "(none yet)"
 		}
-		rows = append(rows, row{rng, n.Name, cidr, cidr6})
+		extra := "-"
+		if x := extras[n.Name]; len(x) > 0 {
+			var ss []string
+			for _, p := range x {
+				ss = append(ss, p.String())
+			}
+			extra = strings.Join(ss, ",")
+		}
+		rows = append(rows, row{rng, n.Name, cidr, cidr6, extra})
 	}
 	sort.Slice(rows, func(i, j int) bool {
 		if rows[i].rng != rows[j].rng {
@@ -101,11 +119,14 @@ func Status(ctx context.Context, s Source, w io.Writer) error {
 		return rows[i].node < rows[j].node
 	})
 	for _, r := range rows {
+		line := fmt.Sprintf("%s\t%s\t%s", r.rng, r.node, r.cidr)
 		if dual {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.rng, r.node, r.cidr, r.cidr6)
-		} else {
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", r.rng, r.node, r.cidr)
+			line += "\t" + r.cidr6
 		}
+		if len(extras) > 0 {
+			line += "\t" + r.extra
+		}
+		fmt.Fprintln(tw, line)
 	}
 	return tw.Flush()
 }

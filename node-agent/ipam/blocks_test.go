@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -129,5 +130,52 @@ func TestExtraBlocksRefused(t *testing.T) {
 	}
 	if bs := s.ExtraBlocks(); len(bs) != 0 {
 		t.Errorf("a refused set changed the blocks: %v", bs)
+	}
+}
+
+// A drain racing ADDs: whatever order the store's lock gives them, an
+// address handed out of the block before it was marked draining keeps it
+// from being reported drained, and none is handed out of it after; no
+// address twice.
+func TestExtraBlocksDrainRacesAllocate(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		s := open(t, filepath.Join(t.TempDir(), "s.json"), "10.241.0.0/30", 0) // one podCIDR address
+		b1 := netip.MustParsePrefix("10.241.0.32/28")
+		if err := s.SetExtraBlocks([]Block{{CIDR: b1}}); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		got := make(chan Allocation, 32)
+		for i := 0; i < 8; i++ {
+			wg.Go(func() {
+				if a, err := s.Allocate(req(fmt.Sprintf("r%d-%d", round, i))); err == nil {
+					got <- a
+				}
+			})
+		}
+		wg.Go(func() {
+			if err := s.SetExtraBlocks([]Block{{CIDR: b1, Draining: true}}); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Wait()
+		close(got)
+		seen := map[netip.Addr]bool{}
+		inBlock := 0
+		for a := range got {
+			if seen[a.IP] {
+				t.Fatalf("%v handed out twice", a.IP)
+			}
+			seen[a.IP] = true
+			if b1.Contains(a.IP) {
+				inBlock++
+			}
+		}
+		if drained := s.Drained(b1); drained != (inBlock == 0) {
+			t.Fatalf("round %d: %d addresses of the draining block held, Drained = %v", round, inBlock, drained)
+		}
+		if a, err := s.Allocate(req("after")); err == nil && b1.Contains(a.IP) {
+			t.Fatalf("handed out %v of a draining block", a.IP)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/aliasip/aliasip/cloud"
+	"github.com/aliasip/aliasip/cloud/gce/gcetest"
 	"github.com/aliasip/aliasip/controller"
 	"github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
 	"github.com/aliasip/aliasip/test/framework"
@@ -331,4 +332,75 @@ func (e *growEnv) event(node, eventType, reason string) {
 		}
 		return false
 	})
+}
+
+// On GCE each extra block is one more alias range of the PodRange's
+// secondary range on the node's NIC, written through the real compute
+// client against the GCE test server with 200 ms operations (the
+// instance's full alias list, podCIDR kept): granted when the report says
+// short, removed when drained, and a deleted node's go with it.
+func TestGrowthOnGCE(t *testing.T) {
+	ge, s := newGCEEnv(t, "10.64.0.0/16", gcetest.Options{OpDelay: 200 * time.Millisecond, SecondaryRanges: map[string]netip.Prefix{
+		"pods-g": netip.MustParsePrefix("10.82.0.0/24"),
+	}})
+	e := &growEnv{rangeEnv: &rangeEnv{env: ge, prs: podRangeClient(t).AliasipV1alpha1().PodRanges()}, nbs: podRangeClient(t).AliasipV1alpha1().NodeBlocks()}
+	e.deleteAllRanges()
+	t.Cleanup(e.deleteAllRanges)
+	for _, nb := range []string{"g-1"} {
+		e.nbs.Delete(e.ctx, nb, metav1.DeleteOptions{})
+		t.Cleanup(func() { e.nbs.Delete(context.Background(), nb, metav1.DeleteOptions{}) })
+	}
+	e.startController("controller", "--release-cooldown", "1m")
+	if _, err := e.prs.Create(e.ctx, &v1alpha1.PodRange{ObjectMeta: metav1.ObjectMeta{Name: "grow-gce"}, Spec: v1alpha1.PodRangeSpec{
+		SecondaryRangeName: "pods-g", MaskSize: i32(28), Growth: &v1alpha1.GrowthSpec{MaxBlocksPerNode: 3, LowWater: 4, ReturnAfterSeconds: 1},
+		NodeSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pool": "g"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRange("grow-gce", "Ready", ready)
+	s.AddInstance(gceZone, "g-1")
+	if err := framework.CreateNodes(e.ctx, e.client, []string{"g-1"}, func(n *corev1.Node) {
+		n.Spec.ProviderID = fmt.Sprintf("gce://%s/%s/%s", gceProject, gceZone, n.Name)
+		n.Labels = map[string]string{"pool": "g"}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	podCIDRs, _, _ := e.waitAssigned("g-1")
+	first := podCIDRs["g-1"]
+	e.waitBlocks("g-1", "created", func(nb *v1alpha1.NodeBlocks) bool { return nb.Status.PodRange == "grow-gce" })
+	nic := func() []string {
+		var out []string
+		for _, a := range s.Aliases()["g-1"] {
+			if a.SubnetworkRangeName != "pods-g" {
+				t.Errorf("g-1 carries %s of %q, want only ranges of pods-g", a.IpCidrRange, a.SubnetworkRangeName)
+			}
+			out = append(out, a.IpCidrRange)
+		}
+		slices.Sort(out)
+		return out
+	}
+	e.report("g-1", map[string]int32{first: 12}, 0)
+	nb := e.waitBlocks("g-1", "granted", func(nb *v1alpha1.NodeBlocks) bool { return len(nb.Status.Blocks) == 1 })
+	extra := nb.Status.Blocks[0].CIDR
+	if got, want := nic(), sorted(first, extra); !slices.Equal(got, want) {
+		t.Fatalf("g-1's NIC on the GCE test server: %v, want %v (the podCIDR kept, the extra block added)", got, want)
+	}
+	// Emptied and not needed: drained, reported drained, removed from the
+	// NIC by the same full-list update.
+	e.report("g-1", map[string]int32{first: 0, extra: 0}, 0)
+	nb = e.waitBlocks("g-1", "draining", func(nb *v1alpha1.NodeBlocks) bool { return states(nb)[extra] == v1alpha1.BlockDraining })
+	e.report("g-1", map[string]int32{first: 0}, 0, v1alpha1.DrainedBlock{CIDR: extra, DrainingSince: *nb.Status.Blocks[0].DrainingSince})
+	e.waitBlocks("g-1", "given back", func(nb *v1alpha1.NodeBlocks) bool { return len(nb.Status.Blocks) == 0 })
+	waitFor(t, e.ctx, "the extra block off g-1's NIC", func() bool { return slices.Equal(nic(), []string{first}) })
+	// Granted again (another block: the returned one cools down), then the
+	// node deleted: both its ranges leave its NIC.
+	e.report("g-1", map[string]int32{first: 13}, 1)
+	nb = e.waitBlocks("g-1", "granted again", func(nb *v1alpha1.NodeBlocks) bool { return len(nb.Status.Blocks) == 1 })
+	if nb.Status.Blocks[0].CIDR == extra {
+		t.Errorf("the cooling block %s was granted again", extra)
+	}
+	waitFor(t, e.ctx, "two ranges on g-1's NIC", func() bool { return len(nic()) == 2 })
+	if err := e.client.CoreV1().Nodes().Delete(e.ctx, "g-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, e.ctx, "g-1's ranges removed", func() bool { return len(s.Aliases()["g-1"]) == 0 })
 }
