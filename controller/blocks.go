@@ -757,8 +757,11 @@ func (b *blocks) grantExtra(name, poolName string) (netip.Prefix, error) {
 	}
 	cidr, err := pl.alloc.Allocate()
 	if err != nil {
+		// Waits like a node without a podCIDR: woken when a block is free.
+		b.waiting[name] = true
 		return netip.Prefix{}, fmt.Errorf("no free block in %s (/%d of %v): %w", pl.name, pl.maskSize, pl.cidr, err)
 	}
+	delete(b.waiting, name)
 	b.extra[cidr] = name
 	b.changed[pl.name] = true
 	return cidr, nil

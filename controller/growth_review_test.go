@@ -231,3 +231,50 @@ func TestGrowthReRegisteredNodeGivesBackOldExtraBlocks(t *testing.T) {
 			extra, held, h.ctrl.blocks.inUse(e), attackNIC(t, h, "n"))
 	}
 }
+
+// A node short of an extra block while its range has none free waits like
+// a node without a podCIDR: the block freed by a cooldown's end wakes it
+// (it was dropped from the queue and waited for its next report).
+func TestGrowthExhaustedRangeWakesTheShortNode(t *testing.T) {
+	const first, other = "10.241.0.0/28", "10.241.0.16/28"
+	pr := attackRange()
+	pr.Spec.CIDR = "10.241.0.0/27" // two blocks: both held
+	nb := &aliasipv1.NodeBlocks{ObjectMeta: metav1.ObjectMeta{Name: "n"},
+		Spec: aliasipv1.NodeBlocksSpec{Blocks: []aliasipv1.BlockUsage{{CIDR: first, Capacity: 13, Allocated: 13}}, Waiting: 1}}
+	h := startHarness(t, harnessConfig{cluster: "10.0.0.0/16", podRanges: true,
+		nodes:  []*corev1.Node{attackNode("n", first, 10), attackNode("m", other, 20)},
+		ranges: []*aliasipv1.PodRange{pr}, nodeBlocks: []*aliasipv1.NodeBlocks{nb},
+		prep: func(fc *fake.Cloud) {
+			attackOnNIC(t, fc, "n", first)
+			attackOnNIC(t, fc, "m", other)
+		}})
+	if err := h.syncNode("n"); !errors.Is(err, errExhausted) {
+		t.Fatalf("sync of a short node in a full range: %v, want errExhausted", err)
+	}
+	if !h.ctrl.blocks.isWaiting("n") {
+		t.Fatal("the short node is not recorded as waiting for a block")
+	}
+	h.drain()
+	// m goes; its block cools down, then is free: n is woken.
+	h.deleteNode("m")
+	if err := h.ctrl.safeSync(h.ctx, "m"); err != nil {
+		t.Fatal(err)
+	}
+	h.drain()
+	_, _, _, woken, err := h.ctrl.blocks.expire(time.Now().Add(time.Hour), time.Now().Add(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(woken, "n") {
+		t.Fatalf("a freed block woke %v, not the short node n", woken)
+	}
+	if err := h.syncNode("n"); err != nil {
+		t.Fatal(err)
+	}
+	if ex := h.ctrl.blocks.extrasOf("n"); len(ex) != 1 || ex[0].String() != other {
+		t.Errorf("n's extra blocks %v, want the freed %s", ex, other)
+	}
+	if h.ctrl.blocks.isWaiting("n") {
+		t.Error("n still waits after its grant")
+	}
+}
