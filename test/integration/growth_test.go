@@ -404,3 +404,81 @@ func TestGrowthOnGCE(t *testing.T) {
 	}
 	waitFor(t, e.ctx, "g-1's ranges removed", func() bool { return len(s.Aliases()["g-1"]) == 0 })
 }
+
+// The controller SIGKILLed while a grant's alias operation runs on GCE
+// (3 s operations on the test server: the kill lands after the
+// updateNetworkInterface call, before its record): the operation finishes
+// on its own, so the NIC carries a block no record names. The restarted
+// controller removes it as a leftover and cools it down, and grants the
+// still-short node another block; neither the leftover nor the new block
+// goes to a node created meanwhile.
+func TestGrowthSIGKILLDuringGrantOnGCE(t *testing.T) {
+	ge, s := newGCEEnv(t, "10.64.0.0/16", gcetest.Options{OpDelay: 3 * time.Second, SecondaryRanges: map[string]netip.Prefix{
+		"pods-k": netip.MustParsePrefix("10.83.0.0/26"),
+	}})
+	e := &growEnv{rangeEnv: &rangeEnv{env: ge, prs: podRangeClient(t).AliasipV1alpha1().PodRanges()}, nbs: podRangeClient(t).AliasipV1alpha1().NodeBlocks()}
+	e.deleteAllRanges()
+	t.Cleanup(e.deleteAllRanges)
+	for _, nb := range []string{"k-1", "k-2"} {
+		e.nbs.Delete(e.ctx, nb, metav1.DeleteOptions{})
+		t.Cleanup(func() { e.nbs.Delete(context.Background(), nb, metav1.DeleteOptions{}) })
+	}
+	c1 := e.startController("controller-1", "--release-cooldown", "1h")
+	if _, err := e.prs.Create(e.ctx, &v1alpha1.PodRange{ObjectMeta: metav1.ObjectMeta{Name: "grow-kill"}, Spec: v1alpha1.PodRangeSpec{
+		SecondaryRangeName: "pods-k", MaskSize: i32(28), Growth: &v1alpha1.GrowthSpec{MaxBlocksPerNode: 3, LowWater: 4, ReturnAfterSeconds: 3600},
+		NodeSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pool": "k"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRange("grow-kill", "Ready", ready)
+	addNode := func(name string) {
+		s.AddInstance(gceZone, name)
+		if err := framework.CreateNodes(e.ctx, e.client, []string{name}, func(n *corev1.Node) {
+			n.Spec.ProviderID = fmt.Sprintf("gce://%s/%s/%s", gceProject, gceZone, n.Name)
+			n.Labels = map[string]string{"pool": "k"}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addNode("k-1")
+	podCIDRs, _, _ := e.waitAssigned("k-1")
+	first := podCIDRs["k-1"]
+	e.waitBlocks("k-1", "created", func(nb *v1alpha1.NodeBlocks) bool { return nb.Status.PodRange == "grow-kill" })
+	writes := s.Count("instances.updateNetworkInterface")
+	e.report("k-1", map[string]int32{first: 13}, 1)
+	waitFor(t, e.ctx, "the grant's alias write", func() bool { return s.Count("instances.updateNetworkInterface") > writes })
+	c1.Kill()
+	// The killed process's operation finishes on its own schedule.
+	var leftover string
+	waitFor(t, e.ctx, "the killed grant's operation done", func() bool {
+		for _, a := range s.Aliases()["k-1"] {
+			if a.IpCidrRange != first {
+				leftover = a.IpCidrRange
+				return true
+			}
+		}
+		return false
+	})
+	if nb, _ := e.nbs.Get(e.ctx, "k-1", metav1.GetOptions{}); len(nb.Status.Blocks) != 0 {
+		t.Fatalf("the grant was recorded before the kill: %+v (the test needs the kill between the write and the record)", nb.Status)
+	}
+	e.startController("controller-2", "--release-cooldown", "1h")
+	nb := e.waitBlocks("k-1", "granted by the new process", func(nb *v1alpha1.NodeBlocks) bool { return len(nb.Status.Blocks) == 1 })
+	granted := nb.Status.Blocks[0].CIDR
+	if granted == leftover {
+		t.Errorf("the new process recorded %s, the killed one's unrecorded block: it must be removed and cooled, not adopted", leftover)
+	}
+	waitFor(t, e.ctx, "k-1's NIC: its podCIDR and the new grant only", func() bool {
+		var got []string
+		for _, a := range s.Aliases()["k-1"] {
+			got = append(got, a.IpCidrRange)
+		}
+		slices.Sort(got)
+		return slices.Equal(got, sorted(first, granted))
+	})
+	// A node created now gets neither.
+	addNode("k-2")
+	after, _, _ := e.waitAssigned("k-2")
+	if p := after["k-2"]; p == leftover || p == granted || p == first {
+		t.Errorf("k-2 got %s (k-1's %s, granted %s, leftover %s)", p, first, granted, leftover)
+	}
+}
