@@ -386,7 +386,15 @@ func drainedAck(drained []aliasipv1.DrainedBlock, b aliasipv1.GrantedBlock) bool
 }
 
 // grantBlock reserves a block of the node's range and attaches it to the
-// NIC (waiting for the cloud). On failure the block goes back to the
+// NIC (waiting for the cloud). A GCE network interface carries a list of
+// alias ranges, each naming its own subnetwork range
+// (compute/v1 NetworkInterface.aliasIpRanges, AliasIpRange.ipCidrRange and
+// subnetworkRangeName: https://cloud.google.com/compute/docs/reference/rest/v1/instances),
+// so an extra block is one more entry of the same secondary range, written
+// with the whole list (cloud/gce addAlias); kubernetes/cloud-provider-gcp
+// metis/ adds /28 alias ranges to a node the same way. The per-interface
+// limit on that list is cloud.MaxAliasRangesPerNIC (150, not verified
+// against a public source here); the CRD caps maxBlocksPerNode at 100. On failure the block goes back to the
 // pool when the cloud surely did not apply it, else it cools down.
 func (c *Controller) grantBlock(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, rng string) (netip.Prefix, error) {
 	p, err := c.blocks.grantExtra(node.Name, rng)

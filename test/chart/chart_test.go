@@ -95,6 +95,14 @@ func TestLintAndRender(t *testing.T) {
 		if got := strings.Contains(out, "kind: ValidatingAdmissionPolicy\n"); got != want {
 			t.Errorf("values %q: policy rendered %v, want %v", v, got, want)
 		}
+		// Without the policy the agent may not write NodeBlocks reports
+		// (they would be writable for every node).
+		if got := strings.Contains(out, "resources: [nodeblocks]\n    verbs: [get, list, watch, update, patch]"); got != want {
+			t.Errorf("values %q: the agent may write NodeBlocks reports: %v, want %v", v, got, want)
+		}
+		if !strings.Contains(out, "resources: [nodeblocks]\n    verbs: [get, list, watch") {
+			t.Errorf("values %q: the agent may not read NodeBlocks", v)
+		}
 	}
 	// values.schema.json refuses bad values before anything renders, naming
 	// the field.
