@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -79,8 +80,28 @@ type nodeBlocks struct {
 	informer cache.SharedIndexInformer
 	lister   aliasiplisters.NodeBlocksLister
 	// idleSince: when each Active extra block was first reported empty
-	// (by block; in memory only: a restart only delays a return).
+	// (by block; in memory only: a restart only delays a return). The
+	// workers sync different nodes at once: mu guards it.
+	mu        sync.Mutex
 	idleSince map[netip.Prefix]time.Time
+}
+
+// idle returns when p was first seen empty, recording now if it was not.
+func (g *nodeBlocks) idle(p netip.Prefix, now time.Time) (since time.Time, seen bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	since, seen = g.idleSince[p]
+	if !seen {
+		g.idleSince[p] = now
+	}
+	return since, seen
+}
+
+// busy forgets that p was seen empty.
+func (g *nodeBlocks) busy(p netip.Prefix) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.idleSince, p)
 }
 
 // useNodeBlocks gives the controller the NodeBlocks informer (started
@@ -218,7 +239,7 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 		c.blocks.dropExtra(node.Name, p, now.Add(c.cfg.ReleaseCooldown))
 		c.saveCooling(ctx)
 		c.wake()
-		delete(c.growth.idleSince, p)
+		c.growth.busy(p)
 		if err := c.cloud.RemoveAlias(ctx, st.inst, p); err != nil {
 			// Not recorded any more: the next sync removes it as a leftover.
 			return fmt.Errorf("remove given-back block %v from %s: %w", p, st.inst, err)
@@ -314,12 +335,11 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 			p := netip.MustParsePrefix(b.CIDR)
 			u, reported := usage[b.CIDR]
 			if b.State != aliasipv1.BlockActive || !reported || u.Allocated > 0 {
-				delete(c.growth.idleSince, p)
+				c.growth.busy(p)
 				continue
 			}
-			since, ok := c.growth.idleSince[p]
+			since, ok := c.growth.idle(p, now)
 			if !ok {
-				c.growth.idleSince[p] = now
 				c.queue.AddAfter(node.Name, gs.returnAfter)
 				continue
 			}
@@ -328,7 +348,7 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 			}
 			free -= capOf(p)
 			b.State, b.DrainingSince = aliasipv1.BlockDraining, &metav1.Time{Time: now.Truncate(time.Second)}
-			delete(c.growth.idleSince, p)
+			c.growth.busy(p)
 			c.metrics.Growth.WithLabelValues("draining").Inc()
 			c.recorder.Eventf(node, corev1.EventTypeNormal, EventBlockDraining, "Block %v empty for %v: draining it to give it back", p, gs.returnAfter)
 		}
@@ -479,7 +499,7 @@ func (c *Controller) releaseExtras(ctx context.Context, name string, inst cloud.
 		c.saveCooling(ctx)
 		c.wake()
 		if c.growth != nil {
-			delete(c.growth.idleSince, p)
+			c.growth.busy(p)
 		}
 		klog.FromContext(ctx).Info("Released extra block of deleted node", "node", name, "cidr", p, "instance", inst)
 	}

@@ -3,8 +3,10 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -276,5 +278,44 @@ func TestGrowthExhaustedRangeWakesTheShortNode(t *testing.T) {
 	}
 	if h.ctrl.blocks.isWaiting("n") {
 		t.Error("n still waits after its grant")
+	}
+}
+
+// The workers sync different growable nodes at once: their drain
+// bookkeeping must not race (a concurrent map write is fatal to the whole
+// controller, not one node's error). Run with -race to see it.
+func TestGrowthConcurrentSyncs(t *testing.T) {
+	pr := attackRange()
+	var nodes []*corev1.Node
+	var nbs []*aliasipv1.NodeBlocks
+	var nics [][2]string
+	for i := 0; i < 6; i++ {
+		name := fmt.Sprintf("n%d", i)
+		first := fmt.Sprintf("10.241.0.%d/28", 32*i)
+		extra := fmt.Sprintf("10.241.0.%d/28", 32*i+16)
+		nodes = append(nodes, attackNode(name, first, int64(10+i)))
+		nbs = append(nbs, &aliasipv1.NodeBlocks{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:   aliasipv1.NodeBlocksSpec{Blocks: []aliasipv1.BlockUsage{{CIDR: first, Capacity: 13}, {CIDR: extra, Capacity: 16}}},
+			Status: aliasipv1.NodeBlocksStatus{PodRange: "grow", Blocks: activeBlocks(extra)}})
+		nics = append(nics, [2]string{first, extra})
+	}
+	h := startHarness(t, harnessConfig{cluster: "10.0.0.0/16", podRanges: true, nodes: nodes,
+		ranges: []*aliasipv1.PodRange{pr}, nodeBlocks: nbs,
+		prep: func(fc *fake.Cloud) {
+			for i, n := range nics {
+				attackOnNIC(t, fc, fmt.Sprintf("n%d", i), n[0], n[1])
+			}
+		}})
+	h.caughtUp()
+	var wg sync.WaitGroup
+	for round := 0; round < 3; round++ {
+		for i := range nodes {
+			wg.Go(func() {
+				if err := h.ctrl.safeSync(h.ctx, fmt.Sprintf("n%d", i)); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
 	}
 }
