@@ -164,12 +164,15 @@ func TestGrowableRangeEndToEnd(t *testing.T) {
 	}); err != nil {
 		t.Errorf("b still routes a's given-back blocks: %v", fabricRoutes(t, b))
 	}
-	aliases, err := lc.Cloud.Aliases(ctx, mustInstance(t, lc, a.Name))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(aliases) != 1 || aliases[0].CIDR != first {
-		t.Errorf("a's NIC after the give-back: %v, want only %v", aliases, first)
+	// The record goes first, then the alias (growth.go's write order): the
+	// NIC is waited on, not read at once.
+	var aliases []cloud.AliasRange
+	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
+		var err error
+		aliases, err = lc.Cloud.Aliases(ctx, mustInstance(t, lc, a.Name))
+		return err == nil && len(aliases) == 1 && aliases[0].CIDR == first, err
+	}); err != nil {
+		t.Errorf("a's NIC after the give-back: %v, want only %v (%v)", aliases, first, err)
 	}
 	// The pods that stayed still answer.
 	pingAll(t, []*framework.Pod{probe, pods[0], pods[12]})
