@@ -141,6 +141,11 @@ type Agent struct {
 	// NodeBlocks are followed.
 	growthCh chan struct{}
 	growth   *growth
+	// egress is the masquerade's state once it runs (nil: masquerade off
+	// or not started yet); pendingExtra are extra blocks about to enter
+	// the store, already masqueraded (growth.go).
+	egress       *masq
+	pendingExtra []netip.Prefix
 	// dyn follows PodRanges (nil: not followed); ranges lists them once
 	// startPodRanges ran (nil: not followed).
 	dyn    dynamic.Interface
@@ -320,6 +325,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Masquerade {
 		egressState = a.startEgress(ctx)
 		a.syncEgress(ctx, egressState)
+		a.mu.Lock()
+		a.egress = egressState
+		a.mu.Unlock()
 	} else {
 		a.removeEgress(ctx)
 	}

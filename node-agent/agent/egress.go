@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/aliasip/aliasip/node-agent/egress"
+	"github.com/aliasip/aliasip/node-agent/ipam"
 )
 
 // Event reasons of the egress masquerade.
@@ -42,6 +43,9 @@ const (
 // dual-stack node ip6 aliasip, each kept, repaired and reported alike.
 type masq struct {
 	tables []*masqTable
+	// syncMu: one pass at a time (the egress loop's, or the growth loop's
+	// before a new block serves pods).
+	syncMu sync.Mutex
 	kick   chan struct{}
 	cmSync cache.InformerSynced
 	cms    corelisters.ConfigMapLister
@@ -165,6 +169,8 @@ func (a *Agent) egressLoop(ctx context.Context, m *masq) {
 
 // syncEgress computes the rules and writes each table that differs.
 func (a *Agent) syncEgress(ctx context.Context, m *masq) {
+	m.syncMu.Lock()
+	defer m.syncMu.Unlock()
 	a.loadMasqConfig(ctx, m)
 	for _, t := range m.tables {
 		a.syncEgressTable(ctx, m, t)
@@ -275,19 +281,21 @@ func (a *Agent) loadMasqConfig(ctx context.Context, m *masq) {
 	klog.FromContext(ctx).Info("Masquerade configuration applied", "configMap", a.cfg.MasqConfigMap, "nonMasqueradeCIDRs", c.NonMasqueradeCIDRs, "masqLinkLocal", c.MasqLinkLocal, "masqLinkLocalIPv6", c.MasqLinkLocalIPv6, "resyncInterval", c.ResyncInterval)
 }
 
-// egressRules is the wanted table: this node's block is masqueraded on its
-// way to anything but the configured destinations, link-local (unless
-// masqLinkLocal), the node's subnet, the default range, every PodRange and
-// this node's own block.
+// egressRules is the wanted table: this node's blocks (its podCIDR and,
+// in a growable range, its extra blocks, draining ones included: they
+// still hold pods) are masqueraded on their way to anything but the
+// configured destinations, link-local (unless masqLinkLocal), the node's
+// subnet, the default range, every PodRange and this node's own block.
 func (a *Agent) egressRules(m *masq) (egress.Rules, error) {
 	a.mu.Lock()
-	podCIDR, iface := a.podCIDR, a.iface
+	podCIDR, iface, store := a.podCIDR, a.iface, a.store
+	pending := slices.Clone(a.pendingExtra)
 	a.mu.Unlock()
 	m.mu.Lock()
 	cfg := m.cfg
 	m.mu.Unlock()
 	var r egress.Rules
-	r.PodBlocks = []netip.Prefix{podCIDR}
+	r.PodBlocks = podBlocks(podCIDR, store, pending)
 	r.NonMasquerade = append(r.NonMasquerade, cfg.NonMasqueradeCIDRs...)
 	if !cfg.MasqLinkLocal {
 		r.NonMasquerade = append(r.NonMasquerade, egress.LinkLocal)
@@ -410,4 +418,23 @@ func (a *Agent) removeEgress(ctx context.Context) {
 	case existed:
 		klog.FromContext(ctx).Info("Masquerade is off: removed the masquerade tables", "table", egress.TableName)
 	}
+}
+
+// podBlocks are the sources the ip table masquerades: the podCIDR, the
+// store's extra blocks and the pending ones (growth.go: a granted block
+// is masqueraded before it serves a pod, so a pod's first packet to the
+// outside never leaves with its own address).
+func podBlocks(podCIDR netip.Prefix, store *ipam.Store, pending []netip.Prefix) []netip.Prefix {
+	out := []netip.Prefix{podCIDR}
+	if store != nil {
+		for _, b := range store.ExtraBlocks() {
+			out = append(out, b.CIDR)
+		}
+	}
+	for _, p := range pending {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -106,21 +106,31 @@ func TestPodRangeInUse(t *testing.T) {
 		status map[string]any
 		want   podRange
 		inUse  bool
+		growth map[string]any // spec.growth, when set
 	}{
 		{"ready", map[string]any{"cidr": "10.250.0.0/16", "maskSize": int64(26),
 			"conditions": []any{map[string]any{"type": "Ready", "status": "True"}}},
-			podRange{netip.MustParsePrefix("10.250.0.0/16"), 26}, true},
+			podRange{cidr: netip.MustParsePrefix("10.250.0.0/16"), maskSize: 26}, true, nil},
 		{"being removed, nodes left, no size", map[string]any{"cidr": "10.250.0.0/16", "nodes": int64(2)},
-			podRange{netip.MustParsePrefix("10.250.0.0/16"), 0}, true},
+			podRange{cidr: netip.MustParsePrefix("10.250.0.0/16")}, true, nil},
 		{"a nonsense size is unknown", map[string]any{"cidr": "10.250.0.0/16", "maskSize": int64(8), "blocksUsed": int64(1)},
-			podRange{netip.MustParsePrefix("10.250.0.0/16"), 0}, true},
+			podRange{cidr: netip.MustParsePrefix("10.250.0.0/16")}, true, nil},
 		{"not ready, unused", map[string]any{"cidr": "10.250.0.0/16", "maskSize": int64(26),
 			"conditions": []any{map[string]any{"type": "Ready", "status": "False"}}},
-			podRange{netip.MustParsePrefix("10.250.0.0/16"), 26}, false},
-		{"no status", nil, podRange{}, false},
+			podRange{cidr: netip.MustParsePrefix("10.250.0.0/16"), maskSize: 26}, false, nil},
+		{"no status", nil, podRange{}, false, nil},
+		// A growable range: its nodes may hold maxBlocksPerNode blocks
+		// (the CRD's default, 8, when the field is absent).
+		{"growable", map[string]any{"cidr": "10.250.0.0/16", "maskSize": int64(28), "blocksUsed": int64(1)},
+			podRange{cidr: netip.MustParsePrefix("10.250.0.0/16"), maskSize: 28, maxBlocks: 20}, true, map[string]any{"maxBlocksPerNode": int64(20)}},
+		{"growable, default cap", map[string]any{"cidr": "10.250.0.0/16", "maskSize": int64(28), "blocksUsed": int64(1)},
+			podRange{cidr: netip.MustParsePrefix("10.250.0.0/16"), maskSize: 28, maxBlocks: 8}, true, map[string]any{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			obj := map[string]any{"spec": map[string]any{"cidr": "0.0.0.0/1"}}
+			if tc.growth != nil {
+				obj["spec"].(map[string]any)["growth"] = tc.growth
+			}
 			if tc.status != nil {
 				obj["status"] = tc.status
 			}

@@ -168,6 +168,10 @@ func (a *Agent) syncGrowth(ctx context.Context) {
 	// that still holds addresses (it never does: it waits for the drained
 	// report) is kept, and reported.
 	before := store.ExtraBlocks()
+	// A new block is masqueraded before it serves a pod (egress.go
+	// podBlocks): the egress table is written first, here, not by its
+	// loop later.
+	a.masqueradeFirst(ctx, before, want)
 	if err := store.SetExtraBlocks(want); errors.Is(err, ipam.ErrBlockInUse) {
 		keep := slices.Clone(want)
 		for _, b := range before {
@@ -192,8 +196,35 @@ func (a *Agent) syncGrowth(ctx context.Context) {
 		// an extra block's must go too (as the podCIDR's: see
 		// removeGuestRoute).
 		a.removeGuestRoute(ctx)
+		// A block gone leaves the masquerade set.
+		a.signal(a.egressCh)
 	}
+	a.mu.Lock()
+	a.pendingExtra = nil
+	a.mu.Unlock()
 	a.writeReport(ctx, u, store, since)
+}
+
+// masqueradeFirst writes the egress table with the blocks of want that
+// the store does not hold yet, when masquerade is on: a pod given an
+// address of a new block then leaves masqueraded from its first packet.
+// A failed write is reported and retried by the egress loop (as any).
+func (a *Agent) masqueradeFirst(ctx context.Context, before, want []ipam.Block) {
+	var added []netip.Prefix
+	for _, w := range want {
+		if !slices.ContainsFunc(before, func(b ipam.Block) bool { return b.CIDR == w.CIDR }) {
+			added = append(added, w.CIDR)
+		}
+	}
+	a.mu.Lock()
+	m := a.egress
+	if len(added) > 0 {
+		a.pendingExtra = added
+	}
+	a.mu.Unlock()
+	if m != nil && len(added) > 0 {
+		a.syncEgress(ctx, m)
+	}
 }
 
 // writeReport writes the usage report (spec) when it changed: the blocks'

@@ -113,9 +113,19 @@ func (a *Agent) checkMaxPods(ctx context.Context, node *corev1.Node, block netip
 	}
 	maxPods := q.Value()
 	usable := int64(1)<<(32-block.Bits()) - 3 // network, gateway, broadcast
+	// A node of a growable range may be given maxBlocksPerNode-1 more
+	// blocks of the same size, every address of which serves pods
+	// (node-agent/ipam Usage).
+	grows := false
+	for _, r := range a.podRanges() {
+		if r.maxBlocks > 1 && block.Addr().Is4() && r.cidr.Contains(block.Addr()) {
+			usable += int64(r.maxBlocks-1) << (32 - block.Bits())
+			grows = true
+		}
+	}
 	over := maxPods > usable
 	a.metrics.MaxPodsOverBlock.Set(map[bool]float64{true: 1}[over])
-	key := fmt.Sprintf("%d/%v", maxPods, block)
+	key := fmt.Sprintf("%d/%v/%d", maxPods, block, usable)
 	a.mu.Lock()
 	seen := a.maxPodsWarned == key
 	a.maxPodsWarned = key
@@ -124,6 +134,11 @@ func (a *Agent) checkMaxPods(ctx context.Context, node *corev1.Node, block netip
 		return
 	}
 	klog.FromContext(ctx).Info("The kubelet's maxPods exceeds the node's block", "maxPods", maxPods, "podCIDR", block, "usable", usable)
+	if grows {
+		a.event(corev1.EventTypeWarning, EventMaxPodsExceedBlock,
+			"The kubelet may run %d pods but the node's blocks (%v and at most its range's maxBlocksPerNode-1 more) hold %d pod addresses: pods past that fail in ContainerCreating once the cap is reached. Lower the kubelet's maxPods or raise the range's spec.growth.maxBlocksPerNode.", maxPods, block, usable)
+		return
+	}
 	a.event(corev1.EventTypeWarning, EventMaxPodsExceedBlock,
 		"The kubelet may run %d pods but the node's block %v has %d pod addresses: pods past that fail in ContainerCreating (pod IP range exhausted). Lower the kubelet's maxPods or give the node pool a larger block (about twice maxPods, as GKE sizes them).", maxPods, block, usable)
 }

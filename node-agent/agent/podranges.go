@@ -30,6 +30,10 @@ func (a *Agent) SetDynamicClient(d dynamic.Interface) { a.dyn = d }
 type podRange struct {
 	cidr     netip.Prefix
 	maskSize int
+	// maxBlocks is the blocks a node of a growable range may hold
+	// (spec.growth.maxBlocksPerNode, the CRD's default 8 when unset); 0
+	// for a fixed-size range.
+	maxBlocks int
 }
 
 // startPodRanges starts the PodRange informer (when the agent has a
@@ -130,5 +134,12 @@ func podRangeInUse(u *unstructured.Unstructured) (podRange, bool) {
 			ready = true
 		}
 	}
-	return podRange{cidr: p.Masked(), maskSize: int(mask)}, ready || nodes > 0 || used > 0
+	maxBlocks := 0
+	if g, ok, _ := unstructured.NestedMap(u.Object, "spec", "growth"); ok {
+		maxBlocks = 8 // the CRD's default
+		if n, ok := g["maxBlocksPerNode"].(int64); ok && n >= 2 {
+			maxBlocks = int(n)
+		}
+	}
+	return podRange{cidr: p.Masked(), maskSize: int(mask), maxBlocks: maxBlocks}, ready || nodes > 0 || used > 0
 }

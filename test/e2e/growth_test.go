@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +15,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/aliasip/aliasip/cloud"
 	"github.com/aliasip/aliasip/controller/apis/aliasip/v1alpha1"
@@ -53,6 +57,11 @@ func TestGrowableRangeEndToEnd(t *testing.T) {
 		}
 		seen[p.IP] = p.Name
 		pods = append(pods, p)
+		// Egress follows the blocks from a new block's first pod: the
+		// table is written before the block serves one (read at once).
+		if !first.Contains(p.IP) && !masqueraded(t, a, p.IP) {
+			t.Errorf("pod %s (%v), just started, is not in %s's masquerade sources (nft set pod_blocks):\n%s", p.Name, p.IP, a.Name, nftTable(t, a))
+		}
 	}
 	nb, err := prs.NodeBlocks().Get(ctx, a.Name, metav1.GetOptions{})
 	if err != nil {
@@ -77,6 +86,13 @@ func TestGrowableRangeEndToEnd(t *testing.T) {
 	}
 	if len(outside) != 7 {
 		t.Errorf("%d pods outside the podCIDR, want 7", len(outside))
+	}
+	// Egress follows the blocks: a pod of an extra block is masqueraded on
+	// its way out like one of the podCIDR.
+	for _, p := range append(outside, pods[0]) {
+		if !masqueraded(t, a, p.IP) {
+			t.Errorf("pod %s (%v) is not in %s's masquerade sources (nft set pod_blocks):\n%s", p.Name, p.IP, a.Name, nftTable(t, a))
+		}
 	}
 	// Across nodes: b routes a's extra blocks via a, both ways work.
 	if err := framework.Eventually(ctx, 30*time.Second, func() (bool, error) {
@@ -242,4 +258,34 @@ func TestGrowableRangeCap(t *testing.T) {
 	if !meta.IsStatusConditionTrue(nb.Status.Conditions, v1alpha1.ConditionCapReached) || len(nb.Status.Blocks) != 1 {
 		t.Errorf("at the cap: %+v", nb.Status)
 	}
+}
+
+// masqueraded reports whether ip is in the node's masquerade sources: the
+// ip aliasip table's pod_blocks set (node-agent/egress), asked of the
+// kernel with nft get element (nft(8), SETS: "get element" lists an
+// element, failing when the set does not hold it).
+func masqueraded(t *testing.T, n *framework.Node, ip netip.Addr) bool {
+	t.Helper()
+	var err error
+	nsErr := n.NS.Do(func(ns.NetNS) error {
+		runtime.LockOSThread()
+		err = exec.Command("nft", "get", "element", "ip", "aliasip", "pod_blocks", "{", ip.String(), "}").Run()
+		return nil
+	})
+	if nsErr != nil {
+		t.Fatal(nsErr)
+	}
+	return err == nil
+}
+
+// nftTable prints the node's ip aliasip table (for a failure message).
+func nftTable(t *testing.T, n *framework.Node) string {
+	t.Helper()
+	var out []byte
+	_ = n.NS.Do(func(ns.NetNS) error {
+		runtime.LockOSThread()
+		out, _ = exec.Command("nft", "list", "table", "ip", "aliasip").CombinedOutput()
+		return nil
+	})
+	return string(out)
 }
