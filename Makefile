@@ -37,7 +37,7 @@ CACHE ?= $(or $(ALIASIP_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/aliasip)
 images: ## Build the image tarballs (aliasip, aliasip-netcheck, aliasip-pause, CoreDNS, and the e2e suite's agnhost, busybox, glibc-dns-testing, nginx, pause from make deps) into bin/images, no Docker needed.
 	cd hack/images && $(GO) run . --repo $(CURDIR) --out-dir $(CURDIR)/$(BIN)/images --tag $(APP_VERSION) --coredns $(CACHE)/bin/coredns --e2e-bin-dir $(CACHE)/bin
 
-cluster: deps images ## Real-node cluster (NODES=3 pool-a nodes, POOL_B_NODES=1 with their own PodRange): control plane, containerd + kubelet per node, chart installed.
+cluster: deps images ## Real-node cluster (NODES=3 pool-a nodes, POOL_B_NODES=1 with their own PodRange, POOL_G_NODES=1 in a growable PodRange): control plane, containerd + kubelet per node, chart installed.
 	./hack/cluster.sh up
 
 cluster-down: ## Remove everything make cluster made (safe to run twice).

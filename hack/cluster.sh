@@ -2,7 +2,7 @@
 # A Kubernetes cluster of real nodes on one machine, with no Docker and no
 # registry, that installs charts/aliasip the way a kind user does:
 #
-#   hack/cluster.sh up      (make cluster; NODES=3 POOL_B_NODES=1)   last line: KUBECONFIG=<path>
+#   hack/cluster.sh up      (make cluster; NODES=3 POOL_B_NODES=1 POOL_G_NODES=1)   last line: KUBECONFIG=<path>
 #   hack/cluster.sh down    (make cluster-down)       safe to run twice
 #   hack/cluster.sh status                            down, up or stale (up cleans a stale one)
 #   hack/cluster.sh load-images                       after make images
@@ -23,6 +23,11 @@
 # block (maxPodsPerNode 32 -> /26, kubelet maxPods 32). The pool-b range is
 # created once the chart has installed the CRD and the pool's kubelets
 # start after it is Ready, as a node pool is added to a running cluster.
+# A third pool, pool-g (POOL_G_NODES nodes, numbered after pool-b), takes
+# its blocks from a growable PodRange (spec.growth, README "Growable
+# ranges"): each node starts with one /28 and is given more /28s as its
+# pods need them, up to 8 (13 + 7 x 16 addresses: the kubelet's default
+# maxPods of 110), and gives them back once they empty.
 #
 # An outside: a namespace beyond the VPC's router (the hub), as the
 # internet is beyond a VPC's, with an HTTP server, a UDP recorder and a DNS
@@ -52,12 +57,18 @@ dir=${ALIASIP_CLUSTER_DIR:-/var/lib/aliasip-cluster}
 run=/run/aliasip-cluster # unix sockets: short paths
 nodes=${NODES:-3}               # pool-a
 pool_b_nodes=${POOL_B_NODES:-1} # pool-b, numbered after pool-a
-total=$((nodes + pool_b_nodes))
 images=${ALIASIP_IMAGES:-$root/bin/images}
 cluster_cidr=10.244.0.0/16 # the README's kind section; the range "default", pool-a
 pool_b_range=pool-b        # the PodRange of pool-b
 pool_b_cidr=10.64.0.0/16   # disjoint from cluster_cidr and service_cidr
 pool_b_max_pods=32         # PodRange maxPodsPerNode and the pool's kubelet maxPods: /26 blocks
+pool_g_nodes=${POOL_G_NODES:-1} # pool-g, numbered after pool-b
+pool_g_range=pool-g             # the growable PodRange of pool-g
+pool_g_cidr=10.80.0.0/16        # disjoint from the other pod ranges and service_cidr
+pool_g_mask=28                  # the first block and every extra one
+pool_g_max_blocks=8             # 13 + 7 x 16 = 125 addresses >= the kubelet's default maxPods 110
+pool_g_return_after=15          # seconds an extra block stays empty before it is drained
+total=$((nodes + pool_b_nodes + pool_g_nodes))
 service_cidr=10.96.0.0/16
 net=192.168.90 # the emulated VPC subnet: .1 hub bridge, .2 API server, .11+ nodes
 # Dual-stack, as kind's ipFamily: dual and a GKE dual-stack subnet: the
@@ -98,7 +109,15 @@ bin() { echo "$cache/bin/$1"; }
 node_name() { echo "node-$1"; }
 node_ip() { echo "$net.$((10 + $1))"; }
 node_ip6() { echo "$net6$((10 + $1))"; }
-node_pool() { if [ "$1" -le "$nodes" ]; then echo pool-a; else echo pool-b; fi; }
+node_pool() {
+	if [ "$1" -le "$nodes" ]; then
+		echo pool-a
+	elif [ "$1" -le $((nodes + pool_b_nodes)) ]; then
+		echo pool-b
+	else
+		echo pool-g
+	fi
+}
 
 # start NAME CMD... runs CMD in its own session, logging to $dir/logs/NAME.log.
 start() {
@@ -215,9 +234,10 @@ hub() {
 	# own addresses. On GCE the VPC delivers a pod address to the VM that
 	# holds its alias range; here the host finds it on the VPC link by ARP,
 	# and the node that has the pod's /32 answers (proxy_arp on its eth0).
-	# The same for every pod range: the default and pool-b's.
+	# The same for every pod range: the default, pool-b's and pool-g's.
 	ip route replace "$cluster_cidr" dev vpchost0
 	ip route replace "$pool_b_cidr" dev vpchost0
+	ip route replace "$pool_g_cidr" dev vpchost0
 }
 
 # outside_net makes the outside host: a namespace reached through the
@@ -236,7 +256,7 @@ outside_net() {
 	ip -n "$outside_ns" link set dev eth0 up
 	# The way back goes to the node subnet only, and there is no default
 	# route: as on the internet, a packet that arrives with a pod address
-	# (10.244.x, 10.64.x: not masqueraded on its way out) gets no reply.
+	# (10.244.x, 10.64.x, 10.80.x: not masqueraded on its way out) gets no reply.
 	ip -n "$outside_ns" route add "$net.0/24" via "$outside_gw" dev eth0
 	ip -n "$outside_ns" -6 route add "${net6}/64" via "$outside_gw6" dev eth0
 	# Both sysctls are per network namespace: these change the hub's only.
@@ -643,7 +663,7 @@ up() {
 	# private mount.
 	mount --bind "$dir/mnt" "$dir/mnt"
 	mount --make-private "$dir/mnt"
-	log "Kubernetes $k8s_version, $nodes nodes in pool-a and $pool_b_nodes in pool-b, state in $dir"
+	log "Kubernetes $k8s_version, $nodes nodes in pool-a, $pool_b_nodes in pool-b and $pool_g_nodes in pool-g, state in $dir"
 	sysctls_up
 	pki
 	credentials
@@ -670,6 +690,9 @@ up() {
 		{ diagnose; die "helm install failed (logs in $dir/logs)"; }
 	if [ "$pool_b_nodes" -gt 0 ]; then
 		pool_b_up
+	fi
+	if [ "$pool_g_nodes" -gt 0 ]; then
+		pool_g_up
 	fi
 	kubectl_ wait --for=condition=Ready nodes --all --timeout=120s >&2 || { diagnose; die "nodes not Ready"; }
 	dns_up
@@ -705,12 +728,39 @@ spec:
   nodeSelector: {matchLabels: {cloud.google.com/gke-nodepool: pool-b}}
   maxPodsPerNode: $pool_b_max_pods
 EOF
-	kubectl_ wait --for=condition=Ready "podrange/$pool_b_range" --timeout=60s >&2 ||
-		{ kubectl_ get podrange "$pool_b_range" -o yaml >&2; die "PodRange $pool_b_range not Ready"; }
-	for i in $(seq $((nodes + 1)) "$total"); do
+	pool_nodes_up "$pool_b_range" $((nodes + 1)) $((nodes + pool_b_nodes))
+}
+
+# pool_g_up adds the growable pool the same way: its PodRange
+# (spec.growth: /28 blocks, at most pool_g_max_blocks per node, an empty
+# extra block given back after pool_g_return_after seconds; the low-water
+# mark is the default, half a block), then its kubelets (the kubelet's
+# default maxPods, 110, which the blocks can reach).
+pool_g_up() {
+	kubectl_ apply -f - >&2 <<EOF
+apiVersion: aliasip.io/v1alpha1
+kind: PodRange
+metadata: {name: $pool_g_range}
+spec:
+  cidr: $pool_g_cidr
+  nodeSelector: {matchLabels: {cloud.google.com/gke-nodepool: pool-g}}
+  maskSize: $pool_g_mask
+  growth: {maxBlocksPerNode: $pool_g_max_blocks, returnAfterSeconds: $pool_g_return_after}
+EOF
+	pool_nodes_up "$pool_g_range" $((nodes + pool_b_nodes + 1)) "$total"
+}
+
+# pool_nodes_up RANGE FIRST LAST waits for the PodRange RANGE to be Ready,
+# then starts the kubelets of nodes FIRST..LAST and waits for them to
+# register.
+pool_nodes_up() {
+	local rng=$1 first=$2 last=$3
+	kubectl_ wait --for=condition=Ready "podrange/$rng" --timeout=60s >&2 ||
+		{ kubectl_ get podrange "$rng" -o yaml >&2; die "PodRange $rng not Ready"; }
+	for i in $(seq "$first" "$last"); do
 		node_daemons_up "$i"
 	done
-	for i in $(seq $((nodes + 1)) "$total"); do
+	for i in $(seq "$first" "$last"); do
 		wait_for 120 "node $(node_name "$i") to register" kubectl_ get node "$(node_name "$i")"
 	done
 }

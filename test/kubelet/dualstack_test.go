@@ -145,7 +145,11 @@ func TestDualStackService(t *testing.T) {
 			urls = append(urls, url)
 		}
 		for _, node := range e.Nodes {
-			block := nodePodCIDRs(t, ctx, e, node)[i]
+			// IPv4: the podCIDR or, on pool-g's node, an extra block.
+			block := blockSet{nodePodCIDRs(t, ctx, e, node)[i]}
+			if i == 0 {
+				block = nodeBlocks(t, ctx, e, node)
+			}
 			job := fmt.Sprintf("svc%d-from-%s", i, node)
 			logs := runJobOn(t, ctx, e, node, job, append([]string{"get"}, urls...)...)
 			backends := map[string]bool{}

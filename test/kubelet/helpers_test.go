@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -265,6 +266,39 @@ func nodePodCIDR(t *testing.T, ctx context.Context, e *clusterEnv, node string) 
 	return p
 }
 
+// blockSet is the IPv4 blocks a node serves pods from.
+type blockSet []netip.Prefix
+
+// Contains reports whether one of the blocks holds ip.
+func (s blockSet) Contains(ip netip.Addr) bool {
+	return slices.ContainsFunc(s, func(p netip.Prefix) bool { return p.Contains(ip) })
+}
+
+func (s blockSet) String() string { return fmt.Sprint([]netip.Prefix(s)) }
+
+// nodeBlocks returns the node's IPv4 blocks: its podCIDR and, on a node
+// of a growable range (pool-g), the extra blocks its NodeBlocks status
+// grants, draining ones included (they may still hold pods).
+func nodeBlocks(t *testing.T, ctx context.Context, e *clusterEnv, node string) blockSet {
+	t.Helper()
+	out := blockSet{nodePodCIDR(t, ctx, e, node)}
+	nb, err := e.Ranges.AliasipV1alpha1().NodeBlocks().Get(ctx, node, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return out
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range nb.Status.Blocks {
+		p, err := netip.ParsePrefix(b.CIDR)
+		if err != nil {
+			t.Fatalf("NodeBlocks %s grants %q: %v", node, b.CIDR, err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
 // nodeNetNS opens a node's network namespace (made by hack/cluster.sh).
 func nodeNetNS(t *testing.T, node string) ns.NetNS {
 	t.Helper()
@@ -304,7 +338,7 @@ type nodeDataPath struct {
 	Veths       int
 }
 
-func readDataPath(t *testing.T, e *clusterEnv, node string, podCIDR netip.Prefix) nodeDataPath {
+func readDataPath(t *testing.T, e *clusterEnv, node string, blocks blockSet) nodeDataPath {
 	t.Helper()
 	dp := nodeDataPath{Allocations: map[string]int{}, Routes: map[string]int{}}
 	// The node's /var/lib/aliasip is a private bind mount of this directory.
@@ -329,7 +363,7 @@ func readDataPath(t *testing.T, e *clusterEnv, node string, podCIDR netip.Prefix
 				continue
 			}
 			ip, _ := netip.AddrFromSlice(r.Dst.IP.To4())
-			if podCIDR.Contains(ip) {
+			if blocks.Contains(ip) {
 				dp.Routes[ip.String()]++
 			}
 		}
@@ -372,14 +406,13 @@ func podNetworkPodsOn(ctx context.Context, e *clusterEnv, node string) ([]corev1
 func checkOnePerPod(t *testing.T, ctx context.Context, e *clusterEnv, nodes []string) {
 	t.Helper()
 	for _, node := range nodes {
-		cidr := nodePodCIDR(t, ctx, e, node)
 		var last string
 		err := framework.Eventually(ctx, time.Minute, func() (bool, error) {
 			pods, err := podNetworkPodsOn(ctx, e, node)
 			if err != nil {
 				return false, nil
 			}
-			dp := readDataPath(t, e, node, cidr)
+			dp := readDataPath(t, e, node, nodeBlocks(t, ctx, e, node))
 			want := map[string]int{}
 			for _, p := range pods {
 				if p.Status.PodIP == "" {

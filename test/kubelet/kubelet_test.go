@@ -83,9 +83,9 @@ func TestPodIPsInNodeCIDRs(t *testing.T) {
 		if err != nil {
 			t.Fatalf("pod %s: podIP %q: %v", p.Name, p.Status.PodIP, err)
 		}
-		cidr := nodePodCIDR(t, ctx, e, p.Spec.NodeName)
+		cidr := nodeBlocks(t, ctx, e, p.Spec.NodeName)
 		if !cidr.Contains(ip) {
-			t.Errorf("pod %s on %s has %s, outside the node's podCIDR %s", p.Name, p.Spec.NodeName, ip, cidr)
+			t.Errorf("pod %s on %s has %s, outside the node's blocks %s", p.Name, p.Spec.NodeName, ip, cidr)
 		}
 		if other, dup := seen[ip.String()]; dup {
 			t.Errorf("pods %s and %s share %s", other, p.Name, ip)
@@ -338,7 +338,7 @@ func TestHelmUpgradeUninstallInstall(t *testing.T) {
 	})
 	for _, p := range readyPods(ctx, e, "app="+netcheckName) {
 		ip := netip.MustParseAddr(p.Status.PodIP)
-		if cidr := nodePodCIDR(t, ctx, e, p.Spec.NodeName); !cidr.Contains(ip) {
+		if cidr := nodeBlocks(t, ctx, e, p.Spec.NodeName); !cidr.Contains(ip) {
 			t.Errorf("after reinstall pod %s on %s has %s outside %s", p.Name, p.Spec.NodeName, ip, cidr)
 		}
 	}
@@ -348,14 +348,15 @@ func TestHelmUpgradeUninstallInstall(t *testing.T) {
 // TestNodeDrainDelete: a node drained, its VM gone and its Node deleted:
 // the controller removes its alias from the fake cloud (AliasReleased) and
 // the other nodes' routes to its podCIDR disappear. The node is pool-a's
-// last: pool-b keeps its node for TestSecondNodePool.
+// last: pool-b and pool-g keep their nodes for TestSecondNodePool and
+// TestGrowableNodePool.
 func TestNodeDrainDelete(t *testing.T) {
 	e, ctx := setup(t, 8*time.Minute)
 	ensureNetcheck(t, ctx, e, int32(2*len(e.Nodes)))
 	var victim string
 	var rest []string
 	for _, n := range e.Nodes {
-		if !e.inPoolB(n) {
+		if !e.inPoolB(n) && !e.inPoolG(n) {
 			victim = n
 		}
 	}

@@ -6,9 +6,9 @@
 // says. The kubelet runs the chart's pods and the container runtime calls
 // aliasip-cni for every pod.
 //
-// The cluster has two node pools (hack/cluster.sh): pool-a (node-1 to
+// The cluster has three node pools (hack/cluster.sh): pool-a (node-1 to
 // node-3) gets blocks from the chart's clusterCIDR, pool-b (node-4) from
-// the PodRange pool-b.
+// the PodRange pool-b, pool-g (node-5) from the growable PodRange pool-g.
 //
 // The suite brings the cluster up once (make cluster) and down at the end
 // (make cluster-down). Root only. ALIASIP_KUBELET_REUSE=1 runs the tests on
@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -46,6 +47,7 @@ type clusterEnv struct {
 	Ranges     aliasipclient.Interface
 	Nodes      []string // every node, pool-a's first
 	PoolB      []string // the nodes of pool-b (hack/cluster.sh POOL_B_NODES)
+	PoolG      []string // the nodes of pool-g (hack/cluster.sh POOL_G_NODES)
 }
 
 // The second node pool as hack/cluster.sh makes it.
@@ -60,6 +62,19 @@ const (
 	nodesPoolA   = 3
 	nodesPoolB   = 1
 )
+
+// The growable node pool as hack/cluster.sh makes it (pool_g_*).
+const (
+	poolGRange       = "pool-g"
+	poolGCIDR        = "10.80.0.0/16"
+	poolGMask        = 28
+	poolGMaxBlocks   = 8
+	poolGReturnAfter = 15 * time.Second
+	nodesPoolG       = 1
+)
+
+// inPoolG reports whether node is one of pool-g's.
+func (e *clusterEnv) inPoolG(node string) bool { return slices.Contains(e.PoolG, node) }
 
 // inPoolB reports whether node is one of pool-b's.
 func (e *clusterEnv) inPoolB(node string) bool {
@@ -86,12 +101,16 @@ func run(m *testing.M) int {
 		dir = "/var/lib/aliasip-cluster"
 	}
 	reuse := os.Getenv("ALIASIP_KUBELET_REUSE") == "1"
-	nodes := nodesPoolA + nodesPoolB
+	nodes := nodesPoolA + nodesPoolB + nodesPoolG
 	e := &clusterEnv{Dir: dir, Kubeconfig: filepath.Join(dir, "kubeconfig")}
 	for i := 1; i <= nodes; i++ {
-		e.Nodes = append(e.Nodes, fmt.Sprintf("node-%d", i))
-		if i > nodesPoolA {
-			e.PoolB = append(e.PoolB, fmt.Sprintf("node-%d", i))
+		name := fmt.Sprintf("node-%d", i)
+		e.Nodes = append(e.Nodes, name)
+		switch {
+		case i > nodesPoolA+nodesPoolB:
+			e.PoolG = append(e.PoolG, name)
+		case i > nodesPoolA:
+			e.PoolB = append(e.PoolB, name)
 		}
 	}
 	if !reuse {
@@ -112,13 +131,13 @@ func run(m *testing.M) int {
 			return 1
 		}
 		start := time.Now()
-		kc, err := clusterUp(root, dir, nodesPoolA, nodesPoolB)
+		kc, err := clusterUp(root, dir, nodesPoolA, nodesPoolB, nodesPoolG)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "kubelet suite:", err)
 			clusterDown(root, dir)
 			return 1
 		}
-		fmt.Printf("kubelet suite: cluster of %d nodes (%d in pool-b) up in %v (%s)\n", nodes, nodesPoolB, time.Since(start).Round(time.Second), kc)
+		fmt.Printf("kubelet suite: cluster of %d nodes (%d in pool-b, %d in pool-g) up in %v (%s)\n", nodes, nodesPoolB, nodesPoolG, time.Since(start).Round(time.Second), kc)
 		defer clusterDown(root, dir)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", e.Kubeconfig)
@@ -169,7 +188,7 @@ func chartAppVersion(root string) (string, error) {
 
 // clusterUp runs `make cluster`'s script and returns the KUBECONFIG= path
 // from its last line.
-func clusterUp(root, dir string, poolA, poolB int) (string, error) {
+func clusterUp(root, dir string, poolA, poolB, poolG int) (string, error) {
 	logPath := filepath.Join(os.TempDir(), "aliasip-cluster-up.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -178,7 +197,7 @@ func clusterUp(root, dir string, poolA, poolB int) (string, error) {
 	defer logf.Close()
 	var out strings.Builder
 	cmd := exec.Command(filepath.Join(root, "hack", "cluster.sh"), "up")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("NODES=%d", poolA), fmt.Sprintf("POOL_B_NODES=%d", poolB), "ALIASIP_CLUSTER_DIR="+dir)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("NODES=%d", poolA), fmt.Sprintf("POOL_B_NODES=%d", poolB), fmt.Sprintf("POOL_G_NODES=%d", poolG), "ALIASIP_CLUSTER_DIR="+dir)
 	cmd.Stdout, cmd.Stderr = &out, logf
 	if err := cmd.Run(); err != nil {
 		b, _ := os.ReadFile(logPath)

@@ -40,9 +40,12 @@ func TestSecondNodePool(t *testing.T) {
 			t.Fatal(err)
 		}
 		pool, wantRange, wantName, wantMask := "pool-a", defaultRange, v1alpha1.DefaultRangeName, defaultMask
-		if e.inPoolB(name) {
+		switch {
+		case e.inPoolB(name):
 			pool, wantRange, wantName, wantMask = "pool-b", bRange, poolBRange, poolBMask
-		} else {
+		case e.inPoolG(name):
+			pool, wantRange, wantName, wantMask = "pool-g", netip.MustParsePrefix(poolGCIDR), poolGRange, poolGMask
+		default:
 			poolA = append(poolA, name)
 		}
 		if got := n.Labels[poolLabel]; got != pool {
@@ -116,13 +119,16 @@ func TestSecondNodePool(t *testing.T) {
 	for _, p := range pods {
 		ip := netip.MustParseAddr(p.Status.PodIP)
 		want := defaultRange
-		if e.inPoolB(p.Spec.NodeName) {
+		switch {
+		case e.inPoolB(p.Spec.NodeName):
 			want = bRange
 			onB = append(onB, p)
-		} else {
+		case e.inPoolG(p.Spec.NodeName):
+			want = netip.MustParsePrefix(poolGCIDR)
+		default:
 			onA = append(onA, p)
 		}
-		if cidr := nodePodCIDR(t, ctx, e, p.Spec.NodeName); !want.Contains(ip) || !cidr.Contains(ip) {
+		if cidr := nodeBlocks(t, ctx, e, p.Spec.NodeName); !want.Contains(ip) || !cidr.Contains(ip) {
 			t.Errorf("pod %s on %s has %s, want an address of %s inside the node's %s", p.Name, p.Spec.NodeName, ip, want, cidr)
 		}
 	}
@@ -149,7 +155,7 @@ func checkSeenFromOwnIP(t *testing.T, ctx context.Context, e *clusterEnv, node, 
 	t.Helper()
 	logs := runJobOn(t, ctx, e, node, job, append([]string{"get"}, urls...)...)
 	defer deleteJob(ctx, e, job)
-	cidr := nodePodCIDR(t, ctx, e, node)
+	cidr := nodeBlocks(t, ctx, e, node)
 	ok, seen := 0, map[string]bool{}
 	var rewritten []string
 	for _, l := range strings.Split(logs, "\n") {
