@@ -44,7 +44,12 @@ var (
 	ErrPartialList = errors.New("instance list incomplete")
 )
 
-// MaxAliasRangesPerNIC is GCE's limit of alias IP ranges on one interface.
+// MaxAliasRangesPerNIC is GCE's limit of alias IP ranges on one interface:
+// "Maximum number of alias IP ranges per network interface: 150", a
+// system limit, as long as the VPC network's quota "IP aliases per VPC
+// network" (ALIASES_PER_NETWORK_GLOBAL, counting ranges whatever their
+// size) is not exceeded (VPC "Quotas and limits",
+// https://cloud.google.com/vpc/docs/quota, limits per network interface).
 const MaxAliasRangesPerNIC = 150
 
 // InstanceRef names one VM. Project and Zone may be empty for clouds

@@ -413,9 +413,12 @@ func drainedAck(drained []aliasipv1.DrainedBlock, b aliasipv1.GrantedBlock) bool
 // so an extra block is one more entry of the same secondary range, written
 // with the whole list (cloud/gce addAlias); kubernetes/cloud-provider-gcp
 // metis/ adds /28 alias ranges to a node the same way. The per-interface
-// limit on that list is cloud.MaxAliasRangesPerNIC (150, not verified
-// against a public source here); the CRD caps maxBlocksPerNode at 100. On failure the block goes back to the
-// pool when the cloud surely did not apply it, else it cools down.
+// limit on that list is cloud.MaxAliasRangesPerNIC (150: "Maximum number
+// of alias IP ranges per network interface", https://cloud.google.com/vpc/docs/quota;
+// every range also counts towards the VPC network's "IP aliases per VPC
+// network" quota); the CRD caps maxBlocksPerNode at 100. On failure the
+// block goes back to the pool when the cloud surely did not apply it,
+// else it cools down.
 func (c *Controller) grantBlock(ctx context.Context, node *corev1.Node, inst cloud.InstanceRef, rng string) (netip.Prefix, error) {
 	p, err := c.blocks.grantExtra(node.Name, rng)
 	if errors.Is(err, allocator.ErrRangeExhausted) {

@@ -32,7 +32,9 @@ import (
 	"github.com/aliasip/aliasip/cloud"
 )
 
-// MaxAliasRanges is GCE's per-NIC limit.
+// MaxAliasRanges is GCE's per-NIC limit (cloud.MaxAliasRangesPerNIC:
+// https://cloud.google.com/vpc/docs/quota, "Maximum number of alias IP
+// ranges per network interface").
 const MaxAliasRanges = 150
 
 // Faults are injected failures. Rates are fractions in [0,1].
