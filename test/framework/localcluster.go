@@ -54,6 +54,13 @@ type LocalClusterOptions struct {
 	// link gets an IPv6 subnet (Fabric.EnableIPv6), and every node an IPv6
 	// address on it (nodad) and a second InternalIP. Empty: single-stack.
 	IPv6Range string
+	// ProviderID, when set, gives each Node object AddNode creates its
+	// spec.providerID (e.g. gce://PROJECT/ZONE/NAME for a controller that
+	// ControllerArgs point at the GCE test server); nil: none, the fake
+	// cloud's instance by name. The agents run with --cloud=fake either
+	// way: they read the API, never the cloud, and Cloud reads only the
+	// fake cloud's state file (empty when the controller uses another).
+	ProviderID func(node string) string
 }
 
 // StartLocalCluster starts the control plane, the fabric and the controller
@@ -157,6 +164,9 @@ func (lc *LocalCluster) AddNodeLabelled(ctx context.Context, name string, labels
 		return nil, err
 	}
 	n.Labels = labels
+	if lc.opts.ProviderID != nil {
+		n.ProviderID = lc.opts.ProviderID(name)
+	}
 	lc.mu.Lock()
 	lc.Nodes = append(lc.Nodes, n)
 	lc.mu.Unlock()

@@ -148,7 +148,10 @@ type Node struct {
 	Metrics string // host:port of the agent's metrics
 	// Labels are the Node object's labels at registration (RegisterNode).
 	Labels map[string]string
-	fabric *Fabric
+	// ProviderID is the Node object's spec.providerID at registration
+	// (RegisterNode); empty: none.
+	ProviderID string
+	fabric     *Fabric
 }
 
 // AddNode creates a node namespace attached to the fabric, with loopback
@@ -300,9 +303,10 @@ func (n *Node) AgentArgs(kubeconfig, pluginBinary string, extra ...string) []str
 
 // RegisterNode creates (or updates) the Node object with the node's
 // InternalIP (and its IPv6 one after it, as the kubelet lists a
-// dual-stack node's, when the node has one) and, if set, a podCIDR.
+// dual-stack node's, when the node has one), its Labels and ProviderID
+// (if set) and, if set, a podCIDR.
 func (n *Node) RegisterNode(ctx context.Context, client kubernetes.Interface, podCIDR string) error {
-	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels}}
+	obj := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: n.Labels}, Spec: corev1.NodeSpec{ProviderID: n.ProviderID}}
 	if podCIDR != "" {
 		obj.Spec.PodCIDR, obj.Spec.PodCIDRs = podCIDR, []string{podCIDR}
 	}
