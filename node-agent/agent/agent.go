@@ -319,6 +319,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// retried by the loop, never a reason to keep pods off the node.
 	// PodRanges bound the fabric's routes and join the non-masquerade set.
 	a.startPodRanges(ctx)
+	if n, err := a.nodes.Get(a.cfg.NodeName); err == nil {
+		a.checkMaxPods(ctx, n, podCIDR) // now that a growable range's maxBlocksPerNode is known
+	}
 	// Extra blocks of a growable range, before the first ADD.
 	a.startGrowth(ctx)
 	var egressState *masq
@@ -506,7 +509,12 @@ func (a *Agent) recoverState(ctx context.Context, statePath string, podCIDR, pod
 	// A node of a growable range: its extra blocks, as its NodeBlocks
 	// grants them, and their pods' routes too — a pod there must not have
 	// its address handed out again.
-	extra := a.grantedNow(ctx)
+	extra, err := a.grantedNow(ctx)
+	if err != nil {
+		// The bad state stays in place (linked aside, not moved): the
+		// agent exits and its next start recovers again.
+		return nil, fmt.Errorf("%w; %v", cause, err)
+	}
 	for _, b := range extra {
 		var more []datapath.HostPod
 		if err := a.inHost(func() error {

@@ -194,9 +194,14 @@ func (a *Agent) syncEgressTable(ctx context.Context, m *masq, t *masqTable) {
 		// malformed, or could not be read): a table an earlier agent
 		// wrote from the last good one stays as it is. Only a node with
 		// no table at all gets the defaults, so its pods reach the outside.
-		if cur, err := t.table.Read(); err == nil && cur != "" {
-			logger.Info("No good masquerade configuration yet; keeping the rules in place", "configMap", a.cfg.MasqConfigMap)
-			return
+		// Its destinations stay; its sources follow this node's blocks (a
+		// block granted since must be masqueraded before it serves pods).
+		if cur, ok, err := t.table.InPlace(); err == nil && ok {
+			if t.table.Describe(egress.Rules{PodBlocks: cur.PodBlocks}) == t.table.Describe(egress.Rules{PodBlocks: want.PodBlocks}) {
+				logger.Info("No good masquerade configuration yet; keeping the rules in place", "configMap", a.cfg.MasqConfigMap)
+				return
+			}
+			want.NonMasquerade = cur.NonMasquerade
 		}
 	}
 	m.mu.Lock()

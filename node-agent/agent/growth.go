@@ -396,19 +396,21 @@ func (a *Agent) extraFabricRoutes(n *corev1.Node, via4 netip.Addr) []datapath.Fa
 }
 
 // grantedNow reads this node's granted blocks straight from the API (at
-// start, before the informer runs): none when it has no NodeBlocks, the
-// API does not serve them, or the read fails.
-func (a *Agent) grantedNow(ctx context.Context) []ipam.Block {
+// start, before the informer runs): none when it has no NodeBlocks or the
+// API does not serve them (404). Any other failure is an error: a
+// recovery that went on without the extra blocks would hand their
+// running pods' addresses out again.
+func (a *Agent) grantedNow(ctx context.Context) ([]ipam.Block, error) {
 	if a.dyn == nil {
-		return nil
+		return nil, nil
 	}
 	u, err := a.dyn.Resource(nodeBlocksGVR).Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
 	if err != nil {
-		if !apierrors.IsNotFound(err) {
-			klog.FromContext(ctx).Error(err, "Reading this node's NodeBlocks to recover its extra blocks")
-		}
-		return nil
+		return nil, fmt.Errorf("reading this node's NodeBlocks to recover its extra blocks: %w", err)
 	}
 	bs, _ := grantedBlocks(u)
-	return bs
+	return bs, nil
 }

@@ -116,6 +116,12 @@ func (a *Agent) checkMaxPods(ctx context.Context, node *corev1.Node, block netip
 	// A node of a growable range may be given maxBlocksPerNode-1 more
 	// blocks of the same size, every address of which serves pods
 	// (node-agent/ipam Usage).
+	a.mu.Lock()
+	followed := a.ranges != nil
+	a.mu.Unlock()
+	if a.dyn != nil && !followed {
+		return // PodRanges not read yet (a growable range may hold more): Run checks again after startPodRanges
+	}
 	grows := false
 	for _, r := range a.podRanges() {
 		if r.maxBlocks > 1 && block.Addr().Is4() && r.cidr.Contains(block.Addr()) {

@@ -45,8 +45,8 @@ type podRange struct {
 // not keep pods from starting, so then it is not waited for. Each change
 // kicks the fabric loop and the egress loop.
 func (a *Agent) startPodRanges(ctx context.Context) {
-	if a.dyn == nil || !(a.cfg.Masquerade || a.cfg.FabricRoutes) {
-		return
+	if a.dyn == nil {
+		return // (checkMaxPods needs a growable range's maxBlocksPerNode even with masquerade off and no fabric)
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(a.dyn, 10*time.Minute)
 	inf := f.ForResource(podRangeGVR)
@@ -54,7 +54,9 @@ func (a *Agent) startPodRanges(ctx context.Context) {
 	inf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { kick() }, UpdateFunc: func(any, any) { kick() }, DeleteFunc: func(any) { kick() },
 	})
-	a.ranges = inf.Lister()
+	a.mu.Lock()
+	a.ranges = inf.Lister() // read by checkOwnNode's informer handler
+	a.mu.Unlock()
 	f.Start(ctx.Done())
 	if a.podRangesServed() {
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -82,11 +84,14 @@ func (a *Agent) podRangesServed() bool {
 // podRanges returns the PodRanges in use (podRangeInUse), of either
 // family; none when they are not followed.
 func (a *Agent) podRanges() []podRange {
-	if a.ranges == nil {
+	a.mu.Lock()
+	ranges := a.ranges
+	a.mu.Unlock()
+	if ranges == nil {
 		return nil
 	}
 	var out []podRange
-	objs, _ := a.ranges.List(labels.Everything())
+	objs, _ := ranges.List(labels.Everything())
 	for _, o := range objs {
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {

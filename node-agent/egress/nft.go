@@ -219,6 +219,40 @@ func (t *Table) find(c *nftables.Conn) (*nftables.Table, bool, error) {
 	return nil, false, nil
 }
 
+// InPlace returns the rules the table in the kernel holds (ok false: no
+// table).
+func (t *Table) InPlace() (r Rules, ok bool, err error) {
+	c, err := t.conn()
+	if err != nil {
+		return r, false, err
+	}
+	table, ok, err := t.find(c)
+	if err != nil || !ok {
+		return r, false, err
+	}
+	sets, err := c.GetSets(table)
+	if err != nil {
+		return r, false, err
+	}
+	for _, s := range sets {
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			return r, false, err
+		}
+		var ps []netip.Prefix
+		for _, rg := range elementRanges(t.fam, elems) {
+			ps = append(ps, rg.Prefixes()...)
+		}
+		switch s.Name {
+		case setPodBlocks:
+			r.PodBlocks = ps
+		case setNonMasq:
+			r.NonMasquerade = ps
+		}
+	}
+	return r, true, nil
+}
+
 // Read renders the table as the kernel holds it, in Describe's form ("" if
 // there is no table). Anything aliasip would not have written shows up as
 // a difference.
