@@ -40,6 +40,11 @@ import (
 //   - draining: an Active extra block with no address for returnAfter,
 //     whose node keeps lowWater free without it → record it Draining (the
 //     agent allocates no more from it);
+//   - reactivated: the node runs low while it holds a Draining block →
+//     that block is recorded Active again instead of a grant (the report
+//     that let it drain may have been a moment old, or the pods came
+//     back); a drained acknowledgement for the old drain no longer
+//     matches, so it cannot give the block back;
 //   - given back: a Draining block the agent reports drained (for that
 //     same drain) → drop the record, cool the block down, remove the alias;
 //   - leftover: an alias of the range on the NIC that is neither the
@@ -72,6 +77,9 @@ const (
 	// EventBlockCapReached (Warning): the node runs low and holds its
 	// range's maxBlocksPerNode blocks.
 	EventBlockCapReached = "BlockCapReached"
+	// EventBlockReactivated (Normal): a draining extra block was made
+	// Active again because the node ran low (no new block needed).
+	EventBlockReactivated = "BlockReactivated"
 )
 
 // nodeBlocks is the controller's view of the NodeBlocks objects.
@@ -297,10 +305,39 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 		low = blockCapacity(st.podCIDR) / 2
 	}
 	// A block granted but not in the report yet: the agent has not seen
-	// it, so the report says nothing about what it still needs.
+	// it, so the report says nothing about what it still needs. The ADDs
+	// waiting take addresses first: free − waiting is what is left after
+	// them (an ADD waits only when nothing is free, so a report with both
+	// free addresses and ADDs waiting was written as a block was taken up,
+	// before they took from it: no grant for those).
 	allSeen := !slices.ContainsFunc(active, func(p netip.Prefix) bool { _, ok := usage[p.String()]; return !ok })
-	short := allSeen && (free < low || nb.Spec.Waiting > 0)
+	short := allSeen && free-int(nb.Spec.Waiting) < low
+	reactivated := false
+	if short {
+		// A Draining block is capacity the node still holds: made Active
+		// again (the one with the most addresses in use) before any grant.
+		best := -1
+		for i, b := range status.Blocks {
+			if b.State == aliasipv1.BlockDraining && (best < 0 || usage[b.CIDR].Allocated > usage[status.Blocks[best].CIDR].Allocated) {
+				best = i
+			}
+		}
+		if best >= 0 {
+			b := &status.Blocks[best]
+			p := netip.MustParsePrefix(b.CIDR)
+			b.State, b.DrainingSince = aliasipv1.BlockActive, nil
+			free += max(capOf(p)-int(usage[b.CIDR].Allocated), 0)
+			c.growth.busy(p)
+			reactivated = true
+			c.metrics.Growth.WithLabelValues("reactivated").Inc()
+			c.recorder.Eventf(node, corev1.EventTypeNormal, EventBlockReactivated, "Draining block %v made active again: the node runs low (%d free, %d ADDs waiting)", p, free, nb.Spec.Waiting)
+			logger.Info("Draining block reactivated", "node", node.Name, "cidr", p, "free", free, "waiting", nb.Spec.Waiting)
+		}
+	}
 	switch {
+	case reactivated:
+		meta.SetStatusCondition(&status.Conditions, metav1.Condition{Type: aliasipv1.ConditionCapReached, Status: metav1.ConditionFalse,
+			Reason: reasonBelowCap, Message: fmt.Sprintf("%d of %d blocks held, %d addresses free", blocksHeld, gs.maxBlocks, free)})
 	case short && blocksHeld >= gs.maxBlocks:
 		if !meta.IsStatusConditionTrue(status.Conditions, aliasipv1.ConditionCapReached) {
 			c.metrics.Growth.WithLabelValues("cap_reached").Inc()
@@ -329,7 +366,7 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 	// Draining: the Active extra blocks empty for returnAfter, newest
 	// first (the older blocks hold the longer-lived pods), as long as the
 	// node keeps lowWater free without them.
-	if !short {
+	if !short && !reactivated {
 		for i := len(status.Blocks) - 1; i >= 0; i-- {
 			b := &status.Blocks[i]
 			p := netip.MustParsePrefix(b.CIDR)
@@ -343,7 +380,14 @@ func (c *Controller) syncGrowth(ctx context.Context, node *corev1.Node, st nodeS
 				c.queue.AddAfter(node.Name, gs.returnAfter)
 				continue
 			}
-			if now.Sub(since) < gs.returnAfter || free-capOf(p) < low {
+			if idle := now.Sub(since); idle < gs.returnAfter {
+				// Looked at again when it is due: a delayed add of the same
+				// node for another block, due earlier, may have taken this
+				// one's place in the queue (one entry per key).
+				c.queue.AddAfter(node.Name, gs.returnAfter-idle)
+				continue
+			}
+			if free-capOf(p) < low {
 				continue
 			}
 			free -= capOf(p)

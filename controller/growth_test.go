@@ -76,10 +76,34 @@ func TestGrowthRows(t *testing.T) {
 		syncs:  1, wantNIC: []string{first, "10.241.0.32/28"}, want: map[string]string{"10.241.0.32/28": aliasipv1.BlockActive},
 		events: []string{"Normal BlockGranted"},
 	}, {
-		name:   "granted for a waiting ADD, whatever is free",
-		report: func() aliasipv1.NodeBlocksSpec { s := usage(first, 0); s.Waiting = 1; return s }(),
+		name:   "granted for waiting ADDs: what they leave free (5 − 2) < 4",
+		report: func() aliasipv1.NodeBlocksSpec { s := usage(first, 8); s.Waiting = 2; return s }(),
 		syncs:  1, wantNIC: []string{first, "10.241.0.32/28"}, want: map[string]string{"10.241.0.32/28": aliasipv1.BlockActive},
 		events: []string{"Normal BlockGranted"},
+	}, {
+		// The agent writes its report as it takes a block up, before the
+		// ADDs it wakes take from it: 13 free and 6 waiting leave 7 ≥ 4.
+		name:   "ADDs counted waiting beside free addresses (a block just taken up) → no grant",
+		report: func() aliasipv1.NodeBlocksSpec { s := usage(first, 0); s.Waiting = 6; return s }(),
+		syncs:  2, wantNIC: []string{first}, want: map[string]string{},
+	}, {
+		name: "reactivated: short while a block drains → that block Active again, no grant",
+		nic:  []string{"10.241.0.32/28"}, status: granted(aliasipv1.BlockDraining, "10.241.0.32/28"),
+		report: usage(first, 12, "10.241.0.32/28", 3),
+		syncs:  1, wantNIC: []string{first, "10.241.0.32/28"}, want: map[string]string{"10.241.0.32/28": aliasipv1.BlockActive},
+		events: []string{"Normal BlockReactivated"},
+	}, {
+		// The acknowledgement names the drain that was undone: the
+		// block, Active again, is not given back.
+		name: "reactivated, then the old drain's drained report → stays Active",
+		nic:  []string{"10.241.0.32/28"}, status: granted(aliasipv1.BlockDraining, "10.241.0.32/28"),
+		report: func() aliasipv1.NodeBlocksSpec {
+			s := usage(first, 13)
+			s.Waiting = 1
+			return s
+		}(),
+		syncs: 1, wantNIC: []string{first, "10.241.0.32/28"}, want: map[string]string{"10.241.0.32/28": aliasipv1.BlockActive},
+		events: []string{"Normal BlockReactivated"},
 	}, {
 		name: "a grant not in the report yet earns no second one",
 		nic:  []string{"10.241.0.32/28"}, status: granted(aliasipv1.BlockActive, "10.241.0.32/28"),

@@ -146,7 +146,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		Growth: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aliasip_growth_blocks_total",
-			Help: "Extra blocks of growable PodRanges by what happened: granted, draining (asked back), returned (removed from the NIC), repaired (alias put back), cap_reached, exhausted (no free block), refused, failed.",
+			Help: "Extra blocks of growable PodRanges by what happened: granted, draining (asked back), reactivated (a draining block made active again), returned (removed from the NIC), repaired (alias put back), cap_reached, exhausted (no free block), refused, failed.",
 		}, []string{"event"}),
 		NodeWrites: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "aliasip_node_writes_total",
