@@ -73,7 +73,7 @@ bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, GCE burst
 bench-dataplane: deps build ## Pod-to-pod iperf3 throughput, ping RTT and first-packet latency, same node and across nodes, vs bridge + host-local.
 	$(GO) test -count=1 -run XXX -bench BenchmarkDataPlane -benchtime 1x -timeout 10m ./test/bench/
 
-bench-growth: deps build ## Growable /28 blocks vs a fixed /24: address utilisation under pod churn (5-100 pods), top-up latency, ADD failures, at 20 ms and 200 ms cloud calls.
+bench-growth: deps build ## Growable /28 blocks vs a fixed /24: address utilisation (and its limit) under pod churn (5-100 pods), top-up latency, ADD failures; fake cloud at 20 ms and the GCE test server at 200 ms operations.
 	$(GO) test -count=1 -run XXX -bench BenchmarkGrowth -benchtime 1x -timeout 20m ./test/bench/
 
 bench-restart: deps build ## Controller restart at 15,000 Nodes (ALIASIP_BENCH_NODES): time to the first new podCIDR and RSS vs the LIST floor; long.
