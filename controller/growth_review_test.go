@@ -373,3 +373,31 @@ func TestGrowthEmptyBlockLookedAtWhenDue(t *testing.T) {
 		}
 	}
 }
+
+// The rebuild looks the nodes' instances up in the nodes' order, whether
+// or not they grow: the chart's fake cloud is in memory and gives each
+// instance, on its first lookup, the next IPv6 range, so looking growable
+// nodes up first (for their extra blocks) handed the instances other
+// ranges than their Nodes' IPv6 podCIDRs after a controller restart
+// (kubectl aliasip check: ipv6-podcidr mismatches; the kubelet suite
+// caught it once make cluster had a growable pool).
+func TestGrowthRebuildLooksInstancesUpInNodeOrder(t *testing.T) {
+	pr := attackRange()
+	older := attackNode("a", "10.0.0.0/24", 10)
+	older.Labels = nil
+	nb := &aliasipv1.NodeBlocks{ObjectMeta: metav1.ObjectMeta{Name: "g"},
+		Status: aliasipv1.NodeBlocksStatus{PodRange: "grow", Blocks: activeBlocks("10.241.0.32/28")}}
+	h := startHarness(t, harnessConfig{cluster: "10.0.0.0/16", podRanges: true, dualStack: true,
+		nodes: []*corev1.Node{older, attackNode("g", "10.241.0.0/28", 20)}, ranges: []*aliasipv1.PodRange{pr},
+		nodeBlocks: []*aliasipv1.NodeBlocks{nb}})
+	for i, name := range []string{"a", "g"} {
+		got, err := h.cloud.IPv6Range(context.Background(), cloud.InstanceRef{Name: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := cloud.Subprefix(netip.MustParsePrefix("fd20:0:0:1::/64"), 96, uint64(i))
+		if got != want {
+			t.Errorf("instance %s (node %d of the rebuild's order) got IPv6 range %v, want %v", name, i+1, got, want)
+		}
+	}
+}

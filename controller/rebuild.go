@@ -139,6 +139,20 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		}
 		onNIC[in.Ref.String()] = m
 	}
+	// Each node's instance, resolved once, in the nodes' order: with the
+	// fake cloud in memory (the chart's) an instance is made on its first
+	// lookup and gets the next IPv6 range, so the lookups' order must not
+	// depend on which nodes grow (growable nodes first gave them other
+	// ranges than their Nodes' IPv6 podCIDRs after a controller restart).
+	type resolvedInstance struct {
+		ref cloud.InstanceRef
+		err error
+	}
+	instanceOf := map[string]resolvedInstance{}
+	for _, n := range nodes {
+		inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+		instanceOf[n.Name] = resolvedInstance{inst, err}
+	}
 	extras := 0
 	restoreExtras := func(carried bool) error {
 		if c.growth == nil || !c.growth.informer.HasSynced() {
@@ -149,7 +163,7 @@ func (c *Controller) rebuild(ctx context.Context) error {
 			if err != nil || !ownedBy(nb, n) {
 				continue
 			}
-			inst, ierr := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+			inst, ierr := instanceOf[n.Name].ref, instanceOf[n.Name].err
 			for _, b := range nb.Status.Blocks {
 				p, err := netip.ParsePrefix(b.CIDR)
 				if err != nil {
@@ -180,7 +194,7 @@ func (c *Controller) rebuild(ctx context.Context) error {
 		// Held without an instance when it cannot be resolved: the node's
 		// sync reports it, and a release has no alias to remove (the leak
 		// collector looks).
-		inst, err := c.cloud.InstanceFor(ctx, n.Spec.ProviderID, n.Name)
+		inst, err := instanceOf[n.Name].ref, instanceOf[n.Name].err
 		if err == nil && !instanceOfNode(inst, n.Name) {
 			err = fmt.Errorf("providerID names instance %s, not the node's own", inst)
 		}
