@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build codegen verify-codegen deps images cluster cluster-down conformance test unit integration vet lint fuzz bench bench-dataplane bench-restart bench-agent-restart demo clean
+.PHONY: help build codegen verify-codegen deps images cluster cluster-down conformance test unit integration vet lint fuzz bench bench-cni bench-dataplane bench-growth bench-restart bench-agent-restart demo clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -70,8 +70,11 @@ bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, GCE burst
 	$(GO) test -count=1 -run XXX -bench . -benchtime 1x -timeout 30m ./test/bench/
 	$(GO) test -count=1 -run XXX -bench . ./controller/allocator/
 
-bench-dataplane: deps build ## Pod-to-pod iperf3 throughput, ping RTT and first-packet latency, same node and across nodes, vs bridge + host-local.
+bench-dataplane: deps build ## Pod-to-pod iperf3 throughput, ping RTT and first-packet latency, same node and across nodes, vs bridge + host-local and vs the limit (host loopback, host-to-host).
 	$(GO) test -count=1 -run XXX -bench BenchmarkDataPlane -benchtime 1x -timeout 10m ./test/bench/
+
+bench-cni: deps build ## CNI ADD/DEL latency through libcni vs ptp + host-local: one after another, 20 at a time and a 100-pod burst, with the plugin's own phase breakdown.
+	$(GO) test -count=1 -run XXX -bench BenchmarkCNIAddDel -benchtime 1x -timeout 15m ./test/bench/
 
 bench-growth: deps build ## Growable /28 blocks vs a fixed /24: address utilisation (and its limit) under pod churn (5-100 pods), top-up latency, ADD failures; fake cloud at 20 ms and the GCE test server at 200 ms operations.
 	$(GO) test -count=1 -run XXX -bench BenchmarkGrowth -benchtime 1x -timeout 20m ./test/bench/

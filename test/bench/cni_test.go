@@ -21,6 +21,10 @@ import (
 const (
 	cniPods        = 200
 	cniConcurrency = 20
+	// cniBurst: ADDs at once on one node, as a 100-pod burst (a Deployment
+	// scaled up, cilium#48392's 300 ms per pod); issue 25's goal: ADD p99
+	// ≤ 0.7× ptp + host-local in the same run.
+	cniBurst = 100
 )
 
 // contender is one CNI configuration on its own node namespace.
@@ -71,7 +75,7 @@ func readBreakdown(path string) (addBreakdown, error) {
 }
 
 // BenchmarkCNIAddDel: CNI ADD and DEL latency, p50 and p99, for 200 pods one
-// after another and 20 at a time, through libcni: aliasip-cni (with its
+// after another, 20 at a time and 100 at a time (a burst), through libcni: aliasip-cni (with its
 // agent) side by side with Debian's ptp + host-local on the same node setup.
 func BenchmarkCNIAddDel(b *testing.B) {
 	if reason := framework.RequireRoot(); reason != "" {
@@ -132,12 +136,12 @@ func BenchmarkCNIAddDel(b *testing.B) {
 		l    latencies
 	}
 	var rows []row
-	var seqBreakdown addBreakdown
+	var seqBreakdown, burstBreakdown addBreakdown
 	cniLog := filepath.Join(an.Dir, "cni.log")
 	for _, mode := range []struct {
 		name string
 		par  int
-	}{{"one after another", 1}, {fmt.Sprintf("%d at a time", cniConcurrency), cniConcurrency}} {
+	}{{"one after another", 1}, {fmt.Sprintf("%d at a time", cniConcurrency), cniConcurrency}, {fmt.Sprintf("%d at a time (burst)", cniBurst), cniBurst}} {
 		for _, c := range contenders {
 			if c.node == an {
 				os.Truncate(cniLog, 0)
@@ -160,6 +164,11 @@ func BenchmarkCNIAddDel(b *testing.B) {
 				}
 				seqBreakdown.order = append(seqBreakdown.order, "outside")
 			}
+			if c.node == an && mode.par == cniBurst {
+				if burstBreakdown, err = readBreakdown(cniLog); err != nil {
+					b.Fatal(err)
+				}
+			}
 		}
 	}
 
@@ -173,10 +182,24 @@ func BenchmarkCNIAddDel(b *testing.B) {
 	fmt.Println()
 	for i := 0; i+1 < len(rows); i += 2 {
 		a, p := rows[i].l, rows[i+1].l
-		fmt.Printf("%s: aliasip/ptp ratio ADD p50 %.2f p99 %.2f, DEL p50 %.2f p99 %.2f (below 1: aliasip faster)\n", rows[i].mode,
-			ratio(a.add, p.add, 50), ratio(a.add, p.add, 99), ratio(a.del, p.del, 50), ratio(a.del, p.del, 99))
-		b.ReportMetric(ratio(a.add, p.add, 50), fmt.Sprintf("add-p50-ratio-par%d", []int{1, cniConcurrency}[i/2]))
-		b.ReportMetric(ratio(a.add, p.add, 99), fmt.Sprintf("add-p99-ratio-par%d", []int{1, cniConcurrency}[i/2]))
+		goal := ""
+		if strings.HasSuffix(rows[i].mode, "(burst)") {
+			goal = fmt.Sprintf("; goal ADD p99 ≤ 0.70: %s", dpVerdict(ratio(a.add, p.add, 99) <= 0.7))
+		}
+		fmt.Printf("%s: aliasip/ptp ratio ADD p50 %.2f p99 %.2f, DEL p50 %.2f p99 %.2f (below 1: aliasip faster)%s\n", rows[i].mode,
+			ratio(a.add, p.add, 50), ratio(a.add, p.add, 99), ratio(a.del, p.del, 50), ratio(a.del, p.del, 99), goal)
+		par := []int{1, cniConcurrency, cniBurst}[i/2]
+		b.ReportMetric(ratio(a.add, p.add, 50), fmt.Sprintf("add-p50-ratio-par%d", par))
+		b.ReportMetric(ratio(a.add, p.add, 99), fmt.Sprintf("add-p99-ratio-par%d", par))
+	}
+	// Where the burst's ADDs wait: the plugin's own phases, p50 and p99.
+	// If the IPAM journal's fsync were the queue, ipam (the agent's pick and
+	// durable write, one at a time) would grow with the burst.
+	fmt.Printf("\naliasip-cni's ADD phases in the %d-at-a-time burst (p50 / p99 over %d ADDs):\n\n", cniBurst, cniPods)
+	fmt.Println("| phase | p50 | p99 |")
+	fmt.Println("| --- | ---: | ---: |")
+	for _, k := range burstBreakdown.order {
+		fmt.Printf("| %s | %.2f ms | %.2f ms |\n", k, float64(pct(burstBreakdown.phases[k], 50).Microseconds())/1000, float64(pct(burstBreakdown.phases[k], 99).Microseconds())/1000)
 	}
 	fmt.Printf("\nWhere aliasip-cni's sequential ADD goes (p50 of each phase over %d ADDs; total is the plugin's own\n", cniPods)
 	fmt.Println("view from its main to the result; outside = libcni's wall time minus total: exec, Go start-up, result parsing):")

@@ -69,11 +69,14 @@ func (c *dpContender) close() {
 // node 1 (across the fabric), measured over IPv4 or, with v6, over IPv6
 // (the contender then being a dual-stack one).
 type dpPath struct {
-	name     string
-	metric   string
-	cni      string
-	c        *dpContender
-	v6       bool
+	name   string
+	metric string
+	cni    string
+	c      *dpContender
+	v6     bool
+	// host: the limit row — the node namespaces themselves (host↔host
+	// across the fabric, or host loopback on one node), no pod, no ADD.
+	host     bool
 	src, dst *framework.Pod
 	server   *framework.Process
 	gbps     []float64
@@ -194,6 +197,38 @@ func BenchmarkDataPlane(b *testing.B) {
 			}
 		}
 	}
+	// The limit of each path, measured beside the pods (issue 25): the
+	// aliasip nodes' own namespaces, host↔host over the same fabric (their
+	// eth0 addresses), and host loopback for the same-node path — what the
+	// kernel does with no pod data path at all.
+	for i, row := range paths {
+		n0, n1 := row[0].c.nodes[0], row[0].c.nodes[1]
+		v6 := i >= 2
+		addr := func(n *framework.Node) netip.Addr {
+			if v6 {
+				return n.IPv6
+			}
+			return n.IP
+		}
+		src := &framework.Pod{Name: "host-" + n0.Name, ContainerID: "host-" + n0.Name, NS: n0.NS, IP: n0.IP, IPv6: n0.IPv6}
+		dst := &framework.Pod{Name: "host-" + n1.Name, ContainerID: "host-" + n1.Name, NS: n1.NS, IP: n1.IP, IPv6: n1.IPv6}
+		name := "host↔host (the limit)"
+		if i%2 == 0 {
+			lo := netip.MustParseAddr("127.0.0.1")
+			if v6 {
+				lo = netip.IPv6Loopback()
+			}
+			dst = &framework.Pod{Name: "loopback-" + n0.Name, ContainerID: "loopback-" + n0.Name, NS: n0.NS, IP: lo, IPv6: lo}
+			name = "host loopback (the limit)"
+		} else if !addr(n1).IsValid() {
+			b.Fatalf("%s has no address for %s", n1.Name, row[0].name)
+		}
+		p := &dpPath{name: row[0].name, metric: row[0].metric, cni: name, c: row[0].c, v6: v6, host: true, src: src, dst: dst}
+		if _, err := p.ping(src, 2*time.Second); err != nil {
+			b.Fatalf("%s, %s: %v -> %v: %v", name, p.name, src.IP, p.dstAddr(), err)
+		}
+		paths[i] = append(paths[i], p)
+	}
 	conditions, err := dpConditions(alias, bridge, paths[0][0].src, paths[0][1].src)
 	if err != nil {
 		b.Fatal(err)
@@ -257,6 +292,9 @@ func BenchmarkDataPlane(b *testing.B) {
 	for _, row := range paths {
 		for range dpFirst {
 			for _, p := range row {
+				if p.host {
+					continue // no ADD: no first packet
+				}
 				fresh, err := p.c.pod(ctx, 0)
 				if err != nil {
 					b.Fatal(err)
@@ -286,6 +324,11 @@ func BenchmarkDataPlane(b *testing.B) {
 					slow++
 				}
 			}
+			if p.host {
+				fmt.Printf("| %s | %s | %.2f | %s | %s | %s | – | – | – |\n", p.name, p.cni, dpMedian(p.gbps), strings.Join(runs, ", "),
+					dpMicros(pct(p.rtt, 50)), dpMicros(pct(p.rtt, 99)))
+				continue
+			}
 			fmt.Printf("| %s | %s | %.2f | %s | %s | %s | %s | %s | %d of %d |\n", p.name, p.cni, dpMedian(p.gbps), strings.Join(runs, ", "),
 				dpMicros(pct(p.rtt, 50)), dpMicros(pct(p.rtt, 99)), dpMicros(pct(p.first, 50)), dpMicros(pct(p.first, 100)), slow, len(p.first))
 		}
@@ -305,6 +348,25 @@ func BenchmarkDataPlane(b *testing.B) {
 		b.ReportMetric(p50, a.metric+"-rtt-p50-ratio")
 		b.ReportMetric(p99, a.metric+"-rtt-p99-ratio")
 		b.ReportMetric(first, a.metric+"-first-ratio")
+		// Against the limit: goal (issue 25) across nodes ≥ 0.95× host↔host
+		// throughput and RTT p50 ≤ 1.1×; the same-node path is shown
+		// against loopback without a goal.
+		h := row[2]
+		hRound := make([]float64, len(a.gbps))
+		bRound := make([]float64, len(a.gbps))
+		for r := range hRound {
+			hRound[r] = a.gbps[r] / h.gbps[r]
+			bRound[r] = br.gbps[r] / h.gbps[r]
+		}
+		ht, hb, hp50 := dpMedian(hRound), dpMedian(bRound), ratio(a.rtt, h.rtt, 50)
+		verdict := "no goal for this path"
+		if a.metric == "cross" || a.metric == "cross6" {
+			verdict = fmt.Sprintf("goal ≥ 0.95 and RTT p50 ≤ 1.1: %s", dpVerdict(ht >= 0.95 && hp50 <= 1.1))
+		}
+		fmt.Printf("%s: aliasip/%s throughput %.2f (bridge/%s %.2f), RTT p50 %.2f (bridge %.2f) — %s\n",
+			a.name, h.cni, ht, h.cni, hb, hp50, ratio(br.rtt, h.rtt, 50), verdict)
+		b.ReportMetric(ht, a.metric+"-tput-vs-host")
+		b.ReportMetric(hp50, a.metric+"-rtt-p50-vs-host")
 	}
 	fmt.Println()
 }
