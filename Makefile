@@ -71,7 +71,7 @@ bench: deps build ## Benchmarks: node IPAM vs kube-controller-manager, GCE burst
 	$(GO) test -count=1 -run XXX -bench . ./controller/allocator/
 
 bench-dataplane: deps build ## Pod-to-pod iperf3 throughput, ping RTT and first-packet latency, same node and across nodes, vs bridge + host-local and vs the limit (host loopback, host-to-host).
-	$(GO) test -count=1 -run XXX -bench BenchmarkDataPlane -benchtime 1x -timeout 10m ./test/bench/
+	$(GO) test -count=1 -run XXX -bench BenchmarkDataPlane -benchtime 1x -timeout 15m ./test/bench/
 
 bench-cni: deps build ## CNI ADD/DEL latency through libcni vs ptp + host-local: one after another, 20 at a time and a 100-pod burst, with the plugin's own phase breakdown.
 	$(GO) test -count=1 -run XXX -bench BenchmarkCNIAddDel -benchtime 1x -timeout 15m ./test/bench/

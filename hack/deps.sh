@@ -2,7 +2,7 @@
 # Installs or builds everything the tests, demo, benchmarks and the
 # real-node cluster need, once: etcd (Debian's etcd-server), iproute2,
 # iptables, containerd + runc (Debian's 1.6.20 / 1.1.5, which kubelet 1.36
-# accepts), Debian's CNI reference plugins and iperf3 (for comparisons),
+# accepts), Debian's CNI reference plugins, iperf3 and perf (for comparisons),
 # portmap built at CNI 1.1, helm, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubelet, kube-proxy and kubectl built from the
 # k8s.io/kubernetes module (hack/k8s), Kubernetes' e2e suite (e2e.test) and
@@ -28,6 +28,8 @@ command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
 command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v conntrack >/dev/null 2>&1 || need_pkgs+=(conntrack)
 command -v iperf3 >/dev/null 2>&1 || need_pkgs+=(iperf3)
+# perf profiles the data-plane benchmark's streams (where the time goes).
+command -v perf >/dev/null 2>&1 || need_pkgs+=(linux-perf)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 # nft renders the agent's masquerade table in the tests (the agent itself
 # programs it through netlink and needs no binary).
