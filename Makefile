@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build codegen verify-codegen deps images cluster cluster-down conformance test unit integration vet lint fuzz bench bench-cni bench-dataplane bench-growth bench-restart bench-agent-restart demo clean
+.PHONY: help build codegen verify-codegen deps images cluster cluster-down conformance test unit integration vet lint fuzz bench bench-cni bench-dataplane bench-growth bench-restart bench-agent-restart bench-startup demo clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ bench-cni: deps build ## CNI ADD/DEL latency through libcni vs ptp + host-local:
 
 bench-growth: deps build ## Growable /28 blocks vs a fixed /24: address utilisation (and its limit) under pod churn (5-100 pods), top-up latency, ADD failures; fake cloud at 20 ms and the GCE test server at 200 ms operations.
 	$(GO) test -count=1 -run XXX -bench BenchmarkGrowth -benchtime 1x -timeout 20m ./test/bench/
+
+bench-startup: deps images build ## Pod start-up latency on make cluster (brought up and down unless one is up), ClusterLoader2's method (watch: create, scheduled, running with an IP; p50/p90/p99): 30 pods per node in waves, then 100 on one node, aliasip vs bridge + host-local on the same nodes, with the network's share (ALIASIP_STARTUP_ROUNDS, default 2).
+	ALIASIP_BENCH_STARTUP=1 $(GO) test -count=1 -v -run TestPodStartupLatency -timeout 60m ./test/startup/
 
 bench-restart: deps build ## Controller restart at 15,000 Nodes (ALIASIP_BENCH_NODES): time to the first new podCIDR and RSS vs the LIST floor; long.
 	ALIASIP_BENCH_RESTART=1 $(GO) test -count=1 -run XXX -bench BenchmarkControllerRestart15k -benchtime 1x -timeout 60m ./test/bench/
