@@ -25,6 +25,9 @@ import (
 //     network namespace, the CNI ADD and the pause container's start.
 type netTimes struct {
 	cni, inside, sandbox time.Duration
+	// phases is aliasip-cni's whole breakdown of the ADD (setup,
+	// allocate, ipam, netns, veth, …), keyed as in its log.
+	phases map[string]time.Duration
 	// From containerd's log: RunPodSandbox called and returned, and the
 	// pod's container started (StartContainer … returns successfully).
 	sbStart, sbEnd, started time.Time
@@ -78,7 +81,9 @@ var (
 	ctrdSandboxID = regexp.MustCompile(`returns sandbox id \\"([0-9a-f]+)\\"`)
 	ctrdCreated   = regexp.MustCompile(`CreateContainer within sandbox \\"([0-9a-f]+)\\" for &ContainerMetadata\{[^}]*\} returns container id \\"([0-9a-f]+)\\"`)
 	ctrdStarted   = regexp.MustCompile(`StartContainer for \\"([0-9a-f]+)\\" returns successfully`)
-	pluginAdd     = regexp.MustCompile(`ADD \S+ ` + benchNS + `/(\S+): .*\[total=(\d+) `)
+	pluginAdd     = regexp.MustCompile(`ADD \S+ ` + benchNS + `/(\S+): .*\[(total=\d+ [^\]]*)\]`)
+	// phaseOrder is the order of the phases in aliasip-cni's log line.
+	phaseOrder []string
 )
 
 // readNetTimes reads the network's part of every pod of the run from the
@@ -133,9 +138,20 @@ func readNetTimes(nodes []string, off map[string]logOffsets) (map[string]netTime
 		}
 		err = linesFrom(pluginLog(node), o.plugin, func(l string) {
 			if m := pluginAdd.FindStringSubmatch(l); m != nil {
-				us, _ := strconv.ParseInt(m[2], 10, 64)
 				nt := out[m[1]]
-				nt.inside = time.Duration(us) * time.Microsecond
+				nt.phases = map[string]time.Duration{}
+				for _, kv := range strings.Fields(m[2]) {
+					k, v, _ := strings.Cut(kv, "=")
+					us, err := strconv.ParseInt(v, 10, 64)
+					if err != nil {
+						continue
+					}
+					nt.phases[k] = time.Duration(us) * time.Microsecond
+					if !slices.Contains(phaseOrder, k) {
+						phaseOrder = append(phaseOrder, k)
+					}
+				}
+				nt.inside = nt.phases["total"]
 				out[m[1]] = nt
 			}
 		})
@@ -320,6 +336,36 @@ func report(results []runResult, rounds int, load0, load1 string) {
 			pp := func(d []time.Duration) string { return msec(pct(d, 50)) + " / " + msec(pct(d, 99)) }
 			fmt.Printf("| %s | %s | %s | %s | %s | %s | %s |\n", sc.name, m.name, pp(pickup), pp(sb), pp(cni), pp(ctr), pp(report))
 		}
+	}
+	fmt.Println()
+
+	fmt.Println("aliasip-cni's own phases (its log's ADD lines), p50 / p99 over the pods:")
+	fmt.Println()
+	fmt.Print("| pods |")
+	for _, k := range phaseOrder {
+		fmt.Printf(" %s |", k)
+	}
+	fmt.Print("\n| --- |")
+	for range phaseOrder {
+		fmt.Print(" ---: |")
+	}
+	fmt.Println()
+	for _, sc := range scenarios {
+		r, ok := pooled[key{sc.key, modeAliasip.key}]
+		if !ok {
+			continue
+		}
+		fmt.Printf("| %s |", sc.name)
+		for _, k := range phaseOrder {
+			var d []time.Duration
+			for _, name := range r.pods {
+				if v, ok := r.net[name].phases[k]; ok {
+					d = append(d, v)
+				}
+			}
+			fmt.Printf(" %.1f / %.1f ms |", float64(pct(d, 50).Microseconds())/1000, float64(pct(d, 99).Microseconds())/1000)
+		}
+		fmt.Println()
 	}
 	fmt.Println()
 }
