@@ -82,8 +82,11 @@ bench-growth: deps build ## Growable /28 blocks vs a fixed /24: address utilisat
 bench-startup: deps images build ## Pod start-up latency on make cluster (brought up and down unless one is up), ClusterLoader2's method (watch: create, scheduled, running with an IP; p50/p90/p99): 30 pods per node in waves, then 100 on one node, aliasip vs bridge + host-local on the same nodes, with the network's share (ALIASIP_STARTUP_ROUNDS, default 2).
 	ALIASIP_BENCH_STARTUP=1 $(GO) test -count=1 -v -run TestPodStartupLatency -timeout 60m ./test/startup/
 
-bench-restart: deps build ## Controller restart at 15,000 Nodes (ALIASIP_BENCH_NODES): time to the first new podCIDR and RSS vs the LIST floor; long.
-	ALIASIP_BENCH_RESTART=1 $(GO) test -count=1 -run XXX -bench BenchmarkControllerRestart15k -benchtime 1x -timeout 60m ./test/bench/
+bench-restart: deps build ## Controller restart at 65,000 Nodes (GKE's maximum; ALIASIP_BENCH_NODES up to 65536): time to the first new podCIDR vs the LIST floor, RSS, CPU and allocations per node beside the API server's and etcd's; long.
+	ALIASIP_BENCH_RESTART=1 $(GO) test -count=1 -run XXX -bench BenchmarkControllerRestart -benchtime 1x -timeout 90m ./test/bench/
+
+bench-scale: deps build ## Issue 25 at scale: a 5,000-Node scale-up burst (and the 1,000 one) vs kube-controller-manager at the same client QPS, and steady-state GCE calls per resync per 1,000 nodes on the GCE test server.
+	ALIASIP_BENCH_BURST_NODES=1000,5000 $(GO) test -count=1 -run XXX -bench 'BenchmarkNodeAllocation|BenchmarkGCEResync' -benchtime 1x -timeout 30m ./test/bench/
 
 bench-agent-restart: deps build ## Agent restart with 250 pods, SIGTERM and SIGKILL (also in make bench): time to ready, longest pod gap, idle CPU vs 0 pods (ALIASIP_BENCH_IDLE=10s shortens the 60 s window).
 	$(GO) test -count=1 -run XXX -bench BenchmarkAgentRestart -benchtime 1x -timeout 15m ./test/bench/

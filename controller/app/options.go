@@ -43,6 +43,7 @@ type Options struct {
 	CloudBurst       int
 	KubeAPIQPS       float32
 	KubeAPIBurst     int
+	KubeAPIGzip      bool
 	EventsQPS        float32
 	ReleaseCooldown  time.Duration
 	LeakGracePeriod  time.Duration
@@ -171,6 +172,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.CloudBurst, "cloud-burst", o.CloudBurst, "Burst of the cloud call budget.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "QPS of the Kubernetes client that reads and writes Nodes.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of that client.")
+	fs.BoolVar(&o.KubeAPIGzip, "kube-api-gzip", o.KubeAPIGzip, "Let the API server gzip that client's large responses (its Node list pages). Off by default: where bandwidth to the API server is ample, gzip costs the API server and the controller more CPU than it saves (kubernetes/kubernetes#112296, #112580); turn it on where bandwidth is scarce.")
 	fs.Float32Var(&o.EventsQPS, "events-qps", o.EventsQPS, "QPS of the separate client that writes Events, the leader Lease and the cooling ConfigMap (never the Node write budget).")
 	fs.DurationVar(&o.ReleaseCooldown, "release-cooldown", o.ReleaseCooldown, "How long a deleted node's block waits before reuse (default 30s; 60s with --cloud=gce).")
 	fs.DurationVar(&o.LeakGracePeriod, "leak-grace-period", o.LeakGracePeriod, "How long an alias may sit on an instance with no Node before it is removed.")
@@ -224,6 +226,9 @@ type Config struct {
 	KubeAPIQPS   float32
 	KubeAPIBurst int
 	EventsQPS    float32
+	// KubeAPIGzip lets the API server compress the Node client's large
+	// responses (off: the client does not ask for gzip).
+	KubeAPIGzip bool
 	// ResyncPeriod is the informers' resync period.
 	ResyncPeriod time.Duration
 
@@ -389,6 +394,7 @@ func (o *Options) Config() (Config, error) {
 		Kubeconfig:       o.Kubeconfig,
 		KubeAPIQPS:       o.KubeAPIQPS,
 		KubeAPIBurst:     o.KubeAPIBurst,
+		KubeAPIGzip:      o.KubeAPIGzip,
 		EventsQPS:        o.EventsQPS,
 		ResyncPeriod:     o.ResyncPeriod,
 		CoolingConfigMap: types.NamespacedName{Namespace: o.LeaderElectNamespace, Name: o.LeaderElectName + "-cooling"},
