@@ -11,7 +11,7 @@
 // AddNetworkList: cacheAdd after the last plugin); test/startup reads both.
 //
 // Both CNIs test/startup compares go through it, so both pay its one
-// execve and Go start-up (about a millisecond).
+// execve and Go runtime start per ADD.
 package main
 
 import (
