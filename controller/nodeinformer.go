@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"mime"
-	"reflect"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -18,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -63,7 +63,8 @@ func (n *NodeInformer) Lister() corelisters.NodeLister {
 // listNodesTrimmed lists every Node in pages of listPageSize from one
 // consistent snapshot (the continue token keeps the first page's
 // resourceVersion), trimming each page as it arrives. Each page is read in
-// protobuf and decoded field by field (decodeNodeListTrimmed): only what
+// protobuf and decoded field by field (splitNodeList,
+// decodeNodeItemsTrimmed): only what
 // TrimNode keeps is decoded, and the Nodes' status — at 50 images of two
 // names each, most of a Node's bytes and most of its decoding cost
 // (measured: 367 allocations and 90 kB per Node decoded whole, test/bench
@@ -82,18 +83,27 @@ func listNodesTrimmed(ctx context.Context, client kubernetes.Interface, opts met
 	// (https://kubernetes.io/docs/reference/using-api/api-concepts/#semantics-for-get-and-list)
 	opts.ResourceVersion = ""
 	opts.ResourceVersionMatch = ""
-	rc := client.CoreV1().RESTClient()
-	typed := rc == nil || reflect.ValueOf(rc).IsNil()
+	// A fake clientset has no REST client (a nil *rest.RESTClient); any
+	// other rest.Interface is listed through the typed client too.
+	rc, ok := client.CoreV1().RESTClient().(*rest.RESTClient)
+	typed := !ok || rc == nil
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // a page still in flight when this returns early
 	fetch := func(opts metav1.ListOptions) <-chan rawPage {
 		ch := make(chan rawPage, 1)
 		go func() {
 			var p rawPage
-			p.raw, p.err = rc.Get().Resource("nodes").
+			// Protobuf, or JSON from a server that cannot serve it (as
+			// client-go's own AcceptContentTypes list asks).
+			res := rc.Get().Resource("nodes").
 				VersionedParams(&opts, scheme.ParameterCodec).
-				SetHeader("Accept", protobufContentType).
-				Do(ctx).ContentType(&p.contentType).Raw()
+				SetHeader("Accept", protobufContentType+", application/json").
+				Do(ctx).ContentType(&p.contentType)
+			if p.raw, p.err = res.Raw(); p.err != nil {
+				// Error() decodes the API server's Status (410 Expired on
+				// a compacted continue token, …); Raw() alone does not.
+				p.err = res.Error()
+			}
 			ch <- p
 		}()
 		return ch
@@ -256,6 +266,11 @@ func splitNodeList(data []byte) (metav1.ListMeta, []byte, error) {
 	if kind != "NodeList" {
 		return meta, nil, fmt.Errorf("list nodes: got kind %q", kind)
 	}
+	if list == nil {
+		// An envelope without its message would read as an empty,
+		// complete list: every block free to hand out again.
+		return meta, nil, errors.New("node list envelope: no NodeList message")
+	}
 	err = eachField(list, func(num protowire.Number, v []byte) error {
 		if num == listFieldMetadata {
 			return meta.Unmarshal(v)
@@ -264,6 +279,10 @@ func splitNodeList(data []byte) (metav1.ListMeta, []byte, error) {
 	})
 	if err != nil {
 		return meta, nil, fmt.Errorf("node list metadata: %w", err)
+	}
+	if meta.ResourceVersion == "" {
+		// The API server sets it on every list it answers.
+		return meta, nil, errors.New("node list: no resourceVersion in its metadata")
 	}
 	return meta, list, nil
 }

@@ -8,12 +8,18 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -172,5 +178,168 @@ func TestListNodesTrimmedPageError(t *testing.T) {
 	client := kubernetes.NewForConfigOrDie(&rest.Config{Host: srv.URL})
 	if l, err := listNodesTrimmed(context.Background(), client, metav1.ListOptions{}); err == nil {
 		t.Fatalf("listed %d nodes, want the third page's error", len(l.Items))
+	}
+}
+
+// listPageServer serves total fullNodes in protobuf pages, counting the
+// requests that asked for protobuf; hook may answer a request itself.
+func listPageServer(t *testing.T, total int, protobufAsked *atomic.Int32, hook func(w http.ResponseWriter, r *http.Request) bool) *httptest.Server {
+	all := make([]corev1.Node, total)
+	for i := range all {
+		all[i] = fullNode(i)
+	}
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if protobufAsked != nil && strings.HasPrefix(r.Header.Get("Accept"), protobufContentType) {
+			protobufAsked.Add(1)
+		}
+		if hook != nil && hook(w, r) {
+			return
+		}
+		from, _ := strconv.Atoi(r.URL.Query().Get("continue"))
+		to := min(from+listPageSize, len(all))
+		page := &corev1.NodeList{ListMeta: metav1.ListMeta{ResourceVersion: "99"}, Items: all[from:to]}
+		if to < len(all) {
+			page.Continue = strconv.Itoa(to)
+		}
+		w.Header().Set("Content-Type", protobufContentType)
+		w.Write(encodeProtobuf(t, page))
+	}))
+}
+
+// The worst defect a hand decoder could have is a short list that looks
+// complete: every block of a Node left out would be handed out again. A
+// page cut at any byte is an error or every Node (the envelope's last
+// fields, after the list, may be cut away harmlessly); a corrupt Node, or
+// an envelope without its list, is an error, never fewer Nodes.
+func TestDecodeNodeListNeverShort(t *testing.T) {
+	in := &corev1.NodeList{ListMeta: metav1.ListMeta{ResourceVersion: "7"}}
+	for i := range 4 {
+		in.Items = append(in.Items, fullNode(i))
+	}
+	b := encodeProtobuf(t, in)
+	for n := range len(b) {
+		if got, err := decodeNodeListTrimmed(b[:n]); err == nil && len(got.Items) != len(in.Items) {
+			t.Fatalf("cut at %d of %d bytes: no error, %d of %d Nodes", n, len(b), len(got.Items), len(in.Items))
+		}
+	}
+	if got, err := decodeNodeListTrimmed(b); err != nil || len(got.Items) != len(in.Items) {
+		t.Fatalf("whole page: %v, %v", got, err)
+	}
+
+	// A Node whose metadata says 5 bytes and holds 1, in a well-formed
+	// envelope and list.
+	lm, err := (&metav1.ListMeta{ResourceVersion: "1"}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list []byte
+	list = protowire.AppendTag(list, listFieldMetadata, protowire.BytesType)
+	list = protowire.AppendBytes(list, lm)
+	list = protowire.AppendTag(list, listFieldItems, protowire.BytesType)
+	list = protowire.AppendBytes(list, []byte{0x0a, 0x05, 0x01})
+	if _, err := decodeNodeListTrimmed(envelope("NodeList", list)); err == nil {
+		t.Error("a corrupt Node was decoded without error")
+	}
+	// The envelope alone, no list message: not an empty list.
+	if _, err := decodeNodeListTrimmed(envelope("NodeList", nil)); err == nil {
+		t.Error("an envelope without its NodeList decoded as an empty list")
+	}
+	// A list without a resourceVersion is not one the API server sent.
+	if _, err := decodeNodeListTrimmed(envelope("NodeList", []byte{})); err == nil {
+		t.Error("a list without metadata decoded")
+	}
+	if _, err := decodeNodeListTrimmed(envelope("Status", list)); err == nil {
+		t.Error("a Status decoded as a NodeList")
+	}
+}
+
+// envelope wraps a message in the Kubernetes protobuf envelope (magic
+// number, runtime.Unknown with typeMeta.kind and raw); a nil msg leaves
+// raw out.
+func envelope(kind string, msg []byte) []byte {
+	var tm []byte
+	tm = protowire.AppendTag(tm, 2, protowire.BytesType)
+	tm = protowire.AppendBytes(tm, []byte(kind))
+	env := append([]byte{}, protobufPrefix...)
+	env = protowire.AppendTag(env, 1, protowire.BytesType)
+	env = protowire.AppendBytes(env, tm)
+	if msg != nil {
+		env = protowire.AppendTag(env, 2, protowire.BytesType)
+		env = protowire.AppendBytes(env, msg)
+	}
+	return env
+}
+
+// Through a real REST client: the protobuf path is the one taken; an
+// expired continue token comes back as the API server's 410 Expired
+// Status (the reflector relists on it, client-go tools/cache reflector.go
+// isExpiredError); a Node that cannot be decoded fails the whole list, and
+// the page asked for ahead of it is cancelled, not left in flight.
+func TestListNodesTrimmedErrorsThroughREST(t *testing.T) {
+	var asked atomic.Int32
+	srv := listPageServer(t, 1203, &asked, nil)
+	got, err := listNodesTrimmed(context.Background(), kubernetes.NewForConfigOrDie(&rest.Config{Host: srv.URL}), metav1.ListOptions{})
+	srv.Close()
+	if err != nil || len(got.Items) != 1203 {
+		t.Fatalf("list: %v", err)
+	}
+	if asked.Load() != 3 {
+		t.Fatalf("%d of 3 pages asked for in protobuf", asked.Load())
+	}
+
+	srv = listPageServer(t, 1203, nil, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Query().Get("continue") != "1000" {
+			return false
+		}
+		st := &metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: metav1.StatusFailure,
+			Code: http.StatusGone, Reason: metav1.StatusReasonExpired, Message: "The provided continue parameter is too old"}
+		info, _ := runtime.SerializerInfoForMediaType(scheme.Codecs.SupportedMediaTypes(), protobufContentType)
+		b, err := runtime.Encode(info.Serializer, st)
+		if err != nil {
+			t.Error(err)
+		}
+		w.Header().Set("Content-Type", protobufContentType)
+		w.WriteHeader(http.StatusGone)
+		w.Write(b)
+		return true
+	})
+	_, err = listNodesTrimmed(context.Background(), kubernetes.NewForConfigOrDie(&rest.Config{Host: srv.URL}), metav1.ListOptions{})
+	srv.Close()
+	if !apierrors.IsResourceExpired(err) || !strings.Contains(fmt.Sprint(err), "too old") {
+		t.Fatalf("expired continue token: %v (IsResourceExpired %v), want the API server's Status", err, apierrors.IsResourceExpired(err))
+	}
+
+	var started, finished atomic.Int32
+	srv = listPageServer(t, 1203, nil, func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Query().Get("continue") == "" {
+			lm, _ := (&metav1.ListMeta{ResourceVersion: "1", Continue: "500"}).Marshal()
+			var list []byte
+			list = protowire.AppendTag(list, listFieldMetadata, protowire.BytesType)
+			list = protowire.AppendBytes(list, lm)
+			list = protowire.AppendTag(list, listFieldItems, protowire.BytesType)
+			list = protowire.AppendBytes(list, []byte{0x0a, 0x05, 0x01})
+			w.Header().Set("Content-Type", protobufContentType)
+			w.Write(envelope("NodeList", list))
+			return true
+		}
+		started.Add(1)
+		defer finished.Add(1)
+		<-r.Context().Done() // the page asked for ahead, held until cancelled
+		return true
+	})
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // a list that hangs fails, not the suite
+	defer cancel()
+	if l, err := listNodesTrimmed(ctx, kubernetes.NewForConfigOrDie(&rest.Config{Host: srv.URL}), metav1.ListOptions{}); err == nil {
+		t.Fatalf("a corrupt Node on page 1: listed %d Nodes", len(l.Items))
+	}
+	// The request asked for ahead either never reached the server or was
+	// cancelled there: no handler stays blocked on it.
+	deadline := time.Now().Add(10 * time.Second)
+	for started.Load() != finished.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the page asked for ahead is still in flight after the list failed (%d started, %d done)", started.Load(), finished.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -48,7 +48,8 @@ func Run(ctx context.Context, o *Options) error {
 	// Without Accept-Encoding: gzip the API server sends the Node list
 	// pages (8 MB each at 500 realistic Nodes) as they are: it compresses
 	// any response over 128 kB for a client that accepts gzip
-	// (https://kubernetes.io/docs/reference/using-api/api-concepts/#response-compression),
+	// (k8s.io/apiserver pkg/endpoints/handlers/responsewriters/writers.go,
+	// defaultGzipThresholdBytes),
 	// which costs it, and the controller's decompression, CPU that a fast
 	// network does not need: kubernetes/kubernetes#112296, whose outcome
 	// includes DisableCompression for clients and kubectl's
@@ -56,7 +57,8 @@ func Run(ctx context.Context, o *Options) error {
 	// latencies significantly when client-server network bandwidth is
 	// ample (>30MB/s) or if the server is CPU-constrained"). Measured at
 	// 15,000 Nodes: the controller spent a tenth of its restart CPU in
-	// gunzip (test/bench/restart_test.go).
+	// gunzip (test/bench/restart_test.go). The setting is the whole
+	// client's: Node and PodRange reads, writes and watches too.
 	nodeCfg.DisableCompression = !c.KubeAPIGzip
 	client, err := kubernetes.NewForConfig(nodeCfg)
 	if err != nil {

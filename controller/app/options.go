@@ -172,7 +172,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.CloudBurst, "cloud-burst", o.CloudBurst, "Burst of the cloud call budget.")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", o.KubeAPIQPS, "QPS of the Kubernetes client that reads and writes Nodes.")
 	fs.IntVar(&o.KubeAPIBurst, "kube-api-burst", o.KubeAPIBurst, "Burst of that client.")
-	fs.BoolVar(&o.KubeAPIGzip, "kube-api-gzip", o.KubeAPIGzip, "Let the API server gzip that client's large responses (its Node list pages). Off by default: where bandwidth to the API server is ample, gzip costs the API server and the controller more CPU than it saves (kubernetes/kubernetes#112296, #112580); turn it on where bandwidth is scarce.")
+	fs.BoolVar(&o.KubeAPIGzip, "kube-api-gzip", o.KubeAPIGzip, "Let the API server gzip the large responses (above all the Node list pages) of the client that reads and writes Nodes and PodRanges. Off by default: where bandwidth to the API server is ample, gzip costs the API server and the controller more CPU than it saves (kubernetes/kubernetes#112296, #112580); turn it on where bandwidth is scarce.")
 	fs.Float32Var(&o.EventsQPS, "events-qps", o.EventsQPS, "QPS of the separate client that writes Events, the leader Lease and the cooling ConfigMap (never the Node write budget).")
 	fs.DurationVar(&o.ReleaseCooldown, "release-cooldown", o.ReleaseCooldown, "How long a deleted node's block waits before reuse (default 30s; 60s with --cloud=gce).")
 	fs.DurationVar(&o.LeakGracePeriod, "leak-grace-period", o.LeakGracePeriod, "How long an alias may sit on an instance with no Node before it is removed.")
