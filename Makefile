@@ -9,7 +9,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath
 export ALIASIP_BIN_DIR := $(CURDIR)/$(BIN)
 
-.PHONY: help build codegen verify-codegen deps images cluster cluster-down conformance test unit integration vet lint fuzz bench bench-cni bench-dataplane bench-growth bench-restart bench-agent-restart bench-startup demo clean
+.PHONY: help build codegen verify-codegen deps images cluster cluster-down conformance test unit integration vet lint fuzz bench bench-cni bench-dataplane bench-growth bench-restart bench-agent-restart bench-startup bench-scale demo clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
